@@ -1,0 +1,38 @@
+"""The contract every sharing architecture meets."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from polytask.config import ModelSpec
+from polytask.registry import Registry
+
+
+class SharingArch(nn.Module):
+    """Maps encoded inputs to one representation per task.
+
+    Every architecture has the same constructor, ``(in_dim, num_tasks, spec)``, and returns a
+    tensor ``[T, B, out_dim]``: towers then run fused over the task axis.
+
+    ``input_per_task`` is True for an architecture that must not share even the input encoder
+    (single-task baselines): the model then builds one encoder per task and passes
+    ``[T, B, in_dim]``; otherwise it passes ``[B, in_dim]``.
+    """
+
+    input_per_task: ClassVar[bool] = False
+    registry_name: ClassVar[str]
+
+    def __init__(self, in_dim: int, num_tasks: int, spec: ModelSpec) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.num_tasks = num_tasks
+        self.out_dim = spec.hidden[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+ARCHS: Registry[SharingArch] = Registry("architecture")

@@ -1,0 +1,97 @@
+"""A finished run, loaded: predict and evaluate on raw rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from safetensors.torch import load_file
+
+from polytask.artifacts import run_dir as rd
+from polytask.config import RunSpec, TaskKind
+from polytask.data.preprocess import Preprocessor
+from polytask.errors import DataError
+from polytask.model import MultiTaskModel, build_model
+from polytask.tasks import Task
+from polytask.train.evaluation import evaluate, overall_score, predict_logits
+
+
+class Predictor:
+    """The model, its fitted preprocessor and its tasks, read from a run directory."""
+
+    def __init__(
+        self, run: Path, spec: RunSpec, preprocessor: Preprocessor, model: MultiTaskModel
+    ) -> None:
+        self.run = run
+        self.spec = spec
+        self.preprocessor = preprocessor
+        self.model = model.eval()
+        self.tasks: list[Task] = preprocessor.build_tasks(spec.tasks)
+
+    @classmethod
+    def load(cls, run: str | Path) -> Predictor:
+        folder = rd.require_complete(Path(run))
+        spec = rd.load_config(folder)
+        preprocessor = Preprocessor(rd.load_json(folder, rd.PREPROCESSOR))
+        tasks = preprocessor.build_tasks(spec.tasks)
+        model = build_model(
+            spec.model,
+            preprocessor.cardinalities,
+            preprocessor.numeric_width,
+            [task.out_dim for task in tasks],
+            [task.name for task in tasks],
+        )
+        model.load_state_dict(load_file(str(folder / rd.WEIGHTS)))
+        return cls(folder, spec, preprocessor, model)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [task.name for task in self.tasks]
+
+    def summary(self) -> dict[str, Any]:
+        return rd.load_json(self.run, rd.SUMMARY)
+
+    def predict(self, frame: pd.DataFrame, batch_size: int | None = None) -> pd.DataFrame:
+        """Raw rows -> one or more prediction columns per task, in the order of the rows.
+
+        binary: ``<task>`` probability of 1; multiclass: ``<task>`` the most likely class and
+        ``<task>_p_<class>`` per class; regression: ``<task>``; multilabel: ``<task>_<column>``.
+        """
+        if len(frame) == 0:
+            raise DataError("no rows to predict")
+        features = self.preprocessor.transform(frame)
+        logits = predict_logits(self.model, features, batch_size or self.spec.train.eval_batch_size)
+        columns: dict[str, Any] = {}
+        for task, task_logits in zip(self.tasks, logits, strict=True):
+            values = task.outputs(task_logits).numpy()
+            if task.kind is TaskKind.multiclass:
+                columns[task.name] = np.asarray(task.classes, dtype=object)[values.argmax(axis=1)]
+                for index, label in enumerate(task.classes):
+                    columns[f"{task.name}_p_{label}"] = values[:, index]
+            elif task.kind is TaskKind.multilabel:
+                for index, column in enumerate(task.spec.columns):
+                    columns[f"{task.name}_{column}"] = values[:, index]
+            else:
+                columns[task.name] = values
+        return pd.DataFrame(columns, index=frame.index)
+
+    def evaluate(
+        self,
+        frame: pd.DataFrame,
+        baseline: dict[str, dict[str, float]] | None = None,
+        baseline_path: str | None = None,
+    ) -> dict[str, Any]:
+        """Per-task metrics on labelled raw rows, plus the overall score."""
+        features = self.preprocessor.transform(frame)
+        labels = self.preprocessor.encode_labels(frame, self.tasks)
+        results = evaluate(
+            self.model, features, labels, self.tasks, self.spec.train.eval_batch_size
+        )
+        score = overall_score(results, labels, self.tasks, baseline, baseline_path)
+        return {"metrics": results, "score": score}
+
+    def __repr__(self) -> str:
+        arch = self.spec.model.arch
+        return f"Predictor(run={str(self.run)!r}, arch={arch!r}, tasks={self.task_names})"

@@ -1,0 +1,43 @@
+"""Built-in datasets, named by ``data.dataset`` in a config. Each returns train / valid / test
+frames with features and label columns, ready for the preprocessor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from polytask.errors import ConfigError, did_you_mean
+
+Frames = tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]
+
+
+def _census(**options: Any) -> Frames:
+    from polytask.data.datasets.census import load_census_income
+
+    return load_census_income(**options)
+
+
+def _census_sample(**options: Any) -> Frames:
+    from polytask.data.datasets.census import load_census_income_sample
+
+    return load_census_income_sample(**options)
+
+
+DATASETS: dict[str, Callable[..., Frames]] = {
+    "census_income": _census,
+    "census_income_sample": _census_sample,
+}
+
+
+def load_dataset(name: str, **options: Any) -> Frames:
+    if name not in DATASETS:
+        raise ConfigError(
+            f"config: data.dataset: unknown dataset '{name}'{did_you_mean(name, DATASETS)}; "
+            f"allowed: {', '.join(sorted(DATASETS))}"
+        )
+    try:
+        return DATASETS[name](**options)
+    except TypeError as error:
+        raise ConfigError(f"config: data.dataset_options: {error}") from None

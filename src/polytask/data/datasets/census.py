@@ -1,0 +1,177 @@
+"""UCI Census-Income (KDD), prepared as in the MMoE paper (Ma et al., KDD 2018, section 6.3).
+
+Protocol: train on the 199,523 rows of ``census-income.data``; split the 99,762 rows of
+``census-income.test`` 1:1 (seeded) into validation and test. Education and marital status are
+label sources, so both are removed from the inputs, as is the sampling weight.
+
+Label columns produced:
+- ``income``: 1 where income > 50K (MMoE group 1, task 1)
+- ``never_married``: 1 where marital status is "Never married" (groups 1 and 2)
+- ``college``: 1 where education is some college or more, associates degrees included
+  (MMoE group 2, task 1)
+
+The data is UCI's, licensed CC BY 4.0 (Lane & Kohavi, 2000); the shipped sample keeps that
+attribution in ``files/CENSUS_INCOME_NOTICE``.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from polytask.errors import DataError
+
+UCI_BASE = "https://archive.ics.uci.edu/ml/machine-learning-databases/census-income-mld/"
+TRAIN_FILE = "census-income.data.gz"
+TEST_FILE = "census-income.test.gz"
+
+RAW_COLUMNS = [
+    "age",
+    "class_of_worker",
+    "detailed_industry_recode",
+    "detailed_occupation_recode",
+    "education",
+    "wage_per_hour",
+    "enroll_in_edu_inst_last_wk",
+    "marital_stat",
+    "major_industry_code",
+    "major_occupation_code",
+    "race",
+    "hispanic_origin",
+    "sex",
+    "member_of_a_labor_union",
+    "reason_for_unemployment",
+    "full_or_part_time_employment_stat",
+    "capital_gains",
+    "capital_losses",
+    "dividends_from_stocks",
+    "tax_filer_stat",
+    "region_of_previous_residence",
+    "state_of_previous_residence",
+    "detailed_household_and_family_stat",
+    "detailed_household_summary_in_household",
+    "instance_weight",
+    "migration_code_change_in_msa",
+    "migration_code_change_in_reg",
+    "migration_code_move_within_reg",
+    "live_in_this_house_1_year_ago",
+    "migration_prev_res_in_sunbelt",
+    "num_persons_worked_for_employer",
+    "family_members_under_18",
+    "country_of_birth_father",
+    "country_of_birth_mother",
+    "country_of_birth_self",
+    "citizenship",
+    "own_business_or_self_employed",
+    "fill_inc_questionnaire_for_veterans_admin",
+    "veterans_benefits",
+    "weeks_worked_in_year",
+    "year",
+    "income_label",
+]
+NUMERIC = [
+    "age",
+    "wage_per_hour",
+    "capital_gains",
+    "capital_losses",
+    "dividends_from_stocks",
+    "num_persons_worked_for_employer",
+    "weeks_worked_in_year",
+]
+LABELS = ["income", "never_married", "college"]
+COLLEGE = {
+    "Some college but no degree",
+    "Associates degree-occup /vocational",
+    "Associates degree-academic program",
+    "Bachelors degree(BA AB BS)",
+    "Masters degree(MA MS MEng MEd MSW MBA)",
+    "Prof school degree (MD DDS DVM LLB JD)",
+    "Doctorate degree(PhD EdD)",
+}
+DEFAULT_CACHE = Path.home() / ".cache" / "polytask" / "census_income_kdd"
+
+
+def read_census_file(path: Path) -> pd.DataFrame:
+    """One original file -> features as text/numbers plus the three 0/1 label columns."""
+    try:
+        raw = pd.read_csv(
+            path,
+            header=None,
+            names=RAW_COLUMNS,
+            skipinitialspace=True,
+            dtype=str,
+            na_values=["?"],
+            keep_default_na=False,
+        )
+    except (OSError, pd.errors.ParserError, EOFError) as error:
+        raise DataError(f"census file {path} could not be read: {error}") from None
+    if raw.shape[1] != len(RAW_COLUMNS) or raw["income_label"].isna().any():
+        raise DataError(f"census file {path} does not have the {len(RAW_COLUMNS)} UCI fields")
+    frame = raw.drop(columns=["education", "marital_stat", "instance_weight", "income_label"])
+    for column in NUMERIC:
+        frame[column] = pd.to_numeric(frame[column])
+    frame["income"] = raw["income_label"].str.startswith("50000+").astype(np.int64)
+    frame["never_married"] = (raw["marital_stat"] == "Never married").astype(np.int64)
+    frame["college"] = raw["education"].isin(COLLEGE).astype(np.int64)
+    return frame
+
+
+def _split_half(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    order = np.random.default_rng(seed).permutation(len(frame))
+    half = len(frame) // 2
+    valid = frame.iloc[np.sort(order[:half])].reset_index(drop=True)
+    test = frame.iloc[np.sort(order[half:])].reset_index(drop=True)
+    return valid, test
+
+
+def _download(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in (TRAIN_FILE, TEST_FILE):
+        target = folder / name
+        if target.is_file():
+            continue
+        temp = target.with_suffix(".part")
+        try:
+            with urllib.request.urlopen(UCI_BASE + name, timeout=60) as response:
+                temp.write_bytes(response.read())
+        except (urllib.error.URLError, TimeoutError, OSError) as error:
+            temp.unlink(missing_ok=True)
+            raise DataError(
+                f"could not download {UCI_BASE + name} ({error}); without network, set "
+                f"data.dataset_options.path to a folder holding {TRAIN_FILE} and {TEST_FILE}"
+            ) from None
+        temp.rename(target)
+
+
+def load_census_income(
+    path: str | None = None, download: bool = True, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Train / valid / test frames under the MMoE protocol.
+
+    ``path`` is a folder with the two original gzip files; without it the files are read from
+    (or downloaded into) ``~/.cache/polytask/census_income_kdd``.
+    """
+    folder = Path(path) if path is not None else DEFAULT_CACHE
+    missing = [n for n in (TRAIN_FILE, TEST_FILE) if not (folder / n).is_file()]
+    if missing:
+        if path is not None or not download:
+            raise DataError(f"census data: {', '.join(missing)} not found in {folder}")
+        _download(folder)
+    train = read_census_file(folder / TRAIN_FILE)
+    valid, test = _split_half(read_census_file(folder / TEST_FILE), seed)
+    return train, valid, test
+
+
+def load_census_income_sample(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The small real sample shipped with polytask (see ``files/CENSUS_INCOME_NOTICE``)."""
+    files = resources.files("polytask.data.datasets") / "files"
+    with resources.as_file(files / "census_income_sample.data.gz") as train_path:
+        train = read_census_file(train_path)
+    with resources.as_file(files / "census_income_sample.test.gz") as test_path:
+        valid, test = _split_half(read_census_file(test_path), seed)
+    return train, valid, test

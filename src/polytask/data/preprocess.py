@@ -1,0 +1,324 @@
+"""The fitted preprocessor: raw table rows <-> model tensors.
+
+It is saved with the model (as JSON) so that a run directory predicts on raw rows: categorical
+columns map through vocabularies with index 0 for unknown or missing values; numeric columns
+are standardised with missing values set to the mean and flagged in an extra input.
+All mapping is vectorised (pandas / numpy), never a Python loop over rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pandas.api import types as ptypes
+
+from polytask.config import DataSpec, TaskKind, TaskSpec
+from polytask.errors import DataError, did_you_mean
+from polytask.tasks import Task
+
+# An object column whose non-empty values parse as numbers at least this often is taken to be
+# numeric with a few bad cells (which are then reported by row), not categorical.
+NUMERIC_LIKE_SHARE = 0.95
+
+
+@dataclass
+class Features:
+    """Model inputs for N rows. categorical: [N, C] int64 (0 = unknown/missing);
+    numeric: [N, 2F] float32 (F standardised values then F missing flags)."""
+
+    categorical: torch.Tensor
+    numeric: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.categorical.shape[0]
+
+    def take(self, rows: torch.Tensor) -> Features:
+        return Features(self.categorical[rows], self.numeric[rows])
+
+
+def _row_label(frame: pd.DataFrame, position: int) -> str:
+    return f"row {position + 1}"
+
+
+def _to_numeric(series: pd.Series, what: str) -> np.ndarray:
+    """Parse a column as float; name the first row holding something that is not a number."""
+    if ptypes.is_bool_dtype(series):
+        return series.astype("float64").to_numpy()
+    if ptypes.is_numeric_dtype(series):
+        values = series.astype("float64").to_numpy()
+    else:
+        parsed = pd.to_numeric(series, errors="coerce")
+        bad = parsed.isna() & series.notna() & (series.astype(str).str.strip() != "")
+        if bad.any():
+            position = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{what}, {_row_label(series.to_frame(), position)}: "
+                f"{series.iloc[position]!r} is not a number"
+            )
+        values = parsed.astype("float64").to_numpy()
+    values = values.copy()
+    values[~np.isfinite(values)] = np.nan
+    return values
+
+
+def _numeric_like(series: pd.Series) -> bool:
+    present = series.dropna()
+    present = present[present.astype(str).str.strip() != ""]
+    if len(present) == 0:
+        return False
+    parsed = pd.to_numeric(present, errors="coerce")
+    return bool(parsed.notna().mean() >= NUMERIC_LIKE_SHARE)
+
+
+def _as_text(series: pd.Series) -> pd.Series:
+    """Category values as stripped strings; missing and empty become NaN."""
+    text = series.astype("string").str.strip()
+    return text.mask(text == "")
+
+
+def _check_columns(frame: pd.DataFrame, columns: list[str], where: str) -> None:
+    for column in columns:
+        if column not in frame.columns:
+            raise DataError(
+                f"column '{column}' named in {where} is not in the table"
+                f"{did_you_mean(column, frame.columns)}"
+            )
+
+
+class Preprocessor:
+    """Fits vocabularies, scalers and label encodings on training rows; applies them anywhere."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+        self._categories = {c: pd.Index(v) for c, v in state["vocabularies"].items()}
+
+    # ------------------------------------------------------------------ fitting
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, data: DataSpec, tasks: list[TaskSpec]) -> Preprocessor:
+        targets = [column for task in tasks for column in task.columns]
+        for task in tasks:
+            for column in task.columns:
+                if column not in frame.columns:
+                    raise DataError(
+                        f"task '{task.name}': target column '{column}' is not in the table"
+                        f"{did_you_mean(column, frame.columns)}"
+                    )
+        _check_columns(frame, data.drop, "data.drop")
+        categorical, numeric = cls._feature_columns(frame, data, set(targets))
+        numeric_stats = {}
+        for column in numeric:
+            values = _to_numeric(frame[column], f"column '{column}'")
+            present = values[~np.isnan(values)]
+            mean = float(present.mean()) if len(present) else 0.0
+            std = float(present.std()) if len(present) > 1 else 1.0
+            numeric_stats[column] = [mean, std if std > 1e-12 else 1.0]
+        vocabularies = {}
+        for column in categorical:
+            counts = _as_text(frame[column]).value_counts(dropna=True)
+            kept = counts[counts >= data.min_frequency]
+            vocabularies[column] = sorted(kept.index.tolist(), key=lambda v: (-counts[v], v))
+        task_state = {task.name: cls._fit_task(frame, task) for task in tasks}
+        state = {
+            "categorical": categorical,
+            "numeric": numeric,
+            "numeric_stats": numeric_stats,
+            "vocabularies": vocabularies,
+            "tasks": task_state,
+        }
+        return cls(state)
+
+    @staticmethod
+    def _feature_columns(
+        frame: pd.DataFrame, data: DataSpec, targets: set[str]
+    ) -> tuple[list[str], list[str]]:
+        excluded = targets | set(data.drop)
+        for listed, where in (
+            (data.categorical, "data.categorical"),
+            (data.numeric, "data.numeric"),
+        ):
+            if listed:
+                _check_columns(frame, listed, where)
+                clash = sorted(set(listed) & targets)
+                if clash:
+                    raise DataError(f"{where} names target column '{clash[0]}' as a feature")
+        categorical = list(data.categorical or [])
+        numeric = list(data.numeric or [])
+        declared = set(categorical) | set(numeric)
+        for column in frame.columns:
+            if column in excluded or column in declared:
+                continue
+            series = frame[column]
+            if ptypes.is_bool_dtype(series) or not ptypes.is_numeric_dtype(series):
+                if _numeric_like(series):
+                    numeric.append(column)  # bad cells are reported by row during fitting
+                else:
+                    categorical.append(column)
+            else:
+                numeric.append(column)
+        if not categorical and not numeric:
+            raise DataError(
+                "the table has no feature columns once targets and data.drop are removed"
+            )
+        return categorical, numeric
+
+    @staticmethod
+    def _fit_task(frame: pd.DataFrame, task: TaskSpec) -> dict[str, Any]:
+        for column in task.columns:
+            if _as_text(frame[column]).isna().all():
+                raise DataError(
+                    f"task '{task.name}': target column '{column}' has no labels "
+                    "in the training rows"
+                )
+        if task.kind is TaskKind.multiclass:
+            series = frame[task.target].dropna()
+            if ptypes.is_numeric_dtype(series):
+                values = series.to_numpy()
+                if not np.all(np.equal(np.mod(values, 1), 0)):
+                    raise DataError(
+                        f"task '{task.name}': multiclass labels in column '{task.target}' must be "
+                        "integers or names, found fractional values"
+                    )
+                classes: list[Any] = sorted(int(v) for v in np.unique(values))
+            else:
+                classes = sorted(_as_text(series).dropna().unique().tolist())
+            if len(classes) < 2:
+                raise DataError(
+                    f"task '{task.name}': column '{task.target}' holds a single class; "
+                    "a multiclass task needs at least two"
+                )
+            return {"classes": classes}
+        if task.kind is TaskKind.regression:
+            values = _to_numeric(frame[task.target], f"task '{task.name}', column '{task.target}'")
+            present = values[~np.isnan(values)]
+            std = float(present.std()) if len(present) > 1 else 1.0
+            return {"mean": float(present.mean()), "std": std if std > 1e-12 else 1.0}
+        return {}
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def categorical(self) -> list[str]:
+        return self.state["categorical"]
+
+    @property
+    def numeric(self) -> list[str]:
+        return self.state["numeric"]
+
+    @property
+    def input_columns(self) -> list[str]:
+        return self.categorical + self.numeric
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Embedding rows per categorical column, the unknown bucket included."""
+        return [len(self.state["vocabularies"][c]) + 1 for c in self.categorical]
+
+    @property
+    def numeric_width(self) -> int:
+        return 2 * len(self.numeric)
+
+    def build_tasks(self, specs: list[TaskSpec]) -> list[Task]:
+        tasks = []
+        for spec in specs:
+            fitted = self.state["tasks"][spec.name]
+            if spec.kind is TaskKind.multiclass:
+                tasks.append(Task(spec, out_dim=len(fitted["classes"]), classes=fitted["classes"]))
+            elif spec.kind is TaskKind.multilabel:
+                tasks.append(Task(spec, out_dim=len(spec.columns)))
+            elif spec.kind is TaskKind.regression:
+                tasks.append(Task(spec, 1, target_mean=fitted["mean"], target_std=fitted["std"]))
+            else:
+                tasks.append(Task(spec, out_dim=1))
+        return tasks
+
+    # ------------------------------------------------------------------ applying
+    def transform(self, frame: pd.DataFrame) -> Features:
+        """Raw rows -> model inputs. Absent feature columns count as missing values."""
+        n = len(frame)
+        codes = np.zeros((n, len(self.categorical)), dtype=np.int64)
+        for j, column in enumerate(self.categorical):
+            if column in frame.columns:
+                cats = pd.Categorical(_as_text(frame[column]), categories=self._categories[column])
+                codes[:, j] = cats.codes.astype(np.int64) + 1
+        width = len(self.numeric)
+        numeric = np.zeros((n, 2 * width), dtype=np.float32)
+        for j, column in enumerate(self.numeric):
+            if column in frame.columns:
+                values = _to_numeric(frame[column], f"column '{column}'")
+            else:
+                values = np.full(n, np.nan)
+            mean, std = self.state["numeric_stats"][column]
+            missing = np.isnan(values)
+            numeric[:, j] = np.where(missing, 0.0, (values - mean) / std)
+            numeric[:, width + j] = missing
+        return Features(torch.from_numpy(codes), torch.from_numpy(numeric))
+
+    def encode_labels(self, frame: pd.DataFrame, tasks: list[Task]) -> dict[str, torch.Tensor]:
+        """Label columns -> float tensors with NaN where unlabelled; rejects labels that do not
+        fit the task's kind, naming the row."""
+        return {task.name: self._encode_task(frame, task) for task in tasks}
+
+    def _encode_task(self, frame: pd.DataFrame, task: Task) -> torch.Tensor:
+        for column in task.spec.columns:
+            if column not in frame.columns:
+                raise DataError(
+                    f"task '{task.name}': target column '{column}' is not in the table"
+                    f"{did_you_mean(column, frame.columns)}"
+                )
+        if task.kind is TaskKind.multiclass:
+            return torch.from_numpy(self._encode_classes(frame[task.spec.target], task))
+        if task.kind is TaskKind.regression:
+            values = _to_numeric(
+                frame[task.spec.target], f"task '{task.name}', column '{task.spec.target}'"
+            )
+            return torch.from_numpy(
+                ((values - task.target_mean) / task.target_std).astype(np.float32)
+            )
+        columns = [self._encode_binary(frame[c], task, c) for c in task.spec.columns]
+        stacked = np.stack(columns, axis=1) if task.kind is TaskKind.multilabel else columns[0]
+        return torch.from_numpy(stacked.astype(np.float32))
+
+    @staticmethod
+    def _encode_binary(series: pd.Series, task: Task, column: str) -> np.ndarray:
+        if ptypes.is_object_dtype(series) or ptypes.is_string_dtype(series):
+            lowered = _as_text(series).str.lower()
+            mapped = lowered.map({"true": "1", "false": "0"}).fillna(lowered)
+            series = mapped.astype(object).where(mapped.notna(), np.nan)
+        values = _to_numeric(series, f"task '{task.name}', column '{column}'")
+        bad = ~np.isnan(values) & (values != 0) & (values != 1)
+        if bad.any():
+            position = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"task '{task.name}' ({task.kind.value}): column '{column}' holds "
+                f"{_format_number(values[position])} at row {position + 1}; labels must be 0 or 1"
+            )
+        return values
+
+    @staticmethod
+    def _encode_classes(series: pd.Series, task: Task) -> np.ndarray:
+        classes = task.classes
+        if isinstance(classes[0], int):
+            values = _to_numeric(series, f"task '{task.name}', column '{task.spec.target}'")
+            keys = pd.Series(values)
+            lookup = {float(c): i for i, c in enumerate(classes)}
+        else:
+            keys = _as_text(series)
+            lookup = {c: i for i, c in enumerate(classes)}
+        codes = keys.map(lookup).astype("float64").to_numpy()
+        unknown = np.isnan(codes) & keys.notna().to_numpy()
+        if unknown.any():
+            position = int(np.flatnonzero(unknown)[0])
+            raise DataError(
+                f"task '{task.name}' (multiclass): column '{task.spec.target}' holds class "
+                f"{series.iloc[position]!r} at row {position + 1}, unseen in training; "
+                f"known classes: {', '.join(map(str, classes[:20]))}"
+            )
+        return codes.astype(np.float32)
+
+
+def _format_number(value: float) -> str:
+    return str(int(value)) if math.isfinite(value) and float(value).is_integer() else repr(value)

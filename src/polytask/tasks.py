@@ -1,0 +1,171 @@
+"""Task kinds: how a task's labels become a loss, predictions and metrics.
+
+Missing labels are NaN in the label tensor; every loss and metric here masks them, because a
+partially labelled table is the normal case in multi-task data, not an error.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn import metrics as skm
+
+from polytask.config import TaskKind, TaskSpec
+
+HIGHER_IS_BETTER = {
+    "auc": True,
+    "mean_auc": True,
+    "accuracy": True,
+    "macro_f1": True,
+    "r2": True,
+    "logloss": False,
+    "rmse": False,
+    "mae": False,
+}
+
+
+@dataclass
+class Task:
+    """One task with its fitted label facts (number of classes, regression scale)."""
+
+    spec: TaskSpec
+    out_dim: int
+    classes: list = field(default_factory=list)
+    target_mean: float = 0.0
+    target_std: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def kind(self) -> TaskKind:
+        return self.spec.kind
+
+    @property
+    def primary_metric(self) -> str:
+        return self.spec.metrics[0]  # type: ignore[index]
+
+    def present(self, labels: torch.Tensor) -> torch.Tensor:
+        """Boolean mask of rows (or row x label cells) that carry a label."""
+        return ~torch.isnan(labels)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean loss over labelled entries; exactly 0 (with a graph) when none is labelled.
+
+        logits: [B, out_dim]; labels: [B] (or [B, L] for multilabel), NaN where missing.
+        """
+        mask = self.present(labels)
+        count = mask.sum()
+        safe = torch.where(mask, labels, torch.zeros_like(labels))
+        if self.kind is TaskKind.multiclass:
+            per_row = F.cross_entropy(logits, safe.long(), reduction="none")
+        elif self.kind is TaskKind.binary:
+            per_row = F.binary_cross_entropy_with_logits(logits[:, 0], safe, reduction="none")
+        elif self.kind is TaskKind.multilabel:
+            per_row = F.binary_cross_entropy_with_logits(logits, safe, reduction="none")
+        else:
+            prediction = logits[:, 0]
+            if self.spec.loss == "l1":
+                per_row = F.l1_loss(prediction, safe, reduction="none")
+            elif self.spec.loss == "huber":
+                per_row = F.huber_loss(prediction, safe, reduction="none")
+            else:
+                per_row = F.mse_loss(prediction, safe, reduction="none")
+        return (per_row * mask).sum() / count.clamp(min=1)
+
+    def outputs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> user-scale predictions (probabilities, or regression values)."""
+        if self.kind is TaskKind.multiclass:
+            return torch.softmax(logits, dim=-1)
+        if self.kind is TaskKind.binary:
+            return torch.sigmoid(logits[:, 0])
+        if self.kind is TaskKind.multilabel:
+            return torch.sigmoid(logits)
+        return logits[:, 0] * self.target_std + self.target_mean
+
+    def decode_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Encoded labels -> the scale the user's metrics are reported in."""
+        if self.kind is TaskKind.regression:
+            return labels * self.target_std + self.target_mean
+        return labels
+
+    def metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Metrics on labelled rows only; predictions and labels both on the user's scale
+        (class indices for multiclass)."""
+        results: dict[str, float] = {}
+        if self.kind is TaskKind.multilabel:
+            mask = ~np.isnan(labels)
+            aucs = [
+                _auc(labels[mask[:, j], j], predictions[mask[:, j], j])
+                for j in range(labels.shape[1])
+            ]
+            valid = [a for a in aucs if not math.isnan(a)]
+            results["mean_auc"] = float(np.mean(valid)) if valid else math.nan
+            return {m: results[m] for m in self.spec.metrics}  # type: ignore[union-attr]
+        mask = ~np.isnan(labels)
+        y, p = labels[mask], predictions[mask]
+        if len(y) == 0:
+            return {m: math.nan for m in self.spec.metrics}  # type: ignore[union-attr]
+        for metric in self.spec.metrics:  # type: ignore[union-attr]
+            results[metric] = self._metric(metric, y, p)
+        return results
+
+    def _metric(self, metric: str, y: np.ndarray, p: np.ndarray) -> float:
+        if metric == "auc":
+            return _auc(y, p)
+        if metric == "logloss":
+            return float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
+        if metric == "accuracy":
+            predicted = p.argmax(axis=1) if p.ndim == 2 else (p >= 0.5)
+            return float(skm.accuracy_score(y.astype(int), predicted.astype(int)))
+        if metric == "macro_f1":
+            return float(
+                skm.f1_score(
+                    y.astype(int),
+                    p.argmax(axis=1),
+                    average="macro",
+                    labels=list(range(self.out_dim)),
+                    zero_division=0,
+                )
+            )
+        if metric == "rmse":
+            return float(np.sqrt(np.mean((p - y) ** 2)))
+        if metric == "mae":
+            return float(np.mean(np.abs(p - y)))
+        if metric == "r2":
+            return float(skm.r2_score(y, p)) if len(y) > 1 else math.nan
+        raise ValueError(f"unknown metric {metric}")
+
+    def normalised(self, metric: str, value: float, labels: np.ndarray) -> float:
+        """A metric as a skill score in which 1 is perfect and 0 is a constant predictor.
+
+        Bounded higher-is-better metrics (AUC, accuracy, F1, R2) are used as they are; an error
+        metric is turned into ``1 - error / error_of_predicting_the_label_mean`` so that tasks
+        with different units can be averaged.
+        """
+        if HIGHER_IS_BETTER[metric]:
+            return value
+        y = labels[~np.isnan(labels)]
+        if len(y) == 0:
+            return math.nan
+        if metric == "logloss":
+            base_rate = float(np.clip(y.mean(), 1e-7, 1 - 1e-7))
+            reference = float(skm.log_loss(y, np.full(len(y), base_rate), labels=[0, 1]))
+        elif metric == "rmse":
+            reference = float(np.std(y))
+        else:
+            reference = float(np.mean(np.abs(y - y.mean())))
+        return 1.0 - value / reference if reference > 0 else math.nan
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    if len(y) == 0 or len(np.unique(y)) < 2:
+        warnings.warn("AUC is undefined where only one class is labelled", stacklevel=3)
+        return math.nan
+    return float(skm.roc_auc_score(y, p))

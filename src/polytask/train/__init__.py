@@ -1,0 +1,1 @@
+"""Training: the step, evaluation and the epoch loop with checkpoints."""

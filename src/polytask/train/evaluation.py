@@ -1,0 +1,119 @@
+"""Evaluation: batched inference, per-task metrics, and the overall score.
+
+The overall score is Delta-m (Maninis et al. 2019): the mean relative gain, in percent, of
+each task's metrics over a single-task baseline run, signed so that positive is better. With
+no baseline it is the mean normalised metric (each task's primary metric as a skill score,
+see :meth:`polytask.tasks.Task.normalised`), and the summary says which one it is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from polytask.data.preprocess import Features
+from polytask.model import MultiTaskModel
+from polytask.tasks import HIGHER_IS_BETTER, Task
+from polytask.train.step import task_losses
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: MultiTaskModel, features: Features, batch_size: int
+) -> list[torch.Tensor]:
+    """Logits per task for all rows, in eval mode, without building a graph."""
+    was_training = model.training
+    model.eval()
+    chunks: list[list[torch.Tensor]] = []
+    for start in range(0, len(features), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(features)))
+        chunks.append(model(features.take(rows)))
+    model.train(was_training)
+    return [torch.cat([chunk[t] for chunk in chunks]) for t in range(len(chunks[0]))]
+
+
+def evaluate(
+    model: MultiTaskModel,
+    features: Features,
+    labels: dict[str, torch.Tensor],
+    tasks: list[Task],
+    batch_size: int,
+) -> dict[str, dict[str, float]]:
+    """Metrics per task, plus each task's masked loss under the key ``loss``."""
+    logits = predict_logits(model, features, batch_size)
+    losses, _ = task_losses(logits, labels, tasks)
+    results = {}
+    for task, task_logits, loss in zip(tasks, logits, losses, strict=True):
+        predictions = task.outputs(task_logits).numpy()
+        encoded = labels[task.name].numpy()
+        task_metrics = task.metrics(predictions, task.decode_labels(encoded))
+        task_metrics["loss"] = float(loss)
+        results[task.name] = task_metrics
+    return results
+
+
+def mean_normalised(
+    results: dict[str, dict[str, float]], labels: dict[str, torch.Tensor], tasks: list[Task]
+) -> float:
+    """Mean over tasks of the primary metric as a skill score (higher is better)."""
+    scores = []
+    for task in tasks:
+        metric = task.primary_metric
+        encoded = labels[task.name].numpy()
+        scores.append(
+            task.normalised(metric, results[task.name][metric], task.decode_labels(encoded))
+        )
+    finite = [s for s in scores if not math.isnan(s)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def delta_m(
+    results: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]], tasks: list[Task]
+) -> float:
+    """Mean relative gain (percent) over the baseline, per metric then per task."""
+    per_task = []
+    for task in tasks:
+        gains = []
+        for metric in task.spec.metrics:  # type: ignore[union-attr]
+            ours = results[task.name].get(metric)
+            theirs = baseline.get(task.name, {}).get(metric)
+            if (
+                ours is None
+                or theirs is None
+                or not theirs
+                or math.isnan(ours)
+                or math.isnan(theirs)
+            ):
+                continue
+            sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+            gains.append(sign * (ours - theirs) / abs(theirs))
+        if gains:
+            per_task.append(float(np.mean(gains)))
+    return 100.0 * float(np.mean(per_task)) if per_task else math.nan
+
+
+def overall_score(
+    results: dict[str, dict[str, float]],
+    labels: dict[str, torch.Tensor],
+    tasks: list[Task],
+    baseline: dict[str, dict[str, float]] | None,
+    baseline_path: str | None = None,
+) -> dict[str, Any]:
+    if baseline is not None:
+        return {
+            "name": "delta_m",
+            "value": delta_m(results, baseline, tasks),
+            "unit": "percent",
+            "baseline": baseline_path,
+            "meaning": "mean relative gain over the single-task baseline run",
+        }
+    return {
+        "name": "mean_normalised",
+        "value": mean_normalised(results, labels, tasks),
+        "unit": "score",
+        "baseline": None,
+        "meaning": "mean of each task's primary metric as a skill score (no baseline given)",
+    }

@@ -1,0 +1,51 @@
+"""One training step as a plain function of (model, batch, balancer, optimizer).
+
+Kept free of trainer state so that a distributed wrapper or a custom loop can call it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from polytask.balance.base import Balancer, StepContext
+from polytask.data.preprocess import Features
+from polytask.model import MultiTaskModel
+from polytask.tasks import Task
+
+
+@dataclass
+class StepResult:
+    losses: torch.Tensor  # [T], detached
+    weights: torch.Tensor  # [T], detached
+    present: torch.Tensor  # [T] bool
+
+
+def task_losses(
+    outputs: list[torch.Tensor], labels: dict[str, torch.Tensor], tasks: list[Task]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task masked losses [T] and whether each task has any label in the batch [T]."""
+    losses = torch.stack(
+        [task.loss(out, labels[task.name]) for task, out in zip(tasks, outputs, strict=True)]
+    )
+    present = torch.stack([task.present(labels[task.name]).any() for task in tasks])
+    return losses, present
+
+
+def train_step(
+    model: MultiTaskModel,
+    features: Features,
+    labels: dict[str, torch.Tensor],
+    tasks: list[Task],
+    balancer: Balancer,
+    optimizer: torch.optim.Optimizer,
+    static_weights: torch.Tensor,
+    step: int,
+) -> StepResult:
+    optimizer.zero_grad(set_to_none=True)
+    losses, present = task_losses(model(features), labels, tasks)
+    context = StepContext(present=present, static_weights=static_weights, step=step)
+    weights = balancer.backward(losses, context)
+    optimizer.step()
+    return StepResult(losses.detach(), weights, present)

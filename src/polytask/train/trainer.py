@@ -1,0 +1,394 @@
+"""The epoch loop: batches -> train_step -> validation -> early stopping -> checkpoints.
+
+The run is built in ``<out>.partial/`` and renamed to ``<out>`` only once finished. After every
+epoch a checkpoint holds everything needed to continue exactly (weights, optimizer, schedule,
+balancer state, random generators, early-stopping state and the epoch log), so ``resume``
+after a kill gives the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from polytask import __version__
+from polytask.artifacts import run_dir as rd
+from polytask.artifacts.atomic import write_atomic
+from polytask.balance import BALANCERS, Balancer
+from polytask.config import RunSpec
+from polytask.errors import ConfigError, PolytaskError
+from polytask.model import MultiTaskModel, build_model
+from polytask.train.evaluation import evaluate, overall_score
+from polytask.train.optim import build_optimizer, build_scheduler
+from polytask.train.prepare import Prepared, SplitTensors, prepare
+from polytask.train.progress import TrainingDisplay, metrics_table
+from polytask.train.step import train_step
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class LoopState:
+    """Early-stopping and selection state; saved in every checkpoint."""
+
+    epoch: int = 0
+    step: int = 0
+    best_epoch: int = 0
+    best_value: float = -math.inf
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_weights: dict[str, torch.Tensor] | None = None
+    train_seconds: float = 0.0
+    rows_seen: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_balancer(spec: RunSpec, num_tasks: int) -> Balancer:
+    cls = BALANCERS.get(spec.balance.method)
+    try:
+        return cls(num_tasks, **spec.balance.options)
+    except TypeError as error:
+        raise ConfigError(f"config: balance.options: {error}") from None
+
+
+def load_baseline(path: Path | None) -> dict[str, dict[str, dict[str, float]]] | None:
+    """A finished run's final metrics (per split), for Delta-m."""
+    if path is None:
+        return None
+    run = rd.require_complete(Path(path))
+    return rd.load_json(run, rd.FINAL_METRICS)
+
+
+class Trainer:
+    """Trains one run specification into a run directory."""
+
+    def __init__(
+        self,
+        spec: RunSpec | None,
+        out: str | Path,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        progress: bool = True,
+        callbacks: Iterable[EpochCallback] = (),
+    ) -> None:
+        self.out = rd.final_path(Path(out).resolve())
+        self.partial = rd.partial_path(self.out)
+        self.resume = resume
+        self.overwrite = overwrite
+        self.progress = progress
+        self.callbacks = list(callbacks)
+        self.spec = self._claim_folder(spec)
+
+    # ------------------------------------------------------------------ set-up
+    def _claim_folder(self, spec: RunSpec | None) -> RunSpec:
+        if self.resume:
+            if not (self.partial / rd.CHECKPOINT).is_file():
+                if rd.is_complete(self.out):
+                    raise PolytaskError(f"run {self.out} already finished; nothing to resume")
+                raise PolytaskError(f"no checkpoint to resume at {self.partial}")
+            return rd.load_config(self.partial)
+        if self.out.exists() and not self.overwrite:
+            raise PolytaskError(f"{self.out} already exists; pass --overwrite to replace it")
+        if self.partial.exists():
+            if not self.overwrite:
+                raise PolytaskError(
+                    f"an unfinished run is at {self.partial}; continue it with --resume "
+                    "or start again with --overwrite"
+                )
+            shutil.rmtree(self.partial)
+        if spec is None:
+            raise PolytaskError("a new run needs a run specification")
+        return spec
+
+    def _setup(self) -> tuple[Prepared, MultiTaskModel]:
+        train_spec = self.spec.train
+        if train_spec.threads:
+            torch.set_num_threads(train_spec.threads)
+        seed_everything(train_spec.seed)
+        state = rd.load_json(self.partial, rd.PREPROCESSOR) if self.resume else None
+        prepared = prepare(self.spec, state)
+        self.baseline = load_baseline(train_spec.baseline)
+        model = build_model(
+            self.spec.model,
+            prepared.preprocessor.cardinalities,
+            prepared.preprocessor.numeric_width,
+            [task.out_dim for task in prepared.tasks],
+            [task.name for task in prepared.tasks],
+        )
+        return prepared, model
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> Path:
+        prepared, model = self._setup()
+        tasks = prepared.tasks
+        train = prepared.splits["train"]
+        valid = prepared.splits.get("valid")
+        optimizer = build_optimizer(list(model.parameters()), self.spec.train)
+        scheduler = build_scheduler(optimizer, self.spec.train)
+        balancer = build_balancer(self.spec, len(tasks))
+        static_weights = torch.tensor([task.spec.weight for task in tasks])
+        loop = LoopState()
+        if self.resume:
+            loop = self._restore(model, optimizer, scheduler, balancer)
+        else:
+            self.partial.mkdir(parents=True)
+            rd.save_config(self.partial, self.spec)
+            rd.save_json(self.partial, rd.PREPROCESSOR, prepared.preprocessor.state)
+
+        primary = {task.name: task.primary_metric for task in tasks}
+        with TrainingDisplay(self.progress) as display:
+            while loop.epoch < self.spec.train.epochs and not self._patience_spent(loop):
+                epoch = loop.epoch + 1
+                started = time.perf_counter()
+                train_loss = self._train_epoch(
+                    model,
+                    train,
+                    prepared,
+                    balancer,
+                    optimizer,
+                    static_weights,
+                    loop,
+                    display,
+                    epoch,
+                )
+                elapsed = time.perf_counter() - started
+                loop.train_seconds += elapsed
+                loop.rows_seen += len(train)
+                row = self._end_epoch(
+                    model, valid, prepared, loop, epoch, train_loss, elapsed, optimizer
+                )
+                if scheduler is not None:
+                    scheduler.step()
+                loop.epoch = epoch
+                self._checkpoint(model, optimizer, scheduler, balancer, loop)
+                rd.write_epoch_log(self.partial, loop.history)
+                display.end_epoch(row, primary)
+                for callback in self.callbacks:
+                    callback(row)
+            return self._finish(model, prepared, loop, display)
+
+    def _train_epoch(
+        self,
+        model: MultiTaskModel,
+        train: SplitTensors,
+        prepared: Prepared,
+        balancer: Balancer,
+        optimizer: torch.optim.Optimizer,
+        static_weights: torch.Tensor,
+        loop: LoopState,
+        display: TrainingDisplay,
+        epoch: int,
+    ) -> dict[str, float]:
+        model.train()
+        batch_size = self.spec.train.batch_size
+        generator = torch.Generator().manual_seed(self.spec.train.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(train), generator=generator)
+        num_batches = math.ceil(len(train) / batch_size)
+        display.start_epoch(epoch, self.spec.train.epochs, num_batches)
+        loss_sum = torch.zeros(len(prepared.tasks))
+        present_count = torch.zeros(len(prepared.tasks))
+        for start in range(0, len(train), batch_size):
+            rows = order[start : start + batch_size]
+            labels = {name: values[rows] for name, values in train.labels.items()}
+            result = train_step(
+                model,
+                train.features.take(rows),
+                labels,
+                prepared.tasks,
+                balancer,
+                optimizer,
+                static_weights,
+                loop.step,
+            )
+            loss_sum += result.losses * result.present
+            present_count += result.present
+            loop.step += 1
+            display.advance()
+        per_task = (loss_sum / present_count.clamp(min=1)).tolist()
+        return {task.name: value for task, value in zip(prepared.tasks, per_task, strict=True)}
+
+    def _end_epoch(
+        self,
+        model: MultiTaskModel,
+        valid: SplitTensors | None,
+        prepared: Prepared,
+        loop: LoopState,
+        epoch: int,
+        train_loss: dict[str, float],
+        elapsed: float,
+        optimizer: torch.optim.Optimizer,
+    ) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(list(train_loss.values()))),
+            "train_task_loss": train_loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": elapsed,
+            "rows_per_second": len(prepared.splits["train"]) / max(elapsed, 1e-9),
+        }
+        if valid is not None:
+            results = evaluate(
+                model, valid.features, valid.labels, prepared.tasks, self.spec.train.eval_batch_size
+            )
+            row["valid"] = results
+            value = self._monitored(results, valid, prepared)
+            row["monitor"] = value
+        else:
+            value = float(epoch)  # no validation rows: the last epoch is the best
+        if value > loop.best_value:
+            loop.best_value, loop.best_epoch, loop.bad_epochs = value, epoch, 0
+            loop.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            row["best"] = True
+        else:
+            loop.bad_epochs += 1
+            row["best"] = False
+        loop.history.append(row)
+        return row
+
+    def _monitored(
+        self, results: dict[str, dict[str, float]], valid: SplitTensors, prepared: Prepared
+    ) -> float:
+        """Higher is better: the mean normalised metric, or minus the weighted validation loss."""
+        if self.spec.train.early_stopping.monitor == "loss":
+            return -sum(results[t.name]["loss"] * t.spec.weight for t in prepared.tasks)
+        score = overall_score(results, valid.labels, prepared.tasks, None)["value"]
+        return score if not math.isnan(score) else -math.inf
+
+    def _patience_spent(self, loop: LoopState) -> bool:
+        patience = self.spec.train.early_stopping.patience
+        return patience is not None and loop.bad_epochs >= patience
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(
+        self,
+        model: MultiTaskModel,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        balancer: Balancer,
+        loop: LoopState,
+    ) -> None:
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "balancer": balancer.state_dict(),
+            "loop": loop.__dict__,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+        write_atomic(self.partial / rd.CHECKPOINT, lambda temp: torch.save(payload, temp))
+
+    def _restore(
+        self,
+        model: MultiTaskModel,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        balancer: Balancer,
+    ) -> LoopState:
+        payload = torch.load(self.partial / rd.CHECKPOINT, weights_only=False)
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        if scheduler is not None and payload["scheduler"] is not None:
+            scheduler.load_state_dict(payload["scheduler"])
+        balancer.load_state_dict(payload["balancer"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        np.random.set_state(payload["rng"]["numpy"])
+        random.setstate(payload["rng"]["python"])
+        return LoopState(**payload["loop"])
+
+    # ------------------------------------------------------------------ the artifact
+    def _finish(
+        self, model: MultiTaskModel, prepared: Prepared, loop: LoopState, display: TrainingDisplay
+    ) -> Path:
+        if loop.best_weights is not None:
+            model.load_state_dict(loop.best_weights)
+        final: dict[str, Any] = {}
+        scores: dict[str, Any] = {}
+        for split in ("valid", "test"):
+            tensors = prepared.splits.get(split)
+            if tensors is None:
+                continue
+            results = evaluate(
+                model,
+                tensors.features,
+                tensors.labels,
+                prepared.tasks,
+                self.spec.train.eval_batch_size,
+            )
+            final[split] = results
+            baseline = self.baseline.get(split) if self.baseline else None
+            scores[split] = overall_score(
+                results,
+                tensors.labels,
+                prepared.tasks,
+                baseline,
+                str(self.spec.train.baseline) if baseline else None,
+            )
+        weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+        write_atomic(self.partial / rd.WEIGHTS, lambda temp: save_file(weights, str(temp)))
+        rd.save_json(self.partial, rd.FINAL_METRICS, final)
+        summary = {
+            "polytask_version": __version__,
+            "arch": self.spec.model.arch,
+            "balance": self.spec.balance.method,
+            "tasks": [task.name for task in prepared.tasks],
+            "rows": {name: len(split) for name, split in prepared.splits.items()},
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "epochs_run": loop.epoch,
+            "best_epoch": loop.best_epoch,
+            "stopped_early": loop.epoch < self.spec.train.epochs,
+            "selection": (
+                f"best validation {self.spec.train.early_stopping.monitor}"
+                if "valid" in prepared.splits
+                else "last epoch (no validation rows)"
+            ),
+            "train_seconds": loop.train_seconds,
+            "train_rows_per_second": loop.rows_seen / max(loop.train_seconds, 1e-9),
+            "score": scores,
+        }
+        rd.save_json(self.partial, rd.SUMMARY, summary)
+        rd.publish(self.partial, self.out)
+        shown = final.get("test") or final.get("valid")
+        if shown is not None:
+            split = "test" if "test" in final else "valid"
+            display.show(metrics_table(f"{split} metrics (best epoch {loop.best_epoch})", shown))
+            score = scores[split]
+            display.show(
+                f"{score['name']} = {score['value']:.4f} {score['unit']} ({score['meaning']})"
+            )
+        display.show(f"run saved to {self.out}")
+        return self.out
+
+
+def fit(
+    spec: RunSpec | None,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    callbacks: Iterable[EpochCallback] = (),
+) -> Path:
+    """Train ``spec`` into the run directory ``out`` and return its path."""
+    return Trainer(
+        spec, out, resume=resume, overwrite=overwrite, progress=progress, callbacks=callbacks
+    ).fit()
