@@ -143,8 +143,22 @@ class ModelSpec(_Section):
     def _known_arch(cls, name: str) -> str:
         from polytask.arch import ARCHS
 
-        ARCHS.get(name)
+        try:
+            ARCHS.get(name)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
         return name
+
+    @model_validator(mode="after")
+    def _arch_options(self) -> ModelSpec:
+        from polytask.arch import ARCHS
+
+        try:
+            ARCHS.get(self.arch).parse_options(self)
+        except ConfigError as error:
+            detail = str(error).removeprefix(f"model.options ({self.arch}): ")
+            raise ValueError(f"options.{detail}") from None
+        return self
 
     @field_validator("hidden", "tower_hidden")
     @classmethod
@@ -165,7 +179,10 @@ class BalanceSpec(_Section):
     def _known_method(cls, name: str) -> str:
         from polytask.balance import BALANCERS
 
-        BALANCERS.get(name)
+        try:
+            BALANCERS.get(name)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
         return name
 
 
@@ -253,7 +270,8 @@ def format_validation_error(error: ValidationError, spec_cls: type[BaseModel] = 
         if item["type"] == "extra_forbidden":
             allowed = _allowed_keys(spec_cls, loc)
             hint = did_you_mean(str(loc[-1]), allowed)
-            lines.append(f"{where}: unknown key{hint}; allowed: {', '.join(allowed)}")
+            listed = ", ".join(allowed) if allowed else "none"
+            lines.append(f"{where}: unknown key{hint}; allowed: {listed}")
         elif item["type"] == "missing":
             lines.append(f"{where}: required key is missing")
         else:

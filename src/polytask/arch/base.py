@@ -5,10 +5,18 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from polytask.config import ModelSpec
+from polytask.config import ModelSpec, format_validation_error
+from polytask.errors import ConfigError
 from polytask.registry import Registry
+
+
+class ArchOptions(BaseModel):
+    """Options one architecture takes from ``model.options``; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class SharingArch(nn.Module):
@@ -24,12 +32,23 @@ class SharingArch(nn.Module):
 
     input_per_task: ClassVar[bool] = False
     registry_name: ClassVar[str]
+    Options: ClassVar[type[ArchOptions]] = ArchOptions
 
     def __init__(self, in_dim: int, num_tasks: int, spec: ModelSpec) -> None:
         super().__init__()
         self.in_dim = in_dim
         self.num_tasks = num_tasks
         self.out_dim = spec.hidden[-1]
+        self.options = self.parse_options(spec)
+
+    @classmethod
+    def parse_options(cls, spec: ModelSpec) -> ArchOptions:
+        """Validate ``model.options`` against this architecture's own options."""
+        try:
+            return cls.Options.model_validate(spec.options)
+        except ValidationError as error:
+            message = format_validation_error(error, cls.Options)
+            raise ConfigError(f"model.options ({spec.arch}): {message}") from None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

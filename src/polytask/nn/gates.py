@@ -32,3 +32,47 @@ def mix_experts(gates: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     gates [G, B, E], experts [E, B, D] -> [G, B, D], as one batched product over rows.
     """
     return torch.bmm(gates.permute(1, 0, 2), experts.transpose(0, 1)).transpose(0, 1)
+
+
+class MaskedGates(nn.Module):
+    """G softmax gates over a common pool of E experts, each allowed only some of them.
+
+    CGC and PLE give each task a gate over its own experts plus the shared ones; laying every
+    gate over the whole pool with the disallowed experts masked to zero weight keeps all gates
+    in one product and all mixing in one batched product.
+
+    Args:
+        allowed: [G, E] bool, which experts each gate may weight.
+        per_gate_input: gates read their own input [G, B, in] instead of a shared [B, in].
+
+    Shapes: x [B, in] or [G, B, in] -> weights [G, B, E], zero where not allowed.
+    """
+
+    def __init__(self, allowed: torch.Tensor, in_dim: int, per_gate_input: bool = False) -> None:
+        super().__init__()
+        num_gates, num_experts = allowed.shape
+        self.num_gates, self.num_experts = num_gates, num_experts
+        self.per_gate_input = per_gate_input
+        self.weight = nn.Parameter(torch.empty(num_gates, in_dim, num_experts))
+        self.bias = nn.Parameter(torch.empty(num_gates, 1, num_experts))
+        self.register_buffer("blocked", ~allowed.unsqueeze(1))  # [G, 1, E]
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / self.weight.shape[1] ** 0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_gate_input:
+            logits = torch.baddbmm(self.bias, x, self.weight)
+        else:
+            in_dim = self.weight.shape[1]
+            flat = self.weight.permute(1, 0, 2).reshape(in_dim, -1)
+            logits = (x @ flat).view(x.shape[0], self.num_gates, self.num_experts)
+            logits = logits.transpose(0, 1) + self.bias
+        return torch.softmax(logits.masked_fill(self.blocked, float("-inf")), dim=-1)
+
+    def extra_repr(self) -> str:
+        shape = f"gates={self.num_gates}, experts={self.num_experts}"
+        return f"{shape}, per_gate_input={self.per_gate_input}"
