@@ -35,7 +35,9 @@ class MultiTaskModel(nn.Module):
         return torch.stack([enc(features.categorical, features.numeric) for enc in self.encoders])
 
     def forward(self, features: Features) -> list[torch.Tensor]:
-        return self.towers(self.arch(self.encode(features)))
+        representation = self.arch(self.encode(features))
+        heads = getattr(self.arch, "heads", None)
+        return heads(self.towers, representation) if heads else self.towers(representation)
 
 
 def build_model(

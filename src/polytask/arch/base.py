@@ -28,6 +28,11 @@ class SharingArch(nn.Module):
     ``input_per_task`` is True for an architecture that must not share even the input encoder
     (single-task baselines): the model then builds one encoder per task and passes
     ``[T, B, in_dim]``; otherwise it passes ``[B, in_dim]``.
+
+    Two hooks let an architecture reach past the representation without special cases in
+    the trainer: ``auxiliary_loss`` (set during a training forward pass, e.g. a load-balancing
+    term; the training step adds it to the objective) and :meth:`heads` (how the towers turn
+    representations into logits, e.g. ESMM's probability chain).
     """
 
     input_per_task: ClassVar[bool] = False
@@ -40,6 +45,11 @@ class SharingArch(nn.Module):
         self.num_tasks = num_tasks
         self.out_dim = spec.hidden[-1]
         self.options = self.parse_options(spec)
+        self.auxiliary_loss: torch.Tensor | None = None
+
+    def heads(self, towers: nn.Module, representation: torch.Tensor) -> list[torch.Tensor]:
+        """Per-task logits from the representation [T, B, out_dim]; plain towers by default."""
+        return towers(representation)
 
     @classmethod
     def parse_options(cls, spec: ModelSpec) -> ArchOptions:

@@ -26,6 +26,8 @@ EPOCH_LOG = "metrics.jsonl"
 FINAL_METRICS = "metrics.json"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"
+EXPERTS = "experts.json"
+EXPERTS_PLOT = "experts.png"
 PARTIAL_SUFFIX = ".partial"
 
 

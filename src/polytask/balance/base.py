@@ -32,6 +32,8 @@ class StepContext:
     present: [T] bool, True where the batch holds at least one label of the task; absent tasks
     must get no weight and no gradient. static_weights: [T] the config's per-task weights.
     shared_params / representation are filled only when the method asks for them.
+    extra_loss: an architecture's auxiliary term (load balancing, calibration, ...), added to
+    the objective unweighted; it is not a task and is never balanced.
     """
 
     present: torch.Tensor
@@ -39,6 +41,7 @@ class StepContext:
     step: int
     shared_params: list[torch.nn.Parameter] = field(default_factory=list)
     representation: torch.Tensor | None = None
+    extra_loss: torch.Tensor | None = None
 
 
 class Balancer:

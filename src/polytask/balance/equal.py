@@ -13,5 +13,8 @@ class EqualWeighting(Balancer):
 
     def backward(self, losses: torch.Tensor, context: StepContext) -> torch.Tensor:
         weights = context.static_weights * context.present
-        (weights * losses).sum().backward()
+        objective = (weights * losses).sum()
+        if context.extra_loss is not None:
+            objective = objective + context.extra_loss
+        objective.backward()
         return weights.detach()

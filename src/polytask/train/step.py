@@ -45,7 +45,12 @@ def train_step(
 ) -> StepResult:
     optimizer.zero_grad(set_to_none=True)
     losses, present = task_losses(model(features), labels, tasks)
-    context = StepContext(present=present, static_weights=static_weights, step=step)
+    context = StepContext(
+        present=present,
+        static_weights=static_weights,
+        step=step,
+        extra_loss=getattr(model.arch, "auxiliary_loss", None),
+    )
     weights = balancer.backward(losses, context)
     optimizer.step()
     return StepResult(losses.detach(), weights, present)

@@ -29,6 +29,7 @@ from polytask.config import RunSpec
 from polytask.errors import ConfigError, PolytaskError
 from polytask.model import MultiTaskModel, build_model
 from polytask.train.evaluation import evaluate, overall_score
+from polytask.train.insight import expert_utilisation, plot_utilisation
 from polytask.train.optim import build_optimizer, build_scheduler
 from polytask.train.prepare import Prepared, SplitTensors, prepare
 from polytask.train.progress import TrainingDisplay, metrics_table
@@ -316,6 +317,19 @@ class Trainer:
         return LoopState(**payload["loop"])
 
     # ------------------------------------------------------------------ the artifact
+    def _save_insight(
+        self, model: MultiTaskModel, prepared: Prepared, display: TrainingDisplay
+    ) -> None:
+        """Expert utilisation on validation rows (training rows if there are none)."""
+        split = prepared.splits.get("valid") or prepared.splits["train"]
+        report = expert_utilisation(model, split.features, self.spec.train.eval_batch_size)
+        if report is None:
+            return
+        rd.save_json(self.partial, rd.EXPERTS, report)
+        write_atomic(self.partial / rd.EXPERTS_PLOT, lambda temp: plot_utilisation(report, temp))
+        for warning in report["warnings"]:
+            display.show(f"[yellow]warning:[/yellow] {warning}")
+
     def _finish(
         self, model: MultiTaskModel, prepared: Prepared, loop: LoopState, display: TrainingDisplay
     ) -> Path:
@@ -343,6 +357,7 @@ class Trainer:
                 baseline,
                 str(self.spec.train.baseline) if baseline else None,
             )
+        self._save_insight(model, prepared, display)
         weights = {k: v.contiguous() for k, v in model.state_dict().items()}
         write_atomic(self.partial / rd.WEIGHTS, lambda temp: save_file(weights, str(temp)))
         rd.save_json(self.partial, rd.FINAL_METRICS, final)
