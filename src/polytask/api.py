@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from polytask.artifacts.predictor import Predictor
 from polytask.config import RunSpec, load_spec
@@ -18,8 +21,13 @@ def train(
     overwrite: bool = False,
     progress: bool = False,
     callbacks: list[EpochCallback] | None = None,
+    encoder_factory: Callable[[], nn.Module] | None = None,
 ) -> Predictor:
-    """Train a run specification (object, dict or YAML path) and return the loaded run."""
+    """Train a run specification (object, dict or YAML path) and return the loaded run.
+
+    ``encoder_factory`` builds your own input encoder (a module taking ``(categorical,
+    numeric)`` with an ``out_dim`` attribute) instead of the one ``model.encoder`` names.
+    """
     run = fit(
         load_spec(spec),
         out,
@@ -27,10 +35,14 @@ def train(
         overwrite=overwrite,
         progress=progress,
         callbacks=callbacks or (),
+        encoder_factory=encoder_factory,
     )
-    return Predictor.load(run)
+    return Predictor.load(run, encoder_factory=encoder_factory)
 
 
-def load(run_dir: str | Path) -> Predictor:
-    """Load a finished run directory for prediction and evaluation."""
-    return Predictor.load(run_dir)
+def load(
+    run_dir: str | Path, *, encoder_factory: Callable[[], nn.Module] | None = None
+) -> Predictor:
+    """Load a finished run directory for prediction and evaluation (a run trained with an
+    ``encoder_factory`` needs the same factory)."""
+    return Predictor.load(run_dir, encoder_factory=encoder_factory)

@@ -127,6 +127,48 @@ class TaskSpec(_Section):
         return list(self.targets) if self.targets is not None else [str(self.target)]
 
 
+# Two valid 5x5 convolutions, each followed by a 2x2 max-pool, need 16 pixels per side.
+CNN_MIN_SIDE = 16
+
+
+class EncoderSpec(_Section):
+    """The input encoder: embeddings joined with numerics, or a LeNet-style CNN over images.
+
+    ``cnn`` reads the first C*H*W numeric feature columns (in table order, or the order of
+    ``data.numeric``) as a [C, H, W] image; categorical columns and missing flags are ignored.
+    ``custom`` is recorded by the trainer for a run trained with a Python ``encoder_factory``;
+    loading or resuming such a run needs the same factory.
+    """
+
+    name: Literal["tabular", "cnn", "custom"] = "tabular"
+    image_shape: list[int] | None = None
+    channels: list[int] = Field(default_factory=lambda: [10, 20], min_length=2, max_length=2)
+    out_dim: int = Field(50, ge=1)
+
+    @field_validator("channels")
+    @classmethod
+    def _positive_channels(cls, channels: list[int]) -> list[int]:
+        if any(width < 1 for width in channels):
+            raise ValueError("channel counts must be positive integers")
+        return channels
+
+    @model_validator(mode="after")
+    def _image_shape_fits(self) -> EncoderSpec:
+        if self.name != "cnn":
+            if self.image_shape is not None:
+                raise ValueError(f"image_shape is read only by the cnn encoder, not '{self.name}'")
+            return self
+        shape = self.image_shape
+        if shape is None or len(shape) != 3 or any(side < 1 for side in shape):
+            raise ValueError("the cnn encoder needs image_shape: three positive ints [C, H, W]")
+        if min(shape[1:]) < CNN_MIN_SIDE:
+            raise ValueError(
+                f"the cnn encoder needs images of at least {CNN_MIN_SIDE}x{CNN_MIN_SIDE} "
+                f"(two 5x5 convolutions, each followed by a 2x2 pool); got {shape[1]}x{shape[2]}"
+            )
+        return self
+
+
 class ModelSpec(_Section):
     """The network: input encoder -> sharing architecture -> one tower per task."""
 
@@ -137,6 +179,7 @@ class ModelSpec(_Section):
     tower_hidden: list[int] = Field(default_factory=lambda: [8])
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     options: dict[str, Any] = Field(default_factory=dict)
+    encoder: EncoderSpec = Field(default_factory=EncoderSpec)
 
     @field_validator("arch")
     @classmethod

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
 from polytask.arch import ARCHS
 from polytask.config import ModelSpec
 from polytask.data.preprocess import Features
+from polytask.errors import PolytaskError
+from polytask.nn.cnn import CNNEncoder
 from polytask.nn.encoders import TabularEncoder
 from polytask.nn.towers import Towers
 
@@ -46,15 +50,37 @@ def build_model(
     numeric_width: int,
     out_dims: list[int],
     task_names: list[str],
+    encoder_factory: Callable[[], nn.Module] | None = None,
 ) -> MultiTaskModel:
-    """Build the model a run specification describes, for a fitted preprocessor's inputs."""
+    """Build the model a run specification describes, for a fitted preprocessor's inputs.
+
+    ``encoder_factory`` (a user's module taking ``(categorical, numeric)`` and exposing
+    ``out_dim``) replaces the encoder ``spec.encoder`` names; it is called once per encoder.
+    """
     arch_cls = ARCHS.get(spec.arch)
     num_tasks = len(out_dims)
     num_encoders = num_tasks if arch_cls.input_per_task else 1
-    encoders = nn.ModuleList(
-        TabularEncoder(cardinalities, numeric_width, spec.embedding_dim)
-        for _ in range(num_encoders)
-    )
+    make_encoder = encoder_factory or encoder_from_spec(spec, cardinalities, numeric_width)
+    encoders = nn.ModuleList(make_encoder() for _ in range(num_encoders))
+    if not isinstance(getattr(encoders[0], "out_dim", None), int):
+        raise PolytaskError("the encoder_factory's module must have an int attribute out_dim")
     arch = arch_cls(encoders[0].out_dim, num_tasks, spec)
     towers = Towers(arch.out_dim, spec.tower_hidden, out_dims, dropout=spec.dropout)
     return MultiTaskModel(encoders, arch, towers, task_names)
+
+
+def encoder_from_spec(
+    spec: ModelSpec, cardinalities: list[int], numeric_width: int
+) -> Callable[[], nn.Module]:
+    """A constructor for the encoder ``spec.encoder`` names."""
+    encoder = spec.encoder
+    if encoder.name == "custom":
+        raise PolytaskError(
+            "this model was trained with a custom encoder (model.encoder.name: custom); "
+            "pass the encoder_factory it was trained with (to polytask.load, or to "
+            "polytask.train with resume=True)"
+        )
+    if encoder.name == "cnn":
+        image_shape = list(encoder.image_shape or [])
+        return lambda: CNNEncoder(image_shape, encoder.channels, encoder.out_dim, numeric_width)
+    return lambda: TabularEncoder(cardinalities, numeric_width, spec.embedding_dim)

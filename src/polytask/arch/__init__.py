@@ -1,6 +1,19 @@
 """Sharing architectures: how tasks share and separate capacity. One file each, one registry."""
 
-from polytask.arch import mmoe, omoe, ple, shared_bottom, single  # noqa: F401  (registers them)
+from polytask.arch import (  # noqa: F401  (importing a module registers its architecture)
+    aitm,
+    cross_stitch,
+    dselect_k,
+    esmm,
+    home,
+    mmoe,
+    omoe,
+    ple,
+    shared_bottom,
+    single,
+    task_bottom,
+    task_moe,
+)
 from polytask.arch.base import ARCHS, SharingArch
 
 __all__ = ["ARCHS", "SharingArch"]

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from safetensors.torch import load_file
+from torch import nn
 
 from polytask.artifacts import run_dir as rd
 from polytask.config import RunSpec, TaskKind
 from polytask.data.preprocess import Preprocessor
-from polytask.errors import DataError
+from polytask.errors import DataError, PolytaskError
 from polytask.model import MultiTaskModel, build_model
 from polytask.tasks import Task
 from polytask.train.evaluation import evaluate, overall_score, predict_logits
@@ -31,9 +33,16 @@ class Predictor:
         self.tasks: list[Task] = preprocessor.build_tasks(spec.tasks)
 
     @classmethod
-    def load(cls, run: str | Path) -> Predictor:
+    def load(
+        cls, run: str | Path, encoder_factory: Callable[[], nn.Module] | None = None
+    ) -> Predictor:
         folder = rd.require_complete(Path(run))
         spec = rd.load_config(folder)
+        if encoder_factory is not None and spec.model.encoder.name != "custom":
+            raise PolytaskError(
+                f"run {folder} was trained with the {spec.model.encoder.name} encoder, "
+                "not a custom one; load it without encoder_factory"
+            )
         preprocessor = Preprocessor(rd.load_json(folder, rd.PREPROCESSOR))
         tasks = preprocessor.build_tasks(spec.tasks)
         model = build_model(
@@ -42,6 +51,7 @@ class Predictor:
             preprocessor.numeric_width,
             [task.out_dim for task in tasks],
             [task.name for task in tasks],
+            encoder_factory=encoder_factory,
         )
         model.load_state_dict(load_file(str(folder / rd.WEIGHTS)))
         return cls(folder, spec, preprocessor, model)

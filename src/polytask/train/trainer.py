@@ -25,7 +25,7 @@ from polytask import __version__
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.atomic import write_atomic
 from polytask.balance import BALANCERS, Balancer
-from polytask.config import RunSpec
+from polytask.config import EncoderSpec, RunSpec
 from polytask.errors import ConfigError, PolytaskError
 from polytask.model import MultiTaskModel, build_model
 from polytask.train.evaluation import evaluate, overall_score
@@ -87,6 +87,7 @@ class Trainer:
         overwrite: bool = False,
         progress: bool = True,
         callbacks: Iterable[EpochCallback] = (),
+        encoder_factory: Callable[[], torch.nn.Module] | None = None,
     ) -> None:
         self.out = rd.final_path(Path(out).resolve())
         self.partial = rd.partial_path(self.out)
@@ -94,7 +95,10 @@ class Trainer:
         self.overwrite = overwrite
         self.progress = progress
         self.callbacks = list(callbacks)
+        self.encoder_factory = encoder_factory
         self.spec = self._claim_folder(spec)
+        if encoder_factory is not None and not resume:
+            self.spec = _with_custom_encoder(self.spec)
 
     # ------------------------------------------------------------------ set-up
     def _claim_folder(self, spec: RunSpec | None) -> RunSpec:
@@ -131,6 +135,7 @@ class Trainer:
             prepared.preprocessor.numeric_width,
             [task.out_dim for task in prepared.tasks],
             [task.name for task in prepared.tasks],
+            encoder_factory=self.encoder_factory,
         )
         return prepared, model
 
@@ -364,6 +369,7 @@ class Trainer:
         summary = {
             "polytask_version": __version__,
             "arch": self.spec.model.arch,
+            "encoder": self.spec.model.encoder.name,
             "balance": self.spec.balance.method,
             "tasks": [task.name for task in prepared.tasks],
             "rows": {name: len(split) for name, split in prepared.splits.items()},
@@ -402,8 +408,23 @@ def fit(
     overwrite: bool = False,
     progress: bool = True,
     callbacks: Iterable[EpochCallback] = (),
+    encoder_factory: Callable[[], torch.nn.Module] | None = None,
 ) -> Path:
     """Train ``spec`` into the run directory ``out`` and return its path."""
     return Trainer(
-        spec, out, resume=resume, overwrite=overwrite, progress=progress, callbacks=callbacks
+        spec,
+        out,
+        resume=resume,
+        overwrite=overwrite,
+        progress=progress,
+        callbacks=callbacks,
+        encoder_factory=encoder_factory,
     ).fit()
+
+
+def _with_custom_encoder(spec: RunSpec) -> RunSpec:
+    """A copy of ``spec`` that records a user's encoder, so that the saved config says so and
+    loading or resuming without the factory fails with a clear message."""
+    spec = spec.model_copy(deep=True)
+    spec.model.encoder = EncoderSpec(name="custom")
+    return spec

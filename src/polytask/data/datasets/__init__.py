@@ -25,9 +25,16 @@ def _census_sample(**options: Any) -> Frames:
     return load_census_income_sample(**options)
 
 
+def _mmoe_synthetic(**options: Any) -> Frames:
+    from polytask.data.datasets.synthetic import load_mmoe_synthetic
+
+    return load_mmoe_synthetic(**options)
+
+
 DATASETS: dict[str, Callable[..., Frames]] = {
     "census_income": _census,
     "census_income_sample": _census_sample,
+    "mmoe_synthetic": _mmoe_synthetic,
 }
 
 

@@ -1,0 +1,137 @@
+"""Sharing architectures: MMoE against a manual computation, shared-bottom sharing, and
+exact independence of single-task networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from polytask.arch import ARCHS
+from polytask.arch.mmoe import MMoE
+from polytask.arch.shared_bottom import SharedBottom
+from polytask.arch.single import SingleTask
+from polytask.config import ModelSpec, parse_spec
+from polytask.data.preprocess import Preprocessor
+from polytask.errors import ConfigError
+from polytask.model import build_model
+from tests.conftest import base_spec, make_table
+
+
+def mlp(x: torch.Tensor, weights, biases, index: int) -> torch.Tensor:
+    for weight, bias in zip(weights, biases, strict=True):
+        x = F.relu(F.linear(x, weight[index].T, bias[index, 0]))
+    return x
+
+
+def test_mmoe_equals_a_manual_loop_over_its_own_weights():
+    torch.manual_seed(0)
+    spec = ModelSpec(arch="mmoe", hidden=[6, 4], num_experts=3)
+    arch = MMoE(in_dim=5, num_tasks=2, spec=spec)
+    x = torch.randn(7, 5)
+    out = arch(x)
+    assert out.shape == (2, 7, 4)
+    experts = [mlp(x, arch.experts.weights, arch.experts.biases, e) for e in range(3)]
+    gate_logits = F.linear(x, arch.gates.linear.weight, arch.gates.linear.bias)
+    for t in range(2):
+        gate = torch.softmax(gate_logits[:, t * 3 : (t + 1) * 3], dim=-1)  # [B, E]
+        expected = sum(gate[:, e : e + 1] * experts[e] for e in range(3))
+        torch.testing.assert_close(out[t], expected, rtol=1e-5, atol=1e-6)
+    assert arch.last_gate_weights.shape == (2, 7, 3)
+    torch.testing.assert_close(arch.last_gate_weights.sum(-1), torch.ones(2, 7))
+
+
+def test_shared_bottom_gives_every_task_the_same_representation():
+    torch.manual_seed(1)
+    arch = SharedBottom(in_dim=5, num_tasks=3, spec=ModelSpec(arch="shared_bottom", hidden=[4]))
+    x = torch.randn(6, 5)
+    out = arch(x)
+    assert out.shape == (3, 6, 4)
+    expected = mlp(x, arch.bottom.weights, arch.bottom.biases, 0)
+    for t in range(3):
+        torch.testing.assert_close(out[t], expected)
+
+
+def test_single_runs_one_bottom_per_task_on_its_own_input():
+    torch.manual_seed(2)
+    arch = SingleTask(in_dim=5, num_tasks=2, spec=ModelSpec(arch="single", hidden=[4]))
+    x = torch.randn(2, 6, 5)
+    out = arch(x)
+    for t in range(2):
+        torch.testing.assert_close(
+            out[t], mlp(x[t], arch.bottoms.weights, arch.bottoms.biases, t), rtol=1e-5, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("name", ["mmoe", "shared_bottom", "single"])
+def test_registered_archs_meet_the_contract(name):
+    cls = ARCHS.get(name)
+    spec = ModelSpec(arch=name, hidden=[6, 3], num_experts=2)
+    arch = cls(in_dim=4, num_tasks=3, spec=spec)
+    x = torch.randn(3, 5, 4) if cls.input_per_task else torch.randn(5, 4)
+    assert arch(x).shape == (3, 5, 3)
+    assert arch.out_dim == 3
+
+
+def test_unknown_arch_in_registry():
+    with pytest.raises(ConfigError, match=r"unknown architecture 'mmoee' \(did you mean 'mmoe'"):
+        ARCHS.get("mmoee")
+
+
+# ---------------------------------------------------------------------- whole model
+def _model_and_batch(arch: str):
+    frame = make_table(n=64, seed=4)
+    spec = parse_spec(base_spec("unused.csv", model={"arch": arch, "hidden": [5]}))
+    preprocessor = Preprocessor.fit(frame, spec.data, spec.tasks)
+    tasks = preprocessor.build_tasks(spec.tasks)
+    torch.manual_seed(0)
+    model = build_model(
+        spec.model,
+        preprocessor.cardinalities,
+        preprocessor.numeric_width,
+        [t.out_dim for t in tasks],
+        [t.name for t in tasks],
+    )
+    features = preprocessor.transform(frame)
+    labels = preprocessor.encode_labels(frame, tasks)
+    return model, tasks, features, labels
+
+
+def test_single_task_losses_touch_only_their_own_parameters():
+    model, tasks, features, labels = _model_and_batch("single")
+    assert len(model.encoders) == len(tasks)
+    outputs = model(features)
+    params = list(model.parameters())
+    index = {id(p): i for i, p in enumerate(params)}
+    for a, task in enumerate(tasks):
+        loss = task.loss(outputs[a], labels[task.name])
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        for b in range(len(tasks)):
+            for name, param in model.encoders[b].named_parameters():
+                grad = grads[index[id(param)]]
+                own = a == b
+                nonzero = grad is not None and torch.count_nonzero(grad) > 0
+                assert nonzero == own, f"task {a}, encoder {b} {name}"
+            for owner in (model.arch, model.towers):
+                for name, param in owner.named_parameters():
+                    grad = grads[index[id(param)]]
+                    # fused tensors hold one block per task on the first axis
+                    touched = torch.count_nonzero(grad[b]) > 0
+                    assert touched == (a == b), f"task {a} -> {name}[{b}]"
+
+
+def test_shared_bottom_losses_do_reach_the_shared_network():
+    """The contrast case: with sharing, one task's loss moves the shared parameters."""
+    model, tasks, features, labels = _model_and_batch("shared_bottom")
+    loss = tasks[0].loss(model(features)[0], labels[tasks[0].name])
+    weight = model.arch.bottom.weights[0]
+    (grad,) = torch.autograd.grad(loss, [weight])
+    assert torch.count_nonzero(grad) > 0
+
+
+@pytest.mark.parametrize("arch", ["mmoe", "shared_bottom", "single"])
+def test_model_outputs_one_logit_block_per_task(arch):
+    model, tasks, features, _ = _model_and_batch(arch)
+    outputs = model(features)
+    assert [tuple(o.shape) for o in outputs] == [(64, t.out_dim) for t in tasks]
+    assert [t.out_dim for t in tasks] == [1, 3, 1, 2]
