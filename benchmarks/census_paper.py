@@ -17,10 +17,12 @@ import json
 import platform
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
 from polytask.artifacts import run_dir as rd
@@ -49,10 +51,13 @@ def base_spec(data: Path, group: int) -> dict[str, Any]:
     return raw
 
 
-def run_one(raw: dict[str, Any], arch: str, seed: int, out: Path, baseline: Path | None) -> dict:
+def run_one(
+    raw: dict[str, Any], arch: str, seed: int, out: Path, baseline: Path | None, threads: int
+) -> dict:
     spec_dict = copy.deepcopy(raw)
     spec_dict["model"]["arch"] = arch
     spec_dict["train"]["seed"] = seed
+    spec_dict["train"]["threads"] = threads
     if baseline is not None:
         spec_dict["train"]["baseline"] = str(baseline)
     started = time.perf_counter()
@@ -67,6 +72,21 @@ def run_one(raw: dict[str, Any], arch: str, seed: int, out: Path, baseline: Path
         "best_epoch": summary["best_epoch"],
         "seconds": time.perf_counter() - started,
     }
+
+
+def run_seed(
+    raw: dict[str, Any], archs: list[str], seed: int, scratch: Path, threads: int
+) -> list[dict]:
+    """Every architecture for one seed, single-task first so that it is the Delta-m baseline."""
+    results = []
+    single_run = scratch / f"single-{seed}"
+    for arch in sorted(archs, key=lambda a: a != "single"):
+        baseline = single_run if arch != "single" and "single" in archs else None
+        result = run_one(raw, arch, seed, scratch / f"{arch}-{seed}", baseline, threads)
+        results.append(result)
+        aucs = "  ".join(f"{t} {v:.4f}" for t, v in result["auc"].items())
+        print(f"{arch:>14} seed {seed}: {aucs}  ({result['seconds']:.0f} s)", flush=True)
+    return results
 
 
 def table(results: list[dict], archs: list[str], group: int) -> str:
@@ -100,18 +120,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--archs", nargs="+", default=["single", "shared_bottom", "mmoe"])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one per seed)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
     args = parser.parse_args()
     raw = base_spec(args.data, args.group)
-    results = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for seed in range(args.seeds):
-            single_run = Path(scratch) / f"single-{seed}"
-            for arch in args.archs:
-                baseline = single_run if arch != "single" and "single" in args.archs else None
-                result = run_one(raw, arch, seed, Path(scratch) / f"{arch}-{seed}", baseline)
-                results.append(result)
-                aucs = "  ".join(f"{t} {v:.4f}" for t, v in result["auc"].items())
-                print(f"{arch:>14} seed {seed}: {aucs}  ({result['seconds']:.0f} s)", flush=True)
+    threads = args.threads or max(1, (torch.get_num_threads()) // args.jobs)
+    with tempfile.TemporaryDirectory() as scratch, ProcessPoolExecutor(args.jobs) as pool:
+        jobs = [
+            pool.submit(run_seed, raw, args.archs, seed, Path(scratch), threads)
+            for seed in range(args.seeds)
+        ]
+        results = [result for job in jobs for result in job.result()]
     print(
         f"\nCensus-Income group {args.group}, test AUC over {args.seeds} seeds "
         f"({platform.processor() or platform.machine()}):\n"

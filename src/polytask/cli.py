@@ -184,6 +184,29 @@ def info(run: Annotated[Path, typer.Argument(help="A finished run directory.")])
     )
 
 
+@app.command()
+@user_errors
+def archs() -> None:
+    """List the sharing architectures and the options each takes in model.options."""
+    from rich.table import Table
+
+    from polytask.arch import ARCHS
+
+    table = Table(title="architectures (model.arch) and their model.options")
+    table.add_column("arch")
+    table.add_column("what it is")
+    table.add_column("options (default): meaning")
+    for name in ARCHS.names():
+        cls = ARCHS.get(name)
+        summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        options = [
+            f"{key} ({field.default!r}): {field.description or ''}".rstrip(": ")
+            for key, field in cls.Options.model_fields.items()
+        ]
+        table.add_row(name, summary, "\n".join(options) or "-")
+    out.print(table)
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 
