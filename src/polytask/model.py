@@ -38,8 +38,16 @@ class MultiTaskModel(nn.Module):
             return self.encoders[0](features.categorical, features.numeric)
         return torch.stack([enc(features.categorical, features.numeric) for enc in self.encoders])
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the encoder(s) and sharing architecture: what more than one task's
+        loss can reach (task-specific gates inside an architecture included)."""
+        return [*self.encoders.parameters(), *self.arch.parameters()]
+
     def forward(self, features: Features) -> list[torch.Tensor]:
-        representation = self.arch(self.encode(features))
+        encoded = self.encode(features)
+        # kept for gradient balancing at the shared representation (MGDA-UB style)
+        self.last_representation = encoded
+        representation = self.arch(encoded)
         heads = getattr(self.arch, "heads", None)
         return heads(self.towers, representation) if heads else self.towers(representation)
 

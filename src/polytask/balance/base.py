@@ -9,12 +9,14 @@ logging). A balancer knows nothing about files, data loaders or the trainer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
+from polytask.balance.jacobian import gramian, task_gradients
 from polytask.registry import Registry
 
 
@@ -23,6 +25,9 @@ class Need(str, Enum):
     SHARED_GRADS = "shared_grads"
     GRAMIAN = "gramian"
     REPRESENTATION_GRADS = "representation_grads"
+
+
+GradientSource = Literal["parameters", "representation"]
 
 
 @dataclass
@@ -34,6 +39,8 @@ class StepContext:
     shared_params / representation are filled only when the method asks for them.
     extra_loss: an architecture's auxiliary term (load balancing, calibration, ...), added to
     the objective unweighted; it is not a task and is never balanced.
+    recompute_losses: runs the model on the same batch again and returns fresh losses [T]
+    with a new graph (for methods that evaluate at perturbed weights, e.g. sharpness-aware).
     """
 
     present: torch.Tensor
@@ -42,6 +49,35 @@ class StepContext:
     shared_params: list[torch.nn.Parameter] = field(default_factory=list)
     representation: torch.Tensor | None = None
     extra_loss: torch.Tensor | None = None
+    recompute_losses: Callable[[], torch.Tensor] | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def gradients(self, losses: torch.Tensor, source: GradientSource) -> list[torch.Tensor]:
+        """Per-task gradient blocks [T, ...] on the shared parameters (exact) or on the shared
+        representation (the MGDA-UB estimate), computed once per step."""
+        key = f"gradients:{source}"
+        if key not in self._cache:
+            if source == "representation":
+                if self.representation is None:
+                    raise ValueError("this model exposes no shared representation")
+                inputs: list[torch.Tensor] = [self.representation]
+            else:
+                inputs = [p for p in self.shared_params if p.requires_grad]
+            self._cache[key] = task_gradients(losses, inputs)
+        return self._cache[key]
+
+    def gramian(self, losses: torch.Tensor, source: GradientSource) -> torch.Tensor:
+        """The [T, T] Gramian of the per-task gradients from ``source``."""
+        key = f"gramian:{source}"
+        if key not in self._cache:
+            self._cache[key] = gramian(self.gradients(losses, source))
+        return self._cache[key]
+
+    def objective(self, weights: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """``sum_t w_t L_t`` plus the architecture's auxiliary term: its gradient is the
+        weighted combination of the task gradients, on every parameter."""
+        total = (weights.detach() * losses).sum()
+        return total + self.extra_loss if self.extra_loss is not None else total
 
 
 class Balancer:
@@ -59,6 +95,10 @@ class Balancer:
         """Accumulate the combined gradient; return the [T] weights used (detached)."""
         raise NotImplementedError
 
+    def describe(self) -> dict[str, Any]:
+        """What ran, for the run summary (method, and mode where the method has modes)."""
+        return {"method": self.registry_name}
+
     def state_dict(self) -> dict[str, Any]:
         """Learned or running state, saved in checkpoints so that resume is exact."""
         return {}
@@ -68,3 +108,77 @@ class Balancer:
 
 
 BALANCERS: Registry[Balancer] = Registry("balancing method")
+
+
+class GramianWeighting(Balancer):
+    """A method whose update is ``sum_t w_t g_t`` with weights computed from the Gramian of
+    the task gradients (MGDA, UPGrad, IMTL-G, CAGrad, Nash-MTL, Aligned-MTL, PCGrad, ...).
+
+    The maths lives in :meth:`weights_from_gramian`, on the present tasks only; this base
+    decides where the Gramian comes from (``mode``) and how often it is refreshed:
+
+    - ``mode: exact``: gradients on every shared parameter, from one batched backward pass;
+    - ``mode: fast``: gradients at the shared representation (the encoder output; MGDA-UB's
+      estimate), which costs only the part of the graph above it;
+    - ``every: k``: recompute the weights every k steps and reuse them in between.
+
+    The combined gradient is then one ordinary backward of ``sum_t w_t L_t``, so task-specific
+    parameters get exactly their weighted gradient too.
+    """
+
+    needs = frozenset({Need.GRAMIAN})
+    default_mode: ClassVar[Literal["exact", "fast"]] = "fast"
+
+    def __init__(
+        self,
+        num_tasks: int,
+        mode: Literal["exact", "fast"] | None = None,
+        every: int = 1,
+        **options: Any,
+    ) -> None:
+        super().__init__(num_tasks, **options)
+        mode = mode or self.default_mode
+        if mode not in ("exact", "fast"):
+            raise TypeError(f"mode must be 'exact' or 'fast', got {mode!r}")
+        if every < 1:
+            raise TypeError(f"every must be a positive integer, got {every!r}")
+        self.mode: Literal["exact", "fast"] = mode
+        self.every = every
+        self._last_weights: torch.Tensor | None = None
+
+    @property
+    def source(self) -> GradientSource:
+        return "parameters" if self.mode == "exact" else "representation"
+
+    def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """[P, P] Gramian of the P present tasks (and their losses [P]) -> weights [P]."""
+        raise NotImplementedError
+
+    def backward(self, losses: torch.Tensor, context: StepContext) -> torch.Tensor:
+        present = context.present
+        refresh = self._last_weights is None or context.step % self.every == 0
+        if refresh:
+            weights = torch.zeros(self.num_tasks, dtype=losses.dtype)
+            if bool(present.any()):
+                full = context.gramian(losses, self.source).detach()
+                index = present.nonzero().flatten()
+                sub = full[index][:, index]
+                weights[index] = self.weights_from_gramian(sub, losses.detach()[index])
+            self._last_weights = weights
+        weights = self._last_weights * present * context.static_weights  # type: ignore[operator]
+        context.objective(weights, losses).backward()
+        return weights.detach()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": self.registry_name,
+            "mode": self.mode,
+            "gradients": self.source,
+            "every": self.every,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_weights": self._last_weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._last_weights = state.get("last_weights")

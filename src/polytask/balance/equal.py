@@ -13,8 +13,5 @@ class EqualWeighting(Balancer):
 
     def backward(self, losses: torch.Tensor, context: StepContext) -> torch.Tensor:
         weights = context.static_weights * context.present
-        objective = (weights * losses).sum()
-        if context.extra_loss is not None:
-            objective = objective + context.extra_loss
-        objective.backward()
+        context.objective(weights, losses).backward()
         return weights.detach()

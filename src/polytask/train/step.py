@@ -9,10 +9,12 @@ from dataclasses import dataclass
 
 import torch
 
-from polytask.balance.base import Balancer, StepContext
+from polytask.balance.base import Balancer, Need, StepContext
 from polytask.data.preprocess import Features
 from polytask.model import MultiTaskModel
 from polytask.tasks import Task
+
+PARAMETER_NEEDS = frozenset({Need.GRAMIAN, Need.SHARED_GRADS})
 
 
 @dataclass
@@ -49,7 +51,10 @@ def train_step(
         present=present,
         static_weights=static_weights,
         step=step,
+        shared_params=model.shared_parameters() if balancer.needs & PARAMETER_NEEDS else [],
+        representation=model.last_representation,
         extra_loss=getattr(model.arch, "auxiliary_loss", None),
+        recompute_losses=lambda: task_losses(model(features), labels, tasks)[0],
     )
     weights = balancer.backward(losses, context)
     optimizer.step()

@@ -147,7 +147,7 @@ class Trainer:
         valid = prepared.splits.get("valid")
         optimizer = build_optimizer(list(model.parameters()), self.spec.train)
         scheduler = build_scheduler(optimizer, self.spec.train)
-        balancer = build_balancer(self.spec, len(tasks))
+        balancer = self.balancer = build_balancer(self.spec, len(tasks))
         static_weights = torch.tensor([task.spec.weight for task in tasks])
         loop = LoopState()
         if self.resume:
@@ -370,7 +370,7 @@ class Trainer:
             "polytask_version": __version__,
             "arch": self.spec.model.arch,
             "encoder": self.spec.model.encoder.name,
-            "balance": self.spec.balance.method,
+            "balance": self.balancer.describe(),
             "tasks": [task.name for task in prepared.tasks],
             "rows": {name: len(split) for name, split in prepared.splits.items()},
             "parameters": sum(p.numel() for p in model.parameters()),
