@@ -47,6 +47,7 @@ PAPER = {
 def base_spec(data: Path, group: int) -> dict[str, Any]:
     raw = yaml.safe_load((ROOT / "examples" / "census_income.yaml").read_text())
     raw["data"]["dataset_options"]["path"] = str(data.resolve())
+    raw["data"]["dataset_options"]["group"] = group
     raw["tasks"] = [{"name": t, "kind": "binary", "target": t} for t in GROUPS[group]]
     return raw
 

@@ -57,7 +57,9 @@ def test_tabular_encoder_looks_up_each_column_in_its_own_rows():
     assert out.shape == (2, 2 * 5 + 2) == (2, encoder.out_dim)
     table = encoder.embedding.weight
     torch.testing.assert_close(out[0, :5], table[0])
-    torch.testing.assert_close(out[0, 5:10], table[3 + 3])  # column 1 starts after column 0's 3 rows
+    torch.testing.assert_close(
+        out[0, 5:10], table[3 + 3]
+    )  # column 1 starts after column 0's 3 rows
     torch.testing.assert_close(out[1, :5], table[2])
     torch.testing.assert_close(out[1, 5:10], table[3 + 1])
     torch.testing.assert_close(out[:, 10:], numeric)

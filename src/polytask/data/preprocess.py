@@ -41,7 +41,12 @@ class Features:
         return Features(self.categorical[rows], self.numeric[rows])
 
 
-def _row_label(frame: pd.DataFrame, position: int) -> str:
+def _row_label(frame: pd.DataFrame | pd.Series, position: int) -> str:
+    """Name a row as the user counts it: a table read from a file keeps its 0-based row
+    number as the index (also after a split), so that is reported 1-based."""
+    label = frame.index[position]
+    if isinstance(label, int | np.integer) and not isinstance(label, bool):
+        return f"row {int(label) + 1}"
     return f"row {position + 1}"
 
 
@@ -57,8 +62,7 @@ def _to_numeric(series: pd.Series, what: str) -> np.ndarray:
         if bad.any():
             position = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"{what}, {_row_label(series.to_frame(), position)}: "
-                f"{series.iloc[position]!r} is not a number"
+                f"{what}, {_row_label(series, position)}: {series.iloc[position]!r} is not a number"
             )
         values = parsed.astype("float64").to_numpy()
     values = values.copy()
@@ -76,7 +80,16 @@ def _numeric_like(series: pd.Series) -> bool:
 
 
 def _as_text(series: pd.Series) -> pd.Series:
-    """Category values as stripped strings; missing and empty become NaN."""
+    """Category values as stripped strings; missing and empty become NaN.
+
+    Whole-number floats print as integers, so a code column read as int in one file and as
+    float in another (a NaN forces floats) maps to the same category: 3 and 3.0 are "3".
+    """
+    if ptypes.is_float_dtype(series):
+        values = series.to_numpy()
+        whole = np.isfinite(values) & (np.mod(values, 1) == 0)
+        if whole[np.isfinite(values)].all():
+            series = series.astype("Int64")
     text = series.astype("string").str.strip()
     return text.mask(text == "")
 
@@ -154,7 +167,8 @@ class Preprocessor:
                 continue
             series = frame[column]
             if ptypes.is_bool_dtype(series) or not ptypes.is_numeric_dtype(series):
-                if _numeric_like(series):
+                # an explicitly categorical dtype (pandas "category") is never second-guessed
+                if not isinstance(series.dtype, pd.CategoricalDtype) and _numeric_like(series):
                     numeric.append(column)  # bad cells are reported by row during fitting
                 else:
                     categorical.append(column)
@@ -242,8 +256,9 @@ class Preprocessor:
         codes = np.zeros((n, len(self.categorical)), dtype=np.int64)
         for j, column in enumerate(self.categorical):
             if column in frame.columns:
-                cats = pd.Categorical(_as_text(frame[column]), categories=self._categories[column])
-                codes[:, j] = cats.codes.astype(np.int64) + 1
+                # -1 for unseen or missing values, so those land in bucket 0
+                positions = self._categories[column].get_indexer(_as_text(frame[column]))
+                codes[:, j] = positions.astype(np.int64) + 1
         width = len(self.numeric)
         numeric = np.zeros((n, 2 * width), dtype=np.float32)
         for j, column in enumerate(self.numeric):
@@ -294,7 +309,8 @@ class Preprocessor:
             position = int(np.flatnonzero(bad)[0])
             raise DataError(
                 f"task '{task.name}' ({task.kind.value}): column '{column}' holds "
-                f"{_format_number(values[position])} at row {position + 1}; labels must be 0 or 1"
+                f"{_format_number(values[position])} at {_row_label(series, position)}; "
+                "labels must be 0 or 1"
             )
         return values
 
@@ -314,7 +330,7 @@ class Preprocessor:
             position = int(np.flatnonzero(unknown)[0])
             raise DataError(
                 f"task '{task.name}' (multiclass): column '{task.spec.target}' holds class "
-                f"{series.iloc[position]!r} at row {position + 1}, unseen in training; "
+                f"{series.iloc[position]!r} at {_row_label(series, position)}, unseen in training; "
                 f"known classes: {', '.join(map(str, classes[:20]))}"
             )
         return codes.astype(np.float32)

@@ -45,7 +45,10 @@ class Splits:
 def split_frame(
     frame: pd.DataFrame, valid: float, test: float, seed: int
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
-    """Random row split by fractions; the same seed gives the same split."""
+    """Random row split by fractions; the same seed gives the same split.
+
+    Each part keeps the rows' original index, so that an error found later names the row of
+    the file it came from rather than its position inside the part."""
     order = np.random.default_rng(seed).permutation(len(frame))
     n_valid, n_test = round(valid * len(frame)), round(test * len(frame))
     valid_rows, test_rows = order[:n_valid], order[n_valid : n_valid + n_test]
@@ -54,9 +57,9 @@ def split_frame(
         raise DataError("data.split leaves no training rows")
 
     def take(rows: np.ndarray) -> pd.DataFrame | None:
-        return frame.iloc[np.sort(rows)].reset_index(drop=True) if len(rows) else None
+        return frame.iloc[np.sort(rows)] if len(rows) else None
 
-    return frame.iloc[np.sort(train_rows)].reset_index(drop=True), take(valid_rows), take(test_rows)
+    return frame.iloc[np.sort(train_rows)], take(valid_rows), take(test_rows)
 
 
 def load_splits(spec: DataSpec) -> Splits:

@@ -34,8 +34,11 @@ class TabularEncoder(nn.Module):
     def forward(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
         parts = []
         if self.num_categorical:
-            embedded = self.embedding(categorical + self.offsets)  # [B, C, D]
-            parts.append(embedded.flatten(1))
+            # index_select rather than nn.Embedding's forward: its backward is a scatter-add,
+            # several times faster on CPU than embedding_dense_backward's sort
+            rows = (categorical + self.offsets).flatten()
+            embedded = self.embedding.weight.index_select(0, rows)  # [B * C, D]
+            parts.append(embedded.view(categorical.shape[0], -1))
         if self.numeric_width:
             parts.append(numeric)
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]

@@ -12,9 +12,12 @@ def build_optimizer(params: list[torch.nn.Parameter], spec: TrainSpec) -> torch.
         return torch.optim.SGD(
             params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay
         )
+    # foreach: one multi-tensor kernel per update instead of a Python loop over parameters
     if spec.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay)
+        return torch.optim.AdamW(
+            params, lr=spec.lr, weight_decay=spec.weight_decay, foreach=True
+        )
+    return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, foreach=True)
 
 
 def build_scheduler(

@@ -84,6 +84,7 @@ NUMERIC = [
     "weeks_worked_in_year",
 ]
 LABELS = ["income", "never_married", "college"]
+GROUPS = {1: ("income", "never_married"), 2: ("college", "never_married")}
 COLLEGE = {
     "Some college but no degree",
     "Associates degree-occup /vocational",
@@ -110,15 +111,29 @@ def read_census_file(path: Path) -> pd.DataFrame:
         )
     except (OSError, pd.errors.ParserError, EOFError) as error:
         raise DataError(f"census file {path} could not be read: {error}") from None
-    if raw.shape[1] != len(RAW_COLUMNS) or raw["income_label"].isna().any():
+    # a short line leaves its last fields empty ("" here, as keep_default_na is off)
+    if raw.shape[1] != len(RAW_COLUMNS) or raw["income_label"].fillna("").eq("").any():
         raise DataError(f"census file {path} does not have the {len(RAW_COLUMNS)} UCI fields")
     frame = raw.drop(columns=["education", "marital_stat", "instance_weight", "income_label"])
-    for column in NUMERIC:
-        frame[column] = pd.to_numeric(frame[column])
+    for column in frame.columns:
+        # coded fields (industry, occupation, year, ...) are categories, not quantities
+        frame[column] = (
+            pd.to_numeric(frame[column]) if column in NUMERIC else frame[column].astype("category")
+        )
     frame["income"] = raw["income_label"].str.startswith("50000+").astype(np.int64)
     frame["never_married"] = (raw["marital_stat"] == "Never married").astype(np.int64)
     frame["college"] = raw["education"].isin(COLLEGE).astype(np.int64)
     return frame
+
+
+def _keep_group(frame: pd.DataFrame, group: int | None) -> pd.DataFrame:
+    """Keep only the label columns of one MMoE task group: a label column left in the frame
+    would otherwise be read as an input (``college`` carries education into group 1)."""
+    if group is None:
+        return frame
+    if group not in GROUPS:
+        raise DataError(f"census data: group must be 1 or 2 (got {group!r})")
+    return frame.drop(columns=[c for c in LABELS if c not in GROUPS[group]])
 
 
 def _split_half(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -149,12 +164,14 @@ def _download(folder: Path) -> None:
 
 
 def load_census_income(
-    path: str | None = None, download: bool = True, seed: int = 0
+    path: str | None = None, download: bool = True, seed: int = 0, group: int | None = 1
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Train / valid / test frames under the MMoE protocol.
 
     ``path`` is a folder with the two original gzip files; without it the files are read from
-    (or downloaded into) ``~/.cache/polytask/census_income_kdd``.
+    (or downloaded into) ``~/.cache/polytask/census_income_kdd``. ``group`` (1 or 2) keeps that
+    MMoE task group's label columns only; ``None`` keeps all three (then drop the ones you do
+    not predict with ``data.drop``, or they become inputs).
     """
     folder = Path(path) if path is not None else DEFAULT_CACHE
     missing = [n for n in (TRAIN_FILE, TEST_FILE) if not (folder / n).is_file()]
@@ -162,16 +179,18 @@ def load_census_income(
         if path is not None or not download:
             raise DataError(f"census data: {', '.join(missing)} not found in {folder}")
         _download(folder)
-    train = read_census_file(folder / TRAIN_FILE)
-    valid, test = _split_half(read_census_file(folder / TEST_FILE), seed)
+    train = _keep_group(read_census_file(folder / TRAIN_FILE), group)
+    valid, test = _split_half(_keep_group(read_census_file(folder / TEST_FILE), group), seed)
     return train, valid, test
 
 
-def load_census_income_sample(seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def load_census_income_sample(
+    seed: int = 0, group: int | None = 1
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The small real sample shipped with polytask (see ``files/CENSUS_INCOME_NOTICE``)."""
     files = resources.files("polytask.data.datasets") / "files"
     with resources.as_file(files / "census_income_sample.data.gz") as train_path:
-        train = read_census_file(train_path)
+        train = _keep_group(read_census_file(train_path), group)
     with resources.as_file(files / "census_income_sample.test.gz") as test_path:
-        valid, test = _split_half(read_census_file(test_path), seed)
+        valid, test = _split_half(_keep_group(read_census_file(test_path), group), seed)
     return train, valid, test

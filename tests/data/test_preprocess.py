@@ -1,0 +1,333 @@
+"""The fitted preprocessor: vocabularies, standardisation, missing values and label checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from polytask.config import DataSpec, TaskSpec, parse_spec
+from polytask.data.preprocess import Preprocessor
+from polytask.errors import DataError
+from tests.conftest import base_spec, make_table
+
+
+def fit(frame: pd.DataFrame, **data) -> tuple[Preprocessor, list]:
+    spec = parse_spec(base_spec("unused.csv", data=data))
+    preprocessor = Preprocessor.fit(frame, spec.data, spec.tasks)
+    return preprocessor, preprocessor.build_tasks(spec.tasks)
+
+
+def small_spec_parts(tasks: list[dict], **data) -> tuple[DataSpec, list[TaskSpec]]:
+    spec = parse_spec(
+        {"data": {"train": "unused.csv", **data}, "tasks": tasks, "model": {"arch": "mmoe"}}
+    )
+    return spec.data, spec.tasks
+
+
+# ---------------------------------------------------------------------- column roles
+def test_column_roles_are_inferred_and_targets_excluded(table):
+    preprocessor, _ = fit(table)
+    assert preprocessor.categorical == ["color", "city"]
+    assert preprocessor.numeric == ["x1", "x2", "count"]
+    assert preprocessor.numeric_width == 6
+    for target in ["clicked", "segment", "spend", "tag_a", "tag_b"]:
+        assert target not in preprocessor.input_columns
+
+
+def test_declared_roles_and_drop_are_respected(table):
+    preprocessor, _ = fit(table, categorical=["count"], drop=["x2"])
+    assert preprocessor.categorical == ["count", "color", "city"]
+    assert preprocessor.numeric == ["x1"]
+    # an integer column declared categorical gets one bucket per value, plus unknown
+    assert preprocessor.cardinalities[0] == table["count"].nunique() + 1
+
+
+def test_bool_column_is_numeric():
+    frame = pd.DataFrame({"flag": [True, False, True, True], "y": [0, 1, 0, 1]})
+    data, tasks = small_spec_parts([{"name": "y", "kind": "binary", "target": "y"}])
+    preprocessor = Preprocessor.fit(frame, data, tasks)
+    assert preprocessor.numeric == ["flag"]
+
+
+def test_declared_column_that_is_missing_is_reported(table):
+    with pytest.raises(
+        DataError, match=r"'colour' named in data.categorical.*did you mean 'color'"
+    ):
+        fit(table, categorical=["colour"])
+    with pytest.raises(DataError, match=r"data\.drop"):
+        fit(table, drop=["nope"])
+
+
+def test_a_target_cannot_be_declared_a_feature(table):
+    with pytest.raises(DataError, match=r"data\.numeric names target column 'spend'"):
+        fit(table, numeric=["x1", "spend"])
+
+
+def test_no_feature_columns_left(table):
+    with pytest.raises(DataError, match="no feature columns"):
+        fit(table, drop=["color", "city", "x1", "x2", "count"])
+
+
+# ---------------------------------------------------------------------- categorical
+def test_unseen_and_missing_categories_map_to_zero(table):
+    preprocessor, _ = fit(table)
+    raw = pd.DataFrame(
+        {
+            "color": ["red", "purple", "", None, " red "],
+            "city": ["rome", "rome", "oslo", "lima", np.nan],
+            "x1": 0.0,
+            "x2": 0.0,
+            "count": 1,
+        }
+    )
+    codes = preprocessor.transform(raw).categorical
+    assert codes.dtype == torch.int64
+    color = codes[:, 0].tolist()
+    assert color[0] > 0
+    assert color[1] == 0  # unseen
+    assert color[2] == 0 and color[3] == 0  # empty and missing
+    assert color[4] == color[0]  # surrounding spaces do not make a new category
+    city = codes[:, 1].tolist()
+    assert city[0] == city[1] > 0 and city[2] > 0 and city[2] != city[0]
+    assert city[3] == 0 and city[4] == 0
+
+
+def test_known_categories_get_distinct_nonzero_codes(table):
+    preprocessor, _ = fit(table)
+    codes = preprocessor.transform(table).categorical[:, 0]
+    by_value = {}
+    for value, code in zip(table["color"], codes.tolist(), strict=True):
+        by_value.setdefault(value, set()).add(code)
+    assert all(len(c) == 1 for c in by_value.values())
+    flat = [next(iter(c)) for c in by_value.values()]
+    assert 0 not in flat and len(set(flat)) == len(flat) == 4
+    assert preprocessor.cardinalities == [5, 4]
+    assert max(codes.tolist()) < preprocessor.cardinalities[0]
+
+
+def test_rare_categories_below_min_frequency_are_unknown():
+    frame = pd.DataFrame(
+        {"c": ["a"] * 5 + ["b"] * 3 + ["z"], "x": np.arange(9.0), "y": [0, 1] * 4 + [1]}
+    )
+    data, tasks = small_spec_parts([{"name": "y", "kind": "binary", "target": "y"}])
+    data.min_frequency = 2
+    preprocessor = Preprocessor.fit(frame, data, tasks)
+    codes = preprocessor.transform(frame).categorical[:, 0].tolist()
+    assert codes[-1] == 0  # 'z' seen once
+    assert codes[0] > 0 and codes[5] > 0 and codes[0] != codes[5]
+    assert preprocessor.cardinalities == [3]
+
+
+# ---------------------------------------------------------------------- numeric
+def test_numeric_columns_are_standardised_on_training_rows():
+    frame = make_table(n=200)
+    frame.loc[[3, 10, 50], "x2"] = np.nan
+    preprocessor, _ = fit(frame)
+    numeric = preprocessor.transform(frame).numeric.double()
+    width = len(preprocessor.numeric)
+    j = preprocessor.numeric.index("x2")
+    present = ~np.isnan(frame["x2"].to_numpy())
+    values = numeric[present, j]
+    assert values.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert values.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
+    expected = (frame["x2"][present] - frame["x2"].mean()) / frame["x2"].std(ddof=0)
+    np.testing.assert_allclose(values.numpy(), expected.to_numpy(), rtol=1e-5, atol=1e-5)
+    flags = numeric[:, width + j]
+    assert flags[~present].tolist() == [1.0, 1.0, 1.0]
+    assert flags[present].sum().item() == 0.0
+
+
+def test_missing_and_absent_numerics_get_flag_one_and_value_zero(table):
+    preprocessor, _ = fit(table)
+    raw = pd.DataFrame({"color": ["red", "red"], "x1": [np.nan, 1.5], "count": [None, 3]})
+    numeric = preprocessor.transform(raw).numeric
+    width = len(preprocessor.numeric)
+    x1, x2, count = (preprocessor.numeric.index(c) for c in ("x1", "x2", "count"))
+    assert numeric[0, x1].item() == 0.0 and numeric[0, width + x1].item() == 1.0
+    assert numeric[1, x1].item() != 0.0 and numeric[1, width + x1].item() == 0.0
+    assert numeric[:, x2].tolist() == [0.0, 0.0]  # the column is absent
+    assert numeric[:, width + x2].tolist() == [1.0, 1.0]
+    assert numeric[0, width + count].item() == 1.0 and numeric[1, width + count].item() == 0.0
+    # absent categorical column -> unknown bucket
+    assert preprocessor.transform(raw).categorical[:, 1].tolist() == [0, 0]
+
+
+def test_infinite_values_count_as_missing(table):
+    preprocessor, _ = fit(table)
+    raw = table.head(2).copy()
+    raw.loc[raw.index[0], "x1"] = np.inf
+    numeric = preprocessor.transform(raw).numeric
+    j = preprocessor.numeric.index("x1")
+    assert numeric[0, j].item() == 0.0
+    assert numeric[0, len(preprocessor.numeric) + j].item() == 1.0
+
+
+def test_declared_numeric_with_a_bad_value_names_the_row(table):
+    table["x1"] = table["x1"].astype(object)
+    table.loc[17, "x1"] = "n/a?"
+    with pytest.raises(DataError, match=r"column 'x1', row 18: 'n/a\?' is not a number"):
+        fit(table, numeric=["x1"])
+
+
+def test_inferred_numeric_like_column_with_one_bad_cell_names_the_row(table):
+    table["x1"] = table["x1"].round(3).astype(str)
+    table.loc[41, "x1"] = "oops"
+    with pytest.raises(DataError, match=r"column 'x1', row 42: 'oops' is not a number"):
+        fit(table)
+
+
+def test_a_mostly_text_column_is_categorical(table):
+    table["code"] = ["A1", "B2", "7"] * (len(table) // 3)
+    preprocessor, _ = fit(table)
+    assert "code" in preprocessor.categorical
+
+
+def test_bad_numeric_value_at_prediction_time_names_the_row(table):
+    preprocessor, _ = fit(table)
+    raw = table.head(3).copy()
+    raw["x2"] = ["1.5", "2", "abc"]
+    with pytest.raises(DataError, match=r"column 'x2', row 3: 'abc'"):
+        preprocessor.transform(raw)
+
+
+# ---------------------------------------------------------------------- labels
+def test_labels_are_encoded_with_nan_where_missing(table):
+    preprocessor, tasks = fit(table)
+    labels = preprocessor.encode_labels(table, tasks)
+    assert set(labels) == {"click", "segment", "spend", "tags"}
+    for name, column in [("click", "clicked"), ("spend", "spend")]:
+        np.testing.assert_array_equal(np.isnan(labels[name].numpy()), table[column].isna())
+    np.testing.assert_array_equal(
+        labels["click"].numpy()[table["clicked"].notna()], table["clicked"].dropna()
+    )
+    assert labels["tags"].shape == (len(table), 2)
+    np.testing.assert_array_equal(
+        np.isnan(labels["tags"].numpy()), table[["tag_a", "tag_b"]].isna()
+    )
+
+
+def test_regression_labels_are_standardised_with_training_statistics(table):
+    preprocessor, tasks = fit(table)
+    spend = next(t for t in tasks if t.name == "spend")
+    present = table["spend"].dropna()
+    assert spend.target_mean == pytest.approx(present.mean())
+    assert spend.target_std == pytest.approx(present.std(ddof=0))
+    encoded = preprocessor.encode_labels(table, tasks)["spend"].numpy()
+    decoded = spend.decode_labels(encoded.astype(np.float64))
+    np.testing.assert_allclose(decoded[table["spend"].notna()], present, rtol=1e-5)
+
+
+def test_multiclass_classes_are_sorted_and_indexed(table):
+    preprocessor, tasks = fit(table)
+    segment = next(t for t in tasks if t.name == "segment")
+    assert segment.classes == ["high", "low", "mid"]
+    assert segment.out_dim == 3
+    encoded = preprocessor.encode_labels(table, tasks)["segment"].numpy()
+    for value, code in zip(table["segment"], encoded, strict=True):
+        if pd.isna(value):
+            assert np.isnan(code)
+        else:
+            assert segment.classes[int(code)] == value
+
+
+def test_integer_multiclass_labels():
+    frame = pd.DataFrame({"x": np.arange(6.0), "y": [3, 1, 3, 7, 1, np.nan]})
+    data, tasks = small_spec_parts([{"name": "y", "kind": "multiclass", "target": "y"}])
+    preprocessor = Preprocessor.fit(frame, data, tasks)
+    (task,) = preprocessor.build_tasks(tasks)
+    assert task.classes == [1, 3, 7]
+    encoded = preprocessor.encode_labels(frame, [task])["y"].numpy()
+    np.testing.assert_array_equal(encoded[:5], [1, 0, 1, 2, 0])
+    assert np.isnan(encoded[5])
+
+
+def test_binary_labels_accept_true_false_text():
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "y": ["True", "false", "", "1"]})
+    data, tasks = small_spec_parts([{"name": "y", "kind": "binary", "target": "y"}])
+    preprocessor = Preprocessor.fit(frame, data, tasks)
+    encoded = preprocessor.encode_labels(frame, preprocessor.build_tasks(tasks))["y"].numpy()
+    np.testing.assert_array_equal(encoded[[0, 1, 3]], [1.0, 0.0, 1.0])
+    assert np.isnan(encoded[2])
+
+
+def test_binary_label_outside_zero_one_names_the_row(table):
+    table.loc[9, "clicked"] = 3
+    preprocessor, tasks = fit(table)
+    with pytest.raises(DataError) as info:
+        preprocessor.encode_labels(table, tasks)
+    message = str(info.value)
+    assert "task 'click'" in message and "'clicked'" in message
+    assert "holds 3 at row 10" in message and "0 or 1" in message
+
+
+def test_multilabel_label_outside_zero_one_names_column_and_row(table):
+    table.loc[4, "tag_b"] = -1
+    preprocessor, tasks = fit(table)
+    with pytest.raises(DataError, match=r"column 'tag_b' holds -1 at row 5"):
+        preprocessor.encode_labels(table, tasks)
+
+
+def test_unseen_multiclass_label_names_the_row(table):
+    preprocessor, tasks = fit(table)
+    other = table.head(6).copy()
+    other.loc[other.index[4], "segment"] = "huge"
+    with pytest.raises(DataError, match=r"class 'huge' at row 5, unseen in training"):
+        preprocessor.encode_labels(other, tasks)
+
+
+def test_fractional_or_single_class_multiclass_labels_are_rejected():
+    data, tasks = small_spec_parts([{"name": "y", "kind": "multiclass", "target": "y"}])
+    with pytest.raises(DataError, match="fractional"):
+        Preprocessor.fit(pd.DataFrame({"x": [1.0, 2.0], "y": [0.5, 1.0]}), data, tasks)
+    with pytest.raises(DataError, match="single class"):
+        Preprocessor.fit(pd.DataFrame({"x": [1.0, 2.0], "y": ["a", "a"]}), data, tasks)
+
+
+def test_missing_target_column_is_reported(table):
+    with pytest.raises(
+        DataError, match=r"task 'click': target column 'clicked' is not in the table"
+    ):
+        fit(table.drop(columns=["clicked"]))
+    preprocessor, tasks = fit(table)
+    with pytest.raises(DataError, match=r"target column 'tag_a' is not in the table"):
+        preprocessor.encode_labels(table.drop(columns=["tag_a"]), tasks)
+
+
+def test_target_without_any_label_is_reported(table):
+    table["spend"] = np.nan
+    with pytest.raises(DataError, match=r"task 'spend': target column 'spend' has no labels"):
+        fit(table)
+
+
+def test_non_numeric_regression_label_names_the_row(table):
+    table["spend"] = table["spend"].astype(object)
+    table.loc[2, "spend"] = "lots"
+    with pytest.raises(DataError, match=r"task 'spend', column 'spend', row 3: 'lots'"):
+        fit(table)
+
+
+# ---------------------------------------------------------------------- state
+def test_state_round_trips_through_json(table):
+    preprocessor, tasks = fit(table)
+    again = Preprocessor(json.loads(json.dumps(preprocessor.state)))
+    raw = make_table(n=30, seed=5)
+    raw.loc[0, "color"] = "purple"
+    first, second = preprocessor.transform(raw), again.transform(raw)
+    assert torch.equal(first.categorical, second.categorical)
+    assert torch.equal(first.numeric, second.numeric)
+    assert [t.classes for t in again.build_tasks([t.spec for t in tasks])] == [
+        t.classes for t in tasks
+    ]
+
+
+def test_features_take_selects_rows(table):
+    preprocessor, _ = fit(table)
+    features = preprocessor.transform(table)
+    assert len(features) == len(table)
+    part = features.take(torch.tensor([5, 2]))
+    assert torch.equal(part.categorical, features.categorical[[5, 2]])
+    assert torch.equal(part.numeric, features.numeric[[5, 2]])

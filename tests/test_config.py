@@ -1,0 +1,217 @@
+"""The run specification: unknown keys and bad values fail with one line naming the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from polytask.config import load_spec, parse_spec
+from polytask.errors import ConfigError, PolytaskError
+from tests.conftest import base_spec, write_yaml
+
+
+def _error(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_spec(raw)
+    message = str(info.value)
+    assert "\n" not in message, "a config error is one line"
+    return message
+
+
+def _allowed_part(message: str) -> list[str]:
+    assert "allowed:" in message
+    return [word.strip() for word in message.split("allowed:", 1)[1].split(",")]
+
+
+@pytest.mark.parametrize(
+    ("where", "path", "typo", "suggestion", "some_allowed"),
+    [
+        ("model.archh", ("model",), "archh", "arch", ["arch", "hidden", "num_experts"]),
+        ("train.epoch", ("train",), "epoch", "epochs", ["epochs", "batch_size", "lr", "seed"]),
+        ("data.trian", ("data",), "trian", "train", ["train", "valid", "numeric"]),
+        ("modle", (), "modle", "model", ["data", "tasks", "model", "balance", "train"]),
+        ("data.split.vaild", ("data", "split"), "vaild", "valid", ["valid", "test", "seed"]),
+        (
+            "train.early_stopping.patiense",
+            ("train", "early_stopping"),
+            "patiense",
+            "patience",
+            ["patience", "monitor"],
+        ),
+        ("tasks.1.kindd", ("tasks", 1), "kindd", "kind", ["name", "kind", "target", "loss"]),
+    ],
+)
+def test_unknown_key_names_key_allowed_keys_and_suggestion(
+    where, path, typo, suggestion, some_allowed
+):
+    raw = base_spec("train.csv")
+    section = raw
+    for part in path:
+        section = section[part]
+    section[typo] = 1
+    message = _error(raw)
+    assert where in message
+    assert "unknown key" in message
+    assert f"did you mean '{suggestion}'" in message
+    allowed = _allowed_part(message)
+    for key in some_allowed:
+        assert key in allowed
+    assert typo not in allowed
+
+
+def test_unknown_key_without_close_match_has_no_suggestion():
+    raw = base_spec("train.csv")
+    raw["model"]["zzzzqqq"] = 3
+    message = _error(raw)
+    assert "model.zzzzqqq" in message
+    assert "did you mean" not in message
+    assert "arch" in _allowed_part(message)
+
+
+def test_unknown_architecture_names_field_and_suggests():
+    message = _error(base_spec("train.csv", model={"arch": "mmo"}))
+    assert "model.arch" in message
+    assert "'mmo'" in message
+    assert "did you mean 'mmoe'" in message
+    assert "single" in message and "shared_bottom" in message
+
+
+def test_unknown_balancing_method_names_field():
+    message = _error(base_spec("train.csv", balance={"method": "eqal"}))
+    assert "balance.method" in message
+    assert "did you mean 'equal'" in message
+
+
+def test_unknown_task_kind_names_field_and_suggests():
+    raw = base_spec("train.csv")
+    raw["tasks"][0]["kind"] = "binry"
+    message = _error(raw)
+    assert "tasks.0.kind" in message
+    assert "binry" in message
+    assert "did you mean 'binary'" in message
+
+
+def test_loss_not_fitting_kind_names_task_and_allowed_losses():
+    raw = base_spec("train.csv")
+    raw["tasks"][0]["loss"] = "mse"  # a binary task
+    message = _error(raw)
+    assert "tasks.0" in message
+    assert "loss 'mse'" in message
+    assert "bce" in message
+
+
+def test_metric_not_fitting_kind_names_metric():
+    raw = base_spec("train.csv")
+    raw["tasks"][2]["metrics"] = ["rmse", "auc"]  # a regression task
+    message = _error(raw)
+    assert "tasks.2" in message
+    assert "metric 'auc'" in message
+    assert "rmse" in message and "mae" in message
+
+
+@pytest.mark.parametrize(
+    ("sections", "field"),
+    [
+        ({"train": {"lr": -0.1}}, "train.lr"),
+        ({"train": {"lr": 0}}, "train.lr"),
+        ({"train": {"epochs": 0}}, "train.epochs"),
+        ({"train": {"optimizer": "adamm"}}, "train.optimizer"),
+        ({"model": {"num_experts": 0}}, "model.num_experts"),
+        ({"model": {"hidden": [8, 0]}}, "model.hidden"),
+        ({"model": {"dropout": 1.0}}, "model.dropout"),
+    ],
+)
+def test_bad_values_name_the_field(sections, field):
+    message = _error(base_spec("train.csv", **sections))
+    assert field in message
+
+
+def test_negative_lr_message_shows_value():
+    message = _error(base_spec("train.csv", train={"lr": -0.5}))
+    assert "train.lr" in message and "-0.5" in message
+
+
+def test_split_fractions_must_leave_training_rows():
+    raw = base_spec("train.csv")
+    raw["data"]["split"] = {"valid": 0.5, "test": 0.5}
+    assert "data.split" in _error(raw)
+
+
+def test_data_needs_exactly_one_source():
+    raw = base_spec("train.csv")
+    raw["data"]["dataset"] = "census_income_sample"
+    assert "exactly one" in _error(raw)
+    del raw["data"]["dataset"]
+    del raw["data"]["train"]
+    assert "exactly one" in _error(raw)
+
+
+def test_task_target_rules():
+    raw = base_spec("train.csv")
+    raw["tasks"][3] = {"name": "tags", "kind": "multilabel", "target": "tag_a"}
+    assert "targets" in _error(raw)
+    raw = base_spec("train.csv")
+    del raw["tasks"][0]["target"]
+    assert "target" in _error(raw)
+
+
+def test_missing_required_section_and_duplicate_task_names():
+    raw = base_spec("train.csv")
+    del raw["tasks"]
+    assert "tasks: required key is missing" in _error(raw)
+    raw = base_spec("train.csv")
+    raw["tasks"][1]["name"] = "click"
+    assert "repeated: click" in _error(raw)
+
+
+def test_config_error_is_a_polytask_error():
+    assert issubclass(ConfigError, PolytaskError)
+
+
+def test_defaults_filled_per_kind(tmp_path: Path):
+    spec = parse_spec(base_spec("train.csv"))
+    by_name = {task.name: task for task in spec.tasks}
+    assert by_name["click"].loss == "bce"
+    assert by_name["click"].metrics == ["auc", "logloss", "accuracy"]
+    assert by_name["segment"].loss == "cross_entropy"
+    assert by_name["segment"].metrics == ["accuracy", "macro_f1"]
+    assert by_name["spend"].loss == "mse"
+    assert by_name["spend"].metrics == ["rmse", "mae", "r2"]
+    assert by_name["tags"].metrics == ["mean_auc"]
+    assert spec.target_columns == ["clicked", "segment", "spend", "tag_a", "tag_b"]
+
+
+def test_load_spec_resolves_relative_paths_against_the_yaml_folder(tmp_path: Path):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    raw = base_spec("../data/train.csv", train={"baseline": "runs/single"})
+    spec = load_spec(write_yaml(folder / "run.yaml", raw))
+    assert spec.data.train == (tmp_path / "data" / "train.csv").resolve()
+    assert spec.train.baseline == (folder / "runs" / "single").resolve()
+    # A dict has no folder: paths stay as written.
+    assert str(load_spec(raw).data.train) == str(Path("../data/train.csv"))
+
+
+def test_load_spec_passes_a_runspec_through():
+    spec = parse_spec(base_spec("train.csv"))
+    assert load_spec(spec) is spec
+
+
+def test_load_spec_missing_file(tmp_path: Path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_load_spec_invalid_yaml_names_line(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  train: a.csv\ntasks: [\n  - {name: x\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+"):
+        load_spec(path)
+
+
+def test_load_spec_rejects_a_non_mapping(tmp_path: Path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_spec(path)
