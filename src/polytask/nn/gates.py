@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
 ELEMENTWISE_MIX_LIMIT = 1024  # experts x width up to which mix_experts broadcasts
 
 
