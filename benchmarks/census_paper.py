@@ -44,6 +44,16 @@ PAPER = {
 }
 
 
+# Every gated architecture gets the paper's expert budget (8 experts x [16] per level).
+ARCH_MODEL: dict[str, dict[str, Any]] = {
+    "cgc": {"options": {"task_experts": 3, "shared_experts": 2}},
+    "ple": {"options": {"task_experts": 3, "shared_experts": 2, "levels": 2}},
+    "home": {"options": {"shared_experts": 2, "group_experts": 2, "task_experts": 2}},
+    "dselect_k": {"options": {"k": 2}},
+    "task_moe": {"options": {"top_k": 2}},
+}
+
+
 def base_spec(data: Path, group: int) -> dict[str, Any]:
     raw = yaml.safe_load((ROOT / "examples" / "census_income.yaml").read_text())
     raw["data"]["dataset_options"]["path"] = str(data.resolve())
@@ -57,12 +67,16 @@ def run_one(
 ) -> dict:
     spec_dict = copy.deepcopy(raw)
     spec_dict["model"]["arch"] = arch
+    spec_dict["model"].update(copy.deepcopy(ARCH_MODEL.get(arch, {})))
     spec_dict["train"]["seed"] = seed
     spec_dict["train"]["threads"] = threads
     if baseline is not None:
         spec_dict["train"]["baseline"] = str(baseline)
     started = time.perf_counter()
-    run = fit(parse_spec(spec_dict), out, overwrite=True, progress=False)
+    if rd.is_complete(out):  # kept from an earlier invocation with the same --runs folder
+        run = out
+    else:
+        run = fit(parse_spec(spec_dict), out, overwrite=True, progress=False)
     summary = rd.load_json(run, rd.SUMMARY)
     metrics = rd.load_json(run, rd.FINAL_METRICS)["test"]
     return {
@@ -122,13 +136,17 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=["single", "shared_bottom", "mmoe"])
     parser.add_argument("--json", type=Path)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (one per seed)")
+    parser.add_argument(
+        "--runs", type=Path, help="keep run directories here; finished ones are reused"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
     args = parser.parse_args()
     raw = base_spec(args.data, args.group)
     threads = args.threads or max(1, (torch.get_num_threads()) // args.jobs)
     with tempfile.TemporaryDirectory() as scratch, ProcessPoolExecutor(args.jobs) as pool:
+        runs = args.runs / f"group{args.group}" if args.runs else Path(scratch)
         jobs = [
-            pool.submit(run_seed, raw, args.archs, seed, Path(scratch), threads)
+            pool.submit(run_seed, raw, args.archs, seed, runs, threads)
             for seed in range(args.seeds)
         ]
         results = [result for job in jobs for result in job.result()]

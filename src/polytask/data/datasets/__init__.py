@@ -31,7 +31,14 @@ def _mmoe_synthetic(**options: Any) -> Frames:
     return load_mmoe_synthetic(**options)
 
 
+def _multi_mnist(**options: Any) -> Frames:
+    from polytask.data.datasets.multimnist import load_multi_mnist
+
+    return load_multi_mnist(**options)
+
+
 DATASETS: dict[str, Callable[..., Frames]] = {
+    "multi_mnist": _multi_mnist,
     "census_income": _census,
     "census_income_sample": _census_sample,
     "mmoe_synthetic": _mmoe_synthetic,
