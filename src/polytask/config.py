@@ -253,6 +253,7 @@ class TrainSpec(_Section):
     seed: int = 0
     threads: int | None = Field(None, ge=1)
     baseline: Path | None = None
+    diagnostics_every: int | None = Field(None, ge=1)
 
 
 class RunSpec(_Section):
@@ -270,6 +271,18 @@ class RunSpec(_Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"task names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _balance_options(self) -> RunSpec:
+        """Build the balancing method once, so a bad option fails at load, not mid-run."""
+        from polytask.balance import BALANCERS
+
+        method = self.balance.method
+        try:
+            BALANCERS.get(method)(len(self.tasks), **self.balance.options)
+        except (TypeError, ValueError) as error:  # ConfigError passes through parse_spec
+            raise ConfigError(f"balance.options ({method}): {error}") from None
         return self
 
     @property

@@ -49,7 +49,10 @@ def test_registry_and_options():
     assert "equal" in BALANCERS.names()
     with pytest.raises(TypeError, match="unexpected option"):
         EqualWeighting(2, temperature=2.0)
-    spec = parse_spec(base_spec("t.csv", balance={"method": "equal", "options": {"alpha": 1}}))
+    with pytest.raises(ConfigError, match=r"balance\.options.*alpha"):
+        parse_spec(base_spec("t.csv", balance={"method": "equal", "options": {"alpha": 1}}))
+    spec = parse_spec(base_spec("t.csv"))
+    spec.balance.options = {"alpha": 1}  # bypassing validation: the trainer still refuses it
     with pytest.raises(ConfigError, match=r"balance\.options.*alpha"):
         build_balancer(spec, 4)
 

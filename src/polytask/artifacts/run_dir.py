@@ -28,6 +28,7 @@ SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.pt"
 EXPERTS = "experts.json"
 EXPERTS_PLOT = "experts.png"
+BALANCE_PLOT = "balance.png"
 PARTIAL_SUFFIX = ".partial"
 
 

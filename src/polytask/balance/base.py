@@ -99,6 +99,18 @@ class Balancer:
         """What ran, for the run summary (method, and mode where the method has modes)."""
         return {"method": self.registry_name}
 
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """The method's own learnable parameters (e.g. uncertainty weighting's log-variances).
+
+        The trainer optimises them with the model, as a second parameter group without weight
+        decay; their values belong in :meth:`state_dict` too. An empty list by default.
+        """
+        return []
+
+    def end_epoch(self) -> None:
+        """Called by the trainer after each training epoch, before the checkpoint: for methods
+        defined on per-epoch statistics (e.g. DWA). Does nothing by default."""
+
     def state_dict(self) -> dict[str, Any]:
         """Learned or running state, saved in checkpoints so that resume is exact."""
         return {}
@@ -158,7 +170,7 @@ class GramianWeighting(Balancer):
         present = context.present
         refresh = self._last_weights is None or context.step % self.every == 0
         if refresh:
-            weights = torch.zeros(self.num_tasks, dtype=losses.dtype)
+            weights = torch.zeros(self.num_tasks, dtype=losses.dtype, device=losses.device)
             if bool(present.any()):
                 full = context.gramian(losses, self.source).detach()
                 index = present.nonzero().flatten()

@@ -14,9 +14,7 @@ def build_optimizer(params: list[torch.nn.Parameter], spec: TrainSpec) -> torch.
         )
     # foreach: one multi-tensor kernel per update instead of a Python loop over parameters
     if spec.optimizer == "adamw":
-        return torch.optim.AdamW(
-            params, lr=spec.lr, weight_decay=spec.weight_decay, foreach=True
-        )
+        return torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, foreach=True)
     return torch.optim.Adam(params, lr=spec.lr, weight_decay=spec.weight_decay, foreach=True)
 
 

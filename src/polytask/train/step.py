@@ -22,6 +22,7 @@ class StepResult:
     losses: torch.Tensor  # [T], detached
     weights: torch.Tensor  # [T], detached
     present: torch.Tensor  # [T] bool
+    gramian: torch.Tensor | None = None  # [T, T] where this step computed one
 
 
 def task_losses(
@@ -44,7 +45,10 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     static_weights: torch.Tensor,
     step: int,
+    measure_gradients: bool = False,
 ) -> StepResult:
+    """One update. ``measure_gradients`` also forms the task-gradient Gramian at the shared
+    representation (for diagnostics) when the balancer does not compute one itself."""
     optimizer.zero_grad(set_to_none=True)
     losses, present = task_losses(model(features), labels, tasks)
     context = StepContext(
@@ -56,6 +60,9 @@ def train_step(
         extra_loss=getattr(model.arch, "auxiliary_loss", None),
         recompute_losses=lambda: task_losses(model(features), labels, tasks)[0],
     )
+    if measure_gradients and context.representation is not None:
+        context.gramian(losses, "representation")  # cached: a balancer using it pays nothing
     weights = balancer.backward(losses, context)
     optimizer.step()
-    return StepResult(losses.detach(), weights, present)
+    gramian = next((v for k, v in context._cache.items() if k.startswith("gramian:")), None)
+    return StepResult(losses.detach(), weights, present, gramian)

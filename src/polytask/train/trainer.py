@@ -28,6 +28,7 @@ from polytask.balance import BALANCERS, Balancer
 from polytask.config import EncoderSpec, RunSpec
 from polytask.errors import ConfigError, PolytaskError
 from polytask.model import MultiTaskModel, build_model
+from polytask.train.diagnostics import BalanceDiagnostics, plot_balance
 from polytask.train.evaluation import evaluate, overall_score
 from polytask.train.insight import expert_utilisation, plot_utilisation
 from polytask.train.optim import build_optimizer, build_scheduler
@@ -145,10 +146,13 @@ class Trainer:
         tasks = prepared.tasks
         train = prepared.splits["train"]
         valid = prepared.splits.get("valid")
-        optimizer = build_optimizer(list(model.parameters()), self.spec.train)
-        scheduler = build_scheduler(optimizer, self.spec.train)
         balancer = self.balancer = build_balancer(self.spec, len(tasks))
+        optimizer = build_optimizer(list(model.parameters()), self.spec.train)
+        if balancer.parameters():  # a method's own learnable parameters (e.g. log-variances)
+            optimizer.add_param_group({"params": balancer.parameters(), "weight_decay": 0.0})
+        scheduler = build_scheduler(optimizer, self.spec.train)
         static_weights = torch.tensor([task.spec.weight for task in tasks])
+        self.diagnostics = BalanceDiagnostics(len(tasks))
         loop = LoopState()
         if self.resume:
             loop = self._restore(model, optimizer, scheduler, balancer)
@@ -173,6 +177,7 @@ class Trainer:
                     display,
                     epoch,
                 )
+                balancer.end_epoch()
                 elapsed = time.perf_counter() - started
                 loop.train_seconds += elapsed
                 loop.rows_seen += len(train)
@@ -209,6 +214,7 @@ class Trainer:
         display.start_epoch(epoch, self.spec.train.epochs, num_batches)
         loss_sum = torch.zeros(len(prepared.tasks))
         present_count = torch.zeros(len(prepared.tasks))
+        every = self.spec.train.diagnostics_every
         for start in range(0, len(train), batch_size):
             rows = order[start : start + batch_size]
             labels = {name: values[rows] for name, values in train.labels.items()}
@@ -221,9 +227,11 @@ class Trainer:
                 optimizer,
                 static_weights,
                 loop.step,
+                measure_gradients=every is not None and loop.step % every == 0,
             )
             loss_sum += result.losses * result.present
             present_count += result.present
+            self.diagnostics.add(result.weights, result.present, result.gramian)
             loop.step += 1
             display.advance()
         per_task = (loss_sum / present_count.clamp(min=1)).tolist()
@@ -247,6 +255,7 @@ class Trainer:
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": elapsed,
             "rows_per_second": len(prepared.splits["train"]) / max(elapsed, 1e-9),
+            **self.diagnostics.end_epoch([task.name for task in prepared.tasks]),
         }
         if valid is not None:
             results = evaluate(
@@ -363,6 +372,12 @@ class Trainer:
                 str(self.spec.train.baseline) if baseline else None,
             )
         self._save_insight(model, prepared, display)
+        if loop.history:
+            names = [task.name for task in prepared.tasks]
+            write_atomic(
+                self.partial / rd.BALANCE_PLOT,
+                lambda temp: plot_balance(loop.history, names, temp),
+            )
         weights = {k: v.contiguous() for k, v in model.state_dict().items()}
         write_atomic(self.partial / rd.WEIGHTS, lambda temp: save_file(weights, str(temp)))
         rd.save_json(self.partial, rd.FINAL_METRICS, final)

@@ -1,0 +1,72 @@
+"""PCGrad: project away conflicting gradient components.
+
+Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020. For each task i, in a
+random order of the other tasks j, if the (already projected) ``g_i^PC`` conflicts with the
+ORIGINAL ``g_j`` (``<g_i^PC, g_j> < 0``), its component along ``g_j`` is removed:
+``g_i^PC -= <g_i^PC, g_j> / |g_j|^2 g_j``. The update is ``sum_i g_i^PC``.
+
+Every ``g_i^PC`` stays a linear combination ``sum_j C_ij g_j`` of the original gradients, and
+each projection only changes the coefficient row ``C_i``, with inner products read from the
+Gramian (``<g_i^PC, g_j> = (C G)_ij``). So the update is ``sum_t w_t g_t`` with
+``w = sum_i C_i``: one ordinary backward of ``sum_t w_t L_t``, no per-parameter surgery.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from polytask.balance import _options
+from polytask.balance._linalg import as_float64, like
+from polytask.balance.base import BALANCERS, GramianWeighting, StepContext
+
+
+def task_orders(num_tasks: int, step: int, seed: int) -> list[torch.Tensor]:
+    """One random permutation of ``range(num_tasks)`` per task (the order in which task i
+    visits the others), from a generator seeded by ``(seed, step)``: a run, and a resumed
+    run, draw the same orders at the same step."""
+    generator = torch.Generator().manual_seed(((seed & 0xFFFFFFFF) << 32) | (step & 0xFFFFFFFF))
+    return [torch.randperm(num_tasks, generator=generator) for _ in range(num_tasks)]
+
+
+def pcgrad_coefficients(gramian: torch.Tensor, orders: list[torch.Tensor]) -> torch.Tensor:
+    """[P, P] ``C`` with ``g_i^PC = sum_j C_ij g_j`` (row i: task i's projected gradient).
+
+    gramian: [P, P]; orders: P permutations of range(P) (entries equal to i are skipped).
+    Tasks with a zero gradient project nothing (and are never in conflict).
+    """
+    matrix = as_float64(gramian)
+    coefficients = torch.eye(matrix.shape[0], dtype=torch.float64)
+    for i, order in enumerate(orders):
+        row = coefficients[i]
+        for j in order.tolist():
+            norm_sq = float(matrix[j, j])
+            if j == i or norm_sq <= 0:
+                continue
+            inner = float(row @ matrix[:, j])
+            if inner < 0:
+                row[j] -= inner / norm_sq
+    return coefficients
+
+
+@BALANCERS.register("pcgrad")
+class PCGrad(GramianWeighting):
+    """Options: ``seed`` (int >= 0, default 0): with the step number, seeds the random task
+    orders, so runs are deterministic."""
+
+    def __init__(self, num_tasks: int, seed: int = 0, **options: Any) -> None:
+        super().__init__(num_tasks, **options)
+        self.seed = _options.integer("seed", seed, low=0)
+        self._step = 0
+
+    def backward(self, losses: torch.Tensor, context: StepContext) -> torch.Tensor:
+        self._step = context.step  # the orders depend on the step; the base hides the context
+        return super().backward(losses, context)
+
+    def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        orders = task_orders(gramian.shape[0], self._step, self.seed)
+        return like(pcgrad_coefficients(gramian, orders).sum(dim=0), gramian)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "seed": self.seed}
