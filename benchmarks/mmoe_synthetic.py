@@ -1,7 +1,8 @@
 """The MMoE paper's synthetic study (Ma et al., KDD 2018, section 3.2 and figure 4).
 
 Two regression tasks whose weight vectors have cosine ``p``; shared-bottom, OMoE and MMoE
-trained on each ``p`` in (0.5, 0.9, 1.0) over several seeds; test loss (mean squared error
+trained on each ``p`` in (0.5, 0.9, 1.0) over several seeds (the task functions fixed, the
+rows, label noise and initialisation drawn anew per seed); test loss (mean squared error
 of the standardised labels, averaged over both tasks) against correlation, as a table and a
 plot. Expected, as in the paper: MMoE barely moves with correlation; OMoE matches it at 1.0
 and degrades at lower correlation; both beat shared-bottom.
@@ -15,6 +16,7 @@ import argparse
 import json
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +49,11 @@ def spec_for(arch: str, correlation: float, seed: int, epochs: int) -> dict[str,
         "model": {**ARCHS[arch], "tower_hidden": [8]},
         "train": {
             "epochs": epochs,
-            "batch_size": 128,
-            "lr": 1e-3,
+            "batch_size": 256,
+            "lr": 3e-3,
             "seed": seed,
-            "early_stopping": {"patience": 5, "monitor": "loss"},
+            "early_stopping": {"patience": 6, "monitor": "loss"},
+            "threads": 1,
         },
     }
 
@@ -88,19 +91,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 thread each)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results: dict[str, dict[float, list[float]]] = {a: {c: [] for c in CORRELATIONS} for a in ARCHS}
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        for seed in range(args.seeds):
-            for correlation in CORRELATIONS:
-                for arch in ARCHS:
-                    loss = run_one(arch, correlation, seed, args.epochs, Path(scratch))
-                    results[arch][correlation].append(loss)
-                    print(
-                        f"{arch:>14} p={correlation} seed {seed}: test MSE {loss:.4f}", flush=True
-                    )
+    cases = [(a, c, s) for s in range(args.seeds) for c in CORRELATIONS for a in ARCHS]
+    with tempfile.TemporaryDirectory() as scratch, ProcessPoolExecutor(args.jobs) as pool:
+        jobs = [pool.submit(run_one, a, c, s, args.epochs, Path(scratch)) for a, c, s in cases]
+        for (arch, correlation, seed), job in zip(cases, jobs, strict=True):
+            loss = job.result()
+            results[arch][correlation].append(loss)
+            print(f"{arch:>14} p={correlation} seed {seed}: test MSE {loss:.4f}", flush=True)
     print(
         f"\nTest MSE, mean ± std over {args.seeds} seeds ({time.perf_counter() - started:.0f} s)\n"
     )
