@@ -24,7 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
-	$(BIN)/python benchmarks/throughput_mmoe.py
+	$(BIN)/python benchmarks/throughput_archs.py
 
 clean:
 	rm -rf $(VENV) runs
