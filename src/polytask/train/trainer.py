@@ -34,6 +34,7 @@ from polytask.train.insight import expert_utilisation, plot_utilisation
 from polytask.train.optim import build_optimizer, build_scheduler
 from polytask.train.prepare import Prepared, SplitTensors, prepare
 from polytask.train.progress import TrainingDisplay, metrics_table
+from polytask.train.runtime import keep_heap_between_steps
 from polytask.train.step import train_step
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -124,6 +125,7 @@ class Trainer:
 
     def _setup(self) -> tuple[Prepared, MultiTaskModel]:
         train_spec = self.spec.train
+        keep_heap_between_steps()
         if train_spec.threads:
             torch.set_num_threads(train_spec.threads)
         seed_everything(train_spec.seed)
