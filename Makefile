@@ -22,9 +22,14 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest
 
+# The peers of the `bench` extra (pyproject.toml), with --no-deps: resolving LibMTL's
+# torchvision requirement would replace $(TORCH). Their other dependencies (numpy, pandas,
+# scikit-learn, scipy) come with polytask; keep these pins equal to the extra's.
 bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/pip install --quiet tqdm qpsolvers quadprog
+	$(BIN)/pip install --quiet --no-deps torch-rechub==0.9.0 libmtl==1.1.5 torchjd==0.18.0
 	$(BIN)/python benchmarks/throughput_archs.py
+	$(BIN)/python benchmarks/balance_speed.py
 
 clean:
 	rm -rf $(VENV) runs
