@@ -184,6 +184,13 @@ def info(run: Annotated[Path, typer.Argument(help="A finished run directory.")])
     )
 
 
+def _default_text(field: Any) -> str:
+    """An option's default as shown by `polytask archs` ('required' when it has none)."""
+    if field.is_required():
+        return "required"
+    return repr(field.get_default(call_default_factory=True))
+
+
 @app.command()
 @user_errors
 def archs() -> None:
@@ -200,11 +207,194 @@ def archs() -> None:
         cls = ARCHS.get(name)
         summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
         options = [
-            f"{key} ({field.default!r}): {field.description or ''}".rstrip(": ")
+            f"{key} ({_default_text(field)}): {field.description or ''}".rstrip(": ")
             for key, field in cls.Options.model_fields.items()
         ]
         table.add_row(name, summary, "\n".join(options) or "-")
     out.print(table)
+
+
+@app.command()
+@user_errors
+def serve(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(help="Answer only these tasks (repeat, or comma-separated)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    max_rows: Annotated[int, typer.Option(help="Most rows in one request (else 413).")] = 1024,
+    batch_window_ms: Annotated[
+        float, typer.Option(help="How long a request may wait for others to batch with.")
+    ] = 2.0,
+    max_batch_rows: Annotated[int, typer.Option(help="Most rows in one model call.")] = 1024,
+    max_queue_rows: Annotated[
+        int, typer.Option(help="Most rows waiting for the model (else 503).")
+    ] = 16384,
+    threads: Annotated[
+        int, typer.Option(help="torch intra-op threads; 1 suits small micro-batches best.")
+    ] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+) -> None:
+    """Serve a run over HTTP: POST /v1/predict, GET /v1/tasks, GET /healthz."""
+    from polytask.serve import run_server
+
+    names = [name.strip() for item in tasks or [] for name in item.split(",") if name.strip()]
+    run_server(
+        run,
+        tasks=names or None,
+        host=host,
+        port=port,
+        max_rows=max_rows,
+        batch_window_ms=batch_window_ms,
+        max_batch_rows=max_batch_rows,
+        max_queue_rows=max_queue_rows,
+        threads=threads,
+        access_log=access_log,
+    )
+
+
+@app.command()
+@user_errors
+def cascade(
+    slim_run: Annotated[Path, typer.Argument(help="The slim (cheap) run directory.")],
+    full_run: Annotated[Path, typer.Argument(help="The full run directory.")],
+    task: Annotated[str, typer.Option(help="The binary or multiclass task to cascade.")],
+    data: Annotated[Path | None, typer.Option(help="Labelled CSV or Parquet rows.")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Or: the full run's own 'valid' or 'test' split.")
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder for cascade.json and cascade.png."),
+    ] = None,
+    low: Annotated[float, typer.Option(help="Lowest confidence threshold.")] = 0.5,
+    high: Annotated[float, typer.Option(help="Highest confidence threshold.")] = 1.0,
+    steps: Annotated[int, typer.Option(help="Number of thresholds.")] = 21,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Slim run answers, full run takes the rows the slim one is unsure of: metric vs share
+    deferred, across confidence thresholds."""
+    import numpy as np
+    from rich.table import Table
+
+    from polytask.api import load
+    from polytask.data.tabular import load_splits, read_table
+    from polytask.serve.cascade import run_cascade
+
+    if (data is None) == (split is None):
+        raise PolytaskError("give exactly one of --data FILE or --split valid|test")
+    if steps < 1 or not low <= high:
+        raise PolytaskError("--steps must be at least 1 and --low at most --high")
+    full = load(full_run)
+    if data is not None:
+        frame = read_table(data)
+    else:
+        if split not in ("valid", "test"):
+            raise PolytaskError(f"--split must be 'valid' or 'test' (got '{split}')")
+        frame = getattr(load_splits(full.spec.data), split)
+        if frame is None:
+            raise PolytaskError(f"the full run's data has no {split} split")
+    thresholds = [float(t) for t in np.linspace(low, high, steps)]
+    report = run_cascade(
+        slim_run, full, task, frame, out_dir or Path(f"cascade-{task}"), thresholds
+    )
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    metric = report["metric"]
+    table = Table(title=f"cascade: {task}, {report['labelled_rows']} rows")
+    for column in ("threshold", "deferred", metric):
+        table.add_column(column, justify="right")
+
+    def shown(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    for point in report["points"]:
+        table.add_row(
+            f"{point['threshold']:.3f}",
+            f"{100 * point['deferred_share']:.1f}%",
+            shown(point["metric"]),
+        )
+    out.print(table)
+    out.print(
+        f"slim only: {metric} {shown(report['slim_only'][metric])}; "
+        f"full only: {metric} {shown(report['full_only'][metric])}"
+    )
+    match = report["cheapest_matching_full"]
+    if match is not None:
+        out.print(
+            f"within {match['tolerance']:g} of the full model deferring "
+            f"{100 * match['deferred_share']:.1f}% of rows (threshold {match['threshold']:.3f})"
+        )
+    out.print(f"written: {report['files']['json']}, {report['files']['plot']}")
+
+
+@app.command()
+@user_errors
+def slim(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    tasks: Annotated[
+        list[str], typer.Option("--tasks", help="A task to keep; repeat for several.")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Slim run directory to create.")],
+    threshold: Annotated[
+        float,
+        typer.Option(help="Gated archs: keep experts whose mean gate weight is above this."),
+    ] = 0.01,
+    data: Annotated[
+        Path | None, typer.Option(help="Labelled rows to measure on (default: validation rows).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    repeats: Annotated[
+        int, typer.Option(min=1, help="Timed predictions per model and batch size.")
+    ] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Cut a standalone run holding only what the named tasks use, and report the change."""
+    from polytask.slim import slim as slim_run
+    from polytask.slim.report import report_lines, report_table
+
+    report = slim_run(
+        run,
+        tasks,
+        out_dir,
+        threshold=threshold,
+        data=data,
+        overwrite=overwrite,
+        latency_repeats=repeats,
+    )
+    if as_json:
+        out.print_json(json.dumps(report, default=str))
+        return
+    out.print(report_table(report))
+    for line in report_lines(report):
+        out.print(line, highlight=False, soft_wrap=True)
+    out.print(f"slim run saved to {out_dir}", highlight=False)
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    run: Annotated[Path, typer.Argument(help="A finished run directory (full or slim).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
+    opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
+    verify: Annotated[
+        bool, typer.Option(help="Check the graph against PyTorch with onnxruntime.")
+    ] = True,
+) -> None:
+    """Export a run as ONNX: preprocessed inputs in, one output per task (with a JSON sidecar)."""
+    from polytask.slim.export import export_onnx, sidecar_path
+
+    interface = export_onnx(run, output, opset=opset, verify=verify)
+    difference = interface["max_abs_difference"]
+    if difference is not None:
+        checked = f"matches PyTorch within {difference:.1e}"
+    else:
+        checked = "not checked" + (" (onnxruntime is not installed)" if verify else "")
+    message = f"{output} written ({checked}); interface in {sidecar_path(output)}"
+    out.print(message, highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -45,9 +45,12 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, features: Features) -> list[torch.Tensor]:
         encoded = self.encode(features)
-        # kept for gradient balancing at the shared representation (MGDA-UB style)
-        self.last_representation = encoded
         representation = self.arch(encoded)
+        # What every task reads, for gradient balancing at the shared representation
+        # (MGDA-UB style): the architecture's own (shared-bottom output, expert outputs) where
+        # it names one, else the encoder output.
+        shared = getattr(self.arch, "shared_representation", None)
+        self.last_representation = shared if shared is not None else encoded
         heads = getattr(self.arch, "heads", None)
         return heads(self.towers, representation) if heads else self.towers(representation)
 

@@ -11,8 +11,10 @@ from polytask.arch import (  # noqa: F401  (importing a module registers its arc
     ple,
     shared_bottom,
     single,
+    slim_moe,
     task_bottom,
     task_moe,
+    task_subset,
 )
 from polytask.arch.base import ARCHS, SharingArch
 

@@ -46,6 +46,9 @@ class SharingArch(nn.Module):
         self.out_dim = spec.hidden[-1]
         self.options = self.parse_options(spec)
         self.auxiliary_loss: torch.Tensor | None = None
+        # the last tensor every task reads ([..., B, D]), set in forward where it is more
+        # telling than the encoder output (shared-bottom output, expert outputs)
+        self.shared_representation: torch.Tensor | None = None
 
     def heads(self, towers: nn.Module, representation: torch.Tensor) -> list[torch.Tensor]:
         """Per-task logits from the representation [T, B, out_dim]; plain towers by default."""

@@ -27,4 +27,9 @@ class MMoE(SharingArch):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gates = self.gates(x)  # [T, B, E]
         self.last_gate_weights = gates.detach()
-        return mix_experts(gates, self.experts(x))  # [T, B, out]
+        return mix_experts(gates, self._experts_out(x))  # [T, B, out]
+
+    def _experts_out(self, x: torch.Tensor) -> torch.Tensor:
+        """Expert outputs [E, B, out], kept as the representation every task reads."""
+        self.shared_representation = self.experts(x)
+        return self.shared_representation

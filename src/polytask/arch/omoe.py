@@ -24,4 +24,9 @@ class OMoE(SharingArch):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gates = self.gates(x)  # [1, B, E]
         self.last_gate_weights = gates.detach().expand(self.num_tasks, -1, -1)
-        return mix_experts(gates, self.experts(x)).expand(self.num_tasks, -1, -1)
+        return mix_experts(gates, self._experts_out(x)).expand(self.num_tasks, -1, -1)
+
+    def _experts_out(self, x: torch.Tensor) -> torch.Tensor:
+        """Expert outputs [E, B, out], kept as the representation every task reads."""
+        self.shared_representation = self.experts(x)
+        return self.shared_representation

@@ -19,4 +19,5 @@ class SharedBottom(SharingArch):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shared = self.bottom(x)  # [1, B, out]
+        self.shared_representation = shared
         return shared.expand(self.num_tasks, -1, -1)

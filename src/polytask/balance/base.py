@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from polytask.balance.jacobian import gramian, task_gradients
+from polytask.errors import PolytaskError
 from polytask.registry import Registry
 
 
@@ -58,8 +59,13 @@ class StepContext:
         key = f"gradients:{source}"
         if key not in self._cache:
             if source == "representation":
-                if self.representation is None:
-                    raise ValueError("this model exposes no shared representation")
+                if self.representation is None or not self.representation.requires_grad:
+                    raise PolytaskError(
+                        "gradient balancing in fast mode needs a shared representation that "
+                        "depends on trained parameters, and this model has none (a "
+                        "parameter-free encoder under an architecture without one); "
+                        "set balance.options.mode: exact"
+                    )
                 inputs: list[torch.Tensor] = [self.representation]
             else:
                 inputs = [p for p in self.shared_params if p.requires_grad]

@@ -1,0 +1,302 @@
+"""``polytask slim``: a standalone run directory holding only what some tasks use.
+
+The slim run is an ordinary run directory (config, the same preprocessor, weights, metrics,
+summary) plus ``slim.json``, the report; :func:`polytask.load` reads it and predicts the kept
+tasks on raw rows. It is built in a hidden temporary folder next to the destination, loaded
+back once to prove it rebuilds, and only then renamed into place, so a failure never leaves a
+half-written slim run behind.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from polytask import __version__
+from polytask.artifacts import run_dir as rd
+from polytask.artifacts.atomic import write_atomic
+from polytask.artifacts.predictor import Predictor
+from polytask.config import RunSpec, parse_spec
+from polytask.data.preprocess import Features
+from polytask.data.tabular import load_splits, read_table
+from polytask.errors import DataError, PolytaskError, did_you_mean
+from polytask.slim.extract import Extraction, SlimContext, extract
+from polytask.slim.report import (
+    LATENCY_BATCHES,
+    batch_of,
+    latency_ms,
+    max_difference,
+    parameter_count,
+    synthetic_rows,
+    task_metrics,
+    user_outputs,
+)
+from polytask.tasks import Task
+
+SLIM_REPORT = "slim.json"
+LATENCY_ROWS = 1024  # synthetic rows to time on when the run's data cannot be read
+
+
+def resolve_tasks(requested: Sequence[str], names: list[str]) -> list[int]:
+    """Task names -> indices in the run's task order (the slim model keeps that order)."""
+    if not requested:
+        raise PolytaskError(
+            f"name the task(s) to keep with --tasks; the run has {', '.join(names)}"
+        )
+    for name in requested:
+        if name not in names:
+            raise PolytaskError(
+                f"unknown task '{name}'{did_you_mean(name, names)}; the run's tasks: "
+                f"{', '.join(names)}"
+            )
+    return sorted({names.index(name) for name in requested})
+
+
+def check_threshold(threshold: float) -> float:
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+        raise PolytaskError(f"--threshold must be a number in [0, 1) (got {threshold!r})")
+    if math.isnan(threshold) or not 0.0 <= threshold < 1.0:
+        raise PolytaskError(
+            f"--threshold must be in [0, 1): a mean gate weight an expert must exceed to stay "
+            f"(got {threshold:g})"
+        )
+    return float(threshold)
+
+
+class Rows:
+    """The labelled rows slimming measures on: a --data file, or the run's validation rows
+    (its training rows if it has none). ``problem`` says why there are none."""
+
+    def __init__(self, predictor: Predictor, data: str | Path | None) -> None:
+        self.frame: pd.DataFrame | None = None
+        self.test: pd.DataFrame | None = None
+        self.source: str | None = None
+        self.problem = ""
+        self.split = "valid"
+        if data is not None:
+            self.frame, self.source, self.split = read_table(data), f"--data {data}", "data"
+            return
+        try:
+            splits = load_splits(predictor.spec.data)
+        except (PolytaskError, OSError) as error:
+            self.problem = f"the run's data could not be read ({error})"
+            return
+        if splits.valid is not None and len(splits.valid):
+            self.frame, self.source = splits.valid, "the run's validation rows"
+        else:
+            self.frame, self.split = splits.train, "train"
+            self.source = "the run's training rows (it has no validation rows)"
+        self.test = splits.test
+
+
+def _labels(predictor: Predictor, frame: pd.DataFrame, tasks: list[Task]) -> dict | None:
+    try:
+        return predictor.preprocessor.encode_labels(frame, tasks)
+    except DataError:
+        return None  # unlabelled rows still serve for gate usage and timing
+
+
+def slim(
+    run: str | Path,
+    tasks: Sequence[str],
+    out: str | Path,
+    *,
+    threshold: float = 0.01,
+    data: str | Path | None = None,
+    overwrite: bool = False,
+    encoder_factory: Callable[[], nn.Module] | None = None,
+    latency_repeats: int = 20,
+    latency_batches: Sequence[int] = LATENCY_BATCHES,
+) -> dict[str, Any]:
+    """Write a slim run for ``tasks`` of ``run`` into ``out`` and return its report.
+
+    ``threshold`` (gated mixtures, row-routed task_moe): an expert stays when its mean gate
+    weight for a kept task, on the measured rows, is above it. ``data``: labelled rows to
+    measure on instead of the run's validation rows.
+    """
+    threshold = check_threshold(threshold)
+    predictor = Predictor.load(run, encoder_factory=encoder_factory)
+    keep = resolve_tasks(tasks, predictor.task_names)
+    target = Path(out)
+    if target.resolve() == predictor.run.resolve():
+        raise PolytaskError("the slim run needs its own folder (-o), not the source run's")
+    if target.exists() and not overwrite:
+        raise PolytaskError(f"{target} already exists; pass --overwrite to replace it")
+    rows = Rows(predictor, data)
+    features = predictor.preprocessor.transform(rows.frame) if rows.frame is not None else None
+    batch_size = predictor.spec.train.eval_batch_size
+    context = SlimContext(
+        predictor.model,
+        predictor.spec.model,
+        keep,
+        threshold,
+        features,
+        batch_size=batch_size,
+        rows_problem=rows.problem,
+    )
+    extraction = extract(context)
+    slim_spec = _slim_spec(predictor.spec, keep, extraction)
+    kept_tasks = [predictor.tasks[t] for t in keep]
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        temp.chmod(0o755)  # mkdtemp's 0700 is for the build; the run is as readable as any
+        rd.save_config(temp, slim_spec)
+        shutil.copyfile(predictor.run / rd.PREPROCESSOR, temp / rd.PREPROCESSOR)
+        weights = {k: v.contiguous() for k, v in extraction.model.state_dict().items()}
+        write_atomic(temp / rd.WEIGHTS, lambda path: save_file(weights, str(path)))
+        timing_rows = (
+            features
+            if features is not None
+            else synthetic_rows(predictor.preprocessor, LATENCY_ROWS)
+        )
+        rd.save_json(temp, rd.SUMMARY, _summary(predictor, slim_spec, extraction, threshold))
+        reloaded = _reload(temp, extraction, kept_tasks, timing_rows, encoder_factory)
+        measured = _measure(
+            predictor, reloaded, rows, features, timing_rows, latency_repeats, latency_batches
+        )
+        measured["full"]["weights_bytes"] = (predictor.run / rd.WEIGHTS).stat().st_size
+        measured["slim"]["weights_bytes"] = (temp / rd.WEIGHTS).stat().st_size
+        report = {
+            "source_run": str(predictor.run),
+            "output": str(target),
+            "arch": {"full": predictor.spec.model.arch, "slim": slim_spec.model.arch},
+            "tasks": measured["tasks"],
+            "threshold": threshold,
+            "exact": extraction.exact,
+            "max_abs_difference": measured["max_abs_difference"],
+            "rows": measured["rows"],
+            "primary_metric": measured["primary_metric"],
+            "full": measured["full"],
+            "slim": measured["slim"],
+            "experts": extraction.experts,
+            "notes": [*extraction.notes, *measured["notes"]],
+        }
+        metrics = {}
+        if report["slim"]["metrics"] and rows.split != "data":
+            metrics[rows.split] = report["slim"]["metrics"]
+            if rows.test is not None and len(rows.test):
+                test_labels = _labels(predictor, rows.test, kept_tasks)
+                if test_labels is not None:
+                    test_rows = predictor.preprocessor.transform(rows.test)
+                    outputs = user_outputs(reloaded.model, kept_tasks, test_rows, batch_size)
+                    metrics["test"] = task_metrics(outputs, test_labels, kept_tasks)
+        rd.save_json(temp, rd.FINAL_METRICS, metrics)
+        rd.save_json(temp, SLIM_REPORT, report)
+        rd.publish(temp, target)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return report
+
+
+def _slim_spec(spec: RunSpec, keep: list[int], extraction: Extraction) -> RunSpec:
+    """The run specification of the slim run: the kept tasks and the slim model. Validated
+    through the same parser as any config, so the saved file loads."""
+    raw = spec.to_yaml_dict()
+    raw["tasks"] = [raw["tasks"][t] for t in keep]
+    raw["model"] = extraction.spec.model_dump(mode="json")
+    return parse_spec(raw)
+
+
+def _reload(
+    folder: Path,
+    extraction: Extraction,
+    tasks: list[Task],
+    rows: Features,
+    encoder_factory: Callable[[], nn.Module] | None,
+) -> Predictor:
+    """Load the written slim run as a user would and check it computes what was extracted."""
+    reloaded = Predictor.load(folder, encoder_factory=encoder_factory)
+    probe = batch_of(rows, min(len(rows), 256))
+    with torch.inference_mode():
+        expected = extraction.model.eval()(probe)
+        got = reloaded.model(probe)
+    for task, left, right in zip(tasks, expected, got, strict=True):
+        if not torch.allclose(left, right, rtol=0.0, atol=1e-6, equal_nan=True):
+            raise RuntimeError(f"slim: the saved model does not reproduce task '{task.name}'")
+    return reloaded
+
+
+def _measure(
+    predictor: Predictor,
+    reloaded: Predictor,
+    rows: Rows,
+    features: Features | None,
+    timing_rows: Features,
+    repeats: int,
+    batches: Sequence[int],
+) -> dict[str, Any]:
+    """Parameters, latency, metrics before/after and the largest output difference."""
+    kept_tasks = reloaded.tasks
+    names = [task.name for task in kept_tasks]
+    batch_size = predictor.spec.train.eval_batch_size
+    full_latency, slim_latency = latency_ms(
+        [predictor.model, reloaded.model],
+        [predictor.tasks, kept_tasks],
+        timing_rows,
+        batches,
+        repeats=repeats,
+    )
+    sides: dict[str, dict[str, Any]] = {
+        "full": {"parameters": parameter_count(predictor.model), "latency_ms": full_latency},
+        "slim": {"parameters": parameter_count(reloaded.model), "latency_ms": slim_latency},
+    }
+    difference = None
+    notes: list[str] = []
+    for side in sides.values():
+        side["metrics"] = None
+    if features is not None:
+        full_out = user_outputs(predictor.model, predictor.tasks, features, batch_size)
+        slim_out = user_outputs(reloaded.model, kept_tasks, features, batch_size)
+        difference = max_difference(full_out, slim_out)
+        assert rows.frame is not None
+        labels = _labels(predictor, rows.frame, kept_tasks)
+        if labels is None:
+            notes.append(f"{rows.source} lack the kept tasks' labels: no metrics")
+        else:
+            sides["full"]["metrics"] = task_metrics(full_out, labels, kept_tasks)
+            sides["slim"]["metrics"] = task_metrics(slim_out, labels, kept_tasks)
+    else:
+        notes.append(f"no metrics: {rows.problem}; latency timed on synthetic rows")
+    dropped = [name for name in predictor.task_names if name not in names]
+    return {
+        "tasks": {"kept": names, "dropped": dropped},
+        "primary_metric": {task.name: task.primary_metric for task in kept_tasks},
+        "rows": {"source": rows.source, "count": len(features) if features is not None else 0},
+        "max_abs_difference": difference,
+        **sides,
+        "notes": notes,
+    }
+
+
+def _summary(
+    predictor: Predictor, spec: RunSpec, extraction: Extraction, threshold: float
+) -> dict[str, Any]:
+    """summary.json of the slim run: the keys a trained run has that still mean something,
+    and where it came from."""
+    kept = [task.name for task in spec.tasks]
+    return {
+        "polytask_version": __version__,
+        "arch": spec.model.arch,
+        "encoder": spec.model.encoder.name,
+        "tasks": kept,
+        "parameters": sum(p.numel() for p in extraction.model.parameters()),
+        "slim": {
+            "source_run": str(predictor.run),
+            "source_arch": predictor.spec.model.arch,
+            "dropped_tasks": [name for name in predictor.task_names if name not in kept],
+            "threshold": threshold,
+            "exact": extraction.exact,
+        },
+    }
