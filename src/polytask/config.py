@@ -54,6 +54,7 @@ class DataSpec(_Section):
     numeric: list[str] | None = None
     drop: list[str] = Field(default_factory=list)
     min_frequency: int = Field(1, ge=1)
+    scaling: Literal["standard", "none"] = "standard"
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -331,3 +332,12 @@ def test_features_take_selects_rows(table):
     part = features.take(torch.tensor([5, 2]))
     assert torch.equal(part.categorical, features.categorical[[5, 2]])
     assert torch.equal(part.numeric, features.numeric[[5, 2]])
+
+
+def test_scaling_none_keeps_raw_values_and_flags_missing():
+    frame = pd.DataFrame({"pixel": [0.0, 0.0, 1.0, np.nan], "y": [0, 1, 0, 1]})
+    data = DataSpec(train=Path("t.csv"), scaling="none")
+    tasks = [TaskSpec(name="y", kind="binary", target="y")]
+    features = Preprocessor.fit(frame, data, tasks).transform(frame)
+    assert features.numeric[:, 0].tolist() == [0.0, 0.0, 1.0, 0.0]
+    assert features.numeric[:, 1].tolist() == [0.0, 0.0, 0.0, 1.0]

@@ -129,6 +129,8 @@ class Preprocessor:
             present = values[~np.isnan(values)]
             mean = float(present.mean()) if len(present) else 0.0
             std = float(present.std()) if len(present) > 1 else 1.0
+            if data.scaling == "none":  # e.g. pixels: per-column scaling would blow up
+                mean, std = 0.0, 1.0  # near-constant border pixels; missing still flagged
             numeric_stats[column] = [mean, std if std > 1e-12 else 1.0]
         vocabularies = {}
         for column in categorical:
