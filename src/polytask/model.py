@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from polytask.arch import ARCHS
+from polytask.arch.base import SharingArch
 from polytask.config import ModelSpec
 from polytask.data.preprocess import Features
 from polytask.errors import PolytaskError
@@ -31,6 +32,8 @@ class MultiTaskModel(nn.Module):
         self.arch = arch
         self.towers = towers
         self.task_names = list(task_names)
+        self.last_representation: torch.Tensor | None = None
+        self.last_task_inputs: torch.Tensor | None = None
 
     def encode(self, features: Features) -> torch.Tensor:
         """[B, D] from a shared encoder, or [T, B, D] from one encoder per task."""
@@ -43,6 +46,21 @@ class MultiTaskModel(nn.Module):
         loss can reach (task-specific gates inside an architecture included)."""
         return [*self.encoders.parameters(), *self.arch.parameters()]
 
+    def task_parameters(self) -> list[nn.Parameter]:
+        """Every other parameter (the towers): what only one task's loss reaches."""
+        shared = {id(p) for p in self.shared_parameters()}
+        return [p for p in self.parameters() if id(p) not in shared]
+
+    def separable_towers(self) -> bool:
+        """Whether task t's logits read slice t of the architecture output [T, B, D] alone.
+
+        True for the fused :class:`Towers` (an expert bank over the task axis) under an
+        architecture that leaves them alone (no ``heads`` of its own: ESMM's and AITM's mix
+        tasks after the towers). A custom towers module, even a subclass, is not assumed to be.
+        """
+        heads = getattr(type(self.arch), "heads", None)
+        return type(self.towers) is Towers and (heads is None or heads is SharingArch.heads)
+
     def forward(self, features: Features) -> list[torch.Tensor]:
         encoded = self.encode(features)
         representation = self.arch(encoded)
@@ -51,6 +69,15 @@ class MultiTaskModel(nn.Module):
         # it names one, else the encoder output.
         shared = getattr(self.arch, "shared_representation", None)
         self.last_representation = shared if shared is not None else encoded
+        # The architecture output when tower t reads only its slice t: then one ordinary
+        # backward to it gives every task's gradient there (StepContext.task_inputs), and a
+        # T-batched pass through the towers is not needed.
+        separable = (
+            self.separable_towers()
+            and representation.dim() == 3
+            and representation.shape[0] == len(self.task_names)
+        )
+        self.last_task_inputs = representation if separable else None
         heads = getattr(self.arch, "heads", None)
         return heads(self.towers, representation) if heads else self.towers(representation)
 

@@ -16,7 +16,13 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from polytask.balance.jacobian import gramian, task_gradients
+from polytask.balance.jacobian import (
+    combine,
+    gramian,
+    separable_task_gradients,
+    task_gradients_or_none,
+    zeros_for_unused,
+)
 from polytask.errors import PolytaskError
 from polytask.registry import Registry
 
@@ -38,6 +44,13 @@ class StepContext:
     present: [T] bool, True where the batch holds at least one label of the task; absent tasks
     must get no weight and no gradient. static_weights: [T] the config's per-task weights.
     shared_params / representation are filled only when the method asks for them.
+    task_params: every other trained parameter (towers, ...), or ``None`` when the caller does
+    not know them; knowing them lets :meth:`weighted_backward` skip a full backward pass in
+    exact mode (train_step fills it from the model).
+    task_inputs: a tensor [T, ...] (the architecture's output) that loss t reads through its
+    slice t ONLY, and through which alone it reaches the shared representation and parameters
+    (fused task towers); ``None`` where that is not known to hold. Per-task gradients then
+    take one plain backward through the towers instead of a T-batched one.
     extra_loss: an architecture's auxiliary term (load balancing, calibration, ...), added to
     the objective unweighted; it is not a task and is never balanced.
     recompute_losses: runs the model on the same batch again and returns fresh losses [T]
@@ -51,6 +64,8 @@ class StepContext:
     representation: torch.Tensor | None = None
     extra_loss: torch.Tensor | None = None
     recompute_losses: Callable[[], torch.Tensor] | None = None
+    task_params: list[torch.nn.Parameter] | None = None
+    task_inputs: torch.Tensor | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def gradients(self, losses: torch.Tensor, source: GradientSource) -> list[torch.Tensor]:
@@ -59,18 +74,46 @@ class StepContext:
         key = f"gradients:{source}"
         if key not in self._cache:
             if source == "representation":
-                if self.representation is None or not self.representation.requires_grad:
-                    raise PolytaskError(
-                        "gradient balancing in fast mode needs a shared representation that "
-                        "depends on trained parameters, and this model has none (a "
-                        "parameter-free encoder under an architecture without one); "
-                        "set balance.options.mode: exact"
-                    )
-                inputs: list[torch.Tensor] = [self.representation]
+                representation = self._trainable_representation()
+                inputs: list[torch.Tensor] = [representation]
             else:
-                inputs = [p for p in self.shared_params if p.requires_grad]
-            self._cache[key] = task_gradients(losses, inputs)
+                representation = self.representation
+                inputs = self._trained_shared_params()
+            raw = self._task_gradients(losses, inputs, representation)
+            if source == "parameters":  # what weighted_backward needs to write .grad directly
+                self._cache["jacobian_losses"] = losses
+                self._cache["reached:parameters"] = [g is not None for g in raw]
+            self._cache[key] = zeros_for_unused(raw, inputs, losses.shape[0])
         return self._cache[key]
+
+    def _task_gradients(
+        self,
+        losses: torch.Tensor,
+        inputs: list[torch.Tensor],
+        representation: torch.Tensor | None,
+    ) -> list[torch.Tensor | None]:
+        """Through the separable task inputs when the step provides them (one plain backward
+        through the towers, then a batched pass below them only), else one T-batched backward
+        from the losses."""
+        if self.task_inputs is not None and self.task_inputs.requires_grad:
+            grads = separable_task_gradients(losses, self.task_inputs, inputs, representation)
+            if grads is not None:
+                return grads
+        return task_gradients_or_none(losses, inputs)
+
+    def _trained_shared_params(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.shared_params if p.requires_grad]
+
+    def _trainable_representation(self) -> torch.Tensor:
+        representation = self.representation
+        if representation is None or not representation.requires_grad:
+            raise PolytaskError(
+                "gradient balancing in fast mode needs a shared representation that "
+                "depends on trained parameters, and this model has none (a "
+                "parameter-free encoder under an architecture without one); "
+                "set balance.options.mode: exact"
+            )
+        return representation
 
     def gramian(self, losses: torch.Tensor, source: GradientSource) -> torch.Tensor:
         """The [T, T] Gramian of the per-task gradients from ``source``."""
@@ -84,6 +127,66 @@ class StepContext:
         weighted combination of the task gradients, on every parameter."""
         total = (weights.detach() * losses).sum()
         return total + self.extra_loss if self.extra_loss is not None else total
+
+    def weighted_backward(self, weights: torch.Tensor, losses: torch.Tensor) -> None:
+        """Accumulate the gradient of :meth:`objective` on every parameter.
+
+        Plainly ``objective.backward()``, unless this step already holds the per-task
+        gradients J of these ``losses`` on the shared parameters (exact mode, weights refreshed
+        this step) and knows the other parameters (``task_params``). A full backward would
+        then recompute, through the whole shared network, what J already gives: the shared
+        parameters' part is ``combine(weights, J)``, written into ``.grad`` with no backward
+        pass, and the objective is backpropagated into ``task_params`` only (the towers: a
+        small part of the graph). Shared parameters that no task reaches keep their ``.grad``
+        untouched (``None`` stays ``None``), as after a plain backward.
+
+        ``extra_loss`` is not in J. Its gradient on the task parameters comes with the
+        objective's; on the shared parameters, from one backward of ``extra_loss`` alone into
+        them. That traverses only what the auxiliary term depends on (gates, usually), once,
+        with one gradient row; a T+1-th row in the batched Jacobian instead would be carried
+        through the whole shared network by the vmapped pass and would have to be kept out
+        of the Gramian.
+
+        The retained graph: each partial pass but the last retains it for the next; the last
+        releases the saved tensors of the nodes it traverses. Nodes of the shared network
+        that no pass traverses keep theirs until the graph's last reference goes (the model
+        holds its last representation until its next forward pass); that is smaller than the
+        Jacobian itself, so the step's peak memory does not grow.
+        """
+        grads = self._cache.get("gradients:parameters")
+        if (
+            grads is None
+            or self.task_params is None
+            or self._cache.get("jacobian_losses") is not losses
+        ):
+            self.objective(weights, losses).backward()
+            return
+        shared = self._trained_shared_params()
+        reached: list[bool] = self._cache["reached:parameters"]
+        hits = [i for i, hit in enumerate(reached) if hit]
+        combined = combine(weights.detach(), [grads[i] for i in hits])
+        with torch.no_grad():
+            for i, grad in zip(hits, combined, strict=True):
+                _accumulate_grad(shared[i], grad)
+        shared_ids = {id(p) for p in shared}
+        own = [p for p in self.task_params if p.requires_grad and id(p) not in shared_ids]
+        extra = self.extra_loss
+        extra_to_shared = extra is not None and extra.requires_grad and bool(shared)
+        if own:
+            torch.autograd.backward(
+                self.objective(weights, losses), inputs=own, retain_graph=extra_to_shared
+            )
+        if extra_to_shared:
+            assert extra is not None
+            torch.autograd.backward(extra, inputs=shared)
+
+
+def _accumulate_grad(param: torch.nn.Parameter, grad: torch.Tensor) -> None:
+    """``param.grad += grad`` as a backward pass would (set when there is none)."""
+    if param.grad is None:
+        param.grad = grad.detach().to(param.dtype)
+    else:
+        param.grad.add_(grad.to(param.grad.dtype))
 
 
 class Balancer:
@@ -140,8 +243,10 @@ class GramianWeighting(Balancer):
       estimate), which costs only the part of the graph above it;
     - ``every: k``: recompute the weights every k steps and reuse them in between.
 
-    The combined gradient is then one ordinary backward of ``sum_t w_t L_t``, so task-specific
-    parameters get exactly their weighted gradient too.
+    The combined gradient is the gradient of ``sum_t w_t L_t`` on every parameter
+    (:meth:`StepContext.weighted_backward`): in exact mode, ``sum_t w_t g_t`` from the
+    Jacobian already computed for the shared parameters, and a backward into the task-specific
+    parameters only; otherwise one ordinary backward.
     """
 
     needs = frozenset({Need.GRAMIAN})
@@ -184,7 +289,7 @@ class GramianWeighting(Balancer):
                 weights[index] = self.weights_from_gramian(sub, losses.detach()[index])
             self._last_weights = weights
         weights = self._last_weights * present * context.static_weights  # type: ignore[operator]
-        context.objective(weights, losses).backward()
+        context.weighted_backward(weights, losses)
         return weights.detach()
 
     def describe(self) -> dict[str, Any]:

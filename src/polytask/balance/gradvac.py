@@ -16,7 +16,6 @@ products from the Gramian, and the update is ``sum_i g_i'``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -24,7 +23,7 @@ import torch
 from polytask.balance import _options
 from polytask.balance._linalg import as_float64, like
 from polytask.balance.base import BALANCERS, GramianWeighting, StepContext
-from polytask.balance.pcgrad import task_orders
+from polytask.balance.pcgrad import task_orders, visit_stages
 
 # Targets are kept below 1 so that sqrt(1 - phi_hat^2) in eq. 2 never divides by zero.
 MAX_TARGET = 1.0 - 1e-6
@@ -36,25 +35,37 @@ def gradvac_coefficients(
     """One GradVac step. gramian: [P, P]; orders: P permutations; targets: [P, P] EMA
     cosines (row i: targets of task i against each j). Returns the coefficient rows
     ``C`` [P, P] (``g_i' = sum_j C_ij g_j``) and the updated targets [P, P] (float64).
-    Pairs where either gradient is zero are skipped (their cosine is undefined)."""
+    Pairs where either gradient is zero are skipped (their cosine is undefined).
+
+    As in :func:`~polytask.balance.pcgrad.pcgrad_coefficients`, row i (and target row i)
+    only depends on itself, so all rows take their k-th pair at once: P vectorised stages
+    instead of P^2 scalar steps (about 48 ms of Python per step at P = 40).
+    """
     matrix = as_float64(gramian)
     targets = targets.detach().to(torch.float64).clone()
+    size = matrix.shape[0]
+    coefficients = torch.eye(size, dtype=torch.float64)
+    if not orders:
+        return coefficients, targets
     norms = torch.diagonal(matrix).clamp(min=0.0).sqrt()
-    coefficients = torch.eye(matrix.shape[0], dtype=torch.float64)
-    for i, order in enumerate(orders):
-        row = coefficients[i]
-        for j in order.tolist():
-            norm_i = math.sqrt(max(float(row @ matrix @ row), 0.0))
-            norm_j = float(norms[j])
-            if j == i or norm_i <= 0 or norm_j <= 0:
-                continue
-            phi = min(max(float(row @ matrix[:, j]) / (norm_i * norm_j), -1.0), 1.0)
-            target = min(float(targets[i, j]), MAX_TARGET)
-            if phi < target:
-                root_target = math.sqrt(1.0 - target**2)
-                gain = target * math.sqrt(1.0 - phi**2) - phi * root_target
-                row[j] += norm_i * gain / (norm_j * root_target)
-            targets[i, j] = (1.0 - beta) * targets[i, j] + beta * phi
+    rows, visits = visit_stages(orders)
+    for stage in range(visits.shape[1]):
+        others = visits[:, stage]  # the task each row meets now
+        current = coefficients[rows]
+        norm_i = ((current @ matrix) * current).sum(dim=1).clamp(min=0.0).sqrt()
+        norm_j = norms[others]
+        pair = (others != rows) & (norm_i > 0) & (norm_j > 0)
+        safe = torch.where(pair, norm_i * norm_j, 1.0)
+        inner = (current * matrix[:, others].T).sum(dim=1)  # <g_i', g_j>
+        phi = (inner / safe).clamp(-1.0, 1.0)
+        old = targets[rows, others]
+        target = old.clamp(max=MAX_TARGET)
+        lift = pair & (phi < target)
+        root_target = (1.0 - target**2).sqrt()
+        gain = target * (1.0 - phi**2).sqrt() - phi * root_target
+        denominator = torch.where(lift, norm_j * root_target, 1.0)
+        coefficients[rows, others] += torch.where(lift, norm_i * gain / denominator, 0.0)
+        targets[rows, others] = torch.where(pair, (1.0 - beta) * old + beta * phi, old)
     return coefficients, targets
 
 

@@ -35,19 +35,37 @@ def pcgrad_coefficients(gramian: torch.Tensor, orders: list[torch.Tensor]) -> to
 
     gramian: [P, P]; orders: P permutations of range(P) (entries equal to i are skipped).
     Tasks with a zero gradient project nothing (and are never in conflict).
+
+    Row i only ever reads and changes itself, so the rows advance together: at stage k every
+    task i meets the k-th task of its own order, which makes P vectorised stages instead of
+    P^2 scalar steps (16 ms of Python per step at P = 40) with the same arithmetic per row.
     """
     matrix = as_float64(gramian)
-    coefficients = torch.eye(matrix.shape[0], dtype=torch.float64)
-    for i, order in enumerate(orders):
-        row = coefficients[i]
-        for j in order.tolist():
-            norm_sq = float(matrix[j, j])
-            if j == i or norm_sq <= 0:
-                continue
-            inner = float(row @ matrix[:, j])
-            if inner < 0:
-                row[j] -= inner / norm_sq
+    size = matrix.shape[0]
+    coefficients = torch.eye(size, dtype=torch.float64)
+    if not orders:
+        return coefficients
+    norms_sq = torch.diagonal(matrix)
+    rows, visits = visit_stages(orders)
+    for stage in range(visits.shape[1]):
+        others = visits[:, stage]  # the task each row meets now
+        inner = (coefficients[rows] * matrix[:, others].T).sum(dim=1)  # <g_i^PC, g_j>
+        norm_sq = norms_sq[others]
+        project = (others != rows) & (norm_sq > 0) & (inner < 0)
+        step = torch.where(project, inner / torch.where(project, norm_sq, 1.0), 0.0)
+        coefficients[rows, others] -= step
     return coefficients
+
+
+def visit_stages(orders: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``[R]`` (0..R-1 for R orders) and their visits ``[R, L]`` (row i's order, padded
+    with i itself, which every row skips) so that all rows can take their k-th step at once."""
+    rows = torch.arange(len(orders))
+    length = max(len(order) for order in orders)
+    visits = rows.unsqueeze(1).repeat(1, length)
+    for i, order in enumerate(orders):
+        visits[i, : len(order)] = order
+    return rows, visits
 
 
 @BALANCERS.register("pcgrad")

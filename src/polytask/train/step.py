@@ -51,14 +51,20 @@ def train_step(
     representation (for diagnostics) when the balancer does not compute one itself."""
     optimizer.zero_grad(set_to_none=True)
     losses, present = task_losses(model(features), labels, tasks)
+    wants_params = bool(balancer.needs & PARAMETER_NEEDS)
     context = StepContext(
         present=present,
         static_weights=static_weights,
         step=step,
-        shared_params=model.shared_parameters() if balancer.needs & PARAMETER_NEEDS else [],
+        shared_params=model.shared_parameters() if wants_params else [],
         representation=model.last_representation,
         extra_loss=getattr(model.arch, "auxiliary_loss", None),
         recompute_losses=lambda: task_losses(model(features), labels, tasks)[0],
+        # loss t is computed from output t alone (task_losses): with the model's separable
+        # tower inputs, per-task gradients skip a T-batched pass through the towers, and
+        # with the task parameters, exact mode skips a second full backward
+        task_params=model.task_parameters() if wants_params else None,
+        task_inputs=model.last_task_inputs,
     )
     if measure_gradients and context.representation is not None:
         context.gramian(losses, "representation")  # cached: a balancer using it pays nothing
