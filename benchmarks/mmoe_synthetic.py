@@ -52,7 +52,7 @@ def spec_for(arch: str, correlation: float, seed: int, epochs: int) -> dict[str,
             "batch_size": 256,
             "lr": 3e-3,
             "seed": seed,
-            "early_stopping": {"patience": 6, "monitor": "loss"},
+            "early_stopping": {"patience": None, "monitor": "loss"},
             "threads": 1,
         },
     }
@@ -62,25 +62,29 @@ def run_one(arch: str, correlation: float, seed: int, epochs: int, scratch: Path
     out = scratch / f"{arch}-{correlation}-{seed}"
     run = fit(parse_spec(spec_for(arch, correlation, seed, epochs)), out, progress=False)
     test = rd.load_json(run, rd.FINAL_METRICS)["test"]
-    return float(np.mean([test[task]["loss"] for task in ("y1", "y2")]))
+    last_epoch = (run / rd.EPOCH_LOG).read_text().splitlines()[-1]
+    train_loss = float(np.mean(list(json.loads(last_epoch)["train_task_loss"].values())))
+    return float(np.mean([test[task]["loss"] for task in ("y1", "y2")])), train_loss
 
 
-def plot(results: dict[str, dict[float, list[float]]], path: Path) -> None:
+def plot(panels: dict[str, dict[str, dict[float, list[float]]]], path: Path) -> None:
+    """One panel per measure (title -> arch -> correlation -> values), mean ± std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(5, 3.6))
-    for arch, by_corr in results.items():
-        xs = sorted(by_corr)
-        means = [np.mean(by_corr[c]) for c in xs]
-        stds = [np.std(by_corr[c]) for c in xs]
-        axes.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=arch)
-    axes.set_xlabel("task correlation (cosine of weight vectors)")
-    axes.set_ylabel("test MSE (standardised labels)")
-    axes.set_title("MMoE synthetic study")
-    axes.legend()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for axis, (title, results) in zip(axes[0], panels.items(), strict=True):
+        for arch, by_corr in results.items():
+            xs = sorted(by_corr)
+            means = [np.mean(by_corr[c]) for c in xs]
+            stds = [np.std(by_corr[c]) for c in xs]
+            axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=arch)
+        axis.set_xlabel("task correlation (cosine of weight vectors)")
+        axis.set_ylabel("MSE (standardised labels)")
+        axis.set_title(title)
+        axis.legend()
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -95,14 +99,22 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results: dict[str, dict[float, list[float]]] = {a: {c: [] for c in CORRELATIONS} for a in ARCHS}
+    train_results: dict[str, dict[float, list[float]]] = {
+        a: {c: [] for c in CORRELATIONS} for a in ARCHS
+    }
     started = time.perf_counter()
     cases = [(a, c, s) for s in range(args.seeds) for c in CORRELATIONS for a in ARCHS]
     with tempfile.TemporaryDirectory() as scratch, ProcessPoolExecutor(args.jobs) as pool:
         jobs = [pool.submit(run_one, a, c, s, args.epochs, Path(scratch)) for a, c, s in cases]
         for (arch, correlation, seed), job in zip(cases, jobs, strict=True):
-            loss = job.result()
+            loss, train_loss = job.result()
             results[arch][correlation].append(loss)
-            print(f"{arch:>14} p={correlation} seed {seed}: test MSE {loss:.4f}", flush=True)
+            train_results[arch][correlation].append(train_loss)
+            print(
+                f"{arch:>14} p={correlation} seed {seed}: test MSE {loss:.4f}, "
+                f"final training loss {train_loss:.4f}",
+                flush=True,
+            )
     print(
         f"\nTest MSE, mean ± std over {args.seeds} seeds ({time.perf_counter() - started:.0f} s)\n"
     )
@@ -111,11 +123,20 @@ def main() -> None:
     for arch, by_corr in results.items():
         cells = [f"{np.mean(by_corr[c]):.4f} ± {np.std(by_corr[c]):.4f}" for c in CORRELATIONS]
         print(f"| {arch} | " + " | ".join(cells) + " |")
+    print("\nFinal-epoch training loss (the paper's figure 4 plots training loss), mean ± std\n")
+    print("| model | " + " | ".join(f"p = {c}" for c in CORRELATIONS) + " |")
+    print("|---|" + "---|" * len(CORRELATIONS))
+    for arch, by_corr in train_results.items():
+        cells = [f"{np.mean(by_corr[c]):.4f} ± {np.std(by_corr[c]):.4f}" for c in CORRELATIONS]
+        print(f"| {arch} | " + " | ".join(cells) + " |")
     if args.plot:
-        plot(results, args.plot)
+        plot({"test loss": results, "final training loss": train_results}, args.plot)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {a: {str(c): v for c, v in r.items()} for a, r in results.items()}
+        payload = {
+            "test_mse": {a: {str(c): v for c, v in r.items()} for a, r in results.items()},
+            "train_loss": {a: {str(c): v for c, v in r.items()} for a, r in train_results.items()},
+        }
         args.json.write_text(json.dumps(payload, indent=2))
 
 
