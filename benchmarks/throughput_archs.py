@@ -93,6 +93,7 @@ from polytask.nn.gates import MaskedGates
 from polytask.tasks import Task
 from polytask.train.optim import build_optimizer
 from polytask.train.prepare import SplitTensors, prepare
+from polytask.train.runtime import keep_heap_between_steps
 from polytask.train.step import train_step
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -983,6 +984,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="timed repetitions per matmul size and per expert-layer case (best is reported)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="leave glibc malloc as it is (polytask's trainer keeps the heap between steps)",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 2 or args.rounds < 1 or args.seconds <= 0 or args.warmup < 0:
         parser.error("need --batch-size >= 2, --rounds >= 1, --seconds > 0, --warmup >= 0")
@@ -997,6 +1003,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    if not args.default_malloc:
+        # as polytask's trainer does; process-wide, so torch-rechub runs with it too
+        keep_heap_between_steps()
     machine = machine_info()
     source = "polytask's shipped sample" if args.sample else str(args.data.resolve())
     print(f"loading and preprocessing {source} ...", flush=True)
