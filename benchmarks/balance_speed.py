@@ -101,7 +101,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -115,6 +114,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _machine import machine_info as shared_machine_info
 from torch import nn
 
 from polytask.arch.base import SharingArch
@@ -654,38 +654,8 @@ def floor(num_tasks: int) -> float:
 
 
 # ---------------------------------------------------------------------------------- report
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def machine_info() -> dict[str, Any]:
-    return {
-        "cpu": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "polytask": package_version("polytask"),
-        "libmtl": package_version("LibMTL"),
-        "torchjd": package_version("torchjd"),
-        "load_average_1m_start": os.getloadavg()[0],
-    }
+    return {**shared_machine_info("LibMTL", "torchjd"), "numpy": np.__version__}
 
 
 def print_header(machine: dict[str, Any], args: argparse.Namespace) -> None:

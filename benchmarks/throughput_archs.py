@@ -71,18 +71,17 @@ import gc
 import itertools
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
+from _machine import machine_info as shared_machine_info
 from torch import nn
 
 from polytask.balance import BALANCERS
@@ -709,30 +708,8 @@ def measure_experts(in_dim: int, batch_size: int, repeats: int) -> list[ExpertKe
 
 
 # ---------------------------------------------------------------------------------- report
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info() -> dict[str, Any]:
-    return {
-        "cpu": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "polytask": metadata.version("polytask"),
-        "torch_rechub": metadata.version("torch-rechub"),
-        "load_average_1m_start": os.getloadavg()[0],
-        "allocator_env": allocator_env(),
-    }
+    return {**shared_machine_info("torch-rechub"), "allocator_env": allocator_env()}
 
 
 def allocator_env() -> dict[str, str]:
