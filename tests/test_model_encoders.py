@@ -103,3 +103,22 @@ def test_cnn_encoder_trains_end_to_end(tmp_path):
     assert predictions.shape == (5, 2) and predictions.notna().all().all()
     reloaded = polytask.load(tmp_path / "run")
     pd.testing.assert_frame_equal(reloaded.predict(_image_table(n=5, seed=1)), predictions)
+
+
+def test_trained_model_deep_copies_and_pickles_without_its_last_graph():
+    import copy
+    import pickle
+
+    from polytask.config import ModelSpec
+    from polytask.data.preprocess import Features
+    from polytask.model import build_model
+
+    model = build_model(ModelSpec(arch="mmoe"), [5, 5], 4, [1, 1], ["a", "b"])
+    features = Features(torch.randint(0, 5, (8, 2)), torch.randn(8, 4))
+    sum(output.sum() for output in model(features)).backward()
+    assert model.last_representation is not None
+    clone = copy.deepcopy(model)
+    assert clone.last_representation is None and clone.arch.shared_representation is None
+    restored = pickle.loads(pickle.dumps(model))
+    for ours, theirs in zip(model(features), restored(features), strict=True):
+        assert torch.equal(ours, theirs)

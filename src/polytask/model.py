@@ -41,6 +41,10 @@ class MultiTaskModel(nn.Module):
             return self.encoders[0](features.categorical, features.numeric)
         return torch.stack([enc(features.categorical, features.numeric) for enc in self.encoders])
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave out the last step's graph-carrying tensors."""
+        return drop_transient(super().__getstate__(), ("last_representation", "last_task_inputs"))
+
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters of the encoder(s) and sharing architecture: what more than one task's
         loss can reach (task-specific gates inside an architecture included)."""
@@ -122,3 +126,9 @@ def encoder_from_spec(
         image_shape = list(encoder.image_shape or [])
         return lambda: CNNEncoder(image_shape, encoder.channels, encoder.out_dim, numeric_width)
     return lambda: TabularEncoder(cardinalities, numeric_width, spec.embedding_dim)
+
+
+def drop_transient(state: dict, names: tuple[str, ...]) -> dict:
+    """A module's state without per-step tensors that hold autograd graphs (they cannot be
+    deep-copied and would pin the graph's memory in a pickle)."""
+    return {key: (None if key in names else value) for key, value in state.items()}

@@ -50,6 +50,12 @@ class SharingArch(nn.Module):
         # telling than the encoder output (shared-bottom output, expert outputs)
         self.shared_representation: torch.Tensor | None = None
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave out the last step's graph-carrying tensors."""
+        state = super().__getstate__()
+        transient = ("auxiliary_loss", "shared_representation")
+        return {key: (None if key in transient else value) for key, value in state.items()}
+
     def heads(self, towers: nn.Module, representation: torch.Tensor) -> list[torch.Tensor]:
         """Per-task logits from the representation [T, B, out_dim]; plain towers by default."""
         return towers(representation)
