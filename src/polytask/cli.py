@@ -45,6 +45,20 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def labelled_rows(spec: Any, data: Path | None, split: str | None) -> Any:
+    """The rows ``--data FILE`` names, or the run's own ``--split valid|test``."""
+    from polytask.data.tabular import load_splits, read_table
+
+    if data is not None:
+        return read_table(data)
+    if split not in ("valid", "test"):
+        raise PolytaskError(f"--split must be 'valid' or 'test' (got '{split}')")
+    frame = getattr(load_splits(spec.data), split)
+    if frame is None:
+        raise PolytaskError(f"the run's data has no {split} split")
+    return frame
+
+
 @app.command()
 @user_errors
 def train(
@@ -93,23 +107,14 @@ def evaluate(
 ) -> None:
     """Per-task metrics and the overall score of a run on labelled rows."""
     from polytask.api import load
-    from polytask.data.tabular import load_splits, read_table
     from polytask.train.progress import metrics_table
     from polytask.train.trainer import load_baseline
 
-    predictor = load(run)
     if (data is None) == (split is None):
         raise PolytaskError("give exactly one of --data FILE or --split valid|test")
-    if data is not None:
-        frame = read_table(data)
-        split_name = "test"
-    else:
-        if split not in ("valid", "test"):
-            raise PolytaskError(f"--split must be 'valid' or 'test' (got '{split}')")
-        frame = getattr(load_splits(predictor.spec.data), split)
-        if frame is None:
-            raise PolytaskError(f"the run's data has no {split} split")
-        split_name = split
+    predictor = load(run)
+    frame = labelled_rows(predictor.spec, data, split)
+    split_name = split or "test"
     baseline_path = baseline or predictor.spec.train.baseline
     baseline_metrics = load_baseline(baseline_path)
     report = predictor.evaluate(
@@ -280,7 +285,6 @@ def cascade(
     from rich.table import Table
 
     from polytask.api import load
-    from polytask.data.tabular import load_splits, read_table
     from polytask.serve.cascade import run_cascade
 
     if (data is None) == (split is None):
@@ -288,14 +292,7 @@ def cascade(
     if steps < 1 or not low <= high:
         raise PolytaskError("--steps must be at least 1 and --low at most --high")
     full = load(full_run)
-    if data is not None:
-        frame = read_table(data)
-    else:
-        if split not in ("valid", "test"):
-            raise PolytaskError(f"--split must be 'valid' or 'test' (got '{split}')")
-        frame = getattr(load_splits(full.spec.data), split)
-        if frame is None:
-            raise PolytaskError(f"the full run's data has no {split} split")
+    frame = labelled_rows(full.spec, data, split)
     thresholds = [float(t) for t in np.linspace(low, high, steps)]
     report = run_cascade(
         slim_run, full, task, frame, out_dir or Path(f"cascade-{task}"), thresholds

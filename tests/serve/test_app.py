@@ -243,10 +243,12 @@ def test_overload_is_503_and_the_server_recovers(predictor):
     config = ServeConfig(max_rows=2, max_batch_rows=2, max_queue_rows=2, batch_window_ms=0)
     app = create_app(predictor, config)
     release = threading.Event()
+    holding = threading.Event()
     batcher = app.state.batcher
     real = batcher.process
 
     def held(payloads):
+        holding.set()
         release.wait(timeout=5)
         return real(payloads)
 
@@ -254,6 +256,7 @@ def test_overload_is_503_and_the_server_recovers(predictor):
     row = {"rows": [{"x1": 1.0}, {"x1": 2.0}]}
     with TestClient(app) as test_client, ThreadPoolExecutor(max_workers=4) as pool:
         futures = [pool.submit(test_client.post, "/v1/predict", json=row) for _ in range(2)]
+        assert holding.wait(timeout=5)  # the worker holds one request ...
         deadline = time.monotonic() + 5
         while batcher.stats.pending_rows < 2 and time.monotonic() < deadline:
             time.sleep(0.01)  # one request held by the worker, one waiting: the queue is full

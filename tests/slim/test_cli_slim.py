@@ -7,30 +7,11 @@ import json
 import shutil
 
 import pytest
-from typer.testing import CliRunner
 
 import polytask
 from polytask.artifacts import run_dir as rd
-from polytask.cli import app
 from polytask.slim import SLIM_REPORT
-
-runner = CliRunner()
-
-
-def invoke(*args: object):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, *fragments: str) -> str:
-    """Exit code 2, one line starting with 'error:', no traceback."""
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error:")
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+from tests.cli_helpers import assert_user_error, invoke
 
 
 def test_slim_prints_the_report_and_writes_a_loadable_run(train_run, tmp_path):
