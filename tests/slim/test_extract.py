@@ -252,7 +252,9 @@ def test_task_moe_slim_run_is_exact_smaller_and_reported(train_run, tmp_path):
     assert report["slim"]["weights_bytes"] < report["full"]["weights_bytes"]
     assert report["max_abs_difference"] < 1e-4
     for side in ("full", "slim"):
+        assert report[side]["serving_form"] == "lean"
         assert set(report[side]["latency_ms"]) == {"batch_1", "batch_16"}
+        assert set(report[side]["latency_ms_eager"]) == {"batch_1", "batch_16"}
         assert report[side]["metrics"]["click"]["auc"] == pytest.approx(
             report["full"]["metrics"]["click"]["auc"]
         )

@@ -15,6 +15,7 @@ from polytask.artifacts import run_dir as rd
 from polytask.config import RunSpec, TaskKind
 from polytask.data.preprocess import Preprocessor
 from polytask.errors import DataError, PolytaskError
+from polytask.lean import lean_form
 from polytask.model import MultiTaskModel, build_model
 from polytask.tasks import Task
 from polytask.train.evaluation import evaluate, overall_score, predict_logits
@@ -30,6 +31,9 @@ class Predictor:
         self.spec = spec
         self.preprocessor = preprocessor
         self.model = model.eval()
+        # What predictions run on: the model's folded form where it has one (the same outputs
+        # in fewer operations, see polytask.lean), else the model itself.
+        self.serving_model: nn.Module = lean_form(self.model) or self.model
         self.tasks: list[Task] = preprocessor.build_tasks(spec.tasks)
 
     @classmethod
@@ -72,7 +76,8 @@ class Predictor:
         if len(frame) == 0:
             raise DataError("no rows to predict")
         features = self.preprocessor.transform(frame)
-        logits = predict_logits(self.model, features, batch_size or self.spec.train.eval_batch_size)
+        size = batch_size or self.spec.train.eval_batch_size
+        logits = predict_logits(self.serving_model, features, size)
         columns: dict[str, Any] = {}
         for task, task_logits in zip(self.tasks, logits, strict=True):
             values = task.outputs(task_logits).numpy()

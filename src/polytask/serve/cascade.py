@@ -95,7 +95,9 @@ class Cascade:
         if len(frame) == 0:
             return np.zeros((0,) if task.kind is TaskKind.binary else (0, task.out_dim))
         features = predictor.preprocessor.transform(frame)
-        logits = predict_logits(predictor.model, features, predictor.spec.train.eval_batch_size)
+        logits = predict_logits(
+            predictor.serving_model, features, predictor.spec.train.eval_batch_size
+        )
         index = predictor.task_names.index(task.name)
         return task.outputs(logits[index]).numpy().astype(np.float64)
 

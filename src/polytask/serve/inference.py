@@ -146,7 +146,7 @@ class ServedModel:
         if features is None:
             features = self.predictor.preprocessor.transform(self.frame(rows))
         logits = predict_logits(
-            self.predictor.model, features, self.predictor.spec.train.eval_batch_size
+            self.predictor.serving_model, features, self.predictor.spec.train.eval_batch_size
         )
         return {
             task.name: task.outputs(logits[self._index[task.name]]).numpy() for task in self.tasks

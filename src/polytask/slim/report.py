@@ -136,10 +136,11 @@ def report_table(report: dict[str, Any]) -> Table:
     table.add_column("change", justify="right")
     for label, key in (("parameters", "parameters"), ("weights (bytes)", "weights_bytes")):
         table.add_row(label, _fmt(full[key]), _fmt(slim[key]), _change(full[key], slim[key], True))
-    for key, value in full["latency_ms"].items():
-        label = f"latency {key.replace('_', ' ')} (ms, median)"
-        other = slim["latency_ms"][key]
-        table.add_row(label, _fmt(value, 3), _fmt(other, 3), _change(value, other, True))
+    for field, form in (("latency_ms", "as served"), ("latency_ms_eager", "eager")):
+        for key, value in full.get(field, {}).items():
+            label = f"latency {key.replace('_', ' ')} (ms, median, {form})"
+            other = slim[field][key]
+            table.add_row(label, _fmt(value, 3), _fmt(other, 3), _change(value, other, True))
     for task, metric in report["primary_metric"].items():
         before = full["metrics"].get(task, {}).get(metric) if full["metrics"] else None
         after = slim["metrics"].get(task, {}).get(metric) if slim["metrics"] else None
@@ -158,6 +159,12 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     difference = report.get("max_abs_difference")
     shown = "" if difference is None else f" (max |slim - full| on the rows: {difference:.2e})"
     lines = [f"exact: {'yes' if report['exact'] else 'no'}{shown}"]
+    forms = [report[side].get("serving_form") for side in ("full", "slim")]
+    if all(forms):
+        lines.append(
+            f"served as: full {forms[0]}, slim {forms[1]} (lean: the folded form of "
+            "polytask.lean; eager: the model as trained)"
+        )
     for level in report.get("experts") or []:
         lines.append(
             f"level {level['level']}: kept {len(level['kept'])} of {level['total']} experts "

@@ -22,11 +22,15 @@ from polytask.train.step import task_losses
 
 @torch.inference_mode()
 def predict_logits(
-    model: MultiTaskModel, features: Features, batch_size: int
+    model: MultiTaskModel | torch.nn.Module, features: Features, batch_size: int
 ) -> list[torch.Tensor]:
     """Logits per task for all rows, in eval mode, without building a graph."""
     was_training = model.training
     model.eval()
+    if len(features) <= batch_size:  # one chunk: no row copy (the server's common case)
+        logits = model(features)
+        model.train(was_training)
+        return list(logits)
     chunks: list[list[torch.Tensor]] = []
     for start in range(0, len(features), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(features)))

@@ -1,0 +1,383 @@
+"""The lean serving form of a trained model: the same function in as few operations as it takes.
+
+At serving batch sizes a small multi-task model spends its time in per-operation overhead, not
+in arithmetic: the eager model runs an embedding gather, a concatenation, the fused expert
+bank, the gates, the mixture and the fused towers, each a handful of tensor operations. For
+inference the weights are fixed, so most of that can be folded away once, at load time:
+
+* The encoder's embedding table and the first layer of everything that reads the encoder
+  output (all experts' first layers and all gate logits, side by side) are one linear map of
+  the one-hot codes and the numeric features. Its categorical half is precomputed as a table
+  of per-code contributions and read with one ``embedding_bag`` sum; the first layer's bias
+  rides in the rows of the first categorical column (every row picks exactly one of them).
+  The first layer is then one gather-sum plus one ``addmm``.
+* Fixed mixture weights (task-level MoE under task routing, shared-bottom's single bottom,
+  static DSelect-k gates) are folded into the next linear layer of each task's tower, so the
+  mixture costs nothing; per-example softmax gates (MMoE, OMoE, masked CGC-style gates) are
+  computed from their folded logit columns over the allowed experts only.
+* Each task's tower is a plain chain of ``addmm``.
+
+The result equals the eager model up to float rounding (summation order changes); it is the
+form :class:`~polytask.artifacts.predictor.Predictor` (and so the server) runs whenever a model
+has it (:func:`lean_form` returns ``None`` and the eager model serves otherwise: per-task
+encoders, HoME's normalised experts, several levels, ESMM/AITM's cross-task heads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from polytask.arch.mmoe import MMoE
+from polytask.arch.omoe import OMoE
+from polytask.arch.shared_bottom import SharedBottom
+from polytask.arch.slim_moe import SlimLevelModule, SlimMoE, StaticGates
+from polytask.arch.task_moe import TaskMoE, top_k_route
+from polytask.data.preprocess import Features
+from polytask.model import MultiTaskModel
+from polytask.nn.encoders import TabularEncoder
+from polytask.nn.experts import ExpertBank
+from polytask.nn.gates import MaskedGates, SoftmaxGates, softmax_last
+from polytask.nn.towers import Towers
+
+# Fold the embedding into the first layer only while the folded table stays this small
+# (floats); beyond it the gather of a wide table costs more than the product it saves.
+MAX_FOLDED_TABLE = 1 << 23
+FIRST_LAYER_ALIGN = 16
+# Bag start positions kept for batches up to this many rows (larger ones compute theirs).
+CACHED_BAGS = 4096
+
+
+@dataclass
+class TaskMixture:
+    """How one task reads the experts: which ones, and either fixed weights or a gate."""
+
+    experts: list[int]
+    weights: torch.Tensor | None  # [k] fixed weights, or None: a per-example softmax gate
+    gate_weight: torch.Tensor | None = None  # [in, k] logit columns of the allowed experts
+    gate_bias: torch.Tensor | None = None  # [k]
+
+
+@dataclass
+class ArchPlan:
+    """An architecture as experts (one bank, all reading the encoder output) and mixtures."""
+
+    experts: ExpertBank
+    mixtures: list[TaskMixture]
+
+
+def _bank_layers(bank: ExpertBank, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One member of an expert bank (or one tower) as (weight [in, out], bias [out]) layers."""
+    return [(w[index], b[index, 0]) for w, b in zip(bank.weights, bank.biases, strict=True)]
+
+
+def _fixed(experts: list[int], weights: torch.Tensor) -> TaskMixture:
+    return TaskMixture(experts=experts, weights=weights.detach().clone())
+
+
+def _softmax_gate(gates: SoftmaxGates, gate: int) -> TaskMixture:
+    columns = slice(gate * gates.num_experts, (gate + 1) * gates.num_experts)
+    return TaskMixture(
+        experts=list(range(gates.num_experts)),
+        weights=None,
+        gate_weight=gates.linear.weight[columns].t(),
+        gate_bias=gates.linear.bias[columns],
+    )
+
+
+def _masked_gate(gates: MaskedGates, gate: int) -> TaskMixture:
+    allowed = (~gates.blocked[gate, 0]).nonzero().flatten()
+    return TaskMixture(
+        experts=allowed.tolist(),
+        weights=None,
+        gate_weight=gates.weight[gate][:, allowed],
+        gate_bias=gates.bias[gate, 0, allowed],
+    )
+
+
+def _plan_shared_bottom(arch: nn.Module, num_tasks: int) -> ArchPlan | None:
+    assert isinstance(arch, SharedBottom)
+    return ArchPlan(arch.bottom, [_fixed([0], torch.ones(1))] * num_tasks)
+
+
+def _plan_mmoe(arch: nn.Module, num_tasks: int) -> ArchPlan | None:
+    assert isinstance(arch, MMoE | OMoE)
+    shared_gate = arch.gates.num_gates == 1
+    return ArchPlan(
+        arch.experts,
+        [_softmax_gate(arch.gates, 0 if shared_gate else t) for t in range(num_tasks)],
+    )
+
+
+def _plan_task_moe(arch: nn.Module, num_tasks: int) -> ArchPlan | None:
+    assert isinstance(arch, TaskMoE)
+    if arch.task_logits is None:
+        return None  # row routing: the experts differ row by row
+    selected, weights = top_k_route(arch.task_logits.detach().unsqueeze(1), arch.options.top_k)
+    return ArchPlan(
+        arch.experts,
+        [_fixed(selected[t, 0].tolist(), weights[t, 0]) for t in range(num_tasks)],
+    )
+
+
+def _plan_slim_moe(arch: nn.Module, num_tasks: int) -> ArchPlan | None:
+    assert isinstance(arch, SlimMoE)
+    if len(arch.levels) != 1:
+        return None
+    level = arch.levels[0]
+    assert isinstance(level, SlimLevelModule)
+    plain = isinstance(level.experts, ExpertBank) and isinstance(level.feature_gates, nn.Identity)
+    if not plain or level.self_weight is not None:
+        return None
+    gates = level.gates
+    mixtures = []
+    for gate in arch.options.task_gates:
+        if isinstance(gates, SoftmaxGates):
+            mixtures.append(_softmax_gate(gates, gate))
+        elif isinstance(gates, MaskedGates):
+            mixtures.append(_masked_gate(gates, gate))
+        elif isinstance(gates, StaticGates):
+            row = gates.table[gate].detach()
+            mixtures.append(_fixed(list(range(len(row))), row / row.sum()))
+        else:
+            return None  # per-example DSelect-k: its own selector arithmetic
+    return ArchPlan(level.experts, mixtures)
+
+
+PLANNERS: dict[type, Callable[[nn.Module, int], ArchPlan | None]] = {
+    SharedBottom: _plan_shared_bottom,
+    MMoE: _plan_mmoe,
+    OMoE: _plan_mmoe,
+    TaskMoE: _plan_task_moe,
+    SlimMoE: _plan_slim_moe,
+}
+
+
+class FoldedInput(nn.Module):
+    """``x @ W + b`` where ``x`` is the tabular encoder's output, read straight from the codes.
+
+    Shapes: categorical [B, C], numeric [B, N] -> [B, width].
+    """
+
+    def __init__(self, encoder: TabularEncoder, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        columns, dim = encoder.num_categorical, encoder.embedding_dim
+        self.num_categorical = columns
+        table = encoder.embedding.weight.detach()
+        if columns:
+            owner = torch.bucketize(torch.arange(len(table)), encoder.offsets, right=True) - 1
+            # code v of column j contributes E[v] @ W[j*D:(j+1)*D]
+            blocks = weight[: columns * dim].view(columns, dim, -1)  # [C, D, W]
+            folded = torch.einsum("vd,vdw->vw", table, blocks[owner])
+            first = slice(0, int(encoder.offsets[1]) if columns > 1 else len(table))
+            folded[first] += bias  # every row reads exactly one code of column 0
+            self.register_buffer("table", folded.contiguous())
+            self.register_buffer("offsets", encoder.offsets.clone())
+            starts = torch.arange(0, CACHED_BAGS * columns, columns)
+            self.register_buffer("bag_starts", starts, persistent=False)
+        self.register_buffer("bias", None if columns else bias.clone())
+        self.register_buffer("numeric_weight", weight[columns * dim :].contiguous())
+
+    def forward(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+        if self.bias is not None:
+            return torch.addmm(self.bias, numeric, self.numeric_weight)
+        rows, columns = categorical.shape
+        # The aten op directly: F.embedding_bag's argument checks cost as much as the gather
+        # at batch 1. Bags are the rows: bag i starts at flat position i * C.
+        starts = self.bag_starts
+        if rows <= len(starts):
+            starts = starts[:rows]
+        else:
+            starts = torch.arange(0, rows * columns, columns, device=categorical.device)
+        codes = (categorical + self.offsets).flatten()
+        summed = torch.embedding_bag(self.table, codes, starts, False, 0)[0]
+        if self.numeric_weight.shape[0] == 0:
+            return summed
+        return summed.addmm_(numeric, self.numeric_weight)  # in place: no [B, W] copy
+
+
+class EncodedInput(nn.Module):
+    """``encoder(x) @ W + b`` for any other encoder (a CNN, a user's module)."""
+
+    def __init__(self, encoder: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("weight", weight.contiguous())
+        self.register_buffer("bias", bias.clone())
+
+    def forward(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.bias, self.encoder(categorical, numeric), self.weight)
+
+
+@dataclass
+class LeanHead:
+    """One task: its mixture of the experts' outputs, then its tower as a chain of addmm.
+
+    ``gate_columns``: the slice of the first-layer output holding the task's gate logits (a
+    per-example gate), or ``None`` (fixed weights, already folded into ``layers[0]``).
+    ``experts``: the experts its gate weighs, ``None`` for all of them.
+    """
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # (weight [in, out], bias [out])
+    gate_columns: slice | None
+    experts: torch.Tensor | None
+    out_dim: int
+
+
+# Above this many rows the written-out softmax and a broadcast multiply-sum beat
+# torch.softmax over a few experts and B tiny matrix products; below, the reverse.
+SMALL_BATCH = 64
+
+
+class LeanModel(nn.Module):
+    """A trained model's inference function in folded form (see the module docstring).
+
+    The forward pass is one flat function over precomputed tensors (no submodule calls, no
+    attribute lookups by name): at batch 1 Python overhead is most of the cost.
+
+    Shapes: Features -> list of T logits [B, out_t].
+    """
+
+    def __init__(
+        self,
+        first: FoldedInput | EncodedInput,
+        num_experts: int,
+        expert_width: int,
+        deeper: list[tuple[torch.Tensor, torch.Tensor]],
+        heads: list[LeanHead],
+    ) -> None:
+        super().__init__()
+        self.first = first
+        self.num_experts = num_experts
+        self.expert_width = expert_width  # leading columns of the first-layer output
+        self.deeper = deeper  # per deeper expert layer: weight [E, in, out], bias [E, 1, out]
+        self.heads = heads
+        self.task_names: list[str] = []
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """Move or cast the plain tensor lists along with the registered ones."""
+        super()._apply(fn, recurse)
+        self.deeper = [(fn(w), fn(b)) for w, b in self.deeper]
+        for head in self.heads:
+            head.layers = [(fn(w), fn(b)) for w, b in head.layers]
+            head.experts = None if head.experts is None else fn(head.experts)
+        return self
+
+    def forward(self, features: Features) -> list[torch.Tensor]:
+        first = self.first.forward(features.categorical, features.numeric)
+        rows = first.shape[0]
+        flat = torch.relu(first[:, : self.expert_width])  # [B, E*H1], expert-major
+        if self.deeper:
+            x = flat.view(rows, self.num_experts, -1).transpose(0, 1)  # [E, B, H1]
+            for weight, bias in self.deeper:
+                x = torch.relu(torch.baddbmm(bias, x, weight))
+            flat = x.transpose(0, 1).reshape(rows, -1)
+        small = rows <= SMALL_BATCH
+        outputs = []
+        for head in self.heads:
+            x = flat
+            if head.gate_columns is not None:
+                x = self._mix(first[:, head.gate_columns], flat, head.experts, small)
+            last = len(head.layers) - 1
+            for index, (weight, bias) in enumerate(head.layers):
+                x = torch.addmm(bias, x, weight)
+                if index < last:
+                    x = torch.relu(x)
+            outputs.append(x if x.shape[1] == head.out_dim else x[:, : head.out_dim])
+        return outputs
+
+    def _mix(
+        self, logits: torch.Tensor, flat: torch.Tensor, experts: torch.Tensor | None, small: bool
+    ) -> torch.Tensor:
+        """Softmax gate over the allowed experts, and the weighted sum of their outputs."""
+        stacked = flat.view(flat.shape[0], self.num_experts, -1)  # [B, E, H]
+        if experts is not None:
+            stacked = stacked[:, experts]
+        if small:
+            gates = torch.softmax(logits, dim=-1)
+            return torch.bmm(gates.unsqueeze(1), stacked).squeeze(1)
+        gates = softmax_last(logits)
+        return (gates.unsqueeze(-1) * stacked).sum(1)
+
+
+def _tower_layers(towers: Towers, task: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    layers = _bank_layers(towers.hidden, task) if towers.hidden is not None else []
+    return [*layers, *_bank_layers(towers.output, task)]
+
+
+def _fold_fixed_mixture(
+    layer: tuple[torch.Tensor, torch.Tensor], mixture: TaskMixture, num_experts: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """sum_k w_k h_{e_k} @ W  ==  [h_0 ... h_{E-1}] @ W' with W' = stacked w_e W (0 elsewhere)."""
+    weight, bias = layer
+    assert mixture.weights is not None
+    width = weight.shape[0]
+    folded = weight.new_zeros(num_experts * width, weight.shape[1])
+    for expert, share in zip(mixture.experts, mixture.weights.tolist(), strict=True):
+        folded[expert * width : (expert + 1) * width] += share * weight
+    return folded, bias
+
+
+@torch.no_grad()
+def lean_form(model: MultiTaskModel) -> LeanModel | None:
+    """The folded inference form of ``model``, or ``None`` where it has none (see module doc).
+
+    Built from the weights as they are now: rebuild it after changing them.
+    """
+    planner = PLANNERS.get(type(model.arch))
+    if planner is None or len(model.encoders) != 1 or not model.separable_towers():
+        return None
+    num_tasks = len(model.task_names)
+    plan = planner(model.arch, num_tasks)
+    if plan is None:
+        return None
+    bank = plan.experts
+    num_experts, first_width = bank.num_experts, bank.hidden[0]
+    # First layer: every expert's first layer (expert-major), then each gated task's logits.
+    weights = [bank.weights[0].detach().permute(1, 0, 2).reshape(bank.in_dim, -1)]
+    biases = [bank.biases[0].detach().reshape(-1)]
+    width = num_experts * first_width
+    gate_columns: list[slice | None] = []
+    for mixture in plan.mixtures:
+        if mixture.weights is not None:
+            gate_columns.append(None)
+            continue
+        assert mixture.gate_weight is not None and mixture.gate_bias is not None
+        weights.append(mixture.gate_weight.detach())
+        biases.append(mixture.gate_bias.detach())
+        gate_columns.append(slice(width, width + len(mixture.experts)))
+        width += len(mixture.experts)
+    # Zero columns up to a multiple of 16: the gather-sum kernel runs its vector path then
+    # (measured: 85 columns cost 1.2x more than 96).
+    padding = -width % FIRST_LAYER_ALIGN
+    weights.append(weights[0].new_zeros(bank.in_dim, padding))
+    biases.append(biases[0].new_zeros(padding))
+    weight, bias = torch.cat(weights, 1), torch.cat(biases)
+    first = _first_layer(model.encoders[0], weight, bias)
+    deeper = [
+        (w.detach(), b.detach()) for w, b in zip(bank.weights[1:], bank.biases[1:], strict=True)
+    ]
+    heads = []
+    for task, (mixture, columns) in enumerate(zip(plan.mixtures, gate_columns, strict=True)):
+        layers = _tower_layers(model.towers, task)
+        experts: torch.Tensor | None = None
+        if mixture.weights is not None:
+            layers[0] = _fold_fixed_mixture(layers[0], mixture, num_experts)
+        elif mixture.experts != list(range(num_experts)):
+            experts = torch.tensor(mixture.experts)
+        layers = [(w.detach().contiguous(), b.detach().contiguous()) for w, b in layers]
+        heads.append(LeanHead(layers, columns, experts, model.towers.out_dims[task]))
+    lean = LeanModel(first, num_experts, num_experts * first_width, deeper, heads)
+    lean.task_names = list(model.task_names)
+    return lean.eval()
+
+
+def _first_layer(encoder: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+    if isinstance(encoder, TabularEncoder):
+        rows = encoder.embedding.weight.shape[0] if encoder.num_categorical else 0
+        if rows * weight.shape[1] <= MAX_FOLDED_TABLE:
+            return FoldedInput(encoder, weight, bias)
+    return EncodedInput(encoder, weight, bias)
