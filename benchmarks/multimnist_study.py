@@ -37,11 +37,24 @@ METHODS: dict[str, dict[str, Any]] = {
     "nash_mtl": {},
     "famo": {},
 }
+# A gradient method's default is its fast mode; "<method>@exact" runs it on all shared parameters.
+EXACT = ("pcgrad", "imtl", "cagrad", "nash_mtl")
+
+
+def balance_for(variant: str) -> dict[str, Any]:
+    """``pcgrad`` -> its default (fast) options; ``pcgrad@exact`` -> exact mode."""
+    method, _, mode = variant.partition("@")
+    options = dict(METHODS[method])
+    if mode:
+        options["mode"] = mode
+    return {"method": method, "options": options}
+
+
 # Kurin et al. (NeurIPS 2022), appendix: average MultiMNIST test accuracy, 100 epochs.
 PUBLISHED = {"equal": 0.9476, "imtl": 0.9487, "mgda_ub": 0.9478, "pcgrad": 0.9479}
 
 
-def spec_for(source: str, method: str, seed: int, epochs: int, train_rows: int | None) -> dict:
+def spec_for(source: str, variant: str, seed: int, epochs: int, train_rows: int | None) -> dict:
     options: dict[str, Any] = {"path": str(SHARED / source), "source": source, "seed": seed}
     if train_rows:
         options["train_rows"] = train_rows
@@ -57,7 +70,7 @@ def spec_for(source: str, method: str, seed: int, epochs: int, train_rows: int |
             "tower_hidden": [50],
             "encoder": {"name": "cnn", "image_shape": [1, 28, 28]},
         },
-        "balance": {"method": method, "options": METHODS[method]},
+        "balance": balance_for(variant),
         "train": {
             "epochs": epochs,
             "batch_size": 256,
@@ -70,15 +83,17 @@ def spec_for(source: str, method: str, seed: int, epochs: int, train_rows: int |
     }
 
 
-def run_one(source: str, method: str, seed: int, epochs: int, rows: int | None, out: Path) -> dict:
+def run_one(source: str, variant: str, seed: int, epochs: int, rows: int | None, out: Path) -> dict:
     started = time.perf_counter()
-    spec = parse_spec(spec_for(source, method, seed, epochs, rows))
-    run = fit(spec, out / f"{source}-{method}-{seed}", overwrite=True, progress=False)
+    spec = parse_spec(spec_for(source, variant, seed, epochs, rows))
+    run = fit(spec, out / f"{source}-{variant}-{seed}", overwrite=True, progress=False)
     test = rd.load_json(run, rd.FINAL_METRICS)["test"]
     summary = rd.load_json(run, rd.SUMMARY)
     return {
         "source": source,
-        "method": method,
+        "method": variant,
+        "epochs": epochs,
+        "train_rows": rows,
         "seed": seed,
         "accuracy": float(np.mean([test[t]["accuracy"] for t in ("left", "right")])),
         "balance": summary["balance"],
@@ -87,47 +102,68 @@ def run_one(source: str, method: str, seed: int, epochs: int, rows: int | None, 
     }
 
 
+def table(results: list[dict], datasets: list[str], variants: list[str]) -> str:
+    """Markdown: mean +- std of the seeds' mean test accuracy per variant and dataset."""
+    lines = [
+        "| method | " + " | ".join(datasets) + " | published (MultiMNIST, 100 ep) |",
+        "|---|" + "---|" * (len(datasets) + 1),
+    ]
+    for variant in variants:
+        cells = []
+        for source in datasets:
+            key = (variant, source)
+            accs = [r["accuracy"] for r in results if (r["method"], r["source"]) == key]
+            if not accs:
+                cells.append("-")
+                continue
+            spread = f" +- {np.std(accs, ddof=1):.4f}" if len(accs) > 1 else ""
+            cells.append(f"{np.mean(accs):.4f}{spread} (n={len(accs)})")
+        published = PUBLISHED.get(variant.partition("@")[0])
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {published or '-'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument(
+        "--methods", nargs="+", default=list(METHODS), help="method or method@exact"
+    )
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--train-rows", type=int)
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=Path, help="results, one JSON line per run, appended")
+    parser.add_argument("--table-only", action="store_true", help="print the table from --json")
     args = parser.parse_args()
-    cases = [(d, m, s) for d in args.datasets for s in range(args.seeds) for m in args.methods]
-    results = []
-    with tempfile.TemporaryDirectory() as scratch, ProcessPoolExecutor(args.jobs) as pool:
-        jobs = [
-            pool.submit(run_one, d, m, s, args.epochs, args.train_rows, Path(scratch))
-            for d, m, s in cases
-        ]
-        for job in jobs:
-            result = job.result()
-            results.append(result)
-            print(
-                f"{result['source']:>13} {result['method']:>9} seed {result['seed']}: "
-                f"accuracy {result['accuracy']:.4f} ({result['train_seconds']:.0f} s training)",
-                flush=True,
-            )
-    rows = f"{args.train_rows} training pairs" if args.train_rows else "all training pairs"
-    print(f"\nMean test accuracy, {args.epochs} epochs, {rows}, {args.seeds} seed(s)\n")
-    print("| method | " + " | ".join(args.datasets) + " | published (MultiMNIST, 100 ep) |")
-    print("|---|" + "---|" * (len(args.datasets) + 1))
-    for method in args.methods:
-        cells = []
-        for source in args.datasets:
-            accs = [
-                r["accuracy"] for r in results if r["method"] == method and r["source"] == source
+    results: list[dict] = []
+    if args.json and args.json.exists():
+        results = [json.loads(line) for line in args.json.read_text().splitlines() if line]
+    if not args.table_only:
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        # Seed-major: an interrupted study still holds every method at the first seeds.
+        cases = [(d, m, s) for s in seeds for d in args.datasets for m in args.methods]
+        with tempfile.TemporaryDirectory() as scratch, ProcessPoolExecutor(args.jobs) as pool:
+            jobs = [
+                pool.submit(run_one, d, m, s, args.epochs, args.train_rows, Path(scratch))
+                for d, m, s in cases
             ]
-            cells.append(f"{np.mean(accs):.4f}")
-        published = PUBLISHED.get(method)
-        print(f"| {method} | " + " | ".join(cells) + f" | {published or '-'} |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+            for job in jobs:
+                result = job.result()
+                results.append(result)
+                print(
+                    f"{result['source']:>13} {result['method']:>15} seed {result['seed']}: "
+                    f"accuracy {result['accuracy']:.4f} ({result['train_seconds']:.0f} s training)",
+                    flush=True,
+                )
+                if args.json:
+                    args.json.parent.mkdir(parents=True, exist_ok=True)
+                    with args.json.open("a") as handle:
+                        handle.write(json.dumps(result) + "\n")
+    schedules = sorted({(r["epochs"], r["train_rows"]) for r in results if "epochs" in r}, key=str)
+    print(f"\nMean test accuracy over seeds; schedules (epochs, training pairs): {schedules}\n")
+    print(table(results, args.datasets, args.methods))
 
 
 if __name__ == "__main__":
