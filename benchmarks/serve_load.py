@@ -15,9 +15,11 @@ answer), errors (non-200 answers or transport errors) and the server's mean rows
 untimed warm-up. Every loop is bounded: by time (``--seconds``, at most 600) and by count
 (``--max-requests`` per phase).
 
-Caveat: clients and server share one Python process (and its GIL) and the machine's cores, so
-the numbers are a lower bound of what a separate client would measure; compare runs and batch
-sizes within one invocation, not across machines.
+``--server process`` (the default) runs the server as the user would, ``polytask serve`` in a
+process of its own, so that clients and server do not share a GIL; ``--server thread`` runs
+uvicorn in a thread of this process (clients and server then contend for one interpreter, and
+the numbers are a lower bound). Either way they share the machine's cores: on a 2-core machine
+the clients take one of them.
 
 Without ``--run`` it first trains a tiny run on the shipped census sample
 (``examples/census_income_demo.yaml`` for ``--train-epochs`` epochs, into a temporary folder).
@@ -30,9 +32,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -113,8 +117,107 @@ class BackgroundServer:
         self.sock.close()
 
 
+class ServerProcess:
+    """``polytask serve`` in a child process on 127.0.0.1, stopped on exit."""
+
+    def __init__(self, run: Path, config: ServeConfig) -> None:
+        with socket.socket() as probe:  # a free port, released for the child to take
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.command = [
+            sys.executable,
+            "-c",
+            "from polytask.cli import app; app()",
+            "serve",
+            str(run),
+            "--port",
+            str(self.port),
+            "--max-rows",
+            str(config.max_rows),
+            "--batch-window-ms",
+            str(config.batch_window_ms),
+            "--max-batch-rows",
+            str(config.max_batch_rows),
+            "--max-queue-rows",
+            str(config.max_queue_rows),
+            "--threads",
+            str(config.threads),
+            "--no-access-log",
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerProcess:
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited with code {self.process.returncode}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.__exit__()
+        raise RuntimeError("the server did not answer /healthz within 60 s")
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection spoken by hand over asyncio streams.
+
+    Why not httpx here: a general client costs about a millisecond of Python per request, and
+    eight of them in one process measure their own queueing instead of the server. This sends
+    a fixed POST and reads the status line, the headers up to Content-Length, and the body.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        sock = self.writer.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        assert self.reader is not None and self.writer is not None
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        length = 0
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return status, await self.reader.readexactly(length)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(OSError):
+                await self.writer.wait_closed()
+
+
 async def client_loop(
-    http: httpx.AsyncClient,
+    connection: RawConnection,
     bodies: list[bytes],
     offset: int,
     deadline: float,
@@ -122,22 +225,22 @@ async def client_loop(
     latencies: list[float],
     errors: list[str],
 ) -> None:
-    """One client: send, wait for the answer, repeat, until the deadline or the count."""
+    """One client: send, wait for the parsed answer, repeat, until the deadline or the count."""
     index = offset
     while time.perf_counter() < deadline and len(latencies) + len(errors) < max_requests:
         body = bodies[index % len(bodies)]
         index += 1
         start = time.perf_counter()
         try:
-            response = await http.post(
-                "/v1/predict", content=body, headers={"content-type": "application/json"}
-            )
-            response.json()
-        except (httpx.HTTPError, ValueError) as error:
+            status, answer = await connection.post("/v1/predict", body)
+            json.loads(answer)
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as error:
             errors.append(type(error).__name__)
+            await connection.close()
+            await connection.open()
             continue
-        if response.status_code != 200:
-            errors.append(str(response.status_code))
+        if status != 200:
+            errors.append(str(status))
         else:
             latencies.append(time.perf_counter() - start)
 
@@ -145,22 +248,28 @@ async def client_loop(
 async def run_phase(
     url: str, bodies: list[bytes], clients: int, seconds: float, max_requests: int
 ) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
-        for body in bodies[:WARMUP_REQUESTS]:  # warm-up: connections, caches, first calls
-            await http.post("/v1/predict", content=body)
+    port = int(url.rsplit(":", 1)[1])
+    connections = [RawConnection("127.0.0.1", port) for _ in range(clients)]
+    for connection in connections:
+        await connection.open()
+    for index, body in enumerate(bodies[:WARMUP_REQUESTS]):  # warm-up: caches, first calls
+        await connections[index % clients].post("/v1/predict", body)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         before = (await http.get("/healthz")).json()["batching"]
-        latencies: list[float] = []
-        errors: list[str] = []
-        start = time.perf_counter()
-        deadline = start + seconds
-        await asyncio.gather(
-            *(
-                client_loop(http, bodies, k * 7, deadline, max_requests, latencies, errors)
-                for k in range(clients)
-            )
+    latencies: list[float] = []
+    errors: list[str] = []
+    start = time.perf_counter()
+    deadline = start + seconds
+    await asyncio.gather(
+        *(
+            client_loop(connection, bodies, k * 7, deadline, max_requests, latencies, errors)
+            for k, connection in enumerate(connections)
         )
-        elapsed = time.perf_counter() - start
+    )
+    elapsed = time.perf_counter() - start
+    for connection in connections:
+        await connection.close()
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         after = (await http.get("/healthz")).json()["batching"]
     calls = after["batches"] - before["batches"]
     rows_called = after["rows"] - before["rows"]
@@ -173,8 +282,9 @@ async def run_phase(
         "requests_per_s": len(latencies) / elapsed,
         "p50_ms": float(np.percentile(ms, 50)) if len(ms) else math.nan,
         "p99_ms": float(np.percentile(ms, 99)) if len(ms) else math.nan,
+        "max_ms": float(ms.max()) if len(ms) else math.nan,
         "model_calls": calls,
-        "mean_rows_per_call": rows_called / calls if calls else math.nan,
+        "mean_rows_per_call": rows_called / calls if calls > 0 else math.nan,
     }
 
 
@@ -198,7 +308,8 @@ def load_test(run: Path, label: str, args: argparse.Namespace) -> list[dict[str,
         threads=args.threads,
     )
     results = []
-    with BackgroundServer(predictor, config) as server:
+    server_kind = ServerProcess(run, config) if args.server == "process" else None
+    with server_kind or BackgroundServer(predictor, config) as server:
         for batch in args.batch_sizes:
             phase = asyncio.run(
                 run_phase(
@@ -231,7 +342,7 @@ def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None
     )
     print(
         f"{args.clients} clients x {args.seconds:g} s per phase, batch window "
-        f"{args.window_ms:g} ms, 127.0.0.1"
+        f"{args.window_ms:g} ms, 127.0.0.1, server in a {args.server} of its own"
     )
     print(header)
     print("-" * len(header))
@@ -256,6 +367,12 @@ def main() -> None:
     parser.add_argument("--max-batch-rows", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads.")
     parser.add_argument("--train-epochs", type=int, default=3)
+    parser.add_argument(
+        "--server",
+        choices=["process", "thread"],
+        default="process",
+        help="polytask serve in a child process, or uvicorn in a thread of this one.",
+    )
     parser.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
     args = parser.parse_args()
     if not 0 < args.seconds <= MAX_SECONDS:
