@@ -34,6 +34,7 @@ class MultiTaskModel(nn.Module):
         self.task_names = list(task_names)
         self.last_representation: torch.Tensor | None = None
         self.last_task_inputs: torch.Tensor | None = None
+        self.last_common_input: torch.Tensor | None = None
 
     def encode(self, features: Features) -> torch.Tensor:
         """[B, D] from a shared encoder, or [T, B, D] from one encoder per task."""
@@ -43,7 +44,8 @@ class MultiTaskModel(nn.Module):
 
     def __getstate__(self) -> dict:
         """Copies and pickles leave out the last step's graph-carrying tensors."""
-        return drop_transient(super().__getstate__(), ("last_representation", "last_task_inputs"))
+        transient = ("last_representation", "last_task_inputs", "last_common_input")
+        return drop_transient(super().__getstate__(), transient)
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Parameters of the encoder(s) and sharing architecture: what more than one task's
@@ -81,7 +83,15 @@ class MultiTaskModel(nn.Module):
             and representation.dim() == 3
             and representation.shape[0] == len(self.task_names)
         )
+        common = getattr(self.arch, "common_output", None)
+        if separable and common is not None:
+            # every tower reads the same rows: the towers take them unexpanded, and the
+            # balancers find each task's gradient there from the towers' first layer
+            self.last_task_inputs = None
+            self.last_common_input = common
+            return self.towers(common)
         self.last_task_inputs = representation if separable else None
+        self.last_common_input = None
         heads = getattr(self.arch, "heads", None)
         return heads(self.towers, representation) if heads else self.towers(representation)
 

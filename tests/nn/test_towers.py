@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -72,3 +73,25 @@ def test_tabular_encoder_with_only_numeric_or_only_categorical():
     categorical_only = TabularEncoder([2], numeric_width=0, embedding_dim=4)
     out = categorical_only(torch.tensor([[1], [0]]), torch.zeros(2, 0))
     assert out.shape == (2, 4)
+
+
+@pytest.mark.parametrize("hidden", [[4, 3], []])
+def test_towers_on_a_common_input_equal_towers_on_its_expand(hidden):
+    """A [B, D] input every tower reads gives what the same rows expanded to [T, B, D] give,
+    values and gradients, and keeps the first layer's output [T, B, width]."""
+    torch.manual_seed(0)
+    towers = Towers(5, hidden, [1, 3, 2])
+    x = torch.randn(7, 5, requires_grad=True)
+    common = towers(x)
+    first = towers.last_first_layer
+    assert first is not None and first.shape == (3, 7, hidden[0] if hidden else 3)
+    common_grads = torch.autograd.grad(sum(out.sum() for out in common), [x, *towers.parameters()])
+    expanded = towers(x.expand(3, -1, -1))
+    assert towers.last_first_layer is None
+    expanded_grads = torch.autograd.grad(
+        sum(out.sum() for out in expanded), [x, *towers.parameters()]
+    )
+    for left, right in zip(common, expanded, strict=True):
+        torch.testing.assert_close(left, right)
+    for left, right in zip(common_grads, expanded_grads, strict=True):
+        torch.testing.assert_close(left, right)

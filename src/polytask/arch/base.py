@@ -49,11 +49,14 @@ class SharingArch(nn.Module):
         # the last tensor every task reads ([..., B, D]), set in forward where it is more
         # telling than the encoder output (shared-bottom output, expert outputs)
         self.shared_representation: torch.Tensor | None = None
+        # set by architectures whose output is one [B, D] tensor that every task reads
+        # (returned expanded to [T, B, D]): plain towers then read it once, unexpanded
+        self.common_output: torch.Tensor | None = None
 
     def __getstate__(self) -> dict:
         """Copies and pickles leave out the last step's graph-carrying tensors."""
         state = super().__getstate__()
-        transient = ("auxiliary_loss", "shared_representation")
+        transient = ("auxiliary_loss", "shared_representation", "common_output")
         return {key: (None if key in transient else value) for key, value in state.items()}
 
     def heads(self, towers: nn.Module, representation: torch.Tensor) -> list[torch.Tensor]:

@@ -19,5 +19,5 @@ class SharedBottom(SharingArch):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shared = self.bottom(x)  # [1, B, out]
-        self.shared_representation = shared
+        self.shared_representation = self.common_output = shared[0]
         return shared.expand(self.num_tasks, -1, -1)

@@ -65,15 +65,24 @@ class ExpertBank(nn.Module):
             nn.init.uniform_(weight, -bound, bound)
             nn.init.uniform_(bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = len(self.weights) - 1
-        for index, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            if x.dim() == 2:
-                x = self._shared_input_layer(x, weight, bias)
-            else:
-                x = torch.baddbmm(bias, x, weight)
-            if index < last or self.activate_last:
-                x = self.dropout(torch.relu(x))
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Layers ``start`` onwards; ``x`` is layer ``start``'s input ([B, in] shared, or
+        [E, B, in])."""
+        for index in range(start, len(self.weights)):
+            x = self.activate(self.linear(x, index), index)
+        return x
+
+    def linear(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Layer ``index`` before its activation: [B, in] or [E, B, in] -> [E, B, out]."""
+        weight, bias = self.weights[index], self.biases[index]
+        if x.dim() == 2:
+            return self._shared_input_layer(x, weight, bias)
+        return torch.baddbmm(bias, x, weight)
+
+    def activate(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Layer ``index``'s activation (ReLU, then dropout); none after an output layer."""
+        if index < len(self.weights) - 1 or self.activate_last:
+            return self.dropout(torch.relu(x))
         return x
 
     @staticmethod
