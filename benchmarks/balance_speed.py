@@ -255,9 +255,11 @@ class InputScale(nn.Module):
 
 
 class PassThrough(SharingArch):
-    """Shares everything below it: the encoder output [B, D] to every tower, [T, B, D]."""
+    """Shares everything below it: the encoder output [B, D] to every tower, [T, B, D]
+    (named as the common output every tower reads, as shared_bottom names its own)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shared_representation = self.common_output = x
         return x.expand(self.num_tasks, -1, -1)
 
 

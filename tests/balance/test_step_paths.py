@@ -18,6 +18,7 @@ from polytask.arch import ARCHS
 from polytask.arch.base import SharingArch
 from polytask.balance import BALANCERS, StepContext
 from polytask.balance.jacobian import (
+    common_input_gramian,
     gramian,
     is_task_expand,
     separable_task_gradients,
@@ -96,9 +97,11 @@ def test_fast_gradients_through_task_inputs_equal_the_batched_backward(arch):
     if arch in CHAINED:  # not separable: the plain batched backward is used
         assert task_inputs is None
         return
+    if arch == "shared_bottom":  # the towers read the representation itself (common input)
+        assert task_inputs is None and model.last_common_input is representation
+        return
     assert task_inputs is not None and task_inputs.shape[0] == 3
-    # shared_bottom: the towers read an expand of the representation; the rest mix it
-    assert is_task_expand(task_inputs, representation) == (arch == "shared_bottom")
+    assert not is_task_expand(task_inputs, representation)  # the towers read mixtures of it
     cheap = separable_task_gradients(losses, task_inputs, [representation], representation)
     (reference,) = task_gradients(losses, [representation])
     assert cheap is not None and cheap[0] is not None
@@ -118,7 +121,7 @@ def test_parameter_jacobian_through_task_inputs_equals_the_batched_backward(arch
     losses, _ = _forward(batch)
     task_inputs = model.last_task_inputs
     if task_inputs is None:
-        assert arch in CHAINED
+        assert arch in (*CHAINED, "shared_bottom")
         return
     shared = model.shared_parameters()
     cheap = separable_task_gradients(losses, task_inputs, shared, model.last_representation)
@@ -237,6 +240,61 @@ def test_losses_not_reaching_the_task_inputs_fall_back():
     torch.testing.assert_close(context.gradients(losses, "representation")[0], reference)
 
 
+# ------------------------------------------------------------------- common tower input
+def _common_fields(model: MultiTaskModel) -> dict[str, Any]:
+    """What train_step gives the context when the towers read one common input."""
+    common = model.last_common_input
+    if common is None:
+        return {}
+    towers = model.towers
+    assert isinstance(towers, Towers)
+    return {
+        "common_input": common,
+        "tower_first": towers.last_first_layer,
+        "tower_weight": towers.first_layer.weights[0],
+    }
+
+
+@pytest.mark.parametrize("tower_hidden", [[4], []])
+def test_common_input_gradients_and_gramian_equal_the_batched_backward(tower_hidden):
+    """Shared-bottom: task t's gradient at the bottom output is delta_t W_t^T (delta from one
+    plain backward to the towers' first layer); its Gramian, formed from the thin factors,
+    and the shared parameters' Jacobian below it equal the T-batched backward's."""
+    batch = _batch("shared_bottom", tower_hidden=tower_hidden)
+    model = batch[0]
+    model.train()
+    losses, present = _forward(batch)
+    representation = model.last_representation
+    assert representation is not None and model.last_common_input is representation
+    context = StepContext(
+        present, torch.ones(3), 0, representation=representation, **_common_fields(model)
+    )
+    (reference,) = task_gradients(losses, [representation])
+    torch.testing.assert_close(context.gramian(losses, "representation"), gramian([reference]))
+    torch.testing.assert_close(context.gradients(losses, "representation")[0], reference)
+    shared = model.shared_parameters()
+    context = StepContext(
+        present,
+        torch.ones(3),
+        0,
+        shared_params=shared,
+        representation=representation,
+        **_common_fields(model),
+    )
+    expected = task_gradients(losses, shared)
+    for actual, wanted in zip(context.gradients(losses, "parameters"), expected, strict=True):
+        torch.testing.assert_close(actual, wanted)
+
+
+@pytest.mark.parametrize("width", [1, 3, 40])
+def test_common_input_gramian_is_the_gramian_of_the_factor_products(width):
+    generator = torch.Generator().manual_seed(width)
+    delta = torch.randn(5, 17, width, generator=generator, dtype=torch.float64)
+    weight = torch.randn(5, 11, width, generator=generator, dtype=torch.float64)
+    explicit = torch.stack([(delta[t] @ weight[t].T).flatten() for t in range(5)])
+    torch.testing.assert_close(common_input_gramian(delta, weight), explicit @ explicit.T)
+
+
 # ------------------------------------------------------------------------------ exact mode
 def _grads_after(batch: Batch, method: str, task_params: bool, **options: Any) -> list[Any]:
     """Every model parameter's .grad after one exact-mode balancer call (starting from
@@ -257,6 +315,7 @@ def _grads_after(batch: Batch, method: str, task_params: bool, **options: Any) -
         extra_loss=getattr(model.arch, "auxiliary_loss", None),
         task_params=model.task_parameters() if task_params else None,
         task_inputs=model.last_task_inputs if task_params else None,
+        **(_common_fields(model) if task_params else {}),
     )
     BALANCERS.get(method)(3, mode="exact", **options).backward(losses, context)
     return [None if p.grad is None else p.grad.clone() for p in model.parameters()]

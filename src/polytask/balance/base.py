@@ -17,7 +17,11 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from polytask.balance.jacobian import (
+    batched_vjp,
     combine,
+    common_input_gradients,
+    common_input_gramian,
+    first_layer_deltas,
     gramian,
     separable_task_gradients,
     task_gradients_or_none,
@@ -66,6 +70,12 @@ class StepContext:
     recompute_losses: Callable[[], torch.Tensor] | None = None
     task_params: list[torch.nn.Parameter] | None = None
     task_inputs: torch.Tensor | None = None
+    # Towers reading one common input x [B, D] (shared-bottom): x, the towers' first layer
+    # output [T, B, width] and its weight [T, D, width]. Task t's gradient at x is then
+    # delta_t W_t^T, delta = d(sum L)/d(first layer): no T-batched pass through the towers.
+    common_input: torch.Tensor | None = None
+    tower_first: torch.Tensor | None = None
+    tower_weight: torch.Tensor | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def gradients(self, losses: torch.Tensor, source: GradientSource) -> list[torch.Tensor]:
@@ -95,11 +105,36 @@ class StepContext:
         """Through the separable task inputs when the step provides them (one plain backward
         through the towers, then a batched pass below them only), else one T-batched backward
         from the losses."""
+        delta = self._common_delta(losses)
+        if delta is not None:
+            assert self.common_input is not None and self.tower_weight is not None
+            common = self.common_input
+            at_common = common_input_gradients(delta, self.tower_weight.detach())
+            below = [x for x in inputs if x is not common]
+            grads = iter(batched_vjp(common, below, at_common) if below else [])
+            return [at_common if x is common else next(grads) for x in inputs]
         if self.task_inputs is not None and self.task_inputs.requires_grad:
             grads = separable_task_gradients(losses, self.task_inputs, inputs, representation)
             if grads is not None:
                 return grads
         return task_gradients_or_none(losses, inputs)
+
+    def _common_delta(self, losses: torch.Tensor) -> torch.Tensor | None:
+        """d(sum L)/d(towers' first layer) when the towers read one common input, else None."""
+        if "common_delta" not in self._cache:
+            delta = None
+            usable = (
+                self.common_input is not None
+                and self.common_input.requires_grad
+                and self.tower_first is not None
+                and self.tower_first.requires_grad
+                and self.tower_weight is not None
+            )
+            if usable:
+                assert self.tower_first is not None
+                delta = first_layer_deltas(losses, self.tower_first)
+            self._cache["common_delta"] = delta
+        return self._cache["common_delta"]
 
     def _trained_shared_params(self) -> list[torch.nn.Parameter]:
         return [p for p in self.shared_params if p.requires_grad]
@@ -119,6 +154,15 @@ class StepContext:
         """The [T, T] Gramian of the per-task gradients from ``source``."""
         key = f"gramian:{source}"
         if key not in self._cache:
+            common = self.common_input
+            at_common = source == "representation" and common is not None
+            if at_common and self._trainable_representation() is common:
+                delta = self._common_delta(losses)
+                if delta is not None:
+                    assert self.tower_weight is not None
+                    weight = self.tower_weight.detach()
+                    self._cache[key] = common_input_gramian(delta, weight)
+                    return self._cache[key]
             self._cache[key] = gramian(self.gradients(losses, source))
         return self._cache[key]
 

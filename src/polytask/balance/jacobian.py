@@ -163,3 +163,38 @@ def gramian(gradients: Sequence[torch.Tensor]) -> torch.Tensor:
 def combine(weights: torch.Tensor, gradients: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """``sum_t w_t g_t`` for every block: list of tensors shaped like the inputs."""
     return [torch.tensordot(weights.to(block.dtype), block, dims=1) for block in gradients]
+
+
+def first_layer_deltas(losses: torch.Tensor, first_layer: torch.Tensor) -> torch.Tensor | None:
+    """``d(sum_t L_t) / d first_layer`` [T, B, width], or ``None`` if no loss reaches it.
+
+    ``first_layer`` is the towers' first layer (before its activation), [T, B, width], of
+    which only tower t reads slice t: so slice t is task t's gradient there, and one ordinary
+    backward through the towers' upper layers gives all T of them.
+    """
+    (delta,) = torch.autograd.grad(
+        losses.sum(), [first_layer], retain_graph=True, allow_unused=True
+    )
+    return delta
+
+
+def common_input_gradients(delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Task t's gradient at the input x that every tower's first layer ``x W_t + b_t`` reads:
+    ``delta_t W_t^T``. delta [T, B, width], weight [T, D, width] -> [T, B, D]."""
+    return torch.bmm(delta, weight.transpose(1, 2))
+
+
+def common_input_gramian(delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The [T, T] Gramian of :func:`common_input_gradients` without forming them.
+
+    ``<delta_s W_s^T, delta_t W_t^T> = <delta_s^T delta_t, W_s^T W_t>`` (Frobenius): two
+    products of thin matrices, (T w)^2 (B + D) multiply-adds instead of T^2 B D, where w is
+    the towers' first width (1 for linear heads). Used where that is cheaper.
+    """
+    tasks, rows, width = delta.shape
+    dim = weight.shape[1]
+    if width * width * (rows + dim) >= rows * dim:
+        return gramian([common_input_gradients(delta, weight)])
+    d = delta.permute(1, 0, 2).reshape(rows, tasks * width)
+    w = weight.permute(1, 0, 2).reshape(dim, tasks * width)
+    return ((d.T @ d) * (w.T @ w)).view(tasks, width, tasks, width).sum(dim=(1, 3))

@@ -12,6 +12,7 @@ import torch
 from polytask.balance.base import Balancer, Need, StepContext
 from polytask.data.preprocess import Features
 from polytask.model import MultiTaskModel
+from polytask.nn.towers import Towers
 from polytask.tasks import Task
 
 PARAMETER_NEEDS = frozenset({Need.GRAMIAN, Need.SHARED_GRADS})
@@ -65,6 +66,9 @@ def train_step(
         # with the task parameters, exact mode skips a second full backward
         task_params=model.task_parameters() if wants_params else None,
         task_inputs=model.last_task_inputs,
+        common_input=model.last_common_input,
+        tower_first=getattr(model.towers, "last_first_layer", None),
+        tower_weight=_first_tower_weight(model),
     )
     if measure_gradients and context.representation is not None:
         context.gramian(losses, "representation")  # cached: a balancer using it pays nothing
@@ -72,3 +76,10 @@ def train_step(
     optimizer.step()
     gramian = next((v for k, v in context._cache.items() if k.startswith("gramian:")), None)
     return StepResult(losses.detach(), weights, present, gramian)
+
+
+def _first_tower_weight(model: MultiTaskModel) -> torch.Tensor | None:
+    """The towers' first-layer weight [T, D, width] when they read one common input."""
+    if model.last_common_input is None or not isinstance(model.towers, Towers):
+        return None
+    return model.towers.first_layer.weights[0]
