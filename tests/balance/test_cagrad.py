@@ -30,7 +30,9 @@ def _reference_primal(vectors: np.ndarray, c: float) -> tuple[np.ndarray, float]
     return result.x[:-1], float(result.x[-1])
 
 
-@pytest.mark.parametrize(("tasks", "seed", "c"), [(2, 0, 0.4), (3, 1, 0.4), (4, 2, 0.8)])
+@pytest.mark.parametrize(
+    ("tasks", "seed", "c"), [(2, 0, 0.4), (3, 1, 0.4), (4, 2, 0.8), (8, 4, 0.2), (12, 3, 0.5)]
+)
 def test_direction_solves_the_primal(tasks, seed, c):
     jacobian = torch.randn(tasks, 6, generator=torch.Generator().manual_seed(seed)).double()
     jacobian[1] = -0.7 * jacobian[0] + 0.5 * jacobian[1]  # conflicting

@@ -60,3 +60,22 @@ def nnls(matrix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         np.asarray(matrix, dtype=np.float64), np.asarray(target, dtype=np.float64)
     )
     return torch.from_numpy(np.asarray(solution, dtype=np.float64))
+
+
+def hull_min_norm(columns: torch.Tensor) -> torch.Tensor:
+    """``argmin_{w >= 0, sum w = 1} |A w|`` for columns ``A`` [m, P] (float64) -> w [P].
+
+    The least-distance / NNLS duality (Lawson & Hanson, ch. 23): ``u = argmin_{u >= 0}
+    |A u|^2 + (1^T u - 1)^2``, then ``w = u / 1^T u`` (see :func:`polytask.balance.mgda.
+    min_norm_weights`, which calls this with a root of the Gramian). Columns are scaled to
+    unit largest norm first; the minimiser does not change with the scale.
+    """
+    size = columns.shape[1]
+    largest = float(columns.norm(dim=0).max()) if size else 0.0
+    if size == 1 or largest <= 0:
+        return torch.full((size,), 1.0 / size, dtype=torch.float64)
+    system = torch.cat([columns / largest, torch.ones(1, size, dtype=torch.float64)])
+    target = torch.zeros(system.shape[0], dtype=torch.float64)
+    target[-1] = 1.0
+    u = nnls(system, target)
+    return u / u.sum()

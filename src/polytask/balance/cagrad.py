@@ -20,12 +20,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.optimize import minimize
+from scipy.optimize import brentq
 
 from polytask.balance import _options
-from polytask.balance._linalg import as_float64, like, normalised
+from polytask.balance._linalg import as_float64, gramian_root, hull_min_norm, like, normalised
 from polytask.balance.base import BALANCERS, GramianWeighting
 
 # |g_w| below this (relative to the largest gradient) counts as 0: then 0 is in the hull,
@@ -34,35 +33,33 @@ ZERO_NORM = 1e-9
 
 
 def cagrad_dual_weights(gramian: torch.Tensor, radius: float) -> torch.Tensor:
-    """``argmin_{w in simplex} w^T b + radius sqrt(w^T G w)``, ``b = G 1 / P`` (float64 [P]).
+    """``argmin_{w in simplex} w^T b + radius |g_w|``, ``b = G 1 / P`` (float64 [P]).
 
-    Solved with SLSQP from the uniform start, with the exact gradient, as in the authors'
-    code; the problem is convex, so the local solution is global.
+    Exactly, through a one-dimensional root: with ``L^T L = G`` (columns l_i standing in for
+    the gradients) ``b = L^T l0``, ``l0`` the mean column. At the optimum ``w*``, with
+    ``s* = |L w*|``, the conditions of optimality are those of the simplex QP
+    ``min b^T w + radius |L w|^2 / (2 s*)``, which is ``min |(L + (s*/radius) l0 1^T) w|``:
+    the min-norm point of the shifted hull, one NNLS (:func:`hull_min_norm`). So ``w*`` is
+    ``w(s)`` at a root of ``h(s) = |L w(s)| - s``: ``h(0) >= 0``, ``h < 0`` beyond the
+    longest column, and any root satisfies the convex problem's optimality conditions.
+    Brent's method finds it in a few dozen NNLS solves; with ``h(0) = 0`` (0 in the hull)
+    the minimiser is the plain min-norm point.
     """
-    matrix = gramian.numpy()
-    size = matrix.shape[0]
-    mean_row = matrix.mean(axis=1)
+    root = gramian_root(gramian)
+    mean_column = root.mean(dim=1, keepdim=True)
 
-    def objective(w: np.ndarray) -> tuple[float, np.ndarray]:
-        gw_sq = max(float(w @ matrix @ w), 0.0) + 1e-18
-        gw_norm = math.sqrt(gw_sq)
-        value = float(w @ mean_row) + radius * gw_norm
-        gradient = mean_row + radius * (matrix @ w) / gw_norm
-        return value, gradient
+    def weights_at(s: float) -> torch.Tensor:
+        return hull_min_norm(root + (s / radius) * mean_column)
 
-    result = minimize(
-        objective,
-        np.full(size, 1.0 / size),
-        jac=True,
-        method="SLSQP",
-        bounds=[(0.0, 1.0)] * size,
-        constraints=[
-            {"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones(size)}
-        ],
-        options={"ftol": 1e-14, "maxiter": 500},
-    )
-    weights = torch.from_numpy(np.clip(result.x, 0.0, None))
-    return weights / weights.sum()
+    def excess(s: float) -> float:
+        return float((root @ weights_at(s)).norm()) - s
+
+    start = excess(0.0)
+    if start <= 0.0:
+        return weights_at(0.0)
+    beyond = float(root.norm(dim=0).max()) * (1.0 + 1e-9) + 1e-300
+    solution = brentq(excess, 0.0, beyond, xtol=1e-15, rtol=1e-13, maxiter=200)
+    return weights_at(solution)
 
 
 def cagrad_weights(gramian: torch.Tensor, c: float) -> torch.Tensor:

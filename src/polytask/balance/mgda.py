@@ -15,7 +15,7 @@ from typing import Any, Literal
 import torch
 
 from polytask.balance import _options
-from polytask.balance._linalg import as_float64, gramian_root, like, nnls, normalised
+from polytask.balance._linalg import as_float64, gramian_root, hull_min_norm, like, normalised
 from polytask.balance.base import BALANCERS, GramianWeighting
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
@@ -39,12 +39,7 @@ def min_norm_weights(gramian: torch.Tensor) -> torch.Tensor:
         return torch.ones(1, dtype=torch.float64)
     if float(torch.diagonal(matrix).max()) <= 0:  # every gradient is zero: any w is optimal
         return torch.full((size,), 1.0 / size, dtype=torch.float64)
-    root = gramian_root(normalised(matrix))
-    system = torch.cat([root, torch.ones(1, size, dtype=torch.float64)])
-    target = torch.zeros(size + 1, dtype=torch.float64)
-    target[-1] = 1.0
-    u = nnls(system, target)
-    return u / u.sum()
+    return hull_min_norm(gramian_root(normalised(matrix)))
 
 
 def gradient_normalizers(
