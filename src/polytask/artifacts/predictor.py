@@ -32,7 +32,9 @@ class Predictor:
         self.preprocessor = preprocessor
         self.model = model.eval()
         # What predictions run on: the model's folded form where it has one (the same outputs
-        # in fewer operations, see polytask.lean), else the model itself.
+        # in fewer operations, see polytask.lean), else the model itself. It is built from
+        # the weights at load time: after changing self.model's weights, rebuild it with
+        # lean_form(self.model) (or set it to self.model).
         self.serving_model: nn.Module = lean_form(self.model) or self.model
         self.tasks: list[Task] = preprocessor.build_tasks(spec.tasks)
 
