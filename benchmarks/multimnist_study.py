@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from polytask.artifacts import run_dir as rd
 from polytask.config import parse_spec
@@ -42,11 +43,16 @@ EXACT = ("pcgrad", "imtl", "cagrad", "nash_mtl")
 
 
 def balance_for(variant: str) -> dict[str, Any]:
-    """``pcgrad`` -> its default (fast) options; ``pcgrad@exact`` -> exact mode."""
-    method, _, mode = variant.partition("@")
+    """``pcgrad`` -> its default (fast) options; ``pcgrad@exact`` -> exact mode; options after
+    commas, as YAML values: ``nash_mtl@exact,normalize_gramian=true``."""
+    name, *settings = variant.split(",")
+    method, _, mode = name.partition("@")
     options = dict(METHODS[method])
     if mode:
         options["mode"] = mode
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        options[key] = yaml.safe_load(value)
     return {"method": method, "options": options}
 
 
@@ -118,7 +124,7 @@ def table(results: list[dict], datasets: list[str], variants: list[str]) -> str:
                 continue
             spread = f" +- {np.std(accs, ddof=1):.4f}" if len(accs) > 1 else ""
             cells.append(f"{np.mean(accs):.4f}{spread} (n={len(accs)})")
-        published = PUBLISHED.get(variant.partition("@")[0])
+        published = PUBLISHED.get(variant.split(",")[0].partition("@")[0])
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {published or '-'} |")
     return "\n".join(lines)
 
