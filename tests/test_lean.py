@@ -46,6 +46,14 @@ def test_lean_form_equals_the_eager_model(arch, options):
     assert_lean_matches(model)
 
 
+def test_tasks_reading_one_gate_share_its_logit_columns():
+    model, _ = make_model("omoe")  # one gate, three tasks
+    lean = lean_form(model)
+    columns = [head.gate_columns for head in lean.heads]
+    assert columns[0] is not None and all(c == columns[0] for c in columns)
+    assert_lean_matches(model)
+
+
 @pytest.mark.parametrize("hidden", [[7], [6, 5, 4]])
 def test_lean_form_for_one_and_three_expert_layers(hidden):
     torch.manual_seed(3)

@@ -59,6 +59,7 @@ class TaskMixture:
     weights: torch.Tensor | None  # [k] fixed weights, or None: a per-example softmax gate
     gate_weight: torch.Tensor | None = None  # [in, k] logit columns of the allowed experts
     gate_bias: torch.Tensor | None = None  # [k]
+    gate: int | None = None  # which gate of the architecture, when several tasks share one
 
 
 @dataclass
@@ -85,6 +86,7 @@ def _softmax_gate(gates: SoftmaxGates, gate: int) -> TaskMixture:
         weights=None,
         gate_weight=gates.linear.weight[columns].t(),
         gate_bias=gates.linear.bias[columns],
+        gate=gate,
     )
 
 
@@ -95,6 +97,7 @@ def _masked_gate(gates: MaskedGates, gate: int) -> TaskMixture:
         weights=None,
         gate_weight=gates.weight[gate][:, allowed],
         gate_bias=gates.bias[gate, 0, allowed],
+        gate=gate,
     )
 
 
@@ -341,14 +344,20 @@ def lean_form(model: MultiTaskModel) -> LeanModel | None:
     biases = [bank.biases[0].detach().reshape(-1)]
     width = num_experts * first_width
     gate_columns: list[slice | None] = []
+    placed: dict[object, slice] = {}  # tasks reading one gate (OMoE) share its columns
     for mixture in plan.mixtures:
         if mixture.weights is not None:
             gate_columns.append(None)
+            continue
+        if mixture.gate is not None and mixture.gate in placed:
+            gate_columns.append(placed[mixture.gate])
             continue
         assert mixture.gate_weight is not None and mixture.gate_bias is not None
         weights.append(mixture.gate_weight.detach())
         biases.append(mixture.gate_bias.detach())
         gate_columns.append(slice(width, width + len(mixture.experts)))
+        if mixture.gate is not None:
+            placed[mixture.gate] = gate_columns[-1]
         width += len(mixture.experts)
     # Zero columns up to a multiple of 16: the gather-sum kernel runs its vector path then
     # (measured: 85 columns cost 1.2x more than 96).
