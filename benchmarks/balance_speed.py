@@ -17,7 +17,7 @@ training step: zero_grad, forward, the T losses, the method's backward, optimize
   custom encoder and fused :class:`Towers` (no hidden layer, one regression task each; inputs as
   ``Features(categorical=[B, 0] int64, numeric=x)``), Adam from ``build_optimizer`` (plus a
   second parameter group for a method's own parameters, as the trainer does). Where the model
-  is built matters for ``mode: fast``, which takes the Gramian at ``model.last_representation``,
+  is built matters for ``mode: fast``, which takes the Gramian at the output's ``representation``,
   and that is the ENCODER output (``MultiTaskModel.forward``). The natural configuration of this
   network, an identity encoder under ``arch: shared_bottom`` with ``hidden: [512, 512, 256]``,
   would therefore take "fast" gradients at the 128-d input, below the whole MLP: not MGDA-UB's
@@ -117,12 +117,12 @@ import torch.nn.functional as F
 from _machine import machine_info as shared_machine_info
 from torch import nn
 
-from polytask.arch.base import SharingArch
 from polytask.balance import BALANCERS, Balancer
 from polytask.balance.base import GramianWeighting
 from polytask.config import ModelSpec, TaskSpec, TrainSpec
-from polytask.data.preprocess import Features
+from polytask.features import Features
 from polytask.model import MultiTaskModel, build_model
+from polytask.nn.executor import ArchOutput
 from polytask.nn.experts import ExpertBank
 from polytask.nn.towers import Towers
 from polytask.tasks import Task
@@ -254,13 +254,16 @@ class InputScale(nn.Module):
         return numeric * self.scale
 
 
-class PassThrough(SharingArch):
-    """Shares everything below it: the encoder output [B, D] to every tower, [T, B, D]
-    (named as the common output every tower reads, as shared_bottom names its own)."""
+class PassThrough(nn.Module):
+    """Shares everything below it: the encoder output [B, D] is the common input every tower
+    reads and the representation fast mode differentiates at, as shared_bottom's bottom is."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.shared_representation = self.common_output = x
-        return x.expand(self.num_tasks, -1, -1)
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__()
+        self.num_tasks = num_tasks
+
+    def forward(self, x: torch.Tensor) -> ArchOutput:
+        return ArchOutput(x.expand(self.num_tasks, -1, -1), x, [], None, x)
 
 
 def polytask_model(num_tasks: int, shared_bottom: bool = False) -> MultiTaskModel:
@@ -271,11 +274,9 @@ def polytask_model(num_tasks: int, shared_bottom: bool = False) -> MultiTaskMode
     if shared_bottom:
         spec = ModelSpec(arch="shared_bottom", hidden=HIDDEN, tower_hidden=[])
         return build_model(spec, [], IN_DIM, [1] * num_tasks, names, InputScale)
-    spec = ModelSpec(arch="shared_bottom", hidden=[HIDDEN[-1]], tower_hidden=[])
     encoders = nn.ModuleList([MLPEncoder()])
-    arch = PassThrough(HIDDEN[-1], num_tasks, spec)
-    towers = Towers(arch.out_dim, [], [1] * num_tasks)
-    return MultiTaskModel(encoders, arch, towers, names)
+    towers = Towers(HIDDEN[-1], [], [1] * num_tasks)
+    return MultiTaskModel(encoders, PassThrough(num_tasks), towers, names)  # type: ignore[arg-type]
 
 
 def polytask_runner(

@@ -11,7 +11,7 @@ import torch
 import polytask
 import polytask.lean as lean_module
 from polytask.config import ModelSpec, load_spec
-from polytask.data.preprocess import Features
+from polytask.features import Features
 from polytask.lean import EncodedInput, FoldedInput, lean_form
 from polytask.model import build_model
 from polytask.slim.extract import SlimContext, extract
@@ -25,6 +25,8 @@ COVERED = [
     ("omoe", {}),
     ("task_moe", {"top_k": 2}),
     ("task_moe", {"top_k": 1}),
+    ("cgc", {"task_experts": 2}),  # one level of masked softmax gates
+    ("dselect_k", {}),  # static selectors: fixed weights in eval
 ]
 
 
@@ -33,7 +35,7 @@ def assert_lean_matches(model, rows: Features | None = None) -> None:
     lean = lean_form(model)
     assert lean is not None
     with torch.inference_mode():
-        expected, got = model.eval()(rows), lean(rows)
+        expected, got = model.eval()(rows).logits, lean(rows).logits
     assert len(got) == len(expected)
     for mine, theirs in zip(got, expected, strict=True):
         assert mine.shape == theirs.shape
@@ -78,8 +80,8 @@ def test_lean_form_for_one_and_three_expert_layers(hidden):
     ids=lambda v: str(v),
 )
 def test_lean_form_of_slim_models(arch, options, threshold):
-    """What `polytask slim` saves (slim_moe with softmax, masked or static gates, pruned or
-    not) has a lean form equal to it."""
+    """What `polytask slim` saves (a one-level plan with softmax, masked or DSelect-k gates,
+    pruned or not) has a lean form equal to it."""
     model, spec = make_model(arch, **options)
     slim = extract(SlimContext(model, spec, [1], threshold, make_rows(), batch_size=16)).model
     assert_lean_matches(slim)
@@ -144,9 +146,10 @@ def test_architectures_without_a_lean_form_are_declined(arch, options):
         model = build_model(spec, [4, 3], 4, list(out_dims), ["ctr", "ctcvr"])
     else:
         model, spec = make_model(arch, out_dims=out_dims, **options)
-    if arch == "dselect_k":  # the lifted per-example selector has no folded form
-        model = extract(SlimContext(model, spec, [1], 0.0, make_rows(), batch_size=16)).model
     assert lean_form(model) is None
+    if arch == "dselect_k":  # nor once slimmed: per-example selectors over the kept columns
+        model = extract(SlimContext(model, spec, [1], 0.0, make_rows(), batch_size=16)).model
+        assert lean_form(model) is None
 
 
 def test_a_loaded_run_predicts_through_its_lean_form(tmp_path):

@@ -1,10 +1,35 @@
-"""polytask: one PyTorch model for many tasks."""
+"""polytask: one PyTorch model for many tasks.
 
-__version__ = "0.1.0"
+``train`` and ``load`` import the training and inference stacks (and torch) on first use, so
+that importing polytask, reading a config or listing architectures stays fast.
+"""
 
-from polytask.api import load, train
+from __future__ import annotations
+
+from typing import Any
+
+# The subpackage polytask.train is imported first (its __init__ is empty), so that importing
+# its modules later does not rebind the name ``train`` below to the subpackage.
+import polytask.train as _training  # noqa: F401
 from polytask.config import RunSpec, load_spec
 from polytask.errors import ConfigError, DataError, PolytaskError
+
+__version__ = "0.2.0"
+
+
+def train(*args: Any, **kwargs: Any) -> Any:
+    """Train a run specification and return the loaded run (see :func:`polytask.api.train`)."""
+    from polytask.api import train as train_run
+
+    return train_run(*args, **kwargs)
+
+
+def load(*args: Any, **kwargs: Any) -> Any:
+    """Load a finished run directory (see :func:`polytask.api.load`)."""
+    from polytask.api import load as load_run
+
+    return load_run(*args, **kwargs)
+
 
 __all__ = [
     "ConfigError",

@@ -25,22 +25,17 @@ encoders, HoME's normalised experts, several levels, ESMM/AITM's cross-task head
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from polytask.arch.mmoe import MMoE
-from polytask.arch.omoe import OMoE
-from polytask.arch.shared_bottom import SharedBottom
-from polytask.arch.slim_moe import SlimLevelModule, SlimMoE, StaticGates
-from polytask.arch.task_moe import TaskMoE, top_k_route
-from polytask.data.preprocess import Features
-from polytask.model import MultiTaskModel
+from polytask.features import Features
+from polytask.model import ModelOutput, MultiTaskModel
 from polytask.nn.encoders import TabularEncoder
+from polytask.nn.executor import LevelModule
 from polytask.nn.experts import ExpertBank
-from polytask.nn.gates import MaskedGates, SoftmaxGates, softmax_last
+from polytask.nn.gates import LeanMixture, softmax_last
 from polytask.nn.towers import Towers
 
 # Fold the embedding into the first layer only while the folded table stays this small
@@ -49,114 +44,6 @@ MAX_FOLDED_TABLE = 1 << 23
 FIRST_LAYER_ALIGN = 16
 # Bag start positions kept for batches up to this many rows (larger ones compute theirs).
 CACHED_BAGS = 4096
-
-
-@dataclass
-class TaskMixture:
-    """How one task reads the experts: which ones, and either fixed weights or a gate."""
-
-    experts: list[int]
-    weights: torch.Tensor | None  # [k] fixed weights, or None: a per-example softmax gate
-    gate_weight: torch.Tensor | None = None  # [in, k] logit columns of the allowed experts
-    gate_bias: torch.Tensor | None = None  # [k]
-    gate: int | None = None  # which gate of the architecture, when several tasks share one
-
-
-@dataclass
-class ArchPlan:
-    """An architecture as experts (one bank, all reading the encoder output) and mixtures."""
-
-    experts: ExpertBank
-    mixtures: list[TaskMixture]
-
-
-def _bank_layers(bank: ExpertBank, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """One member of an expert bank (or one tower) as (weight [in, out], bias [out]) layers."""
-    return [(w[index], b[index, 0]) for w, b in zip(bank.weights, bank.biases, strict=True)]
-
-
-def _fixed(experts: list[int], weights: torch.Tensor) -> TaskMixture:
-    return TaskMixture(experts=experts, weights=weights.detach().clone())
-
-
-def _softmax_gate(gates: SoftmaxGates, gate: int) -> TaskMixture:
-    columns = slice(gate * gates.num_experts, (gate + 1) * gates.num_experts)
-    return TaskMixture(
-        experts=list(range(gates.num_experts)),
-        weights=None,
-        gate_weight=gates.linear.weight[columns].t(),
-        gate_bias=gates.linear.bias[columns],
-        gate=gate,
-    )
-
-
-def _masked_gate(gates: MaskedGates, gate: int) -> TaskMixture:
-    allowed = (~gates.blocked[gate, 0]).nonzero().flatten()
-    return TaskMixture(
-        experts=allowed.tolist(),
-        weights=None,
-        gate_weight=gates.weight[gate][:, allowed],
-        gate_bias=gates.bias[gate, 0, allowed],
-        gate=gate,
-    )
-
-
-def _plan_shared_bottom(arch: nn.Module, num_tasks: int) -> ArchPlan | None:
-    assert isinstance(arch, SharedBottom)
-    return ArchPlan(arch.bottom, [_fixed([0], torch.ones(1))] * num_tasks)
-
-
-def _plan_mmoe(arch: nn.Module, num_tasks: int) -> ArchPlan | None:
-    assert isinstance(arch, MMoE | OMoE)
-    shared_gate = arch.gates.num_gates == 1
-    return ArchPlan(
-        arch.experts,
-        [_softmax_gate(arch.gates, 0 if shared_gate else t) for t in range(num_tasks)],
-    )
-
-
-def _plan_task_moe(arch: nn.Module, num_tasks: int) -> ArchPlan | None:
-    assert isinstance(arch, TaskMoE)
-    if arch.task_logits is None:
-        return None  # row routing: the experts differ row by row
-    selected, weights = top_k_route(arch.task_logits.detach().unsqueeze(1), arch.options.top_k)
-    return ArchPlan(
-        arch.experts,
-        [_fixed(selected[t, 0].tolist(), weights[t, 0]) for t in range(num_tasks)],
-    )
-
-
-def _plan_slim_moe(arch: nn.Module, num_tasks: int) -> ArchPlan | None:
-    assert isinstance(arch, SlimMoE)
-    if len(arch.levels) != 1:
-        return None
-    level = arch.levels[0]
-    assert isinstance(level, SlimLevelModule)
-    plain = isinstance(level.experts, ExpertBank) and isinstance(level.feature_gates, nn.Identity)
-    if not plain or level.self_weight is not None:
-        return None
-    gates = level.gates
-    mixtures = []
-    for gate in arch.options.task_gates:
-        if isinstance(gates, SoftmaxGates):
-            mixtures.append(_softmax_gate(gates, gate))
-        elif isinstance(gates, MaskedGates):
-            mixtures.append(_masked_gate(gates, gate))
-        elif isinstance(gates, StaticGates):
-            row = gates.table[gate].detach()
-            mixtures.append(_fixed(list(range(len(row))), row / row.sum()))
-        else:
-            return None  # per-example DSelect-k: its own selector arithmetic
-    return ArchPlan(level.experts, mixtures)
-
-
-PLANNERS: dict[type, Callable[[nn.Module, int], ArchPlan | None]] = {
-    SharedBottom: _plan_shared_bottom,
-    MMoE: _plan_mmoe,
-    OMoE: _plan_mmoe,
-    TaskMoE: _plan_task_moe,
-    SlimMoE: _plan_slim_moe,
-}
 
 
 class FoldedInput(nn.Module):
@@ -269,7 +156,7 @@ class LeanModel(nn.Module):
             head.experts = None if head.experts is None else fn(head.experts)
         return self
 
-    def forward(self, features: Features) -> list[torch.Tensor]:
+    def forward(self, features: Features) -> ModelOutput:
         first = self.first.forward(features.categorical, features.numeric)
         rows = first.shape[0]
         flat = torch.relu(first[:, : self.expert_width])  # [B, E*H1], expert-major
@@ -290,7 +177,7 @@ class LeanModel(nn.Module):
                 if index < last:
                     x = torch.relu(x)
             outputs.append(x if x.shape[1] == head.out_dim else x[:, : head.out_dim])
-        return outputs
+        return ModelOutput(outputs)
 
     def _mix(
         self, logits: torch.Tensor, flat: torch.Tensor, experts: torch.Tensor | None, small: bool
@@ -306,13 +193,18 @@ class LeanModel(nn.Module):
         return (gates.unsqueeze(-1) * stacked).sum(1)
 
 
+def _bank_layers(bank: ExpertBank, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One member of an expert bank (or one tower) as (weight [in, out], bias [out]) layers."""
+    return [(w[index], b[index, 0]) for w, b in zip(bank.weights, bank.biases, strict=True)]
+
+
 def _tower_layers(towers: Towers, task: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     layers = _bank_layers(towers.hidden, task) if towers.hidden is not None else []
     return [*layers, *_bank_layers(towers.output, task)]
 
 
 def _fold_fixed_mixture(
-    layer: tuple[torch.Tensor, torch.Tensor], mixture: TaskMixture, num_experts: int
+    layer: tuple[torch.Tensor, torch.Tensor], mixture: LeanMixture, num_experts: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """sum_k w_k h_{e_k} @ W  ==  [h_0 ... h_{E-1}] @ W' with W' = stacked w_e W (0 elsewhere)."""
     weight, bias = layer
@@ -324,40 +216,56 @@ def _fold_fixed_mixture(
     return folded, bias
 
 
+def _mixtures(model: MultiTaskModel) -> tuple[ExpertBank, list[LeanMixture]] | None:
+    """The one level's expert bank and each task's eval-time mixture, where the model has
+    the shape the folded form covers: one shared encoder, one level of plain MLP experts
+    reading it, gates with a folded form (fixed weights or a softmax of the input), plain
+    separable towers."""
+    plan = model.plan
+    if len(model.encoders) != 1 or plan.encoders != "shared" or not model.separable_towers():
+        return None
+    if len(plan.levels) != 1 or plan.levels[0].self_gates is not None:
+        return None
+    level = model.arch.levels[0]
+    assert isinstance(level, LevelModule)
+    bank = level.experts
+    if not isinstance(bank, ExpertBank) or plan.levels[0].experts.reads is not None:
+        return None
+    mixtures = [level.gates.lean(gate) for gate in plan.task_gates]
+    if any(mixture is None for mixture in mixtures):
+        return None
+    return bank, [m for m in mixtures if m is not None]
+
+
 @torch.no_grad()
 def lean_form(model: MultiTaskModel) -> LeanModel | None:
     """The folded inference form of ``model``, or ``None`` where it has none (see module doc).
 
     Built from the weights as they are now: rebuild it after changing them.
     """
-    planner = PLANNERS.get(type(model.arch))
-    if planner is None or len(model.encoders) != 1 or not model.separable_towers():
+    found = _mixtures(model)
+    if found is None:
         return None
-    num_tasks = len(model.task_names)
-    plan = planner(model.arch, num_tasks)
-    if plan is None:
-        return None
-    bank = plan.experts
+    bank, mixtures = found
     num_experts, first_width = bank.num_experts, bank.hidden[0]
     # First layer: every expert's first layer (expert-major), then each gated task's logits.
     weights = [bank.weights[0].detach().permute(1, 0, 2).reshape(bank.in_dim, -1)]
     biases = [bank.biases[0].detach().reshape(-1)]
     width = num_experts * first_width
     gate_columns: list[slice | None] = []
-    placed: dict[object, slice] = {}  # tasks reading one gate (OMoE) share its columns
-    for mixture in plan.mixtures:
+    placed: dict[int, slice] = {}  # tasks reading one gate (OMoE) share its columns
+    for mixture in mixtures:
         if mixture.weights is not None:
             gate_columns.append(None)
             continue
-        if mixture.gate is not None and mixture.gate in placed:
+        if mixture.gate in placed:
             gate_columns.append(placed[mixture.gate])
             continue
-        assert mixture.gate_weight is not None and mixture.gate_bias is not None
-        weights.append(mixture.gate_weight.detach())
-        biases.append(mixture.gate_bias.detach())
+        assert mixture.logit_weight is not None and mixture.logit_bias is not None
+        weights.append(mixture.logit_weight.detach())
+        biases.append(mixture.logit_bias.detach())
         gate_columns.append(slice(width, width + len(mixture.experts)))
-        if mixture.gate is not None:
-            placed[mixture.gate] = gate_columns[-1]
+        placed[mixture.gate] = gate_columns[-1]
         width += len(mixture.experts)
     # Zero columns up to a multiple of 16: the gather-sum kernel runs its vector path then
     # (in a one-off timing on this AVX-512 machine, 96 columns ran faster than 85).
@@ -370,7 +278,7 @@ def lean_form(model: MultiTaskModel) -> LeanModel | None:
         (w.detach(), b.detach()) for w, b in zip(bank.weights[1:], bank.biases[1:], strict=True)
     ]
     heads = []
-    for task, (mixture, columns) in enumerate(zip(plan.mixtures, gate_columns, strict=True)):
+    for task, (mixture, columns) in enumerate(zip(mixtures, gate_columns, strict=True)):
         layers = _tower_layers(model.towers, task)
         experts: torch.Tensor | None = None
         if mixture.weights is not None:

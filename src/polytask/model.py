@@ -1,56 +1,101 @@
-"""The multi-task model: input encoder(s) -> sharing architecture -> fused task towers."""
+"""The multi-task model: input encoder(s) -> plan network -> fused task towers -> heads.
+
+``forward`` returns a :class:`ModelOutput`: the per-task logits and, beside them, everything
+the training step and reports read (gate weights, auxiliary loss, the representations that
+gradient balancing differentiates at). Nothing is left on the modules between calls, so a
+model deep-copies, pickles and runs in several threads without care.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from polytask.arch import ARCHS
-from polytask.arch.base import SharingArch
 from polytask.config import ModelSpec
-from polytask.data.preprocess import Features
 from polytask.errors import PolytaskError
+from polytask.features import Features
 from polytask.nn.cnn import CNNEncoder
 from polytask.nn.encoders import TabularEncoder
+from polytask.nn.executor import PlanNetwork
+from polytask.nn.heads import ChainHead, TransferHead
 from polytask.nn.towers import Towers
+from polytask.plan.schema import Plan
+
+
+@dataclass
+class ModelOutput:
+    """One forward pass.
+
+    logits: per task [B, out_t]. auxiliary_loss: the architecture's and heads' training
+    regularisers (load balancing, calibration, ...), added to the objective unweighted.
+    gates: per level, each gate's weights [G, B, E] (detached; None where a level has no
+    per-row weights). task_gates: the last level's weights as each task reads them [T, B, E].
+    representation: what every task reads, where fast-mode balancing takes task gradients.
+    task_inputs: the towers' input [T, B, D] when tower t reads only slice t (then one
+    backward to it gives every task's gradient there). common_input [B, D] and tower_first
+    [T, B, width]: when every tower reads the same rows, that input and the towers' first
+    layer output (before the activation).
+    """
+
+    logits: list[torch.Tensor]
+    representation: torch.Tensor | None = None
+    auxiliary_loss: torch.Tensor | None = None
+    gates: list[torch.Tensor | None] = field(default_factory=list)
+    task_gates: torch.Tensor | None = None
+    task_inputs: torch.Tensor | None = None
+    common_input: torch.Tensor | None = None
+    tower_first: torch.Tensor | None = None
+
+
+def _add(left: torch.Tensor | None, right: torch.Tensor | None) -> torch.Tensor | None:
+    if left is None:
+        return right
+    return left if right is None else left + right
 
 
 class MultiTaskModel(nn.Module):
-    """Returns one logits tensor per task, in task order.
+    """Returns a :class:`ModelOutput` with one logits tensor per task, in task order.
 
-    Encoders are passed in so that any ``nn.Module`` mapping ``Features`` to ``[B, D]`` can
-    replace the tabular one through the Python API.
+    Encoders are passed in so that any ``nn.Module`` mapping ``(categorical, numeric)`` to
+    ``[B, D]`` can replace the tabular one through the Python API.
     """
 
     def __init__(
-        self, encoders: nn.ModuleList, arch: nn.Module, towers: Towers, task_names: list[str]
+        self,
+        encoders: nn.ModuleList,
+        arch: PlanNetwork,
+        towers: Towers,
+        task_names: list[str],
+        heads: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.encoders = encoders
         self.arch = arch
         self.towers = towers
+        self.heads = heads
         self.task_names = list(task_names)
-        self.last_representation: torch.Tensor | None = None
-        self.last_task_inputs: torch.Tensor | None = None
-        self.last_common_input: torch.Tensor | None = None
+
+    @property
+    def plan(self) -> Plan:
+        return self.arch.plan
 
     def encode(self, features: Features) -> torch.Tensor:
         """[B, D] from a shared encoder, or [T, B, D] from one encoder per task."""
-        if len(self.encoders) == 1:
+        plan = getattr(self.arch, "plan", None)
+        per_task = plan is not None and plan.encoders == "per_task"
+        if len(self.encoders) == 1 and not per_task:
             return self.encoders[0](features.categorical, features.numeric)
         return torch.stack([enc(features.categorical, features.numeric) for enc in self.encoders])
 
-    def __getstate__(self) -> dict:
-        """Copies and pickles leave out the last step's graph-carrying tensors."""
-        transient = ("last_representation", "last_task_inputs", "last_common_input")
-        return drop_transient(super().__getstate__(), transient)
-
     def shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the encoder(s) and sharing architecture: what more than one task's
-        loss can reach (task-specific gates inside an architecture included)."""
-        return [*self.encoders.parameters(), *self.arch.parameters()]
+        """Parameters of the encoder(s), the sharing architecture and cross-task heads: what
+        more than one task's loss can reach (task-specific gates inside it included)."""
+        heads = list(self.heads.parameters()) if self.heads is not None else []
+        return [*self.encoders.parameters(), *self.arch.parameters(), *heads]
 
     def task_parameters(self) -> list[nn.Parameter]:
         """Every other parameter (the towers): what only one task's loss reaches."""
@@ -58,42 +103,34 @@ class MultiTaskModel(nn.Module):
         return [p for p in self.parameters() if id(p) not in shared]
 
     def separable_towers(self) -> bool:
-        """Whether task t's logits read slice t of the architecture output [T, B, D] alone.
+        """Whether task t's logits read slice t of the architecture output alone: the fused
+        :class:`Towers` (not a subclass: a custom towers module is not assumed to be) and no
+        head that mixes tasks after them."""
+        return type(self.towers) is Towers and self.heads is None
 
-        True for the fused :class:`Towers` (an expert bank over the task axis) under an
-        architecture that leaves them alone (no ``heads`` of its own: ESMM's and AITM's mix
-        tasks after the towers). A custom towers module, even a subclass, is not assumed to be.
-        """
-        heads = getattr(type(self.arch), "heads", None)
-        return type(self.towers) is Towers and (heads is None or heads is SharingArch.heads)
-
-    def forward(self, features: Features) -> list[torch.Tensor]:
+    def forward(self, features: Features) -> ModelOutput:
         encoded = self.encode(features)
-        representation = self.arch(encoded)
-        # What every task reads, for gradient balancing at the shared representation
-        # (MGDA-UB style): the architecture's own (shared-bottom output, expert outputs) where
-        # it names one, else the encoder output.
-        shared = getattr(self.arch, "shared_representation", None)
-        self.last_representation = shared if shared is not None else encoded
-        # The architecture output when tower t reads only its slice t: then one ordinary
-        # backward to it gives every task's gradient there (StepContext.task_inputs), and a
-        # T-batched pass through the towers is not needed.
-        separable = (
-            self.separable_towers()
-            and representation.dim() == 3
-            and representation.shape[0] == len(self.task_names)
+        arch = self.arch(encoded)
+        representation = arch.shared if arch.shared is not None else encoded
+        output = ModelOutput(
+            logits=[],
+            representation=representation,
+            auxiliary_loss=arch.auxiliary,
+            gates=arch.gates,
+            task_gates=arch.task_gates,
         )
-        common = getattr(self.arch, "common_output", None)
-        if separable and common is not None:
+        if self.heads is not None:
+            output.logits, extra = self.heads(self.towers, arch.tasks)
+            output.auxiliary_loss = _add(output.auxiliary_loss, extra)
+        elif arch.common is not None and type(self.towers) is Towers:
             # every tower reads the same rows: the towers take them unexpanded, and the
             # balancers find each task's gradient there from the towers' first layer
-            self.last_task_inputs = None
-            self.last_common_input = common
-            return self.towers(common)
-        self.last_task_inputs = representation if separable else None
-        self.last_common_input = None
-        heads = getattr(self.arch, "heads", None)
-        return heads(self.towers, representation) if heads else self.towers(representation)
+            output.logits, output.tower_first = self.towers.forward_common(arch.common)
+            output.common_input = arch.common
+        else:
+            output.logits = list(self.towers(arch.tasks))
+            output.task_inputs = arch.tasks if self.separable_towers() else None
+        return output
 
 
 def build_model(
@@ -109,16 +146,47 @@ def build_model(
     ``encoder_factory`` (a user's module taking ``(categorical, numeric)`` and exposing
     ``out_dim``) replaces the encoder ``spec.encoder`` names; it is called once per encoder.
     """
-    arch_cls = ARCHS.get(spec.arch)
-    num_tasks = len(out_dims)
-    num_encoders = num_tasks if arch_cls.input_per_task else 1
-    make_encoder = encoder_factory or encoder_from_spec(spec, cardinalities, numeric_width)
+    plan = ARCHS.get(spec.arch).plan(len(out_dims), spec)
+    return model_from_plan(
+        plan,
+        spec,
+        out_dims,
+        task_names,
+        encoder_factory or encoder_from_spec(spec, cardinalities, numeric_width),
+    )
+
+
+def model_from_plan(
+    plan: Plan,
+    spec: ModelSpec,
+    out_dims: list[int],
+    task_names: list[str],
+    make_encoder: Callable[[], nn.Module],
+) -> MultiTaskModel:
+    """Encoders, the plan's network, towers (``spec.tower_hidden``) and the plan's heads."""
+    num_encoders = len(out_dims) if plan.encoders == "per_task" else 1
     encoders = nn.ModuleList(make_encoder() for _ in range(num_encoders))
-    if not isinstance(getattr(encoders[0], "out_dim", None), int):
+    in_dim = getattr(encoders[0], "out_dim", None)
+    if not isinstance(in_dim, int):
         raise PolytaskError("the encoder_factory's module must have an int attribute out_dim")
-    arch = arch_cls(encoders[0].out_dim, num_tasks, spec)
-    towers = Towers(arch.out_dim, spec.tower_hidden, out_dims, dropout=spec.dropout)
-    return MultiTaskModel(encoders, arch, towers, task_names)
+    network = PlanNetwork(plan, in_dim)
+    towers = Towers(network.out_dim, spec.tower_hidden, out_dims, dropout=spec.dropout)
+    heads = build_heads(plan, spec.tower_hidden, network.out_dim, out_dims)
+    return MultiTaskModel(encoders, network, towers, task_names, heads)
+
+
+def build_heads(
+    plan: Plan, tower_hidden: list[int], representation_dim: int, out_dims: list[int]
+) -> nn.Module | None:
+    """The plan's cross-task head, or None for plain towers."""
+    heads = plan.heads
+    if heads.kind == "chain":
+        return ChainHead(heads.chain, out_dims)
+    if heads.kind == "transfer":
+        # the width the towers' output layer reads: last tower layer, or the representation
+        dim = tower_hidden[-1] if tower_hidden else representation_dim
+        return TransferHead(heads.chain, out_dims, dim, heads.calibration_weight, heads.dropout)
+    return None
 
 
 def encoder_from_spec(
@@ -136,9 +204,3 @@ def encoder_from_spec(
         image_shape = list(encoder.image_shape or [])
         return lambda: CNNEncoder(image_shape, encoder.channels, encoder.out_dim, numeric_width)
     return lambda: TabularEncoder(cardinalities, numeric_width, spec.embedding_dim)
-
-
-def drop_transient(state: dict, names: tuple[str, ...]) -> dict:
-    """A module's state without per-step tensors that hold autograd graphs (they cannot be
-    deep-copied and would pin the graph's memory in a pickle)."""
-    return {key: (None if key in names else value) for key, value in state.items()}

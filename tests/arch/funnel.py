@@ -1,4 +1,5 @@
-"""A tiny impression -> click -> conversion table for the funnel architectures (ESMM, AITM)."""
+"""A tiny impression -> click -> conversion table for the funnel architectures (ESMM, AITM),
+and their parts built as the model builds them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from torch import nn
+
+from polytask.model import build_heads
+from polytask.nn.executor import PlanNetwork
+from polytask.nn.towers import Towers
+from tests.arch.helpers import plan_of
 
 
 def make_funnel(n: int = 160, seed: int = 0) -> pd.DataFrame:
@@ -44,3 +51,22 @@ def write_funnel(folder: Path) -> Path:
     path = folder / "funnel.csv"
     make_funnel().to_csv(path, index=False)
     return path
+
+
+def funnel_parts(
+    arch: str,
+    num_tasks: int,
+    out_dims: list[int] | None = None,
+    tower_hidden: list[int] | None = None,
+    **options: Any,
+) -> tuple[PlanNetwork, Towers, nn.Module]:
+    """The bottoms' network (encoder width 5, ``hidden`` [6]), the towers and the funnel's
+    head, for ``num_tasks`` tasks with ``out_dims`` outputs (default: binary)."""
+    tower_hidden = [4] if tower_hidden is None else tower_hidden
+    out_dims = out_dims or [1] * num_tasks
+    plan = plan_of(arch, num_tasks, hidden=[6], tower_hidden=tower_hidden, options=options)
+    net = PlanNetwork(plan, 5)
+    towers = Towers(net.out_dim, tower_hidden, out_dims)
+    head = build_heads(plan, tower_hidden, net.out_dim, out_dims)
+    assert head is not None
+    return net, towers, head

@@ -10,43 +10,46 @@ import torch
 import torch.nn.functional as F
 
 import polytask
-from polytask.arch.aitm import AITM
-from polytask.config import ModelSpec, parse_spec
+from polytask.config import parse_spec
 from polytask.errors import ConfigError
-from polytask.nn.towers import Towers
-from tests.arch.funnel import funnel_spec, make_funnel, write_funnel
+from polytask.nn.heads import TransferHead
+from tests.arch.funnel import funnel_parts, funnel_spec, make_funnel, write_funnel
+from tests.arch.helpers import tensor_attributes
 
 
-def _arch_and_towers(num_tasks: int = 3, tower_hidden: list[int] | None = None, **options):
+def _parts(num_tasks: int = 3, tower_hidden: list[int] | None = None, **options):
+    """The bottoms' network, the towers and the AITM transfer head."""
     tower_hidden = [4] if tower_hidden is None else tower_hidden
-    spec = ModelSpec(arch="aitm", hidden=[6], tower_hidden=tower_hidden, options=options)
-    arch = AITM(in_dim=5, num_tasks=num_tasks, spec=spec)
-    towers = Towers(arch.out_dim, spec.tower_hidden, [1] * num_tasks)
-    return arch, towers
+    net, towers, head = funnel_parts("aitm", num_tasks, tower_hidden=tower_hidden, **options)
+    assert isinstance(head, TransferHead)
+    return net, towers, head
 
 
 @pytest.mark.parametrize("tower_hidden", [[4], []])
 def test_shapes(tower_hidden):
     torch.manual_seed(0)
-    arch, towers = _arch_and_towers(tower_hidden=tower_hidden)
-    representation = arch(torch.randn(10, 5))
+    net, towers, head = _parts(tower_hidden=tower_hidden)
+    representation = net(torch.randn(10, 5)).tasks
     assert representation.shape == (3, 10, 6)
-    outputs = arch.heads(towers, representation)
+    outputs, _ = head(towers, representation)
     assert [tuple(o.shape) for o in outputs] == [(10, 1)] * 3
-    assert arch.attention.last_weights.shape == (10, 2)
+    width = tower_hidden[-1] if tower_hidden else 6  # what the output layer reads
+    assert head.attention.projection.shape == (width, 3 * width)  # h1, h2, h3 side by side
+    assert tensor_attributes(head) == []  # the attention weights are not kept on the module
 
 
 def test_first_task_is_a_plain_tower_and_attention_matches_its_formula():
     torch.manual_seed(1)
-    arch, towers = _arch_and_towers(num_tasks=2)
-    arch.eval()
-    representation = arch(torch.randn(7, 5))
-    outputs = arch.heads(towers, representation)
+    net, towers, head = _parts(num_tasks=2)
+    net.eval()
+    head.eval()
+    representation = net(torch.randn(7, 5)).tasks
+    outputs, _ = head(towers, representation)
     torch.testing.assert_close(outputs[0], towers(representation)[0])
     q = towers.hidden(representation)  # [T, B, d]
-    w, b = arch.transfer_weight[0], arch.transfer_bias[0]
+    w, b = head.transfer_weight[0], head.transfer_bias[0]
     p_prev = torch.relu(q[0] @ w + b)
-    h1, h2, h3 = arch.attention.projection.split(4, dim=1)
+    h1, h2, h3 = head.attention.projection.split(4, dim=1)
     pair = torch.stack([p_prev, q[1]], dim=1)
     scores = ((pair @ h1) * (pair @ h2)).sum(-1) / math.sqrt(4)
     z = (torch.softmax(scores, dim=1).unsqueeze(-1) * (pair @ h3)).sum(1)
@@ -56,25 +59,29 @@ def test_first_task_is_a_plain_tower_and_attention_matches_its_formula():
 
 def test_calibration_term_equals_its_formula_and_only_in_training():
     torch.manual_seed(2)
-    arch, towers = _arch_and_towers(calibration_weight=0.7)
-    arch.train()
-    outputs = arch.heads(towers, arch(torch.randn(16, 5)))
+    net, towers, head = _parts(calibration_weight=0.7)
+    net.train()
+    head.train()
+    outputs, auxiliary = head(towers, net(torch.randn(16, 5)).tasks)
     p = [torch.sigmoid(o[:, 0]) for o in outputs]
     expected = 0.7 * (F.relu(p[1] - p[0]) + F.relu(p[2] - p[1])).mean()
-    torch.testing.assert_close(arch.auxiliary_loss, expected)
-    assert arch.auxiliary_loss.requires_grad
-    arch.eval()
-    arch.heads(towers, arch(torch.randn(16, 5)))
-    assert arch.auxiliary_loss is None
+    assert auxiliary is not None
+    torch.testing.assert_close(auxiliary, expected)
+    assert auxiliary.requires_grad
+    net.eval()
+    head.eval()
+    _, auxiliary = head(towers, net(torch.randn(16, 5)).tasks)
+    assert auxiliary is None
 
 
 def test_conversion_loss_reaches_the_click_tower_through_the_transfer_path():
     torch.manual_seed(3)
-    arch, towers = _arch_and_towers(num_tasks=2)
-    outputs = arch.heads(towers, arch(torch.randn(12, 5)))
+    net, towers, head = _parts(num_tasks=2)
+    outputs, _ = head(towers, net(torch.randn(12, 5)).tasks)
     labels = (torch.rand(12) < 0.5).float()
     click_tower = towers.hidden.weights[0]  # [T, in, out]; block 0 is the click tower
-    params = [click_tower, arch.transfer_weight, arch.bottoms.weights[0]]
+    bottoms = net.levels[0].experts.weights[0]  # [T, in, out]; block 0 is the click bottom
+    params = [click_tower, head.transfer_weight, bottoms]
     conversion_loss = F.binary_cross_entropy_with_logits(outputs[1][:, 0], labels)
     tower_grad, transfer_grad, bottom_grad = torch.autograd.grad(
         conversion_loss, params, retain_graph=True
@@ -85,7 +92,7 @@ def test_conversion_loss_reaches_the_click_tower_through_the_transfer_path():
     # the transfer runs one way: the click loss leaves the conversion tower alone
     click_loss = F.binary_cross_entropy_with_logits(outputs[0][:, 0], labels)
     tower_grad, transfer_grad = torch.autograd.grad(
-        click_loss, [click_tower, arch.transfer_weight], allow_unused=True
+        click_loss, [click_tower, head.transfer_weight], allow_unused=True
     )
     assert torch.count_nonzero(tower_grad[1]) == 0
     assert transfer_grad is None or torch.count_nonzero(transfer_grad) == 0

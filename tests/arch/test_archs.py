@@ -8,13 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from polytask.arch import ARCHS
-from polytask.arch.mmoe import MMoE
-from polytask.arch.shared_bottom import SharedBottom
-from polytask.arch.single import SingleTask
-from polytask.config import ModelSpec, parse_spec
+from polytask.config import parse_spec
 from polytask.data.preprocess import Preprocessor
 from polytask.errors import ConfigError
 from polytask.model import build_model
+from tests.arch.helpers import network
 from tests.conftest import base_spec, make_table
 
 
@@ -26,51 +24,59 @@ def mlp(x: torch.Tensor, weights, biases, index: int) -> torch.Tensor:
 
 def test_mmoe_equals_a_manual_loop_over_its_own_weights():
     torch.manual_seed(0)
-    spec = ModelSpec(arch="mmoe", hidden=[6, 4], num_experts=3)
-    arch = MMoE(in_dim=5, num_tasks=2, spec=spec)
+    net = network("mmoe", 5, 2, hidden=[6, 4], num_experts=3)
+    level = net.levels[0]
     x = torch.randn(7, 5)
-    out = arch(x)
+    result = net(x)
+    out = result.tasks
     assert out.shape == (2, 7, 4)
-    experts = [mlp(x, arch.experts.weights, arch.experts.biases, e) for e in range(3)]
-    gate_logits = F.linear(x, arch.gates.linear.weight, arch.gates.linear.bias)
+    experts = [mlp(x, level.experts.weights, level.experts.biases, e) for e in range(3)]
+    gates = level.gates  # weight [G, in, E], bias [G, 1, E]: one linear map per gate
     for t in range(2):
-        gate = torch.softmax(gate_logits[:, t * 3 : (t + 1) * 3], dim=-1)  # [B, E]
+        gate = torch.softmax(F.linear(x, gates.weight[t].T, gates.bias[t, 0]), dim=-1)  # [B, E]
         expected = sum(gate[:, e : e + 1] * experts[e] for e in range(3))
         torch.testing.assert_close(out[t], expected, rtol=1e-5, atol=1e-6)
-    assert arch.last_gate_weights.shape == (2, 7, 3)
-    torch.testing.assert_close(arch.last_gate_weights.sum(-1), torch.ones(2, 7))
+    assert result.task_gates is not None and result.task_gates.shape == (2, 7, 3)
+    torch.testing.assert_close(result.task_gates.sum(-1), torch.ones(2, 7))
 
 
 def test_shared_bottom_gives_every_task_the_same_representation():
     torch.manual_seed(1)
-    arch = SharedBottom(in_dim=5, num_tasks=3, spec=ModelSpec(arch="shared_bottom", hidden=[4]))
+    net = network("shared_bottom", 5, 3, hidden=[4])
     x = torch.randn(6, 5)
-    out = arch(x)
+    result = net(x)
+    out = result.tasks
     assert out.shape == (3, 6, 4)
-    expected = mlp(x, arch.bottom.weights, arch.bottom.biases, 0)
+    bottom = net.levels[0].experts
+    expected = mlp(x, bottom.weights, bottom.biases, 0)
     for t in range(3):
         torch.testing.assert_close(out[t], expected)
+    assert result.common is not None  # towers read the one representation once
+    torch.testing.assert_close(result.common, expected)
 
 
 def test_single_runs_one_bottom_per_task_on_its_own_input():
     torch.manual_seed(2)
-    arch = SingleTask(in_dim=5, num_tasks=2, spec=ModelSpec(arch="single", hidden=[4]))
+    net = network("single", 5, 2, hidden=[4])
+    bottoms = net.levels[0].experts
     x = torch.randn(2, 6, 5)
-    out = arch(x)
+    out = net(x).tasks
     for t in range(2):
         torch.testing.assert_close(
-            out[t], mlp(x[t], arch.bottoms.weights, arch.bottoms.biases, t), rtol=1e-5, atol=1e-6
+            out[t], mlp(x[t], bottoms.weights, bottoms.biases, t), rtol=1e-5, atol=1e-6
         )
 
 
-@pytest.mark.parametrize("name", ["mmoe", "shared_bottom", "single"])
+LISTED = [name for name in ARCHS.names() if ARCHS.get(name).listed]
+
+
+@pytest.mark.parametrize("name", LISTED)
 def test_registered_archs_meet_the_contract(name):
-    cls = ARCHS.get(name)
-    spec = ModelSpec(arch=name, hidden=[6, 3], num_experts=2)
-    arch = cls(in_dim=4, num_tasks=3, spec=spec)
-    x = torch.randn(3, 5, 4) if cls.input_per_task else torch.randn(5, 4)
-    assert arch(x).shape == (3, 5, 3)
-    assert arch.out_dim == 3
+    net = network(name, 4, 3, hidden=[6, 3], num_experts=2)
+    per_task = net.plan.encoders == "per_task"
+    x = torch.randn(3, 5, 4) if per_task else torch.randn(5, 4)
+    assert net(x).tasks.shape == (3, 5, 3)
+    assert net.out_dim == 3
 
 
 def test_unknown_arch_in_registry():
@@ -100,7 +106,7 @@ def _model_and_batch(arch: str):
 def test_single_task_losses_touch_only_their_own_parameters():
     model, tasks, features, labels = _model_and_batch("single")
     assert len(model.encoders) == len(tasks)
-    outputs = model(features)
+    outputs = model(features).logits
     params = list(model.parameters())
     index = {id(p): i for i, p in enumerate(params)}
     for a, task in enumerate(tasks):
@@ -123,8 +129,8 @@ def test_single_task_losses_touch_only_their_own_parameters():
 def test_shared_bottom_losses_do_reach_the_shared_network():
     """The contrast case: with sharing, one task's loss moves the shared parameters."""
     model, tasks, features, labels = _model_and_batch("shared_bottom")
-    loss = tasks[0].loss(model(features)[0], labels[tasks[0].name])
-    weight = model.arch.bottom.weights[0]
+    loss = tasks[0].loss(model(features).logits[0], labels[tasks[0].name])
+    weight = model.arch.levels[0].experts.weights[0]
     (grad,) = torch.autograd.grad(loss, [weight])
     assert torch.count_nonzero(grad) > 0
 
@@ -132,6 +138,6 @@ def test_shared_bottom_losses_do_reach_the_shared_network():
 @pytest.mark.parametrize("arch", ["mmoe", "shared_bottom", "single"])
 def test_model_outputs_one_logit_block_per_task(arch):
     model, tasks, features, _ = _model_and_batch(arch)
-    outputs = model(features)
+    outputs = model(features).logits
     assert [tuple(o.shape) for o in outputs] == [(64, t.out_dim) for t in tasks]
     assert [t.out_dim for t in tasks] == [1, 3, 1, 2]

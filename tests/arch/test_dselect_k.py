@@ -11,21 +11,22 @@ import pytest
 import torch
 
 import polytask
-from polytask.arch.dselect_k import (
-    DSelectK,
-    DSelectKGates,
-    DSelectKOptions,
-    binary_codes,
-    code_to_expert,
-    smooth_step,
-)
-from polytask.config import ModelSpec
+from polytask.arch.dselect_k import DSelectKOptions
+from polytask.nn.dselect import DSelectKGates, binary_codes, code_to_expert, smooth_step
+from polytask.nn.executor import PlanNetwork
+from polytask.plan.schema import full
+from tests.arch.helpers import network
 from tests.conftest import base_spec
 
 
-def make_arch(num_experts: int, **options) -> DSelectK:
-    spec = ModelSpec(arch="dselect_k", hidden=[4], num_experts=num_experts, options=options)
-    return DSelectK(in_dim=5, num_tasks=2, spec=spec)
+def make_arch(num_experts: int, **options) -> PlanNetwork:
+    return network("dselect_k", 5, 2, hidden=[4], num_experts=num_experts, options=options)
+
+
+def make_gates(num_gates: int, in_dim: int, num_experts: int, **options) -> DSelectKGates:
+    """Gates over every expert of the pool, with the architecture's options (validated)."""
+    kwargs = DSelectKOptions(**options).model_dump()
+    return DSelectKGates([full(num_experts)] * num_gates, num_experts, in_dim, **kwargs)
 
 
 def saturating_logits(experts: list[int], num_bits: int, gamma: float) -> torch.Tensor:
@@ -46,8 +47,7 @@ def test_smooth_step_is_zero_cubic_one():
 @pytest.mark.parametrize("per_example", [False, True])
 def test_selector_distributions_are_probabilities(num_experts, per_example):
     torch.manual_seed(num_experts)
-    options = DSelectKOptions(k=3, per_example=per_example)
-    gates = DSelectKGates(num_tasks=2, in_dim=5, num_experts=num_experts, options=options)
+    gates = make_gates(2, 5, num_experts, k=3, per_example=per_example)
     with torch.no_grad():  # spread the logits across the cubic and saturated regions
         for param in gates.parameters():
             param.normal_()
@@ -62,29 +62,31 @@ def test_selector_distributions_are_probabilities(num_experts, per_example):
 def test_saturated_selectors_are_one_hot_and_pick_exactly_their_experts():
     torch.manual_seed(0)
     arch = make_arch(num_experts=5, k=2)  # m = 3 bits, codes 5..7 name no expert
+    level = arch.levels[0]
     choices = [[3, 3], [1, 4]]  # task 0: both selectors on expert 3; task 1: experts 1 and 4
     with torch.no_grad():
         for task, experts in enumerate(choices):
-            arch.gates.z_logits[task] = saturating_logits(experts, 3, gamma=1.0)
-        arch.gates.w_logits.copy_(torch.tensor([[0.3, -0.2], [0.7, -0.4]]))
+            level.gates.z_logits[task] = saturating_logits(experts, 3, gamma=1.0)
+        level.gates.w_logits.copy_(torch.tensor([[0.3, -0.2], [0.7, -0.4]]))
     x = torch.randn(6, 5)
-    out = arch(x)
-    _, dists = arch.gates(x)
+    result = arch(x)
+    out = result.tasks
+    _, dists = level.gates(x)
     for task, experts in enumerate(choices):
         for selector, expert in enumerate(experts):
             assert torch.equal(dists[task, selector], torch.eye(5)[expert])
-    experts_out = arch.experts(x)  # [E, B, D]
+    experts_out = level.experts(x)  # [E, B, D]
     torch.testing.assert_close(out[0], experts_out[3])
     w = torch.softmax(torch.tensor([0.7, -0.4]), dim=0)
     torch.testing.assert_close(out[1], w[0] * experts_out[1] + w[1] * experts_out[4])
-    assert torch.equal(arch.last_gate_weights[0], torch.eye(5)[3].expand(6, -1))
+    assert result.task_gates is not None
+    assert torch.equal(result.task_gates[0], torch.eye(5)[3].expand(6, -1))
 
 
 def test_codes_without_an_expert_hand_their_mass_to_a_real_one():
     assert binary_codes(3).int().tolist() == [[0, 0], [1, 0], [0, 1], [1, 1]]
     assert code_to_expert(3).argmax(1).tolist() == [0, 1, 2, 1]  # code 3 = 0b11 -> 0b01
-    options = DSelectKOptions(k=1)
-    gates = DSelectKGates(num_tasks=1, in_dim=2, num_experts=3, options=options)
+    gates = make_gates(1, 2, 3, k=1)
     # soft bits (0.84375, 0.15625): codes 0..3 get a*b products; code 3 adds to expert 1
     a, b = 0.84375, 0.15625
     dist = gates.selectors(torch.tensor([0.25, -0.25]))
@@ -94,40 +96,39 @@ def test_codes_without_an_expert_hand_their_mass_to_a_real_one():
     assert torch.equal(gates.selectors(torch.tensor([5.0, 5.0])), torch.tensor([0.0, 1.0, 0.0]))
     single = make_arch(num_experts=1)  # zero bits: the only expert always has weight 1
     x = torch.randn(3, 5)
-    torch.testing.assert_close(single(x), single.experts(x).expand(2, -1, -1))
+    torch.testing.assert_close(single(x).tasks, single.levels[0].experts(x).expand(2, -1, -1))
 
 
 def test_static_gates_are_shared_by_rows_and_per_example_gates_are_not():
     torch.manual_seed(1)
     x = torch.randn(4, 5)
-    static, per_example = make_arch(4), make_arch(4, per_example=True)
-    assert static(x).shape == per_example(x).shape == (2, 4, 4)
-    rows = static.last_gate_weights
+    static, per_example = make_arch(4)(x), make_arch(4, per_example=True)(x)
+    assert static.tasks.shape == per_example.tasks.shape == (2, 4, 4)
+    rows, per_row = static.task_gates, per_example.task_gates
+    assert rows is not None and per_row is not None
     assert torch.equal(rows, rows[:, :1].expand_as(rows))
-    assert not torch.allclose(
-        per_example.last_gate_weights[:, 0], per_example.last_gate_weights[:, 1]
-    )
+    assert not torch.allclose(per_row[:, 0], per_row[:, 1])
 
 
 @pytest.mark.parametrize("per_example", [False, True])
 def test_entropy_penalty_only_in_training_and_only_when_asked(per_example):
     torch.manual_seed(2)
     arch = make_arch(4, k=2, entropy_reg=0.5, per_example=per_example).train()
+    gates = arch.levels[0].gates
     x = torch.randn(6, 5)
-    arch(x)
-    _, dists = arch.gates(x)
+    auxiliary = arch(x).auxiliary
+    _, dists = gates(x)
     entropy = -(dists * torch.log(dists + 1e-6)).sum(-1)  # [T, k] or [T, B, k]
     expected = entropy.sum() if not per_example else entropy.sum() / 6
-    torch.testing.assert_close(arch.auxiliary_loss, 0.5 * expected)
-    arch.auxiliary_loss.backward()
-    z_param = next(arch.gates.z_logits.parameters()) if per_example else arch.gates.z_logits
+    assert auxiliary is not None
+    torch.testing.assert_close(auxiliary, 0.5 * expected)
+    auxiliary.backward()
+    z_param = next(gates.z_logits.parameters()) if per_example else gates.z_logits
     assert torch.count_nonzero(z_param.grad) > 0
     arch.eval()
-    arch(x)
-    assert arch.auxiliary_loss is None
+    assert arch(x).auxiliary is None
     plain = make_arch(4).train()
-    plain(x)
-    assert plain.auxiliary_loss is None
+    assert plain(x).auxiliary is None
 
 
 def test_trains_end_to_end_and_rejects_unknown_options(

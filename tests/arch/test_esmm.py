@@ -9,27 +9,26 @@ import torch
 import torch.nn.functional as F
 
 import polytask
-from polytask.arch.esmm import ESMM, chained_logits
-from polytask.config import ModelSpec, parse_spec
+from polytask.config import parse_spec
 from polytask.errors import ConfigError
-from polytask.nn.towers import Towers
-from tests.arch.funnel import funnel_spec, make_funnel, write_funnel
+from polytask.nn.heads import ChainHead, chained_logits
+from tests.arch.funnel import funnel_parts, funnel_spec, make_funnel, write_funnel
 
 
-def _arch_and_towers(num_tasks: int = 2, out_dims: list[int] | None = None, **options):
-    spec = ModelSpec(arch="esmm", hidden=[6], tower_hidden=[4], options=options)
-    arch = ESMM(in_dim=5, num_tasks=num_tasks, spec=spec)
-    towers = Towers(arch.out_dim, spec.tower_hidden, out_dims or [1] * num_tasks)
-    return arch, towers
+def _parts(num_tasks: int = 2, out_dims: list[int] | None = None, **options):
+    """The bottoms' network, the towers and the ESMM chain head."""
+    net, towers, head = funnel_parts("esmm", num_tasks, out_dims, **options)
+    assert isinstance(head, ChainHead)
+    return net, towers, head
 
 
 def test_conversion_head_is_the_product_of_click_and_conversion_probabilities():
     torch.manual_seed(0)
-    arch, towers = _arch_and_towers()
-    representation = arch(torch.randn(32, 5))
+    net, towers, head = _parts()
+    representation = net(torch.randn(32, 5)).tasks
     assert representation.shape == (2, 32, 6)
     l_ctr, l_cvr = towers(representation)
-    ctr_head, ctcvr_head = arch.heads(towers, representation)
+    (ctr_head, ctcvr_head), _ = head(towers, representation)
     torch.testing.assert_close(ctr_head, l_ctr, rtol=0, atol=0)
     expected = torch.sigmoid(l_ctr) * torch.sigmoid(l_cvr)
     torch.testing.assert_close(torch.sigmoid(ctcvr_head), expected, rtol=1e-5, atol=1e-7)
@@ -37,10 +36,10 @@ def test_conversion_head_is_the_product_of_click_and_conversion_probabilities():
 
 def test_bce_on_the_conversion_head_is_the_ctcvr_loss():
     torch.manual_seed(1)
-    arch, towers = _arch_and_towers()
-    representation = arch(torch.randn(64, 5))
+    net, towers, chain_head = _parts()
+    representation = net(torch.randn(64, 5)).tasks
     l_ctr, l_cvr = (logit.double()[:, 0] for logit in towers(representation))
-    head = arch.heads(towers, representation)[1][:, 0]
+    head = chain_head(towers, representation)[0][1][:, 0]
     labels = (torch.rand(64) < 0.3).float()
     p_ctcvr = torch.sigmoid(l_ctr) * torch.sigmoid(l_cvr)
     by_hand = -(labels * torch.log(p_ctcvr) + (1 - labels) * torch.log(1 - p_ctcvr)).mean()
@@ -69,23 +68,23 @@ def test_chained_logits_stay_finite_and_exact_at_extreme_logits(first, second):
 
 def test_chain_order_and_tasks_outside_the_chain():
     torch.manual_seed(2)
-    arch, towers = _arch_and_towers(num_tasks=3, out_dims=[1, 3, 1], chain=[2, 0])
-    representation = arch(torch.randn(8, 5))
+    net, towers, head = _parts(num_tasks=3, out_dims=[1, 3, 1], chain=[2, 0])
+    representation = net(torch.randn(8, 5)).tasks
     plain = towers(representation)
-    heads = arch.heads(towers, representation)
+    heads, auxiliary = head(towers, representation)
     torch.testing.assert_close(heads[1], plain[1], rtol=0, atol=0)  # not chained: unchanged
     torch.testing.assert_close(heads[2], plain[2], rtol=0, atol=0)  # first of the chain
     expected = torch.sigmoid(plain[2]) * torch.sigmoid(plain[0])
     torch.testing.assert_close(torch.sigmoid(heads[0]), expected, rtol=1e-5, atol=1e-7)
-    assert arch.auxiliary_loss is None
+    assert auxiliary is None
 
 
 def test_chain_indices_are_validated():
     with pytest.raises(ConfigError, match=r"chain: task index 5 is out of range for 2 task"):
-        _arch_and_towers(chain=[0, 5])
-    arch, towers = _arch_and_towers(num_tasks=2, out_dims=[1, 3])
-    with pytest.raises(ConfigError, match=r"chain: task 1 has 3 outputs; .* must be binary"):
-        arch.heads(towers, arch(torch.randn(4, 5)))
+        _parts(chain=[0, 5])
+    message = r"chain of tasks \[0, 1\] includes task 1, which has 3 outputs; .* must be binary"
+    with pytest.raises(ConfigError, match=message):
+        _parts(num_tasks=2, out_dims=[1, 3])
 
 
 @pytest.mark.parametrize(

@@ -10,28 +10,30 @@ import pytest
 import torch
 
 import polytask
-from polytask.arch.home import ExpertNorm, FeatureGates, HoME
 from polytask.config import ModelSpec
 from polytask.errors import ConfigError
+from polytask.nn.executor import PlanNetwork
+from polytask.nn.normed import ExpertNorm, FeatureGates
+from tests.arch.helpers import network
 from tests.conftest import base_spec
 
 GROUPS = [[0, 2], [1]]
 
 
-def make_home(**options) -> HoME:
+def make_home(**options) -> PlanNetwork:
     options = {"task_groups": GROUPS, **options}
-    spec = ModelSpec(arch="home", hidden=[6, 4], options=options)
-    return HoME(in_dim=5, num_tasks=3, spec=spec)
+    return network("home", 5, 3, hidden=[6, 4], options=options)
 
 
 def test_gates_sum_to_one_and_follow_the_hierarchy():
     torch.manual_seed(0)
     arch = make_home(task_experts=2)
-    out = arch(torch.randn(8, 5))
-    assert out.shape == (3, 8, 4) and arch.out_dim == 4
+    result = arch(torch.randn(8, 5))
+    assert result.tasks.shape == (3, 8, 4) and arch.out_dim == 4
     # task pool: shared 0 | group experts 1 (group 0), 2 (group 1) | task experts 3..8 (2 each)
     allowed = {0: [0, 1, 3, 4], 1: [0, 2, 5, 6], 2: [0, 1, 7, 8]}
-    gates = arch.last_gate_weights
+    gates = result.task_gates
+    assert gates is not None
     assert gates.shape == (3, 8, 9) and not gates.requires_grad
     torch.testing.assert_close(gates.sum(-1), torch.ones(3, 8))
     for task, experts in allowed.items():
@@ -39,7 +41,8 @@ def test_gates_sum_to_one_and_follow_the_hierarchy():
         assert (gates[task][:, experts] > 0).all()
         assert (gates[task][:, blocked] == 0).all()
     # meta pool: shared 0 | group 0 expert 1 | group 1 expert 2; rows: shared, group 0, group 1
-    meta = arch.meta_gate_weights
+    meta = result.gates[0]
+    assert meta is not None and meta.shape == (3, 8, 3) and not meta.requires_grad
     torch.testing.assert_close(meta.sum(-1), torch.ones(3, 8))
     assert (meta[0] > 0).all()
     assert (meta[1][:, 2] == 0).all() and (meta[2][:, 1] == 0).all()
@@ -51,10 +54,10 @@ def test_feature_gates_start_at_one_so_the_arch_starts_as_without_them():
     missing, unexpected = plain.load_state_dict(gated.state_dict(), strict=False)
     assert not missing and unexpected and all("feature_gates" in key for key in unexpected)
     x = torch.randn(10, 5)
-    torch.testing.assert_close(gated(x), plain(x))
+    torch.testing.assert_close(gated(x).tasks, plain(x).tasks)
     with torch.no_grad():
-        gated.meta.feature_gates.up.normal_()
-    assert not torch.allclose(gated(x), plain(x))
+        gated.levels[0].experts.feature_gates.up.normal_()
+    assert not torch.allclose(gated(x).tasks, plain(x).tasks)
 
 
 def test_feature_gates_shared_input_equals_the_same_input_per_expert():
@@ -73,12 +76,13 @@ def test_feature_gates_shared_input_equals_the_same_input_per_expert():
 def test_every_expert_of_both_levels_gets_a_gradient(norm):
     torch.manual_seed(3)
     arch = make_home(expert_norm=norm, feature_gate_rank=2).train()
-    out = arch(torch.randn(12, 5))
+    out = arch(torch.randn(12, 5)).tasks
     (out * torch.randn_like(out)).sum().backward()
-    for level in (arch.meta, arch.task):
+    assert [level.name for level in arch.plan.levels] == ["meta", "task"]
+    for number, level in enumerate(arch.levels):
         for bank in level.experts.layers:
             per_expert = bank.weights[0].grad.flatten(1).abs().sum(1)
-            assert (per_expert > 0).all(), (type(level).__name__, per_expert)
+            assert (per_expert > 0).all(), (number, per_expert)
 
 
 def test_batch_norm_keeps_statistics_per_expert():

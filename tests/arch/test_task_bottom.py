@@ -6,30 +6,38 @@ import pytest
 import torch
 
 import polytask
-from polytask.arch.task_bottom import TaskBottom
-from polytask.config import ModelSpec, parse_spec
+from polytask.config import parse_spec
 from polytask.errors import ConfigError
+from polytask.nn.executor import PlanNetwork
+from polytask.nn.task_bottom import TaskBottomBank
+from tests.arch.helpers import network
 from tests.conftest import base_spec, make_table
 
 
-def _arch(num_tasks: int = 3, **options) -> TaskBottom:
-    spec = ModelSpec(arch="task_bottom", hidden=[6, 5], options=options)
-    return TaskBottom(in_dim=7, num_tasks=num_tasks, spec=spec)
+def _arch(num_tasks: int = 3, **options) -> PlanNetwork:
+    return network("task_bottom", 7, num_tasks, hidden=[6, 5], options=options)
 
 
-def _randomise_hypernetwork(arch: TaskBottom) -> None:
+def _bank(arch: PlanNetwork) -> TaskBottomBank:
+    """The bank of task views (expert t is task t's view)."""
+    bank = arch.levels[0].experts
+    assert isinstance(bank, TaskBottomBank)
+    return bank
+
+
+def _randomise_hypernetwork(arch: PlanNetwork) -> None:
     """Leave the LoRA-style zero start, so that tasks' transforms differ."""
     with torch.no_grad():
-        arch.transform.hyper[-1].weight.normal_()
-        arch.transform.hyper[-1].bias.normal_()
+        _bank(arch).transform.hyper[-1].weight.normal_()
+        _bank(arch).transform.hyper[-1].bias.normal_()
 
 
 def test_shapes_and_per_task_gates_in_the_open_unit_interval():
     torch.manual_seed(0)
     arch = _arch(se_hidden=4, task_embedding_dim=3, hyper_rank=2, transform_dim=9)
     x = torch.randn(11, 7)
-    assert arch(x).shape == (3, 11, 5)
-    gates = arch.feature_gates(x)
+    assert arch(x).tasks.shape == (3, 11, 5)
+    gates = _bank(arch).feature_gates(x)
     assert gates.shape == (3, 11, 7)
     assert (gates > 0).all() and (gates < 1).all()
     assert not torch.allclose(gates[0], gates[1])  # each task weighs features its own way
@@ -38,7 +46,7 @@ def test_shapes_and_per_task_gates_in_the_open_unit_interval():
 def test_zeroed_hypernetwork_gives_every_task_the_shared_transform():
     torch.manual_seed(1)
     arch = _arch()
-    transform = arch.transform
+    transform = _bank(arch).transform
     _randomise_hypernetwork(arch)
     x = torch.randn(5, 7).expand(3, -1, -1)  # the same input for every task
     differs = transform(x)
@@ -56,7 +64,7 @@ def test_transform_is_shared_weight_plus_each_tasks_low_rank_product():
     torch.manual_seed(2)
     arch = _arch(hyper_rank=2)
     _randomise_hypernetwork(arch)
-    transform = arch.transform
+    transform = _bank(arch).transform
     x = torch.randn(3, 4, 7)
     u, v = transform.factors()
     assert u.shape == (3, 7, 2) and v.shape == (3, 7, 2)
@@ -70,10 +78,11 @@ def test_transform_is_shared_weight_plus_each_tasks_low_rank_product():
 def test_hypernetwork_starts_at_the_shared_transform_but_still_learns():
     torch.manual_seed(3)
     arch = _arch()
-    _, v = arch.transform.factors()
+    transform = _bank(arch).transform
+    _, v = transform.factors()
     assert torch.count_nonzero(v) == 0
-    loss = arch(torch.randn(6, 7)).sum()
-    (grad,) = torch.autograd.grad(loss, [arch.transform.hyper[-1].weight])
+    loss = arch(torch.randn(6, 7)).tasks.sum()
+    (grad,) = torch.autograd.grad(loss, [transform.hyper[-1].weight])
     assert torch.count_nonzero(grad) > 0
 
 

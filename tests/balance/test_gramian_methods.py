@@ -11,8 +11,8 @@ from torch import nn
 from polytask.balance import BALANCERS, StepContext
 from polytask.balance.base import GramianWeighting
 from polytask.config import ModelSpec, TaskSpec, parse_spec
-from polytask.data.preprocess import Features
 from polytask.errors import ConfigError
+from polytask.features import Features
 from polytask.model import build_model
 from polytask.tasks import Task
 from polytask.train.step import train_step

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from polytask.arch import ARCHS
-from polytask.arch.base import SharingArch
 from polytask.balance import BALANCERS, StepContext
 from polytask.balance.jacobian import (
     common_input_gramian,
@@ -26,8 +25,9 @@ from polytask.balance.jacobian import (
     task_gradients_or_none,
 )
 from polytask.config import ModelSpec, TaskSpec
-from polytask.data.preprocess import Features
-from polytask.model import MultiTaskModel, build_model
+from polytask.features import Features
+from polytask.model import ModelOutput, MultiTaskModel, build_model
+from polytask.nn.executor import ArchOutput
 from polytask.nn.experts import ExpertBank
 from polytask.nn.towers import Towers
 from polytask.tasks import Task
@@ -35,7 +35,8 @@ from polytask.train.step import task_losses
 
 ROWS = 16
 CHAINED = ("esmm", "aitm")  # heads of their own: tasks mix after the towers
-NEED_OPTIONS = ("slim_moe", "task_subset")  # built from a trained source run only
+NEED_OPTIONS = ("plan",)  # a whole plan given as options (what slimming saves)
+COMMON = ("shared_bottom", "omoe")  # every task reads one representation: towers read it once
 ARCH_NAMES = [name for name in ARCHS.names() if name not in NEED_OPTIONS]
 # auxiliary terms switched on (dselect_k's is off by default) and made large enough to matter
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -78,11 +79,14 @@ def _batch(arch: str, dropout: float = 0.1, tower_hidden: list[int] | None = Non
     return model, features, labels, tasks
 
 
-def _forward(batch: Batch, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Losses [T] and presence [T]; the seed fixes dropout and routing noise."""
+def _forward(batch: Batch, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor, ModelOutput]:
+    """Losses [T], presence [T] and the forward's output; the seed fixes dropout and routing
+    noise."""
     model, features, labels, tasks = batch
     torch.manual_seed(seed)
-    return task_losses(model(features), labels, tasks)
+    output = model(features)
+    losses, present = task_losses(output.logits, labels, tasks)
+    return losses, present, output
 
 
 # ------------------------------------------------------------------------------ fast mode
@@ -91,14 +95,16 @@ def test_fast_gradients_through_task_inputs_equal_the_batched_backward(arch):
     batch = _batch(arch)
     model = batch[0]
     model.train()
-    losses, present = _forward(batch)
-    representation, task_inputs = model.last_representation, model.last_task_inputs
+    losses, present, output = _forward(batch)
+    representation, task_inputs = output.representation, output.task_inputs
     assert representation is not None
     if arch in CHAINED:  # not separable: the plain batched backward is used
         assert task_inputs is None
         return
-    if arch == "shared_bottom":  # the towers read the representation itself (common input)
-        assert task_inputs is None and model.last_common_input is representation
+    if arch in COMMON:  # the towers read one common input (the representation itself, for
+        # shared-bottom): covered by the common-input tests below
+        assert task_inputs is None and output.common_input is not None
+        assert (output.common_input is representation) == (arch == "shared_bottom")
         return
     assert task_inputs is not None and task_inputs.shape[0] == 3
     assert not is_task_expand(task_inputs, representation)  # the towers read mixtures of it
@@ -118,13 +124,13 @@ def test_parameter_jacobian_through_task_inputs_equals_the_batched_backward(arch
     batch = _batch(arch)
     model = batch[0]
     model.train()
-    losses, _ = _forward(batch)
-    task_inputs = model.last_task_inputs
+    losses, _, output = _forward(batch)
+    task_inputs = output.task_inputs
     if task_inputs is None:
-        assert arch in (*CHAINED, "shared_bottom")
+        assert arch in (*CHAINED, *COMMON)
         return
     shared = model.shared_parameters()
-    cheap = separable_task_gradients(losses, task_inputs, shared, model.last_representation)
+    cheap = separable_task_gradients(losses, task_inputs, shared, output.representation)
     reference = task_gradients_or_none(losses, shared)
     assert cheap is not None
     names = [name for name, p in model.named_parameters() if any(p is q for q in shared)]
@@ -148,50 +154,57 @@ class _MLPEncoder(nn.Module):
         return self.bank(numeric)[0]
 
 
-class _PassThrough(SharingArch):
-    """No representation of its own: every tower reads the encoder output, expanded."""
+class _PassThrough(nn.Module):
+    """A hand-written architecture module (any module returning an ArchOutput will do) with
+    no representation of its own: every tower reads the encoder output, expanded."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__()
+        self.num_tasks = num_tasks
+
+    def tasks(self, x: torch.Tensor) -> torch.Tensor:
         return x.expand(self.num_tasks, -1, -1)
 
+    def forward(self, x: torch.Tensor) -> ArchOutput:
+        return ArchOutput(self.tasks(x), None, [], None, None)
 
-class _Mixing(SharingArch):
+
+class _Mixing(_PassThrough):
     """No representation of its own, and the towers read a learned mix of the encoder output
     (so the tower inputs are not an expand of it)."""
 
-    def __init__(self, in_dim: int, num_tasks: int, spec: ModelSpec) -> None:
-        super().__init__(in_dim, num_tasks, spec)
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__(num_tasks)
         self.scale = nn.Parameter(torch.linspace(0.5, 1.5, num_tasks).view(-1, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def tasks(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.scale * x.unsqueeze(0))
 
 
-def _custom_model(arch_cls: type[SharingArch], towers: nn.Module | None = None) -> MultiTaskModel:
+def _custom_model(arch_cls: type[_PassThrough], towers: nn.Module | None = None) -> MultiTaskModel:
     torch.manual_seed(0)
-    spec = ModelSpec(arch="shared_bottom", hidden=[5], tower_hidden=[3])
-    arch = arch_cls(5, 3, spec)
     return MultiTaskModel(
         nn.ModuleList([_MLPEncoder()]),
-        arch,
+        arch_cls(3),  # type: ignore[arg-type]
         towers if towers is not None else Towers(5, [3], [1, 1, 1]),  # type: ignore[arg-type]
         ["a", "b", "c"],
     )
 
 
-def _custom_losses(model: MultiTaskModel) -> torch.Tensor:
+def _custom_losses(model: MultiTaskModel) -> tuple[torch.Tensor, ModelOutput]:
     torch.manual_seed(2)
     x = torch.randn(ROWS, 4)
     y = torch.randn(ROWS, 3)
-    outputs = model(Features(torch.empty(ROWS, 0, dtype=torch.int64), x))
-    return torch.stack([((out[:, 0] - y[:, t]) ** 2).mean() for t, out in enumerate(outputs)])
+    output = model(Features(torch.empty(ROWS, 0, dtype=torch.int64), x))
+    losses = [((out[:, 0] - y[:, t]) ** 2).mean() for t, out in enumerate(output.logits)]
+    return torch.stack(losses), output
 
 
 @pytest.mark.parametrize(("arch_cls", "expand"), [(_PassThrough, True), (_Mixing, False)])
 def test_fast_gradients_at_the_encoder_output_without_an_arch_representation(arch_cls, expand):
     model = _custom_model(arch_cls)
-    losses = _custom_losses(model)
-    representation, task_inputs = model.last_representation, model.last_task_inputs
+    losses, output = _custom_losses(model)
+    representation, task_inputs = output.representation, output.task_inputs
     assert representation is not None and task_inputs is not None
     assert representation.shape == (ROWS, 5)  # the encoder output
     assert is_task_expand(task_inputs, representation) == expand
@@ -215,42 +228,40 @@ def test_only_the_fused_towers_under_default_heads_are_separable():
     assert _custom_model(_PassThrough).separable_towers()
     custom = _custom_model(_PassThrough, _Subclass(5, [3], [1, 1, 1]))
     assert not custom.separable_towers()
-    _custom_losses(custom)
-    assert custom.last_task_inputs is None
+    assert _custom_losses(custom)[1].task_inputs is None
     for arch in CHAINED:
         assert not _batch(arch)[0].separable_towers()
 
 
 def test_losses_not_reaching_the_task_inputs_fall_back():
     model = _custom_model(_PassThrough)
-    _custom_losses(model)
-    stale = model.last_task_inputs
+    stale = _custom_losses(model)[1].task_inputs
     assert stale is not None
-    losses = _custom_losses(model)  # a new graph: the old tensor is not in it
-    representation = model.last_representation
+    losses, output = _custom_losses(model)  # a new graph: the old tensor is not in it
+    representation = output.representation
     assert separable_task_gradients(losses, stale, [representation], representation) is None
     context = StepContext(
         torch.ones(3, dtype=torch.bool),
         torch.ones(3),
         0,
-        representation=model.last_representation,
+        representation=representation,
         task_inputs=stale,
     )
-    (reference,) = task_gradients(losses, [model.last_representation])
+    (reference,) = task_gradients(losses, [representation])
     torch.testing.assert_close(context.gradients(losses, "representation")[0], reference)
 
 
 # ------------------------------------------------------------------- common tower input
-def _common_fields(model: MultiTaskModel) -> dict[str, Any]:
+def _common_fields(model: MultiTaskModel, output: ModelOutput) -> dict[str, Any]:
     """What train_step gives the context when the towers read one common input."""
-    common = model.last_common_input
+    common = output.common_input
     if common is None:
         return {}
     towers = model.towers
     assert isinstance(towers, Towers)
     return {
         "common_input": common,
-        "tower_first": towers.last_first_layer,
+        "tower_first": output.tower_first,
         "tower_weight": towers.first_layer.weights[0],
     }
 
@@ -263,11 +274,11 @@ def test_common_input_gradients_and_gramian_equal_the_batched_backward(tower_hid
     batch = _batch("shared_bottom", tower_hidden=tower_hidden)
     model = batch[0]
     model.train()
-    losses, present = _forward(batch)
-    representation = model.last_representation
-    assert representation is not None and model.last_common_input is representation
+    losses, present, output = _forward(batch)
+    representation = output.representation
+    assert representation is not None and output.common_input is representation
     context = StepContext(
-        present, torch.ones(3), 0, representation=representation, **_common_fields(model)
+        present, torch.ones(3), 0, representation=representation, **_common_fields(model, output)
     )
     (reference,) = task_gradients(losses, [representation])
     torch.testing.assert_close(context.gramian(losses, "representation"), gramian([reference]))
@@ -279,7 +290,7 @@ def test_common_input_gradients_and_gramian_equal_the_batched_backward(tower_hid
         0,
         shared_params=shared,
         representation=representation,
-        **_common_fields(model),
+        **_common_fields(model, output),
     )
     expected = task_gradients(losses, shared)
     for actual, wanted in zip(context.gradients(losses, "parameters"), expected, strict=True):
@@ -305,17 +316,17 @@ def _grads_after(batch: Batch, method: str, task_params: bool, **options: Any) -
     model.train()
     for index, param in enumerate(model.parameters()):
         param.grad = torch.full_like(param, 0.25) if index % 2 else None
-    losses, present = _forward(batch)
+    losses, present, output = _forward(batch)
     context = StepContext(
         present=present,
         static_weights=torch.tensor([1.0, 0.5, 2.0]),
         step=0,
         shared_params=model.shared_parameters(),
-        representation=model.last_representation,
-        extra_loss=getattr(model.arch, "auxiliary_loss", None),
+        representation=output.representation,
+        extra_loss=output.auxiliary_loss,
         task_params=model.task_parameters() if task_params else None,
-        task_inputs=model.last_task_inputs if task_params else None,
-        **(_common_fields(model) if task_params else {}),
+        task_inputs=output.task_inputs if task_params else None,
+        **(_common_fields(model, output) if task_params else {}),
     )
     BALANCERS.get(method)(3, mode="exact", **options).backward(losses, context)
     return [None if p.grad is None else p.grad.clone() for p in model.parameters()]
@@ -328,10 +339,8 @@ def _grads_after(batch: Batch, method: str, task_params: bool, **options: Any) -
 def test_exact_mode_without_a_second_full_backward_gives_the_same_gradients(arch, method):
     batch = _batch(arch)
     if arch in ("task_moe", "dselect_k", "aitm"):
-        losses_check, _ = _forward(batch)
-        aux = batch[0].arch.auxiliary_loss
+        aux = _forward(batch)[2].auxiliary_loss
         assert aux is not None and aux.requires_grad  # the auxiliary term is exercised
-        del losses_check
     plain = _grads_after(batch, method, task_params=False)
     cheap = _grads_after(batch, method, task_params=True)
     names = [name for name, _ in batch[0].named_parameters()]
@@ -369,13 +378,13 @@ def test_exact_mode_with_reused_weights_takes_one_plain_backward():
     grads = []
     for step in range(2):
         model.zero_grad(set_to_none=True)
-        losses, present = _forward(batch, seed=step)
+        losses, present, output = _forward(batch, seed=step)
         context = StepContext(
             present=present,
             static_weights=torch.ones(3),
             step=step,
             shared_params=model.shared_parameters(),
-            representation=model.last_representation,
+            representation=output.representation,
             task_params=model.task_parameters(),
         )
         balancer.backward(losses, context)

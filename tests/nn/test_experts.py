@@ -90,3 +90,16 @@ def test_dropout_only_in_training():
     torch.testing.assert_close(bank(x), bank(x))
     bank.train()
     assert (bank(x) == 0).float().mean() > (bank.eval()(x) == 0).float().mean()
+
+
+def test_selected_experts_are_copies_of_the_chosen_ones_in_that_order():
+    torch.manual_seed(5)
+    bank = ExpertBank(4, 6, [5, 3], dropout=0.1).eval()
+    x = torch.randn(7, 6)
+    kept = bank.select([3, 1]).eval()
+    assert kept.num_experts == 2 and kept.hidden == [5, 3]
+    torch.testing.assert_close(kept(x), bank(x)[[3, 1]])
+    before = bank.weights[0].detach().clone()
+    with torch.no_grad():
+        kept.weights[0].zero_()
+    assert torch.equal(bank.weights[0], before)  # copies, not views of the source

@@ -82,12 +82,11 @@ def test_towers_on_a_common_input_equal_towers_on_its_expand(hidden):
     torch.manual_seed(0)
     towers = Towers(5, hidden, [1, 3, 2])
     x = torch.randn(7, 5, requires_grad=True)
-    common = towers(x)
-    first = towers.last_first_layer
-    assert first is not None and first.shape == (3, 7, hidden[0] if hidden else 3)
+    common, first = towers.forward_common(x)
+    assert first.shape == (3, 7, hidden[0] if hidden else 3)
+    torch.testing.assert_close(towers(x)[0], common[0])  # a [B, D] input takes this path
     common_grads = torch.autograd.grad(sum(out.sum() for out in common), [x, *towers.parameters()])
     expanded = towers(x.expand(3, -1, -1))
-    assert towers.last_first_layer is None
     expanded_grads = torch.autograd.grad(
         sum(out.sum() for out in expanded), [x, *towers.parameters()]
     )
@@ -95,3 +94,16 @@ def test_towers_on_a_common_input_equal_towers_on_its_expand(hidden):
         torch.testing.assert_close(left, right)
     for left, right in zip(common_grads, expanded_grads, strict=True):
         torch.testing.assert_close(left, right)
+
+
+def test_selected_towers_compute_what_the_kept_towers_computed():
+    torch.manual_seed(1)
+    for hidden in ([4], []):
+        towers = Towers(5, hidden, [1, 3, 2], dropout=0.2).eval()
+        kept = towers.select([2, 0])
+        assert kept.out_dims == [2, 1]
+        x = torch.randn(3, 6, 5)
+        full = towers(x)
+        picked = kept(x[[2, 0]])
+        torch.testing.assert_close(picked[0], full[2])
+        torch.testing.assert_close(picked[1], full[0])

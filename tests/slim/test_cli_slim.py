@@ -35,7 +35,7 @@ def test_slim_prints_the_report_and_writes_a_loadable_run(train_run, tmp_path):
     assert set(report["full"]["latency_ms"]) == {"batch_1", "batch_1024"}
     assert polytask.load(out).task_names == ["click", "spend"]
     info = invoke("info", out)
-    assert info.exit_code == 0 and '"slim_moe"' in info.output
+    assert info.exit_code == 0 and '"plan"' in info.output
 
 
 def test_slim_json_output(train_run, tmp_path):
@@ -45,7 +45,7 @@ def test_slim_json_output(train_run, tmp_path):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["exact"] is True and report["arch"] == {"full": "task_moe", "slim": "task_moe"}
+    assert report["exact"] is True and report["arch"] == {"full": "task_moe", "slim": "plan"}
 
 
 def test_slim_user_errors_are_one_line(train_run, tmp_path):

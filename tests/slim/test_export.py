@@ -34,7 +34,7 @@ def assert_parity(run, graph, batch_sizes=(1, 33)) -> None:
             None, {"categorical": rows.categorical.numpy(), "numeric": rows.numeric.numpy()}
         )
         with torch.inference_mode():
-            logits = predictor.model(rows)
+            logits = predictor.model(rows).logits
         for task, out, value in zip(predictor.tasks, logits, got, strict=True):
             expected = task.outputs(out).numpy()
             assert value.shape == expected.shape

@@ -12,16 +12,15 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import polytask
 from polytask.artifacts import run_dir as rd
 from polytask.config import ModelSpec
-from polytask.data.preprocess import Features
 from polytask.errors import PolytaskError
+from polytask.features import Features
 from polytask.model import MultiTaskModel, build_model
 from polytask.slim import SLIM_REPORT, slim
-from polytask.slim.extract import SlimContext, extract, lift
+from polytask.slim.extract import SlimContext, extract, without_unused_experts
 from polytask.slim.report import parameter_count
 from polytask.train.evaluation import predict_logits
 from tests.conftest import make_table
@@ -75,7 +74,7 @@ def assert_same_outputs(
 ) -> None:
     rows = make_rows(53, seed=5)
     with torch.inference_mode():
-        expected, got = full(rows), slim_model(rows)
+        expected, got = full(rows).logits, slim_model(rows).logits
     assert len(got) == len(keep)
     for index, task in enumerate(keep):
         torch.testing.assert_close(got[index], expected[task], rtol=0.0, atol=atol)
@@ -94,19 +93,20 @@ GATED = [
 
 
 @pytest.mark.parametrize(("arch", "options"), GATED, ids=lambda v: str(v))
-def test_lifting_a_gated_arch_to_slim_moe_keeps_its_outputs(arch, options):
+def test_keeping_every_task_at_threshold_zero_is_the_same_model(arch, options):
     model, spec = make_model(arch, **options)
-    _, lifted = lift(SlimContext(model, spec, [0, 1, 2], 0.0, None))
-    with torch.inference_mode():
-        encoded = model.encode(make_rows())
-        torch.testing.assert_close(lifted(encoded), model.arch(encoded), rtol=0.0, atol=1e-6)
+    extraction = cut(model, spec, [0, 1, 2])
+    assert extraction.spec.arch == "plan"
+    assert_same_outputs(model, extraction.model, [0, 1, 2])
+    if arch != "dselect_k":
+        assert parameter_count(extraction.model) == parameter_count(model)
 
 
 @pytest.mark.parametrize(("arch", "options"), GATED, ids=lambda v: str(v))
 def test_threshold_zero_keeps_the_kept_tasks_outputs(arch, options):
     model, spec = make_model(arch, **options)
     extraction = cut(model, spec, [0, 2])
-    assert extraction.spec.arch == "slim_moe"
+    assert extraction.spec.arch == "plan"
     assert_same_outputs(model, extraction.model, [0, 2])
     assert parameter_count(extraction.model) < parameter_count(model)
     if arch != "dselect_k":  # softmax gates give every allowed expert some weight
@@ -120,14 +120,15 @@ def test_mmoe_pruning_renormalises_the_gates_over_the_kept_experts():
     kept = extraction.experts[0]["kept"]
     assert 0 < len(kept) < 4 and not extraction.exact
     rows = make_rows(29, seed=3)
+    level = model.arch.levels[0]
     with torch.inference_mode():
         x = model.encode(rows)
-        linear = model.arch.gates.linear
-        logits = F.linear(x, linear.weight, linear.bias).view(len(rows), 3, 4)[:, 1, kept]
+        gates = level.gates  # weight [G, in, E], bias [G, 1, E]
+        logits = (x @ gates.weight[1] + gates.bias[1, 0])[:, kept]
         weights = torch.softmax(logits, dim=-1)  # [B, E_kept]: softmax over kept = renormalised
-        experts = model.arch.experts(x)[kept]  # [E_kept, B, D]
+        experts = level.experts(x)[kept]  # [E_kept, B, D]
         expected = torch.einsum("be,ebd->bd", weights, experts)
-        got = extraction.model.arch(extraction.model.encode(rows))[0]
+        got = extraction.model.arch(extraction.model.encode(rows)).tasks[0]
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     assert extraction.model.arch.levels[0].experts.num_experts == len(kept)
 
@@ -136,8 +137,7 @@ def test_pruning_keeps_experts_by_mean_gate_weight():
     model, spec = make_model("mmoe")
     rows = make_rows()
     with torch.inference_mode():
-        model(rows)
-        usage = model.arch.last_gate_weights.mean(1)  # [T, E]
+        usage = model(rows).task_gates.mean(1)  # [T, E]
     threshold = float(usage[0].sort().values[1:3].mean())  # between 2nd and 3rd smallest
     extraction = extract(SlimContext(model, spec, [0], threshold, rows))
     expected = [e for e in range(4) if float(usage[0, e]) > threshold]
@@ -168,13 +168,25 @@ def test_exact_archs_keep_the_kept_tasks_outputs(arch, options, keep):
 
 def test_task_moe_keeps_exactly_the_experts_its_kept_tasks_route_to():
     model, spec = make_model("task_moe", top_k=1)
-    routes = model.arch.task_experts()
+    routes = model.arch.levels[0].gates.routes()
     extraction = cut(model, spec, [0, 1])
     union = sorted({*routes[0], *routes[1]})
     assert extraction.experts[0]["kept"] == union
-    assert extraction.spec.num_experts == len(union)
-    assert extraction.model.arch.experts.num_experts == len(union)
+    assert extraction.spec.options["levels"][0]["experts"]["count"] == len(union)
+    assert extraction.model.arch.levels[0].experts.num_experts == len(union)
     assert_same_outputs(model, extraction.model, [0, 1])
+
+
+def test_without_unused_experts_drops_only_experts_no_task_routes_to():
+    model, _ = make_model("task_moe", top_k=1)
+    routes = model.arch.levels[0].gates.routes()
+    used = sorted({e for route in routes for e in route})
+    assert len(used) < 4  # three tasks routing to one expert each, out of four
+    pruned = without_unused_experts(model)
+    assert pruned.arch.levels[0].experts.num_experts == len(used)
+    assert_same_outputs(model, pruned, [0, 1, 2])
+    mmoe, _ = make_model("mmoe")
+    assert without_unused_experts(mmoe) is mmoe
 
 
 def test_row_routed_task_moe_is_pruned_by_usage_and_refuses_fewer_than_top_k():
@@ -258,7 +270,7 @@ def test_task_moe_slim_run_is_exact_smaller_and_reported(train_run, tmp_path):
         assert report[side]["metrics"]["click"]["auc"] == pytest.approx(
             report["full"]["metrics"]["click"]["auc"]
         )
-    routes = polytask.load(run).model.arch.task_experts()
+    routes = polytask.load(run).model.arch.levels[0].gates.routes()
     assert report["experts"][0]["kept"] == sorted({*routes[0], *routes[2]})
     saved = json.loads((out / SLIM_REPORT).read_text())
     assert saved["exact"] is True and saved["primary_metric"] == {"click": "auc", "spend": "rmse"}
@@ -302,8 +314,9 @@ def test_mmoe_threshold_that_drops_experts_reports_the_quality_change(train_run,
     assert report["max_abs_difference"] > 0
     assert report["rows"]["source"] == "the run's validation rows"
     loaded = polytask.load(tmp_path / "slim")
-    assert loaded.spec.model.arch == "slim_moe"
-    assert loaded.spec.model.options["levels"][0]["experts"] == report["experts"][0]["kept"]
+    assert loaded.spec.model.arch == "plan"
+    assert loaded.spec.model.options["levels"][0]["experts"]["count"] == 3
+    assert loaded.spec.model.options["source"] == "mmoe"
     assert loaded.predict(make_table(n=5, seed=3)).columns.tolist() == ["click"]
     again = slim(tmp_path / "slim", ["click"], tmp_path / "again", threshold=0.0, **FAST)
     assert again["exact"] is True  # a slim run slims like any other

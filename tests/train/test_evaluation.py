@@ -15,7 +15,8 @@ from torch import nn
 
 import polytask
 from polytask.config import TaskSpec
-from polytask.data.preprocess import Features
+from polytask.features import Features
+from polytask.model import ModelOutput
 from polytask.tasks import Task
 from polytask.train.evaluation import (
     delta_m,
@@ -87,9 +88,9 @@ class FixedLogits(nn.Module):
         super().__init__()
         self.logits = logits
 
-    def forward(self, features: Features) -> list[torch.Tensor]:
+    def forward(self, features: Features) -> ModelOutput:
         rows = features.numeric[:, 0].long()
-        return [block[rows] for block in self.logits]
+        return ModelOutput([block[rows] for block in self.logits])
 
 
 def test_evaluate_reports_regression_metrics_on_the_user_scale():

@@ -1,4 +1,5 @@
-"""Sharing architectures: how tasks share and separate capacity. One file each, one registry."""
+"""Sharing architectures: how tasks share and separate capacity. One file each, one registry;
+each writes a plan (:mod:`polytask.plan`) that one executor runs. Nothing here imports torch."""
 
 from polytask.arch import (  # noqa: F401  (importing a module registers its architecture)
     aitm,
@@ -8,14 +9,13 @@ from polytask.arch import (  # noqa: F401  (importing a module registers its arc
     home,
     mmoe,
     omoe,
+    plan,
     ple,
     shared_bottom,
     single,
-    slim_moe,
     task_bottom,
     task_moe,
-    task_subset,
 )
-from polytask.arch.base import ARCHS, SharingArch
+from polytask.arch.base import ARCHS, Architecture
 
-__all__ = ["ARCHS", "SharingArch"]
+__all__ = ["ARCHS", "Architecture"]

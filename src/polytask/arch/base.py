@@ -1,16 +1,28 @@
-"""The contract every sharing architecture meets."""
+"""The contract every sharing architecture meets: options in, a plan out.
+
+An architecture is data before it is code. Each one is a small class in its own file of this
+package that validates its ``model.options`` (a pydantic model, listed by ``polytask archs``)
+and writes its structure as a :class:`~polytask.plan.schema.Plan`. One executor runs every
+plan (:class:`polytask.nn.executor.PlanNetwork`), and slimming, the lean serving form and
+export read the same plan, so adding an architecture is adding one file here.
+
+Nothing here imports torch: validating a config and listing architectures stay fast.
+"""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
-from torch import nn
 
 from polytask.config import ModelSpec, format_validation_error
 from polytask.errors import ConfigError
+from polytask.plan.schema import Plan
 from polytask.registry import Registry
+
+# The model.* fields an architecture may read; the others (arch, options, encoder,
+# embedding_dim, tower_hidden) belong to the encoder, the towers or the spec itself.
+ARCH_FIELDS = frozenset({"hidden", "num_experts", "dropout"})
 
 
 class ArchOptions(BaseModel):
@@ -19,52 +31,21 @@ class ArchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SharingArch(nn.Module):
-    """Maps encoded inputs to one representation per task.
+class Architecture:
+    """A sharing architecture: its options and the plan it builds for T tasks.
 
-    Every architecture has the same constructor, ``(in_dim, num_tasks, spec)``, and returns a
-    tensor ``[T, B, out_dim]``: towers then run fused over the task axis.
-
-    ``input_per_task`` is True for an architecture that must not share even the input encoder
-    (single-task baselines): the model then builds one encoder per task and passes
-    ``[T, B, in_dim]``; otherwise it passes ``[B, in_dim]``.
-
-    Two hooks let an architecture reach past the representation without special cases in
-    the trainer: ``auxiliary_loss`` (set during a training forward pass, e.g. a load-balancing
-    term; the training step adds it to the objective) and :meth:`heads` (how the towers turn
-    representations into logits, e.g. ESMM's probability chain).
+    ``uses`` names the ``model`` fields the plan reads (of :data:`ARCH_FIELDS`); a field the
+    user sets that the architecture does not read is reported (:meth:`unused_spec_fields`).
+    ``listed`` is False for internal architectures that ``polytask archs`` does not show.
     """
 
-    input_per_task: ClassVar[bool] = False
     registry_name: ClassVar[str]
-    Options: ClassVar[type[ArchOptions]] = ArchOptions
-
-    def __init__(self, in_dim: int, num_tasks: int, spec: ModelSpec) -> None:
-        super().__init__()
-        self.in_dim = in_dim
-        self.num_tasks = num_tasks
-        self.out_dim = spec.hidden[-1]
-        self.options = self.parse_options(spec)
-        self.auxiliary_loss: torch.Tensor | None = None
-        # the last tensor every task reads ([..., B, D]), set in forward where it is more
-        # telling than the encoder output (shared-bottom output, expert outputs)
-        self.shared_representation: torch.Tensor | None = None
-        # set by architectures whose output is one [B, D] tensor that every task reads
-        # (returned expanded to [T, B, D]): plain towers then read it once, unexpanded
-        self.common_output: torch.Tensor | None = None
-
-    def __getstate__(self) -> dict:
-        """Copies and pickles leave out the last step's graph-carrying tensors."""
-        state = super().__getstate__()
-        transient = ("auxiliary_loss", "shared_representation", "common_output")
-        return {key: (None if key in transient else value) for key, value in state.items()}
-
-    def heads(self, towers: nn.Module, representation: torch.Tensor) -> list[torch.Tensor]:
-        """Per-task logits from the representation [T, B, out_dim]; plain towers by default."""
-        return towers(representation)
+    Options: ClassVar[type[BaseModel]] = ArchOptions
+    uses: ClassVar[frozenset[str]] = frozenset({"hidden", "dropout"})
+    listed: ClassVar[bool] = True
 
     @classmethod
-    def parse_options(cls, spec: ModelSpec) -> ArchOptions:
+    def parse_options(cls, spec: ModelSpec) -> BaseModel:
         """Validate ``model.options`` against this architecture's own options."""
         try:
             return cls.Options.model_validate(spec.options)
@@ -72,8 +53,24 @@ class SharingArch(nn.Module):
             message = format_validation_error(error, cls.Options)
             raise ConfigError(f"model.options ({spec.arch}): {message}") from None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    @classmethod
+    def plan(cls, num_tasks: int, spec: ModelSpec) -> Plan:
+        """The plan for ``num_tasks`` tasks (options validated first)."""
+        return cls.build(num_tasks, spec, cls.parse_options(spec))
+
+    @classmethod
+    def build(cls, num_tasks: int, spec: ModelSpec, options: BaseModel) -> Plan:
         raise NotImplementedError
 
+    @classmethod
+    def unused_spec_fields(cls, spec: ModelSpec) -> list[str]:
+        """``model`` fields the user set that this architecture does not read."""
+        return sorted((spec.model_fields_set & ARCH_FIELDS) - cls.uses)
 
-ARCHS: Registry[SharingArch] = Registry("architecture")
+    @classmethod
+    def summary(cls) -> str:
+        """The first paragraph of the docstring, on one line."""
+        return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+
+
+ARCHS: Registry[Architecture] = Registry("architecture")

@@ -1,32 +1,30 @@
-"""OMoE (one-gate mixture of experts; the MMoE paper's baseline): shared experts, one gate
-shared by every task."""
+"""OMoE (one-gate mixture of experts; the MMoE paper's baseline)."""
 
 from __future__ import annotations
 
-import torch
+from pydantic import BaseModel
 
-from polytask.arch.base import ARCHS, SharingArch
+from polytask.arch.base import ARCHS, Architecture
 from polytask.config import ModelSpec
-from polytask.nn.experts import ExpertBank
-from polytask.nn.gates import SoftmaxGates, mix_experts
+from polytask.plan.schema import Level, MLPExperts, Plan, SoftmaxGates, full
 
 
 @ARCHS.register("omoe")
-class OMoE(SharingArch):
-    """E fused experts mixed by a single softmax gate; every task reads the same mixture."""
+class OMoE(Architecture):
+    """One-gate MoE: ``model.num_experts`` shared experts mixed by a single softmax gate that
+    every task reads."""
 
-    def __init__(self, in_dim: int, num_tasks: int, spec: ModelSpec) -> None:
-        super().__init__(in_dim, num_tasks, spec)
-        self.experts = ExpertBank(spec.num_experts, in_dim, spec.hidden, dropout=spec.dropout)
-        self.gates = SoftmaxGates(1, in_dim, spec.num_experts)
-        self.last_gate_weights: torch.Tensor | None = None
+    uses = frozenset({"hidden", "num_experts", "dropout"})
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gates = self.gates(x)  # [1, B, E]
-        self.last_gate_weights = gates.detach().expand(self.num_tasks, -1, -1)
-        return mix_experts(gates, self._experts_out(x)).expand(self.num_tasks, -1, -1)
-
-    def _experts_out(self, x: torch.Tensor) -> torch.Tensor:
-        """Expert outputs [E, B, out], kept as the representation every task reads."""
-        self.shared_representation = self.experts(x)
-        return self.shared_representation
+    @classmethod
+    def build(cls, num_tasks: int, spec: ModelSpec, options: BaseModel) -> Plan:
+        count = spec.num_experts
+        experts = MLPExperts(
+            count=count, hidden=spec.hidden, dropout=spec.dropout, owners=["shared"] * count
+        )
+        return Plan(
+            levels=[Level(experts=experts, gates=SoftmaxGates(allowed=[full(count)]))],
+            task_gates=[0] * num_tasks,
+            balance_at="experts",
+            source="omoe",
+        )

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import torch
+from pydantic import BaseModel
 
-from polytask.arch.base import ARCHS, SharingArch
+from polytask.arch.base import ARCHS, Architecture
 from polytask.config import ModelSpec
-from polytask.nn.experts import ExpertBank
+from polytask.plan.schema import IdentityGates, Level, MLPExperts, Plan
 
 
 @ARCHS.register("shared_bottom")
-class SharedBottom(SharingArch):
-    """One bottom MLP whose output every task reads."""
+class SharedBottom(Architecture):
+    """Hard sharing: one bottom MLP (``model.hidden``) whose output every task's tower reads."""
 
-    def __init__(self, in_dim: int, num_tasks: int, spec: ModelSpec) -> None:
-        super().__init__(in_dim, num_tasks, spec)
-        self.bottom = ExpertBank(1, in_dim, spec.hidden, dropout=spec.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shared = self.bottom(x)  # [1, B, out]
-        self.shared_representation = self.common_output = shared[0]
-        return shared.expand(self.num_tasks, -1, -1)
+    @classmethod
+    def build(cls, num_tasks: int, spec: ModelSpec, options: BaseModel) -> Plan:
+        bottom = MLPExperts(count=1, hidden=spec.hidden, dropout=spec.dropout, owners=["shared"])
+        return Plan(
+            levels=[Level(experts=bottom, gates=IdentityGates(allowed=[[0]]))],
+            task_gates=[0] * num_tasks,
+            balance_at="output",
+            source="shared_bottom",
+        )

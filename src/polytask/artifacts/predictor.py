@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from safetensors.torch import load_file
 from torch import nn
 
 from polytask.artifacts import run_dir as rd
+from polytask.artifacts.weights import load_weights
 from polytask.config import RunSpec, TaskKind
 from polytask.data.preprocess import Preprocessor
 from polytask.errors import DataError, PolytaskError
@@ -59,7 +59,8 @@ class Predictor:
             [task.name for task in tasks],
             encoder_factory=encoder_factory,
         )
-        model.load_state_dict(load_file(str(folder / rd.WEIGHTS)))
+        raw_model = rd.load_raw_config(folder).get("model", {})
+        model.load_state_dict(load_weights(folder / rd.WEIGHTS, raw_model))
         return cls(folder, spec, preprocessor, model)
 
     @property

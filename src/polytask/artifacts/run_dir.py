@@ -63,8 +63,20 @@ def save_config(folder: Path, spec: RunSpec) -> None:
     write_text(folder / CONFIG, yaml.safe_dump(spec.to_yaml_dict(), sort_keys=False))
 
 
+def load_raw_config(folder: Path) -> dict[str, Any]:
+    """The run's config.yaml as written (before any migration)."""
+    return yaml.safe_load((folder / CONFIG).read_text())
+
+
 def load_config(folder: Path) -> RunSpec:
-    return parse_spec(yaml.safe_load((folder / CONFIG).read_text()))
+    """The run's specification; a slim run of an older polytask gets its model as a plan."""
+    raw = load_raw_config(folder)
+    model = raw.get("model") if isinstance(raw, dict) else None
+    if isinstance(model, dict) and model.get("arch") in ("slim_moe", "task_subset"):
+        from polytask.artifacts.legacy import upgrade_model_section
+
+        raw["model"] = upgrade_model_section(model)
+    return parse_spec(raw)
 
 
 def save_json(folder: Path, name: str, payload: Any) -> None:

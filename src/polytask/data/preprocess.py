@@ -9,7 +9,6 @@ All mapping is vectorised (pandas / numpy), never a Python loop over rows.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,26 +18,12 @@ from pandas.api import types as ptypes
 
 from polytask.config import DataSpec, TaskKind, TaskSpec
 from polytask.errors import DataError, did_you_mean
+from polytask.features import Features
 from polytask.tasks import Task
 
 # An object column whose non-empty values parse as numbers at least this often is taken to be
 # numeric with a few bad cells (which are then reported by row), not categorical.
 NUMERIC_LIKE_SHARE = 0.95
-
-
-@dataclass
-class Features:
-    """Model inputs for N rows. categorical: [N, C] int64 (0 = unknown/missing);
-    numeric: [N, 2F] float32 (F standardised values then F missing flags)."""
-
-    categorical: torch.Tensor
-    numeric: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.categorical.shape[0]
-
-    def take(self, rows: torch.Tensor) -> Features:
-        return Features(self.categorical[rows], self.numeric[rows])
 
 
 def _row_label(frame: pd.DataFrame | pd.Series, position: int) -> str:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from polytask.nn.dispatch import grouped_addmm
 
 
 class ExpertBank(nn.Module):
@@ -95,6 +98,28 @@ class ExpertBank(nn.Module):
         flat_bias = bias.reshape(experts * fan_out)
         out = torch.addmm(flat_bias, x, side_by_side)  # [B, E*out]
         return out.view(x.shape[0], experts, fan_out).transpose(0, 1)
+
+    def forward_segments(self, x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+        """The MLP on rows sorted by expert, segment e (``sizes[e]`` rows) through expert e
+        only, each layer a grouped GEMM: [P, in] -> [P, out] (sparse dispatch)."""
+        last = len(self.weights) - 1
+        for index, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = grouped_addmm(x, sizes, weight, bias)
+            if index < last or self.activate_last:
+                x = self.dropout(torch.relu(x))
+        return x
+
+    def select(self, experts: Sequence[int]) -> ExpertBank:
+        """A bank of the given experts (copies of their weights), in that order."""
+        index = torch.tensor(list(experts), dtype=torch.long)
+        dropout = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
+        bank = ExpertBank(len(index), self.in_dim, self.hidden, self.activate_last, dropout)
+        with torch.no_grad():
+            for target, source in zip(bank.weights, self.weights, strict=True):
+                target.copy_(source[index])
+            for target, source in zip(bank.biases, self.biases, strict=True):
+                target.copy_(source[index])
+        return bank.train(self.training)
 
     def extra_repr(self) -> str:
         return f"experts={self.num_experts}, in_dim={self.in_dim}, hidden={self.hidden}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -30,11 +32,6 @@ class Towers(nn.Module):
         )
         last_in = hidden[-1] if hidden else in_dim
         self.output = ExpertBank(num_tasks, last_in, [max(out_dims)], activate_last=False)
-        self.last_first_layer: torch.Tensor | None = None
-
-    def __getstate__(self) -> dict:
-        """Copies and pickles leave out the last step's graph-carrying tensor."""
-        return {**super().__getstate__(), "last_first_layer": None}
 
     @property
     def first_layer(self) -> ExpertBank:
@@ -42,22 +39,42 @@ class Towers(nn.Module):
         return self.hidden if self.hidden is not None else self.output
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: [T, B, in] (tower t reads slice t) or [B, in] (every tower reads the same rows:
-        then all first layers are ONE [B, in] x [in, T * width] product, where a T-batched
-        product over an expanded input would redo the input's strides T times, forward and
-        backward). ``last_first_layer`` keeps that product's output [T, B, width] (before the
-        activation), whose gradient gives each task's gradient at x cheaply (see
-        :func:`polytask.balance.jacobian.common_input_gramian`)."""
-        self.last_first_layer = None
+        """x: [T, B, in] (tower t reads slice t) or [B, in] (every tower reads the same rows)."""
         if x.dim() == 2:
-            first = self.first_layer
-            self.last_first_layer = first.linear(x, 0)
-            x = first(first.activate(self.last_first_layer, 0), start=1)
-            if self.hidden is not None:
-                x = self.output(x)
-            logits = x
-        else:
-            if self.hidden is not None:
-                x = self.hidden(x)
-            logits = self.output(x)  # [T, B, max_out]
+            return self.forward_common(x)[0]
+        if self.hidden is not None:
+            x = self.hidden(x)
+        return self._split(self.output(x))  # [T, B, max_out]
+
+    def forward_common(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every tower reading the same rows x [B, in]: all first layers are ONE [B, in] x
+        [in, T * width] product, where a T-batched product over an expanded input would redo
+        the input's strides T times, forward and backward. Also returns that product's output
+        [T, B, width] (before the activation), whose gradient gives each task's gradient at
+        x cheaply (see :func:`polytask.balance.jacobian.common_input_gramian`)."""
+        first = self.first_layer
+        pre_activation = first.linear(x, 0)
+        out = first(first.activate(pre_activation, 0), start=1)
+        if self.hidden is not None:
+            out = self.output(out)
+        return self._split(out), pre_activation
+
+    def _split(self, logits: torch.Tensor) -> list[torch.Tensor]:
         return [logits[t, :, :width] for t, width in enumerate(self.out_dims)]
+
+    def select(self, keep: Sequence[int]) -> Towers:
+        """The kept tasks' towers, the fused output layer narrowed to their widest head."""
+        out_dims = [self.out_dims[t] for t in keep]
+        in_dim = self.first_layer.in_dim
+        hidden = self.hidden.hidden if self.hidden is not None else []
+        dropout = self.first_layer.dropout
+        towers = Towers(
+            in_dim, hidden, out_dims, dropout=dropout.p if isinstance(dropout, nn.Dropout) else 0.0
+        )
+        if self.hidden is not None:
+            towers.hidden = self.hidden.select(keep)
+        index, width = torch.tensor(list(keep)), max(out_dims)
+        with torch.no_grad():
+            towers.output.weights[0].copy_(self.output.weights[0][index, :, :width])
+            towers.output.biases[0].copy_(self.output.biases[0][index, :, :width])
+        return towers.train(self.training)

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from polytask.data.preprocess import Features, Preprocessor
+from polytask.data.preprocess import Preprocessor
+from polytask.features import Features
 
 # The preprocessor state this encoder understands; any other key disables it (a newer
 # preprocessor may transform differently, and then only its own transform is right).

@@ -18,17 +18,16 @@ from typing import Any
 
 import pandas as pd
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from polytask import __version__
 from polytask.artifacts import run_dir as rd
-from polytask.artifacts.atomic import write_atomic
 from polytask.artifacts.predictor import Predictor
+from polytask.artifacts.weights import save_weights
 from polytask.config import RunSpec, parse_spec
-from polytask.data.preprocess import Features
 from polytask.data.tabular import load_splits, read_table
 from polytask.errors import DataError, PolytaskError, did_you_mean
+from polytask.features import Features
 from polytask.slim.extract import Extraction, SlimContext, extract
 from polytask.slim.report import (
     LATENCY_BATCHES,
@@ -153,8 +152,7 @@ def slim(
         temp.chmod(0o755)  # mkdtemp's 0700 is for the build; the run is as readable as any
         rd.save_config(temp, slim_spec)
         shutil.copyfile(predictor.run / rd.PREPROCESSOR, temp / rd.PREPROCESSOR)
-        weights = {k: v.contiguous() for k, v in extraction.model.state_dict().items()}
-        write_atomic(temp / rd.WEIGHTS, lambda path: save_file(weights, str(path)))
+        save_weights(temp / rd.WEIGHTS, extraction.model.state_dict())
         timing_rows = (
             features
             if features is not None
@@ -222,9 +220,9 @@ def _reload(
     reloaded = Predictor.load(folder, encoder_factory=encoder_factory)
     probe = batch_of(rows, min(len(rows), 256))
     with torch.inference_mode():
-        expected = extraction.model.eval()(probe)
-        got = reloaded.model(probe)
-        served = reloaded.serving_model(probe)
+        expected = extraction.model.eval()(probe).logits
+        got = reloaded.model(probe).logits
+        served = reloaded.serving_model(probe).logits
     for task, left, right, lean in zip(tasks, expected, got, served, strict=True):
         if not torch.allclose(left, right, rtol=0.0, atol=1e-6, equal_nan=True):
             raise RuntimeError(f"slim: the saved model does not reproduce task '{task.name}'")

@@ -10,13 +10,13 @@ operations, not tensor ones.
 
 Export uses PyTorch's TorchScript-based exporter (``dynamo=False``), which needs no extra
 packages and handles every architecture here once two details are taken care of. HoME's
-per-expert batch norm is written out elementwise (:class:`FrozenExpertNorm`); ``task_moe``'s
-sparse dispatch sizes its expert segments from the data (a host-side ``tolist``), which a trace
-would freeze to the example batch. The exported graph therefore computes task_moe through a
-static path: with task routing each task's experts are fixed in eval, so the graph runs only
-the experts some task uses and mixes them with a constant weight table; with row routing it
-runs every expert and mixes with the top-k weights laid over all experts (zero elsewhere).
-Both give the same outputs as the sparse dispatch. After writing, the graph is checked against
+per-expert batch norm is written out elementwise (:class:`FrozenExpertNorm`); top-k routed
+levels (``task_moe``) size their expert segments from the data (a host-side ``tolist``), which
+a trace would freeze to the example batch, so while tracing they take a static path
+(:mod:`polytask.nn.topk`): every expert runs and the top-k weights are laid over all of them
+(zero elsewhere). With task routing each task's experts are fixed in eval, so the experts no
+task routes to are cut from the plan first and the graph runs only the used ones. Both give
+the same outputs as the sparse dispatch. After writing, the graph is checked against
 PyTorch with onnxruntime (when installed) on random rows at batch sizes other than the traced
 one, so that a shape frozen by the trace cannot pass.
 """
@@ -36,18 +36,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from polytask.arch.home import ExpertNorm
-from polytask.arch.task_moe import TaskMoE, dense_gates, top_k_route
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.atomic import write_atomic, write_json
 from polytask.artifacts.predictor import Predictor
 from polytask.config import TaskKind
-from polytask.data.preprocess import Features
 from polytask.errors import PolytaskError
+from polytask.features import Features
 from polytask.model import MultiTaskModel
-from polytask.nn.experts import ExpertBank
-from polytask.nn.gates import mix_experts
-from polytask.slim.extract import take_bank
+from polytask.nn.normed import ExpertNorm
+from polytask.slim.extract import without_unused_experts
 from polytask.slim.report import synthetic_rows
 from polytask.tasks import Task
 
@@ -57,46 +54,6 @@ CHECK_BATCHES = (1, 257)  # differ from the traced batch (2): a frozen shape fai
 OPSETS = range(13, 21)  # einsum and friends from 13; the TorchScript exporter stops at 20
 NORM_EPS = 1e-5  # ExpertNorm's batch-norm epsilon
 TOLERANCE = 1e-4  # float32 graph vs eager PyTorch; typical differences are ~1e-7
-
-
-class StaticTaskMoE(nn.Module):
-    """task_moe without data-dependent shapes, for tracing (same outputs in eval).
-
-    Task routing: the experts some task uses, and a constant [T, E_used] table of routing
-    weights. Row routing: every expert, and the top-k weights of each row laid over all.
-
-    Shapes: x [B, in] -> [T, B, out].
-    """
-
-    def __init__(self, arch: TaskMoE) -> None:
-        super().__init__()
-        self.num_tasks, self.num_experts = arch.num_tasks, arch.num_experts
-        self.top_k = arch.options.top_k
-        self.router = arch.router
-        if arch.task_logits is None:
-            self.experts = arch.experts
-            self.register_buffer("table", None)
-            return
-        routes = arch.task_experts()
-        used = sorted({expert for experts in routes.values() for expert in experts})
-        bank = arch.experts
-        self.experts = ExpertBank(
-            len(used), bank.in_dim, bank.hidden, activate_last=bank.activate_last
-        )
-        take_bank(self.experts, bank, used)
-        with torch.no_grad():
-            selected, weights = top_k_route(arch.task_logits.unsqueeze(1), self.top_k)
-            table = dense_gates(selected, weights, self.num_experts)[:, 0]  # [T, E]
-        self.register_buffer("table", table[:, torch.tensor(used)].contiguous())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        experts = self.experts(x)  # [E_used, B, out]
-        if self.table is not None:
-            return torch.einsum("te,ebd->tbd", self.table, experts)
-        assert self.router is not None
-        logits = self.router(x).view(x.shape[0], self.num_tasks, self.num_experts)
-        selected, weights = top_k_route(logits.transpose(0, 1), self.top_k)
-        return mix_experts(dense_gates(selected, weights, self.num_experts), experts)
 
 
 class FrozenExpertNorm(nn.Module):
@@ -118,10 +75,11 @@ class FrozenExpertNorm(nn.Module):
         return (x - self.mean) * torch.rsqrt(self.var + NORM_EPS) * self.weight + self.bias
 
 
-def export_friendly(model: nn.Module) -> nn.Module:
-    """Swap modules that trace badly for equivalents (in eval) that trace well, in place."""
-    if isinstance(model, MultiTaskModel) and isinstance(model.arch, TaskMoE):
-        model.arch = StaticTaskMoE(model.arch)
+def export_friendly(model: MultiTaskModel) -> MultiTaskModel:
+    """An equivalent model (in eval) that traces well: experts no task routes to removed
+    (top-k gates then trace through their dense path over the rest), and batch-normalised
+    experts written out elementwise."""
+    model = without_unused_experts(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, ExpertNorm) and module.kind == "batch":
             parent, _, child = name.rpartition(".")
@@ -142,7 +100,7 @@ class OnnxModule(nn.Module):
         # (the CNN encoder ignores categories): the graph's interface stays the same for all.
         numeric = numeric + categorical[:, :0].sum(1, keepdim=True).to(numeric.dtype)
         categorical = categorical + numeric[:, :0].sum(1, keepdim=True).to(categorical.dtype)
-        logits = self.model(Features(categorical, numeric))
+        logits = self.model(Features(categorical, numeric)).logits
         return tuple(task.outputs(out) for task, out in zip(self.tasks, logits, strict=True))
 
 
@@ -239,10 +197,10 @@ def export_onnx(
         "max_abs_difference": result["max_abs_difference"],
         "verified": result["max_abs_difference"] is not None,
     }
-    if isinstance(predictor.model.arch, TaskMoE):
+    if any(level.gates.kind == "topk" for level in predictor.model.plan.levels):
         interface["notes"] = [
-            "task_moe is exported through a static path (fixed per-task experts with task "
-            "routing, dense top-k weights with row routing): same outputs, no sparse dispatch"
+            "top-k routed experts are exported through a static path (the experts some task "
+            "routes to, dense top-k weights): same outputs, no sparse dispatch"
         ]
     write_json(sidecar, interface)
     return interface
@@ -293,7 +251,7 @@ def _check(runtime: Any, path: Path, predictor: Predictor) -> float:
         feed = {"categorical": rows.categorical.numpy(), "numeric": rows.numeric.numpy()}
         got = session.run(predictor.task_names, feed)
         with torch.inference_mode():
-            logits = predictor.model.eval()(rows)
+            logits = predictor.model.eval()(rows).logits
             expected = [
                 task.outputs(out).numpy() for task, out in zip(predictor.tasks, logits, strict=True)
             ]

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from rich.table import Table
 
-from polytask.data.preprocess import Features, Preprocessor
+from polytask.data.preprocess import Preprocessor
+from polytask.features import Features
 from polytask.model import MultiTaskModel
 from polytask.tasks import HIGHER_IS_BETTER, Task
 from polytask.train.evaluation import predict_logits
@@ -69,7 +70,7 @@ def latency_ms(
         for round_number in range(warmup + repeats):
             for index, (model, model_tasks) in enumerate(zip(models, tasks, strict=True)):
                 started = time.perf_counter()
-                logits = model(batch)
+                logits = model(batch).logits
                 for task, task_logits in zip(model_tasks, logits, strict=True):
                     task.outputs(task_logits)
                 elapsed = time.perf_counter() - started

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from polytask.data.preprocess import Features
+from polytask.features import Features
 from polytask.model import MultiTaskModel
 from polytask.tasks import HIGHER_IS_BETTER, Task
 from polytask.train.step import task_losses
@@ -28,13 +28,13 @@ def predict_logits(
     was_training = model.training
     model.eval()
     if len(features) <= batch_size:  # one chunk: no row copy (the server's common case)
-        logits = model(features)
+        logits = model(features).logits
         model.train(was_training)
         return list(logits)
     chunks: list[list[torch.Tensor]] = []
     for start in range(0, len(features), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(features)))
-        chunks.append(model(features.take(rows)))
+        chunks.append(model(features.take(rows)).logits)
     model.train(was_training)
     return [torch.cat([chunk[t] for chunk in chunks]) for t in range(len(chunks[0]))]
 

@@ -1,9 +1,9 @@
 """Expert utilisation: how each task's gate spreads its weight over the experts.
 
-For gated architectures (those whose ``arch`` exposes ``last_gate_weights`` [T, B, E]) this
-reports, per task, the mean gate weight of every expert and the mean gate entropy on the
-validation rows, and warns about collapse: a task whose gate puts nearly all weight on one
-expert, or an expert that no task uses.
+For gated architectures (those whose last level's gates give per-row weights: the model's
+output carries ``task_gates`` [T, B, E]) this reports, per task, the mean gate weight of
+every expert and the mean gate entropy on the validation rows, and warns about collapse: a
+task whose gate puts nearly all weight on one expert, or an expert that no task uses.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from polytask.data.preprocess import Features
+from polytask.features import Features
 from polytask.model import MultiTaskModel
 
 DOMINANT_SHARE = 0.9  # one expert taking this much of a task's weight is a collapse
@@ -26,16 +26,16 @@ def expert_utilisation(
     model: MultiTaskModel, features: Features, batch_size: int
 ) -> dict[str, Any] | None:
     """Mean gate weight per (task, expert), mean gate entropy per task, and warnings."""
-    if not hasattr(model.arch, "last_gate_weights"):
-        return None
     was_training = model.training
     model.eval()
     weight_sum: torch.Tensor | None = None
     entropy_sum: torch.Tensor | None = None
     for start in range(0, len(features), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(features)))
-        model(features.take(rows))
-        gates = model.arch.last_gate_weights  # [T, B, E]
+        gates = model(features.take(rows)).task_gates  # [T, B, E]
+        if gates is None:
+            model.train(was_training)
+            return None
         entropy = -(gates * torch.log(gates.clamp(min=1e-12))).sum(-1)  # [T, B]
         batch_weights, batch_entropy = gates.sum(1), entropy.sum(1)
         weight_sum = batch_weights if weight_sum is None else weight_sum + batch_weights

@@ -8,8 +8,9 @@ from typing import Any
 import torch
 
 from polytask.config import RunSpec
-from polytask.data.preprocess import Features, Preprocessor
+from polytask.data.preprocess import Preprocessor
 from polytask.data.tabular import load_splits
+from polytask.features import Features
 from polytask.tasks import Task
 
 

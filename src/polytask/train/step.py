@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from polytask.balance.base import Balancer, Need, StepContext
-from polytask.data.preprocess import Features
-from polytask.model import MultiTaskModel
+from polytask.features import Features
+from polytask.model import ModelOutput, MultiTaskModel
 from polytask.nn.towers import Towers
 from polytask.tasks import Task
 
@@ -51,24 +51,25 @@ def train_step(
     """One update. ``measure_gradients`` also forms the task-gradient Gramian at the shared
     representation (for diagnostics) when the balancer does not compute one itself."""
     optimizer.zero_grad(set_to_none=True)
-    losses, present = task_losses(model(features), labels, tasks)
+    output = model(features)
+    losses, present = task_losses(output.logits, labels, tasks)
     wants_params = bool(balancer.needs & PARAMETER_NEEDS)
     context = StepContext(
         present=present,
         static_weights=static_weights,
         step=step,
         shared_params=model.shared_parameters() if wants_params else [],
-        representation=model.last_representation,
-        extra_loss=getattr(model.arch, "auxiliary_loss", None),
-        recompute_losses=lambda: task_losses(model(features), labels, tasks)[0],
+        representation=output.representation,
+        extra_loss=output.auxiliary_loss,
+        recompute_losses=lambda: task_losses(model(features).logits, labels, tasks)[0],
         # loss t is computed from output t alone (task_losses): with the model's separable
         # tower inputs, per-task gradients skip a T-batched pass through the towers, and
         # with the task parameters, exact mode skips a second full backward
         task_params=model.task_parameters() if wants_params else None,
-        task_inputs=model.last_task_inputs,
-        common_input=model.last_common_input,
-        tower_first=getattr(model.towers, "last_first_layer", None),
-        tower_weight=_first_tower_weight(model),
+        task_inputs=output.task_inputs,
+        common_input=output.common_input,
+        tower_first=output.tower_first,
+        tower_weight=_first_tower_weight(model, output),
     )
     if measure_gradients and context.representation is not None:
         context.gramian(losses, "representation")  # cached: a balancer using it pays nothing
@@ -78,8 +79,8 @@ def train_step(
     return StepResult(losses.detach(), weights, present, gramian)
 
 
-def _first_tower_weight(model: MultiTaskModel) -> torch.Tensor | None:
+def _first_tower_weight(model: MultiTaskModel, output: ModelOutput) -> torch.Tensor | None:
     """The towers' first-layer weight [T, D, width] when they read one common input."""
-    if model.last_common_input is None or not isinstance(model.towers, Towers):
+    if output.common_input is None or not isinstance(model.towers, Towers):
         return None
     return model.towers.first_layer.weights[0]

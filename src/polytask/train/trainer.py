@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from polytask import __version__
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.atomic import write_atomic
+from polytask.artifacts.weights import save_weights
 from polytask.balance import BALANCERS, Balancer
 from polytask.config import EncoderSpec, RunSpec
 from polytask.errors import ConfigError, PolytaskError
@@ -380,8 +380,7 @@ class Trainer:
                 self.partial / rd.BALANCE_PLOT,
                 lambda temp: plot_balance(loop.history, names, temp),
             )
-        weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-        write_atomic(self.partial / rd.WEIGHTS, lambda temp: save_file(weights, str(temp)))
+        save_weights(self.partial / rd.WEIGHTS, model.state_dict())
         rd.save_json(self.partial, rd.FINAL_METRICS, final)
         summary = {
             "polytask_version": __version__,

@@ -1,0 +1,254 @@
+"""The one executor of every plan: levels of fused experts and gates, as the plan says.
+
+:class:`PlanNetwork` is built from a :class:`~polytask.plan.schema.Plan` and the encoder's
+output width. Each level holds one expert bank (all experts of the level in fused tensors),
+one gate bank (all its gates) and, for HoME, its self gates; the level gathers what each
+expert and gate reads from the level below with one index per level (a slice when the reads
+are in order), so there is no Python loop over experts, gates or tasks.
+
+Its output (:class:`ArchOutput`) is typed: the per-task representations, the representation
+every task reads when there is one (towers then read it once, unexpanded), each level's gate
+weights, the auxiliary loss, and the representation that fast-mode gradient balancing
+differentiates at. Nothing is kept on the module between calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from polytask.nn.dselect import DSelectKGates
+from polytask.nn.experts import ExpertBank
+from polytask.nn.gates import (
+    FixedGates,
+    GateBank,
+    IdentityGates,
+    SelfGates,
+    SoftmaxGates,
+    StitchGates,
+)
+from polytask.nn.normed import NormedExpertBank
+from polytask.nn.task_bottom import TaskBottomBank
+from polytask.nn.topk import TopKGates
+from polytask.plan.cut import LevelCut
+from polytask.plan.schema import ExpertsSpec, GatesSpec, Level, Plan
+
+
+def build_experts(spec: ExpertsSpec, in_dim: int) -> nn.Module:
+    """The expert bank a level's ``experts`` describes: [B, in] or [E, B, in] -> [E, B, out]."""
+    if spec.kind == "mlp":
+        return ExpertBank(spec.count, in_dim, spec.hidden, dropout=spec.dropout)
+    if spec.kind == "normed":
+        return NormedExpertBank(
+            spec.count, in_dim, spec.hidden, spec.norm, spec.dropout, spec.feature_gate_rank
+        )
+    return TaskBottomBank(
+        spec.count,
+        in_dim,
+        spec.hidden,
+        spec.se_hidden,
+        spec.task_embedding_dim,
+        spec.hyper_rank,
+        spec.transform_dim,
+        spec.dropout,
+    )
+
+
+def build_gates(spec: GatesSpec, num_experts: int, in_dim: int) -> GateBank:
+    """The gate bank a level's ``gates`` describes."""
+    allowed = spec.allowed
+    if spec.kind == "identity":
+        return IdentityGates(allowed, num_experts)
+    if spec.kind == "softmax":
+        return SoftmaxGates(allowed, num_experts, in_dim, per_gate_input=spec.reads is not None)
+    if spec.kind == "fixed":
+        return FixedGates(allowed, num_experts)
+    if spec.kind == "stitch":
+        return StitchGates(allowed, num_experts, spec.init_self)
+    if spec.kind == "dselect":
+        return DSelectKGates(
+            allowed,
+            num_experts,
+            in_dim,
+            k=spec.k,
+            gamma=spec.gamma,
+            per_example=spec.per_example,
+            entropy_reg=spec.entropy_reg,
+            source_experts=spec.source_experts,
+            columns=spec.columns,
+        )
+    return TopKGates(
+        allowed,
+        num_experts,
+        in_dim,
+        top_k=spec.top_k,
+        routing=spec.routing,
+        noise=spec.noise,
+        balance_weight=spec.balance_weight,
+        mi_weight=spec.mi_weight,
+    )
+
+
+class Reader(nn.Module):
+    """Which of the R inputs each of N members (experts or gates) reads: everything as is
+    (``None``: the one shared input), a leading slice (reads 0..N-1 in order: a view), or an
+    index (one gather).
+
+    Shapes: [B, in] or [R, B, in] -> the same, or [N, B, in].
+    """
+
+    index: torch.Tensor | None
+
+    def __init__(self, reads: Sequence[int] | None) -> None:
+        super().__init__()
+        self.prefix: int | None = None
+        index = None
+        if reads is not None:
+            if list(reads) == list(range(len(reads))):
+                self.prefix = len(reads)
+            else:
+                index = torch.tensor(list(reads), dtype=torch.long)
+        self.register_buffer("index", index, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prefix is not None:
+            return x if x.shape[0] == self.prefix else x[: self.prefix]
+        if self.index is not None:
+            return x.index_select(0, self.index)
+        return x
+
+
+@dataclass
+class LevelOutput:
+    out: torch.Tensor  # [G, B, D]
+    experts: torch.Tensor | None  # [E, B, D] when the experts ran densely
+    weights: torch.Tensor | None  # [G, B, E] detached
+    auxiliary: torch.Tensor | None
+
+
+class LevelModule(nn.Module):
+    """One level: experts, gates, optional self gates (see the module docstring)."""
+
+    def __init__(self, level: Level, in_dim: int) -> None:
+        super().__init__()
+        self.experts = build_experts(level.experts, in_dim)
+        self.gates = build_gates(level.gates, level.experts.count, in_dim)
+        self.self_gates = (
+            SelfGates(level.self_gates, in_dim) if level.self_gates is not None else None
+        )
+        self.expert_reader = Reader(level.experts.reads)
+        self.gate_reader = Reader(level.gates.reads)
+
+    def forward(self, x: torch.Tensor) -> LevelOutput:
+        gate_input = self.gate_reader(x)
+        mixed = self.gates.mix(gate_input, self.expert_reader(x), self.experts)
+        out = mixed.out
+        if self.self_gates is not None:
+            assert mixed.experts is not None
+            out = out + self.self_gates(gate_input, mixed.experts)
+        return LevelOutput(out, mixed.experts, mixed.weights, mixed.auxiliary)
+
+    def copy_selected(self, source: LevelModule, cut: LevelCut) -> None:
+        """Fill this (freshly built, cut-plan) level with ``source``'s kept gates and experts."""
+        self.experts.load_state_dict(source.experts.select(cut.experts).state_dict())
+        self.gates.load_state_dict(source.gates.select(cut.gates, cut.experts).state_dict())
+        if source.self_gates is not None:
+            assert self.self_gates is not None
+            kept = source.self_gates.select(cut.gates, cut.experts)
+            self.self_gates.load_state_dict(kept.state_dict())
+
+
+@dataclass
+class ArchOutput:
+    """What a sharing architecture hands the towers and the training step.
+
+    tasks [T, B, D]: task t's representation (an expanded view of ``common`` when every
+    task reads the same one). common [B, D]: that one representation, else None.
+    gates: per level, each gate's weights [G, B, E] (detached; None for kinds without
+    per-row weights). auxiliary: the levels' training regularisers, summed (or None).
+    shared: the representation fast-mode gradient balancing differentiates at, or None for
+    the encoder output.
+    """
+
+    tasks: torch.Tensor
+    common: torch.Tensor | None
+    gates: list[torch.Tensor | None]
+    auxiliary: torch.Tensor | None
+    shared: torch.Tensor | None
+    task_index: torch.Tensor | None = None  # which last-level gate each task reads
+
+    @property
+    def task_gates(self) -> torch.Tensor | None:
+        """The last level's gate weights as each task reads them, [T, B, E] (or None)."""
+        last = self.gates[-1] if self.gates else None
+        if last is None or self.task_index is None:
+            return last
+        return last.index_select(0, self.task_index)
+
+
+class PlanNetwork(nn.Module):
+    """Runs a :class:`Plan`: encoder output(s) -> per-task representations.
+
+    Shapes: x [B, in] (one shared encoder) or [T, B, in] (per-task encoders) ->
+    :class:`ArchOutput` with tasks [T, B, out].
+    """
+
+    task_index: torch.Tensor
+
+    def __init__(self, plan: Plan, in_dim: int) -> None:
+        super().__init__()
+        self.plan = plan
+        self.in_dim = in_dim
+        dims = [in_dim] + [level.experts.out_dim for level in plan.levels[:-1]]
+        self.levels = nn.ModuleList(
+            LevelModule(level, dim) for level, dim in zip(plan.levels, dims, strict=True)
+        )
+        task_gates = plan.task_gates
+        self.out_dim = plan.levels[-1].experts.out_dim
+        self.num_tasks = len(task_gates)
+        self.common_gate = task_gates[0] if len(set(task_gates)) == 1 else None
+        self.in_order = task_gates == list(range(plan.levels[-1].gates.count))
+        self.register_buffer("task_index", torch.tensor(task_gates), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> ArchOutput:
+        gates: list[torch.Tensor | None] = []
+        auxiliary: torch.Tensor | None = None
+        first_experts: torch.Tensor | None = None
+        for number, level in enumerate(self.levels):
+            result = level(x)
+            if number == 0:
+                first_experts = result.experts
+            gates.append(result.weights)
+            if result.auxiliary is not None:
+                auxiliary = result.auxiliary if auxiliary is None else auxiliary + result.auxiliary
+            x = result.out
+        common = None
+        if self.common_gate is not None:
+            common = x[self.common_gate]
+            tasks = common.expand(self.num_tasks, -1, -1)
+        else:
+            tasks = x if self.in_order else x.index_select(0, self.task_index)
+        balance_at = self.plan.balance_at
+        shared = (
+            first_experts
+            if balance_at == "experts"
+            else (common if common is not None else tasks)
+            if balance_at == "output"
+            else None
+        )
+        task_index = None if self.in_order else self.task_index
+        return ArchOutput(tasks, common, gates, auxiliary, shared, task_index)
+
+    def cut(self, cuts: list[LevelCut], plan: Plan) -> PlanNetwork:
+        """The network of ``plan`` (this one's plan cut by ``cuts``) with the kept weights."""
+        network = PlanNetwork(plan, self.in_dim)
+        for target, source, cut in zip(network.levels, self.levels, cuts, strict=True):
+            target.copy_selected(source, cut)
+        return network
+
+    def extra_repr(self) -> str:
+        counts = [level.experts.count for level in self.plan.levels]
+        return f"source={self.plan.source}, experts per level={counts}"
