@@ -50,8 +50,8 @@ import uvicorn
 import yaml
 
 import polytask
-from polytask.artifacts.predictor import Predictor
 from polytask.data.tabular import load_splits
+from polytask.inference.predictor import Predictor
 from polytask.serve import ServeConfig, create_app
 
 ROOT = Path(__file__).resolve().parents[1]

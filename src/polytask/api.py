@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from polytask.artifacts.predictor import Predictor
 from polytask.config import RunSpec, load_spec
+from polytask.inference.predictor import Predictor
 from polytask.train.trainer import EpochCallback, fit
 
 

@@ -169,3 +169,14 @@ def _auc(y: np.ndarray, p: np.ndarray) -> float:
         warnings.warn("AUC is undefined where only one class is labelled", stacklevel=3)
         return math.nan
     return float(skm.roc_auc_score(y, p))
+
+
+def task_losses(
+    outputs: list[torch.Tensor], labels: dict[str, torch.Tensor], tasks: list[Task]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task masked losses [T] and whether each task has any label in the batch [T]."""
+    losses = torch.stack(
+        [task.loss(out, labels[task.name]) for task, out in zip(tasks, outputs, strict=True)]
+    )
+    present = torch.stack([task.present(labels[task.name]).any() for task in tasks])
+    return losses, present

@@ -30,8 +30,7 @@ from polytask.model import ModelOutput, MultiTaskModel, build_model
 from polytask.nn.executor import ArchOutput
 from polytask.nn.experts import ExpertBank
 from polytask.nn.towers import Towers
-from polytask.tasks import Task
-from polytask.train.step import task_losses
+from polytask.tasks import Task, task_losses
 
 ROWS = 16
 CHAINED = ("esmm", "aitm")  # heads of their own: tasks mix after the towers

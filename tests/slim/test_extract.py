@@ -18,11 +18,11 @@ from polytask.artifacts import run_dir as rd
 from polytask.config import ModelSpec
 from polytask.errors import PolytaskError
 from polytask.features import Features
+from polytask.inference.predict import predict_logits
 from polytask.model import MultiTaskModel, build_model
 from polytask.slim import SLIM_REPORT, slim
 from polytask.slim.extract import SlimContext, extract, without_unused_experts
 from polytask.slim.report import parameter_count
-from polytask.train.evaluation import predict_logits
 from tests.conftest import make_table
 
 FAST = {"latency_repeats": 1, "latency_batches": (1, 16)}

@@ -40,8 +40,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from polytask.artifacts.predictor import Predictor
 from polytask.errors import PolytaskError
+from polytask.inference.predictor import Predictor
 from polytask.serve.batching import MicroBatcher, Overloaded
 from polytask.serve.inference import MAX_REPORTED, Row, ServedModel
 from polytask.serve.schemas import (

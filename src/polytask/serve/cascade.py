@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 
 from polytask.artifacts.atomic import write_atomic, write_json
-from polytask.artifacts.predictor import Predictor
 from polytask.config import TaskKind
 from polytask.errors import DataError, PolytaskError, did_you_mean
+from polytask.inference.predict import predict_logits
+from polytask.inference.predictor import Predictor
 from polytask.tasks import HIGHER_IS_BETTER, Task
-from polytask.train.evaluation import predict_logits
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.linspace(0.5, 1.0, 21))
 CASCADE_KINDS = (TaskKind.binary, TaskKind.multiclass)

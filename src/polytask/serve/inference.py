@@ -1,6 +1,6 @@
 """The loaded run as the server sees it: JSON rows in, per-task JSON predictions out.
 
-Why a layer between the HTTP app and :class:`~polytask.artifacts.predictor.Predictor`:
+Why a layer between the HTTP app and :class:`~polytask.inference.predictor.Predictor`:
 
 * Requests are checked one by one *before* they join a batch (:meth:`ServedModel.check`), so
   a bad row is reported against the request that sent it, with its own row index, and never
@@ -23,13 +23,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from polytask.artifacts.predictor import Predictor
 from polytask.config import TaskKind
 from polytask.errors import PolytaskError, did_you_mean
+from polytask.inference.predict import predict_logits
+from polytask.inference.predictor import Predictor
 from polytask.serve.encoding import RowEncoder
 from polytask.serve.schemas import Cell, RequestError
 from polytask.tasks import Task
-from polytask.train.evaluation import predict_logits
 
 Row = dict[str, Cell]
 # A bad request names at most this many problems; the first one is the headline.

@@ -22,12 +22,12 @@ from torch import nn
 
 from polytask import __version__
 from polytask.artifacts import run_dir as rd
-from polytask.artifacts.predictor import Predictor
 from polytask.artifacts.weights import save_weights
 from polytask.config import RunSpec, parse_spec
 from polytask.data.tabular import load_splits, read_table
 from polytask.errors import DataError, PolytaskError, did_you_mean
 from polytask.features import Features
+from polytask.inference.predictor import Predictor
 from polytask.slim.extract import Extraction, SlimContext, extract
 from polytask.slim.report import (
     LATENCY_BATCHES,
@@ -232,7 +232,7 @@ def _reload(
 
 
 def serving_form(predictor: Predictor) -> str:
-    """'lean' when predictions run on the folded form (polytask.lean), else 'eager'."""
+    """'lean' when predictions run on the folded form (polytask.inference.lean), else 'eager'."""
     return "eager" if predictor.serving_model is predictor.model else "lean"
 
 

@@ -38,10 +38,10 @@ from torch import nn
 
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.atomic import write_atomic, write_json
-from polytask.artifacts.predictor import Predictor
 from polytask.config import TaskKind
 from polytask.errors import PolytaskError
 from polytask.features import Features
+from polytask.inference.predictor import Predictor
 from polytask.model import MultiTaskModel
 from polytask.nn.normed import ExpertNorm
 from polytask.slim.extract import without_unused_experts

@@ -19,9 +19,9 @@ from rich.table import Table
 
 from polytask.data.preprocess import Preprocessor
 from polytask.features import Features
+from polytask.inference.predict import predict_logits
 from polytask.model import MultiTaskModel
 from polytask.tasks import HIGHER_IS_BETTER, Task
-from polytask.train.evaluation import predict_logits
 
 LATENCY_BATCHES = (1, 1024)
 
@@ -164,7 +164,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     if all(forms):
         lines.append(
             f"served as: full {forms[0]}, slim {forms[1]} (lean: the folded form of "
-            "polytask.lean; eager: the model as trained)"
+            "polytask.inference.lean; eager: the model as trained)"
         )
     for level in report.get("experts") or []:
         lines.append(

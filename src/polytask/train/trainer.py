@@ -27,9 +27,9 @@ from polytask.artifacts.weights import save_weights
 from polytask.balance import BALANCERS, Balancer
 from polytask.config import EncoderSpec, RunSpec
 from polytask.errors import ConfigError, PolytaskError
+from polytask.inference.evaluation import evaluate, overall_score
 from polytask.model import MultiTaskModel, build_model
 from polytask.train.diagnostics import BalanceDiagnostics, plot_balance
-from polytask.train.evaluation import evaluate, overall_score
 from polytask.train.insight import expert_utilisation, plot_utilisation
 from polytask.train.optim import build_optimizer, build_scheduler
 from polytask.train.prepare import Prepared, SplitTensors, prepare
@@ -125,6 +125,8 @@ class Trainer:
 
     def _setup(self) -> tuple[Prepared, MultiTaskModel]:
         train_spec = self.spec.train
+        # fused expert temporaries would otherwise be handed back to the kernel and faulted in
+        # again every step (see train/runtime.py; POLYTASK_KEEP_HEAP=0 opts out)
         keep_heap_between_steps()
         if train_spec.threads:
             torch.set_num_threads(train_spec.threads)

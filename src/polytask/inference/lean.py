@@ -18,7 +18,7 @@ inference the weights are fixed, so most of that can be folded away once, at loa
 * Each task's tower is a plain chain of ``addmm``.
 
 The result equals the eager model up to float rounding (summation order changes); it is the
-form :class:`~polytask.artifacts.predictor.Predictor` (and so the server) runs whenever a model
+form :class:`~polytask.inference.predictor.Predictor` (and so the server) runs whenever a model
 has it (:func:`lean_form` returns ``None`` and the eager model serves otherwise: per-task
 encoders, HoME's normalised experts, several levels, ESMM/AITM's cross-task heads).
 """

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import polytask
-import polytask.lean as lean_module
+import polytask.inference.lean as lean_module
 from polytask.config import ModelSpec, load_spec
 from polytask.features import Features
-from polytask.lean import EncodedInput, FoldedInput, lean_form
+from polytask.inference.lean import EncodedInput, FoldedInput, lean_form
 from polytask.model import build_model
 from polytask.slim.extract import SlimContext, extract
 from polytask.train.trainer import fit

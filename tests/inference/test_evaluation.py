@@ -16,15 +16,15 @@ from torch import nn
 import polytask
 from polytask.config import TaskSpec
 from polytask.features import Features
-from polytask.model import ModelOutput
-from polytask.tasks import Task
-from polytask.train.evaluation import (
+from polytask.inference.evaluation import (
     delta_m,
     evaluate,
     mean_normalised,
     overall_score,
     predict_logits,
 )
+from polytask.model import ModelOutput
+from polytask.tasks import Task
 from polytask.train.trainer import fit
 from tests.conftest import base_spec, write_yaml
 

@@ -15,28 +15,9 @@ import numpy as np
 import torch
 
 from polytask.features import Features
+from polytask.inference.predict import predict_logits
 from polytask.model import MultiTaskModel
-from polytask.tasks import HIGHER_IS_BETTER, Task
-from polytask.train.step import task_losses
-
-
-@torch.inference_mode()
-def predict_logits(
-    model: MultiTaskModel | torch.nn.Module, features: Features, batch_size: int
-) -> list[torch.Tensor]:
-    """Logits per task for all rows, in eval mode, without building a graph."""
-    was_training = model.training
-    model.eval()
-    if len(features) <= batch_size:  # one chunk: no row copy (the server's common case)
-        logits = model(features).logits
-        model.train(was_training)
-        return list(logits)
-    chunks: list[list[torch.Tensor]] = []
-    for start in range(0, len(features), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(features)))
-        chunks.append(model(features.take(rows)).logits)
-    model.train(was_training)
-    return [torch.cat([chunk[t] for chunk in chunks]) for t in range(len(chunks[0]))]
+from polytask.tasks import HIGHER_IS_BETTER, Task, task_losses
 
 
 def evaluate(

@@ -15,10 +15,11 @@ from polytask.artifacts.weights import load_weights
 from polytask.config import RunSpec, TaskKind
 from polytask.data.preprocess import Preprocessor
 from polytask.errors import DataError, PolytaskError
-from polytask.lean import lean_form
+from polytask.inference.evaluation import evaluate, overall_score
+from polytask.inference.lean import lean_form
+from polytask.inference.predict import predict_logits
 from polytask.model import MultiTaskModel, build_model
 from polytask.tasks import Task
-from polytask.train.evaluation import evaluate, overall_score, predict_logits
 
 
 class Predictor:
@@ -32,7 +33,7 @@ class Predictor:
         self.preprocessor = preprocessor
         self.model = model.eval()
         # What predictions run on: the model's folded form where it has one (the same outputs
-        # in fewer operations, see polytask.lean), else the model itself. It is built from
+        # in fewer operations, see polytask.inference.lean), else the model itself. It is built from
         # the weights at load time: after changing self.model's weights, rebuild it with
         # lean_form(self.model) (or set it to self.model).
         self.serving_model: nn.Module = lean_form(self.model) or self.model
