@@ -210,7 +210,9 @@ def archs() -> None:
     table.add_column("options (default): meaning")
     for name in ARCHS.names():
         cls = ARCHS.get(name)
-        summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        if not cls.listed:  # internal: what slimming saves
+            continue
+        summary = cls.summary()
         options = [
             f"{key} ({_default_text(field)}): {field.description or ''}".rstrip(": ")
             for key, field in cls.Options.model_fields.items()

@@ -255,6 +255,15 @@ class TrainSpec(_Section):
     threads: int | None = Field(None, ge=1)
     baseline: Path | None = None
     diagnostics_every: int | None = Field(None, ge=1)
+    init: Path | None = Field(
+        None,
+        description="start from these weights: a finished run (same model) or a .safetensors "
+        "file of this model's state",
+    )
+    freeze: list[str] = Field(
+        default_factory=list,
+        description="parameter names (shell-style patterns, e.g. 'arch.*') kept fixed",
+    )
 
 
 class RunSpec(_Section):
@@ -366,8 +375,10 @@ def _resolve_paths(spec: RunSpec, base_dir: Path) -> None:
     raw_path = spec.data.dataset_options.get("path")
     if raw_path is not None and not Path(raw_path).is_absolute():
         spec.data.dataset_options["path"] = str((base_dir / raw_path).resolve())
-    if spec.train.baseline is not None and not spec.train.baseline.is_absolute():
-        spec.train.baseline = (base_dir / spec.train.baseline).resolve()
+    for field in ("baseline", "init"):
+        path = getattr(spec.train, field)
+        if path is not None and not path.is_absolute():
+            setattr(spec.train, field, (base_dir / path).resolve())
 
 
 def load_spec(source: str | Path | dict[str, Any] | RunSpec) -> RunSpec:

@@ -28,11 +28,12 @@ def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
 
 def load_weights(path: Path, model_section: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The weights in the current layout; ``model_section`` is the run's config ``model``
-    section as written (the old layout depends on it)."""
+    section as written (the old layout depends on it). An untagged file outside a run
+    (``model_section`` empty) is taken as it is."""
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
     state = load_file(str(path))
-    if metadata.get(FORMAT_KEY) == FORMAT:
+    if metadata.get(FORMAT_KEY) == FORMAT or not model_section:
         return state
     from polytask.artifacts.legacy import upgrade_state
 

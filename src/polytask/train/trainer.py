@@ -35,6 +35,7 @@ from polytask.train.optim import build_optimizer, build_scheduler
 from polytask.train.prepare import Prepared, SplitTensors, prepare
 from polytask.train.progress import TrainingDisplay, metrics_table
 from polytask.train.runtime import keep_heap_between_steps
+from polytask.train.start import freeze, initial_preprocessor, load_initial
 from polytask.train.step import train_step
 
 EpochCallback = Callable[[dict[str, Any]], None]
@@ -131,7 +132,10 @@ class Trainer:
         if train_spec.threads:
             torch.set_num_threads(train_spec.threads)
         seed_everything(train_spec.seed)
-        state = rd.load_json(self.partial, rd.PREPROCESSOR) if self.resume else None
+        if self.resume:
+            state = rd.load_json(self.partial, rd.PREPROCESSOR)
+        else:  # a run started from trained weights keeps the inputs those were trained on
+            state = initial_preprocessor(train_spec.init)
         prepared = prepare(self.spec, state)
         self.baseline = load_baseline(train_spec.baseline)
         model = build_model(
@@ -142,6 +146,9 @@ class Trainer:
             [task.name for task in prepared.tasks],
             encoder_factory=self.encoder_factory,
         )
+        if train_spec.init is not None and not self.resume:  # a resume reads its checkpoint
+            load_initial(model, train_spec.init)
+        self.frozen = freeze(model, train_spec.freeze)
         return prepared, model
 
     # ------------------------------------------------------------------ the loop
@@ -151,7 +158,8 @@ class Trainer:
         train = prepared.splits["train"]
         valid = prepared.splits.get("valid")
         balancer = self.balancer = build_balancer(self.spec, len(tasks))
-        optimizer = build_optimizer(list(model.parameters()), self.spec.train)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = build_optimizer(trainable, self.spec.train)
         if balancer.parameters():  # a method's own learnable parameters (e.g. log-variances)
             optimizer.add_param_group({"params": balancer.parameters(), "weight_decay": 0.0})
         scheduler = build_scheduler(optimizer, self.spec.train)
@@ -392,6 +400,8 @@ class Trainer:
             "tasks": [task.name for task in prepared.tasks],
             "rows": {name: len(split) for name, split in prepared.splits.items()},
             "parameters": sum(p.numel() for p in model.parameters()),
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "init": str(self.spec.train.init) if self.spec.train.init else None,
             "epochs_run": loop.epoch,
             "best_epoch": loop.best_epoch,
             "stopped_early": loop.epoch < self.spec.train.epochs,
