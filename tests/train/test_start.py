@@ -81,6 +81,6 @@ def test_weights_of_another_model_and_bad_patterns_are_one_line_errors(base, tmp
         train(everything, tmp_path / "all")
     missing = copy.deepcopy(spec)
     missing["train"] = {**EPOCHS, "init": str(tmp_path / "nowhere")}
-    with pytest.raises(ConfigError, match="train.init: .* is neither"):
+    with pytest.raises(ConfigError, match=r"train.init: .* is neither"):
         train(missing, tmp_path / "missing")
     assert not any(p.name in ("other", "typo", "all", "missing") for p in tmp_path.iterdir())
