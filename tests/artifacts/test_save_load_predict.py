@@ -32,10 +32,12 @@ import polytask
 from polytask.arch import ARCHS
 from polytask.artifacts.predictor import Predictor
 from polytask.config import ModelSpec, parse_spec
+from polytask.features import Features
 from polytask.model import MultiTaskModel
 from polytask.train import trainer as trainer_module
 from polytask.train.prepare import Prepared
-from polytask.train.trainer import Trainer
+from polytask.train.progress import TrainingDisplay
+from polytask.train.trainer import LoopState, Trainer
 from tests.arch.funnel import make_funnel
 from tests.conftest import base_spec, make_table
 
@@ -166,7 +168,13 @@ class KeepsTheModel(Trainer):
     model: MultiTaskModel
     prepared: Prepared
 
-    def _finish(self, model, prepared, loop, display):  # type: ignore[no-untyped-def]
+    def _finish(
+        self,
+        model: MultiTaskModel,
+        prepared: Prepared,
+        loop: LoopState,
+        display: TrainingDisplay,
+    ) -> Path:
         self.model, self.prepared = model, prepared
         return super()._finish(model, prepared, loop, display)
 
@@ -183,7 +191,7 @@ def no_plots(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trainer_module, "plot_utilisation", empty)
 
 
-def assert_same_features(left, right) -> None:
+def assert_same_features(left: Features, right: Features) -> None:
     assert torch.equal(left.categorical, right.categorical)
     assert torch.equal(left.numeric, right.numeric)
 
