@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -19,10 +18,17 @@ from typer.testing import CliRunner
 
 import polytask
 from polytask.cli import app
-from polytask.config import load_spec, parse_spec
+from polytask.config import load_spec
 from polytask.errors import PolytaskError
 from polytask.train.trainer import fit
 from tests.conftest import base_spec, make_table, write_yaml
+from tests.train.helpers import (
+    assert_same_weights,
+    epoch_rows,
+    read_json,
+    train,
+    without_timing,
+)
 
 RUN_FILES = [
     "config.yaml",
@@ -32,31 +38,6 @@ RUN_FILES = [
     "metrics.json",
     "summary.json",
 ]
-TIMING_KEYS = {"seconds", "rows_per_second"}
-
-
-def train(spec: dict, out: Path, **options) -> Path:
-    return fit(parse_spec(spec), out, progress=False, **options)
-
-
-def epoch_rows(run: Path) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
-
-
-def without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
-
-
-def read_json(path: Path):
-    return json.loads(path.read_text())
-
-
-def assert_same_weights(first: Path, second: Path) -> None:
-    a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 # ---------------------------------------------------------------------- the run directory
