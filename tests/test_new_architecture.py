@@ -78,12 +78,9 @@ class Pyramid(Architecture):
 
 @pytest.fixture(scope="module")
 def pyramid() -> Iterator[str]:
-    """Registered for this module only. The registry has no removal (architectures are
-    registered at import, once): the module works on a copy of its table, put back after."""
+    """Registered for this module only."""
     assert NAME not in ARCHS
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ARCHS, "_entries", dict(ARCHS._entries))
-        ARCHS.register(NAME)(Pyramid)
+    with ARCHS.registered(NAME, Pyramid):
         yield NAME
     assert NAME not in ARCHS
 

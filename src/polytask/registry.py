@@ -6,7 +6,8 @@ configs then name it by string.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 from polytask.errors import ConfigError, did_you_mean
@@ -40,6 +41,21 @@ class Registry(Generic[T]):
                 f"unknown {self.family} '{name}'{did_you_mean(name, self._entries)}; "
                 f"allowed: {allowed}"
             ) from None
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a plug-in registered for a while, e.g. in a test or a notebook)."""
+        if name not in self._entries:
+            raise KeyError(f"{self.family} '{name}' is not registered")
+        del self._entries[name]
+
+    @contextmanager
+    def registered(self, name: str, cls: type[T]) -> Iterator[type[T]]:
+        """``cls`` registered as ``name`` inside the block only."""
+        self.register(name)(cls)
+        try:
+            yield cls
+        finally:
+            self.unregister(name)
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from polytask.artifacts.predictor import Predictor
 from torch import nn
 
 import polytask
 from polytask.arch import ARCHS
-from polytask.artifacts.predictor import Predictor
 from polytask.config import ModelSpec, parse_spec
 from polytask.features import Features
 from polytask.model import MultiTaskModel
