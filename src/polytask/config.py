@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from polytask.errors import ConfigError, did_you_mean
+
+if TYPE_CHECKING:
+    from polytask.balance.options import BalanceOptions
 
 
 class _Section(BaseModel):
@@ -221,13 +225,31 @@ class BalanceSpec(_Section):
     @field_validator("method")
     @classmethod
     def _known_method(cls, name: str) -> str:
-        from polytask.balance import BALANCERS
+        from polytask.balance.options import OPTIONS
 
         try:
-            BALANCERS.get(name)
+            OPTIONS.get(name)
         except ConfigError as error:
             raise ValueError(str(error)) from None
         return name
+
+    @model_validator(mode="after")
+    def _valid_options(self) -> BalanceSpec:
+        """Check ``options`` against the method's declaration (no torch, no balancer built),
+        so a bad option fails at load, not mid-run."""
+        self.resolved_options()
+        return self
+
+    def resolved_options(self) -> BalanceOptions:
+        """The method's options: those given, validated, and the declared defaults for the
+        rest (what the method runs with)."""
+        from polytask.balance.options import parse_options
+
+        try:
+            return parse_options(self.method, self.options)
+        except ConfigError as error:
+            # a plain ConfigError: pydantic would wrap an OptionError, which is a ValueError too
+            raise ConfigError(str(error)) from None
 
 
 class EarlyStoppingSpec(_Section):
@@ -283,18 +305,6 @@ class RunSpec(_Section):
             raise ValueError(f"task names must be unique; repeated: {', '.join(duplicates)}")
         return self
 
-    @model_validator(mode="after")
-    def _balance_options(self) -> RunSpec:
-        """Build the balancing method once, so a bad option fails at load, not mid-run."""
-        from polytask.balance import BALANCERS
-
-        method = self.balance.method
-        try:
-            BALANCERS.get(method)(len(self.tasks), **self.balance.options)
-        except (TypeError, ValueError) as error:  # ConfigError passes through parse_spec
-            raise ConfigError(f"balance.options ({method}): {error}") from None
-        return self
-
     @property
     def target_columns(self) -> list[str]:
         return [column for task in self.tasks for column in task.columns]
@@ -329,27 +339,32 @@ def _allowed_keys(spec_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 def format_validation_error(error: ValidationError, spec_cls: type[BaseModel] = RunSpec) -> str:
     """Turn pydantic's report into one line per problem, naming the key and what is allowed."""
-    lines = []
-    for item in error.errors():
-        loc = tuple(item["loc"])
-        where = _location(loc)
-        if item["type"] == "extra_forbidden":
-            allowed = _allowed_keys(spec_cls, loc)
-            hint = did_you_mean(str(loc[-1]), allowed)
-            listed = ", ".join(allowed) if allowed else "none"
-            lines.append(f"{where}: unknown key{hint}; allowed: {listed}")
-        elif item["type"] == "missing":
-            lines.append(f"{where}: required key is missing")
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            got = item.get("input")
-            shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-            if item["type"] == "enum" or item["type"] == "literal_error":
-                expected = item.get("ctx", {}).get("expected", "")
-                hint = did_you_mean(str(got), [e.strip(" '") for e in expected.split(",")])
-                message = f"{message}{hint}"
-            lines.append(f"{where}: {message}{shown}")
-    return "; ".join(lines)
+    return "; ".join(describe_problem(item, spec_cls) for item in error.errors())
+
+
+def describe_problem(
+    item: ErrorDetails, spec_cls: type[BaseModel] = RunSpec, where: str | None = None
+) -> str:
+    """One problem of a pydantic report as ``where: what is wrong``; ``where`` defaults to the
+    dotted location (a caller that knows a better name for it, e.g. ``balance.options.c``,
+    passes it)."""
+    loc = tuple(item["loc"])
+    where = where or _location(loc)
+    if item["type"] == "extra_forbidden":
+        allowed = _allowed_keys(spec_cls, loc)
+        hint = did_you_mean(str(loc[-1]), allowed)
+        listed = ", ".join(allowed) if allowed else "none"
+        return f"{where}: unknown key{hint}; allowed: {listed}"
+    if item["type"] == "missing":
+        return f"{where}: required key is missing"
+    message = item["msg"].removeprefix("Value error, ")
+    got = item.get("input")
+    shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    if item["type"] == "enum" or item["type"] == "literal_error":
+        expected = item.get("ctx", {}).get("expected", "")
+        hint = did_you_mean(str(got), [e.strip(" '") for e in expected.split(",")])
+        message = f"{message}{hint}"
+    return f"{where}: {message}{shown}"
 
 
 def parse_spec(raw: dict[str, Any], base_dir: Path | None = None) -> RunSpec:

@@ -19,6 +19,14 @@ class ConfigError(PolytaskError):
     """The run specification is invalid."""
 
 
+class OptionError(ConfigError, ValueError):
+    """A method's option is unknown, of the wrong type or out of its declared range.
+
+    A :class:`ConfigError` for the CLI and the spec (exit code 2), and a :class:`ValueError`
+    for Python code that builds a method with a bad keyword argument.
+    """
+
+
 class DataError(PolytaskError):
     """A table does not match what the run specification or fitted preprocessor expects."""
 

@@ -27,6 +27,7 @@ from polytask.balance.jacobian import (
     task_gradients_or_none,
     zeros_for_unused,
 )
+from polytask.balance.options import BalanceOptions, GramianOptions
 from polytask.errors import PolytaskError
 from polytask.registry import Registry
 
@@ -234,14 +235,21 @@ def _accumulate_grad(param: torch.nn.Parameter, grad: torch.Tensor) -> None:
 
 
 class Balancer:
-    """Base class: turns per-task losses [T] into one backward pass."""
+    """Base class: turns per-task losses [T] into one backward pass.
+
+    A method's options are declared once, as the pydantic model ``Options`` (see
+    :mod:`polytask.balance.options`); the constructor validates its keyword arguments against
+    it (an :class:`~polytask.errors.OptionError` otherwise) and the method reads the values
+    from ``self.options``.
+    """
 
     needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
     registry_name: ClassVar[str]
+    Options: ClassVar[type[BalanceOptions]] = BalanceOptions
+    options: BalanceOptions
 
     def __init__(self, num_tasks: int, **options: Any) -> None:
-        if options:
-            raise TypeError(f"unexpected option(s): {', '.join(sorted(options))}")
+        self.options = self.Options(**options)
         self.num_tasks = num_tasks
 
     def backward(self, losses: torch.Tensor, context: StepContext) -> torch.Tensor:
@@ -249,8 +257,8 @@ class Balancer:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        """What ran, for the run summary (method, and mode where the method has modes)."""
-        return {"method": self.registry_name}
+        """What ran, for the run summary: the method and its options (all of them, resolved)."""
+        return {"method": self.registry_name, **self.options.model_dump()}
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """The method's own learnable parameters (e.g. uncertainty weighting's log-variances).
@@ -272,7 +280,13 @@ class Balancer:
         del state
 
 
-BALANCERS: Registry[Balancer] = Registry("balancing method")
+def _load_methods() -> None:
+    from polytask.balance import load_methods
+
+    load_methods()
+
+
+BALANCERS: Registry[Balancer] = Registry("balancing method", load=_load_methods)
 
 
 class GramianWeighting(Balancer):
@@ -294,24 +308,20 @@ class GramianWeighting(Balancer):
     """
 
     needs = frozenset({Need.GRAMIAN})
-    default_mode: ClassVar[Literal["exact", "fast"]] = "fast"
+    Options = GramianOptions
+    options: GramianOptions
 
-    def __init__(
-        self,
-        num_tasks: int,
-        mode: Literal["exact", "fast"] | None = None,
-        every: int = 1,
-        **options: Any,
-    ) -> None:
+    def __init__(self, num_tasks: int, **options: Any) -> None:
         super().__init__(num_tasks, **options)
-        mode = mode or self.default_mode
-        if mode not in ("exact", "fast"):
-            raise TypeError(f"mode must be 'exact' or 'fast', got {mode!r}")
-        if every < 1:
-            raise TypeError(f"every must be a positive integer, got {every!r}")
-        self.mode: Literal["exact", "fast"] = mode
-        self.every = every
         self._last_weights: torch.Tensor | None = None
+
+    @property
+    def mode(self) -> Literal["exact", "fast"]:
+        return self.options.mode
+
+    @property
+    def every(self) -> int:
+        return self.options.every
 
     @property
     def source(self) -> GradientSource:
@@ -337,12 +347,7 @@ class GramianWeighting(Balancer):
         return weights.detach()
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "method": self.registry_name,
-            "mode": self.mode,
-            "gradients": self.source,
-            "every": self.every,
-        }
+        return {**super().describe(), "gradients": self.source}
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_weights": self._last_weights}

@@ -26,7 +26,7 @@ from polytask.artifacts.atomic import write_atomic
 from polytask.artifacts.weights import save_weights
 from polytask.balance import BALANCERS, Balancer
 from polytask.config import EncoderSpec, RunSpec
-from polytask.errors import ConfigError, PolytaskError
+from polytask.errors import PolytaskError
 from polytask.inference.evaluation import evaluate, overall_score
 from polytask.model import MultiTaskModel, build_model
 from polytask.train.diagnostics import BalanceDiagnostics, plot_balance
@@ -63,11 +63,8 @@ def seed_everything(seed: int) -> None:
 
 
 def build_balancer(spec: RunSpec, num_tasks: int) -> Balancer:
-    cls = BALANCERS.get(spec.balance.method)
-    try:
-        return cls(num_tasks, **spec.balance.options)
-    except TypeError as error:
-        raise ConfigError(f"config: balance.options: {error}") from None
+    """The spec's balancing method; a bad option is an OptionError (a ConfigError)."""
+    return BALANCERS.get(spec.balance.method)(num_tasks, **spec.balance.options)
 
 
 def load_baseline(path: Path | None) -> dict[str, dict[str, dict[str, float]]] | None:
