@@ -21,12 +21,20 @@ from polytask.balance._linalg import as_float64, like
 from polytask.balance.base import BALANCERS, GramianWeighting, StepContext
 from polytask.balance.options import PCGradOptions
 
+SEED_STRIDE = 0x9E3779B9  # 2^32 / golden ratio
+
 
 def task_orders(num_tasks: int, step: int, seed: int) -> list[torch.Tensor]:
     """One random permutation of ``range(num_tasks)`` per task (the order in which task i
     visits the others), from a generator seeded by ``(seed, step)``: a run, and a resumed
-    run, draw the same orders at the same step."""
-    generator = torch.Generator().manual_seed(((seed & 0xFFFFFFFF) << 32) | (step & 0xFFFFFFFF))
+    run, draw the same orders at the same step.
+
+    torch's CPU generator seeds its Mersenne Twister from the low 32 bits of the seed only, so
+    ``seed`` and ``step`` are mixed within 32 bits: seed 0 gives the generator seed ``step``
+    (the orders of earlier runs), another seed shifts it by a multiple of the golden-ratio
+    constant, which takes the streams of nearby seeds far apart.
+    """
+    generator = torch.Generator().manual_seed((step + seed * SEED_STRIDE) & 0xFFFFFFFF)
     return [torch.randperm(num_tasks, generator=generator) for _ in range(num_tasks)]
 
 
