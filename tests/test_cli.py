@@ -141,7 +141,9 @@ def test_resume_of_nothing(tmp_path: Path):
 
 # ---------------------------------------------------------------------- happy paths
 def test_train_then_info(tmp_path: Path, table_csv):
-    config = write_yaml(tmp_path / "cfg.yaml", base_spec(table_csv, train={"epochs": 1}))
+    balance = {"method": "cagrad", "options": {"c": 0.2}}
+    spec = base_spec(table_csv, train={"epochs": 1}, balance=balance)
+    config = write_yaml(tmp_path / "cfg.yaml", spec)
     out = tmp_path / "run"
     result = invoke("train", config, "--out", out, "--seed", "7", "--quiet")
     assert result.exit_code == 0, result.output
@@ -159,6 +161,40 @@ def test_train_then_info(tmp_path: Path, table_csv):
         "tags": "multilabel",
     }
     assert facts["inputs"]["categorical"] == ["color", "city"]
+    resolved = {"mode": "fast", "every": 1, "c": 0.2, "rescale": 1}  # the defaults filled in
+    assert facts["balance"] == {"method": "cagrad", "options": resolved}
+
+
+def test_balancers_lists_every_method_with_its_options():
+    from polytask.balance import BALANCERS
+
+    result = invoke("balancers", "--json")
+    assert result.exit_code == 0, result.output
+    listing = json.loads(result.stdout)
+    assert sorted(listing) == BALANCERS.names()
+    assert listing["equal"]["options"] == {}
+    assert listing["cagrad"]["options"]["c"] == {
+        "default": 0.4,
+        "accepts": "a number in [0, 1)",
+        "description": "radius around the mean gradient (0: the mean gradient)",
+    }
+    assert listing["mgda"]["options"]["mode"]["default"] == "exact"
+    assert all(entry["summary"] for entry in listing.values())
+    table = invoke("balancers")
+    assert table.exit_code == 0, table.output
+    for name in listing:
+        assert name in table.stdout
+
+
+def test_a_bad_balancing_option_is_one_line(tmp_path: Path, table_csv):
+    balance = {"method": "cagrad", "options": {"c": True, "rescal": 1}}
+    config = write_yaml(tmp_path / "cfg.yaml", base_spec(table_csv, balance=balance))
+    assert_user_error(
+        invoke("train", config, "--out", tmp_path / "run"),
+        "balance.options.c (cagrad): expected a number in [0, 1), got True",
+        "balance.options.rescal (cagrad): unknown key (did you mean 'rescale'?)",
+    )
+    assert_no_run_left(tmp_path, tmp_path / "run")
 
 
 def test_train_prints_progress_and_a_report(tmp_path: Path, table_csv):

@@ -168,7 +168,7 @@ def predict(
 @app.command()
 @user_errors
 def info(run: Annotated[Path, typer.Argument(help="A finished run directory.")]) -> None:
-    """Show a run's tasks, architecture, input columns and summary."""
+    """Show a run's tasks, balancing method (options resolved), input columns and summary."""
     from polytask.api import load
 
     predictor = load(run)
@@ -178,6 +178,10 @@ def info(run: Annotated[Path, typer.Argument(help="A finished run directory.")])
             {
                 "run": str(predictor.run),
                 "tasks": {t.name: t.kind.value for t in predictor.tasks},
+                "balance": {
+                    "method": predictor.spec.balance.method,
+                    "options": predictor.spec.balance.resolved_options().model_dump(),
+                },
                 "inputs": {
                     "categorical": predictor.preprocessor.categorical,
                     "numeric": predictor.preprocessor.numeric,
@@ -218,6 +222,46 @@ def archs() -> None:
             for key, field in cls.Options.model_fields.items()
         ]
         table.add_row(name, summary, "\n".join(options) or "-")
+    out.print(table)
+
+
+@app.command()
+@user_errors
+def balancers(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the balancing methods and the options each takes in balance.options."""
+    from rich.table import Table
+
+    from polytask.balance.options import OPTIONS, accepted
+
+    listing = {
+        name: {
+            "summary": OPTIONS.get(name).summary(),
+            "options": {
+                key: {
+                    "default": field.default,
+                    "accepts": accepted(field),
+                    "description": field.description,
+                }
+                for key, field in OPTIONS.get(name).model_fields.items()
+            },
+        }
+        for name in OPTIONS.names()
+    }
+    if as_json:
+        out.print_json(json.dumps(listing))
+        return
+    table = Table(title="balancing methods (balance.method) and their balance.options")
+    table.add_column("method")
+    table.add_column("what it is")
+    table.add_column("options = default (accepts): meaning")
+    for name, entry in listing.items():
+        options = [
+            f"{key} = {option['default']!r} ({option['accepts']}): {option['description']}"
+            for key, option in entry["options"].items()
+        ]
+        table.add_row(name, entry["summary"], "\n".join(options) or "-")
     out.print(table)
 
 

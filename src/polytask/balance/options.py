@@ -46,6 +46,11 @@ class BalanceOptions(BaseModel):
         except ValidationError as error:
             raise OptionError(explain(error, type(self))) from None
 
+    @classmethod
+    def summary(cls) -> str:
+        """What the method is: the first paragraph of the docstring, on one line."""
+        return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+
 
 OPTIONS: Registry[BalanceOptions] = Registry("balancing method")
 
@@ -182,17 +187,16 @@ class DBMTLOptions(BalanceOptions):
 
 
 # ---------------------------------------------------------------------------- gradient methods
-MODE = (
-    "where task gradients are taken: 'exact' on every shared parameter, 'fast' at the "
-    "shared representation"
-)
+MODE = "'exact': task gradients on every shared parameter; 'fast': at the shared representation"
 
 
 class GramianOptions(BalanceOptions):
     """Options of every method that weights tasks from the Gramian of their gradients."""
 
     mode: Literal["exact", "fast"] = Field("fast", description=MODE)
-    every: int = Field(1, ge=1, description="recompute the weights every k steps, reuse between")
+    every: int = Field(
+        1, ge=1, description="recompute the weights every k steps, reuse them between"
+    )
 
 
 @OPTIONS.register("imtl")
