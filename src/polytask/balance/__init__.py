@@ -4,6 +4,10 @@ Importing this package does not import torch: every method's options are declare
 :mod:`polytask.balance.options`, so a config is validated and the methods are listed without
 it. The methods themselves (and torch) load on first use of ``BALANCERS``, ``Balancer``,
 ``Need`` or ``StepContext``, or of the registry in :mod:`polytask.balance.base`.
+
+Code outside this package uses only what this module exports, :mod:`.base` and :mod:`.options`;
+the helpers the methods share (``_linalg``, ``jacobian``, one method's functions used by
+another) are private to the package (tests may reach in).
 """
 
 from __future__ import annotations
