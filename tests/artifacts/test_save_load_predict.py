@@ -26,13 +26,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from polytask.artifacts.predictor import Predictor
 from torch import nn
 
 import polytask
 from polytask.arch import ARCHS
 from polytask.config import ModelSpec, parse_spec
 from polytask.features import Features
+from polytask.inference.predictor import Predictor
 from polytask.model import MultiTaskModel
 from polytask.train import trainer as trainer_module
 from polytask.train.prepare import Prepared
