@@ -235,7 +235,7 @@ def balancers(
 
     from polytask.balance.options import OPTIONS, accepted
 
-    listing = {
+    listing: dict[str, dict[str, Any]] = {
         name: {
             "summary": OPTIONS.get(name).summary(),
             "options": {
