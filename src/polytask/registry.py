@@ -40,7 +40,7 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise ValueError(f"{self.family} '{name}' is registered twice")
             self._entries[name] = cls
-            cls.registry_name = name  # type: ignore[attr-defined]
+            setattr(cls, "registry_name", name)  # noqa: B010  (classes of any family)
             return cls
 
         return decorate

@@ -24,7 +24,10 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    write_atomic(path, lambda temp: temp.write_text(text))
+    def write(temp: Path) -> None:
+        temp.write_text(text)
+
+    write_atomic(path, write)
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -84,12 +84,13 @@ class StepContext:
         representation (the MGDA-UB estimate), computed once per step."""
         key = f"gradients:{source}"
         if key not in self._cache:
+            representation: torch.Tensor | None
             if source == "representation":
                 representation = self._trainable_representation()
                 inputs: list[torch.Tensor] = [representation]
             else:
                 representation = self.representation
-                inputs = self._trained_shared_params()
+                inputs = list(self._trained_shared_params())
             raw = self._task_gradients(losses, inputs, representation)
             if source == "parameters":  # what weighted_backward needs to write .grad directly
                 self._cache["jacobian_losses"] = losses
@@ -112,8 +113,8 @@ class StepContext:
             common = self.common_input
             at_common = common_input_gradients(delta, self.tower_weight.detach())
             below = [x for x in inputs if x is not common]
-            grads = iter(batched_vjp(common, below, at_common) if below else [])
-            return [at_common if x is common else next(grads) for x in inputs]
+            below_grads = iter(batched_vjp(common, below, at_common) if below else [])
+            return [at_common if x is common else next(below_grads) for x in inputs]
         if self.task_inputs is not None and self.task_inputs.requires_grad:
             grads = separable_task_gradients(losses, self.task_inputs, inputs, representation)
             if grads is not None:
@@ -243,7 +244,9 @@ class Balancer:
     from ``self.options``.
     """
 
-    needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
+    # what the method asks the step for; a class default that an instance may narrow (IMTL-L
+    # needs only the losses)
+    needs: frozenset[Need] = frozenset({Need.LOSSES})
     registry_name: ClassVar[str]
     Options: ClassVar[type[BalanceOptions]] = BalanceOptions
     options: BalanceOptions
@@ -342,7 +345,8 @@ class GramianWeighting(Balancer):
                 sub = full[index][:, index]
                 weights[index] = self.weights_from_gramian(sub, losses.detach()[index])
             self._last_weights = weights
-        weights = self._last_weights * present * context.static_weights  # type: ignore[operator]
+        assert self._last_weights is not None
+        weights = self._last_weights * present * context.static_weights
         context.weighted_backward(weights, losses)
         return weights.detach()
 

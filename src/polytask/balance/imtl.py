@@ -80,7 +80,7 @@ class IMTL(GramianWeighting):
         self.log_scales = torch.zeros(num_tasks, dtype=torch.float64)
         self._index = torch.arange(num_tasks)
         if self.variant == "l":  # a loss weighting: no Gramian, no shared parameters needed
-            self.needs = frozenset({Need.LOSSES})  # type: ignore[misc]
+            self.needs = frozenset({Need.LOSSES})
 
     @property
     def variant(self) -> Literal["g", "l", "both"]:

@@ -64,6 +64,9 @@ class FrozenExpertNorm(nn.Module):
     Shapes: [E, B, D] -> [E, B, D].
     """
 
+    mean: torch.Tensor
+    var: torch.Tensor
+
     def __init__(self, norm: ExpertNorm) -> None:
         super().__init__()
         experts, _, dim = norm.weight.shape

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import TracebackType
 from typing import Any
 
 from rich.console import Console
@@ -53,9 +54,14 @@ class TrainingDisplay:
             self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
         if self._progress is not None:
-            self._progress.__exit__(*exc)
+            self._progress.__exit__(kind, error, trace)
 
     def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
         if self._progress is not None:
