@@ -64,6 +64,13 @@ class SharingArch(nn.Module):
         return towers(representation)
 
     @classmethod
+    def unused_spec_fields(cls, spec: ModelSpec) -> list[str]:
+        """Names of ``model`` fields this architecture does not read (e.g. ``num_experts``
+        where the options size the experts), so that setting one is a warning."""
+        del spec
+        return []
+
+    @classmethod
     def parse_options(cls, spec: ModelSpec) -> ArchOptions:
         """Validate ``model.options`` against this architecture's own options."""
         try:

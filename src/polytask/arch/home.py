@@ -306,5 +306,9 @@ class HoME(SharingArch):
         """Meta-level gates [1+G, B, E]: row 0 the shared gate, row 1+g group g's."""
         return self.meta.last_gate_weights
 
+    @classmethod
+    def unused_spec_fields(cls, spec: ModelSpec) -> list[str]:
+        return ["num_experts"]  # the options size the shared, group and task experts
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.task(self.meta(x))

@@ -92,6 +92,10 @@ class PLE(SharingArch):
         """Task gates of the last level [T, B, E] over [task experts..., shared experts]."""
         return self.levels[-1].last_gate_weights
 
+    @classmethod
+    def unused_spec_fields(cls, spec: ModelSpec) -> list[str]:
+        return ["num_experts"]  # options.task_experts and shared_experts size the levels
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for level in self.levels:
             x = level(x)

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from polytask.balance import _options
 from polytask.balance.jacobian import (
     batched_vjp,
     combine,
@@ -248,6 +249,13 @@ class Balancer:
         """Accumulate the combined gradient; return the [T] weights used (detached)."""
         raise NotImplementedError
 
+    @classmethod
+    def unused_spec_fields(cls, spec: Any) -> list[str]:
+        """Dotted paths of run-spec fields this method does not read (``tasks.0.weight``), so
+        that setting one is a warning. Every method here honours the task weights: none."""
+        del spec
+        return []
+
     def describe(self) -> dict[str, Any]:
         """What ran, for the run summary (method, and mode where the method has modes)."""
         return {"method": self.registry_name}
@@ -307,10 +315,8 @@ class GramianWeighting(Balancer):
         mode = mode or self.default_mode
         if mode not in ("exact", "fast"):
             raise TypeError(f"mode must be 'exact' or 'fast', got {mode!r}")
-        if every < 1:
-            raise TypeError(f"every must be a positive integer, got {every!r}")
         self.mode: Literal["exact", "fast"] = mode
-        self.every = every
+        self.every = _options.integer("every", every, low=1)
         self._last_weights: torch.Tensor | None = None
 
     @property

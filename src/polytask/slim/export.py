@@ -40,6 +40,7 @@ from polytask.arch.home import ExpertNorm
 from polytask.arch.task_moe import TaskMoE, dense_gates, top_k_route
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.atomic import write_atomic, write_json
+from polytask.artifacts.ownership import check_output_file
 from polytask.artifacts.predictor import Predictor
 from polytask.config import TaskKind
 from polytask.data.preprocess import Features
@@ -180,11 +181,13 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
+    overwrite: bool = False,
     encoder_factory: Callable[[], nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Write ``run`` as an ONNX graph to ``out`` and its interface to ``out`` with suffix
     ``.json``; return that interface. With ``verify`` and onnxruntime installed, the graph is
-    run against PyTorch first and not written unless they agree."""
+    run against PyTorch first and not written unless they agree. Existing files are replaced
+    only with ``overwrite`` (see :func:`polytask.artifacts.ownership.check_output_file`)."""
     if importlib.util.find_spec("onnx") is None:
         raise PolytaskError("ONNX export needs the onnx package: pip install 'polytask[export]'")
     if opset not in OPSETS:
@@ -196,6 +199,9 @@ def export_onnx(
     sidecar = sidecar_path(out)
     if sidecar == out:
         raise PolytaskError(f"-o {out}: name the graph file with another suffix, e.g. model.onnx")
+    run_files = [Path(run) / name for name in (rd.CONFIG, rd.PREPROCESSOR, rd.WEIGHTS)]
+    for path in (out, sidecar):
+        check_output_file(path, overwrite=overwrite, inputs=run_files)
     predictor = Predictor.load(run, encoder_factory=encoder_factory)
     clash = sorted(set(INPUTS) & set(predictor.task_names))
     if clash:
