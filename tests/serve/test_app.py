@@ -408,3 +408,24 @@ def test_config_limits_are_checked():
     with pytest.raises(PolytaskError, match="batch_window_ms"):
         ServeConfig(batch_window_ms=-1)
     assert np.isfinite(ServeConfig().batch_window_ms)
+
+
+def test_an_address_that_cannot_be_listened_on_is_one_line(predictor, trained_run):
+    from polytask.serve.app import listening_socket
+    from tests.cli_helpers import assert_user_error, invoke
+
+    taken = listening_socket("127.0.0.1", 0)
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(PolytaskError, match=rf"cannot listen on 127.0.0.1:{port}: .*in use"):
+            listening_socket("127.0.0.1", port)
+        assert_user_error(
+            invoke("serve", trained_run["run"], "--port", port), "cannot listen", "in use"
+        )
+    finally:
+        taken.close()
+    with pytest.raises(PolytaskError, match=r"--host 'no such host\.invalid'"):
+        listening_socket("no such host.invalid", 8000)
+    with pytest.raises(PolytaskError, match=r"--port must be 0..65535 \(got -1\)"):
+        listening_socket("127.0.0.1", -1)

@@ -37,10 +37,16 @@ def _create_temp(path: Path) -> Path:
 
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(temp_path)`` then rename over ``path`` (atomic on one filesystem)."""
+    """Call ``write(temp_path)`` then rename over ``path`` (atomic on one filesystem).
+
+    Some writers replace the file they are given with one of their own (safetensors creates
+    it 0600): the umask's permissions, read off the temp file as created, are put back."""
     temp = _create_temp(Path(path))
+    mode = temp.stat().st_mode & 0o777
     try:
         write(temp)
+        if temp.stat().st_mode & 0o777 != mode:
+            temp.chmod(mode)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)

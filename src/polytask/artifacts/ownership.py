@@ -238,7 +238,7 @@ class OutputFolder:
         manifest = read_manifest(self.partial)
         entries = _entries(self.partial)
         if manifest is not None:
-            allowed = set(manifest.get("may_write", [])) | {MANIFEST}
+            allowed = {*manifest.get("may_write", []), *manifest["files"], MANIFEST}
         elif "config.yaml" in entries:  # a run's .partial from before manifests existed
             allowed = set(LEGACY_RUN_FILES)
         else:

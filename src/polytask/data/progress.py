@@ -34,9 +34,10 @@ _CONSOLE: ContextVar[Console | None] = ContextVar("polytask_progress_console", d
 
 
 @contextlib.contextmanager
-def reporting(enabled: bool = True) -> Iterator[None]:
-    """Show reading and preparation progress inside this block (when stderr is a terminal)."""
-    console = Console(stderr=True)
+def reporting(enabled: bool = True, console: Console | None = None) -> Iterator[None]:
+    """Show reading and preparation progress inside this block (when stderr, or the given
+    console, is a terminal)."""
+    console = console or Console(stderr=True)
     token = _CONSOLE.set(console if enabled and console.is_terminal else None)
     try:
         yield

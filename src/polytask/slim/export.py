@@ -188,6 +188,15 @@ def export_onnx(
     ``.json``; return that interface. With ``verify`` and onnxruntime installed, the graph is
     run against PyTorch first and not written unless they agree. Existing files are replaced
     only with ``overwrite`` (see :func:`polytask.artifacts.ownership.check_output_file`)."""
+    out = Path(out)
+    if not out.name or out.name == "..":
+        raise PolytaskError(f"-o {out}: give a file name, e.g. model.onnx")
+    sidecar = sidecar_path(out)
+    if sidecar == out:
+        raise PolytaskError(f"-o {out}: name the graph file with another suffix, e.g. model.onnx")
+    run_files = [Path(run) / name for name in (rd.CONFIG, rd.PREPROCESSOR, rd.WEIGHTS)]
+    for path in (out, sidecar):
+        check_output_file(path, overwrite=overwrite, inputs=run_files)
     if importlib.util.find_spec("onnx") is None:
         raise PolytaskError("ONNX export needs the onnx package: pip install 'polytask[export]'")
     if opset not in OPSETS:
@@ -195,13 +204,6 @@ def export_onnx(
             f"--opset must be {OPSETS.start}..{OPSETS.stop - 1} (got {opset}): the range the "
             "TorchScript-based exporter covers for these graphs"
         )
-    out = Path(out)
-    sidecar = sidecar_path(out)
-    if sidecar == out:
-        raise PolytaskError(f"-o {out}: name the graph file with another suffix, e.g. model.onnx")
-    run_files = [Path(run) / name for name in (rd.CONFIG, rd.PREPROCESSOR, rd.WEIGHTS)]
-    for path in (out, sidecar):
-        check_output_file(path, overwrite=overwrite, inputs=run_files)
     predictor = Predictor.load(run, encoder_factory=encoder_factory)
     clash = sorted(set(INPUTS) & set(predictor.task_names))
     if clash:

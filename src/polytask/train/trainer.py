@@ -15,6 +15,7 @@ at once with :class:`TrainingDiverged` rather than finishing with a meaningless 
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -101,7 +102,8 @@ class Trainer:
         callbacks: Iterable[EpochCallback] = (),
         encoder_factory: Callable[[], torch.nn.Module] | None = None,
     ) -> None:
-        self.out = rd.final_path(Path(out).resolve())
+        # absolute, not resolved: a symbolic link given as --out stays a link (and is refused)
+        self.out = rd.final_path(Path(os.path.abspath(out)))
         self.partial = rd.partial_path(self.out)
         self.resume = resume
         self.overwrite = overwrite
