@@ -4,6 +4,7 @@ work end to end on a finished run."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -317,6 +318,28 @@ def _foreign_folder(tmp_path: Path) -> Path:
     return tmp_path / "mine"
 
 
+def _damaged_run(tmp_path: Path, run: Path, name: str, content: bytes) -> Path:
+    """A copy of a finished run with one file replaced."""
+    copy = tmp_path / "damaged"
+    shutil.copytree(run, copy)
+    (copy / name).write_bytes(content)
+    return copy
+
+
+def _killed_run(tmp_path: Path, run: Path) -> Path:
+    """A run killed mid-training whose checkpoint file is truncated."""
+    partial = tmp_path / "killed.partial"
+    shutil.copytree(run, partial)
+    (partial / "summary.json").unlink()
+    (partial / "checkpoint.pt").write_bytes(b"truncated")
+    return tmp_path / "killed"
+
+
+def _binary_config(tmp_path: Path) -> Path:
+    (tmp_path / "cfg.yaml").write_bytes(b"\xff\xfe\x00\x00 not text")
+    return tmp_path / "cfg.yaml"
+
+
 # Each case: (id, command line built from (tmp_path, run), fragments of the one error line).
 # "run" is a finished run; the whole of tmp_path and the run must be untouched afterwards.
 NEVER_FALL_OVER = [
@@ -388,6 +411,26 @@ NEVER_FALL_OVER = [
      lambda t, r: ["cascade", r, r, "--task", "click", "--split", "test",
                    "-o", _foreign_folder(t), "--overwrite"],
      ["mine is not a folder polytask wrote"]),
+    # found while hunting for more of the same kind
+    ("train.threads 10**6 (torch segfaults)",
+     lambda t, r: ["train", _config(t, _set("train", "threads", 10**6))],
+     ["train.threads", "less than or equal to 1024"]),
+    ("a config that is not text", lambda t, r: ["train", _binary_config(t)],
+     ["not UTF-8 text"]),
+    ("resume from a truncated checkpoint", lambda t, r: ["train", "--resume", _killed_run(t, r)],
+     ["checkpoint", "could not be read"]),
+    ("predict with damaged weights",
+     lambda t, r: ["predict", _damaged_run(t, r, "model.safetensors", b"xx"), _rows(t)],
+     ["model.safetensors could not be loaded"]),
+    ("predict with a damaged preprocessor",
+     lambda t, r: ["predict", _damaged_run(t, r, "preprocessor.json", b"{"), _rows(t)],
+     ["preprocessor.json could not be read"]),
+    ("cascade --low nan",
+     lambda t, r: ["cascade", r, r, "--task", "click", "--split", "test", "--low", "nan"],
+     ["--low and --high must be finite numbers"]),
+    ("serve --threads 10**6", lambda t, r: ["serve", r, "--threads", 10**6],
+     ["serve option threads=1000000 is out of range"]),
+    ("export -o /", lambda t, r: ["export", r, "-o", "/"], ["give a file name"]),
 ]  # fmt: skip
 
 

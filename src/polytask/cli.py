@@ -346,10 +346,10 @@ def cascade(
 
     if (data is None) == (split is None):
         raise PolytaskError("give exactly one of --data FILE or --split valid|test")
-    if steps < 1 or steps > 10_000 or not low <= high:
-        raise PolytaskError("--steps must be 1..10000 and --low at most --high")
     if not (math.isfinite(low) and math.isfinite(high)):
         raise PolytaskError("--low and --high must be finite numbers")
+    if steps < 1 or steps > 10_000 or not low <= high:
+        raise PolytaskError("--steps must be 1..10000 and --low at most --high")
     full = load(full_run)
     frame = labelled_rows(full.spec, data, split)
     thresholds = [float(t) for t in np.linspace(low, high, steps)]

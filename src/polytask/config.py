@@ -39,6 +39,7 @@ Float = Annotated[float, BeforeValidator(_not_a_boolean)]
 # per-epoch seeds from this one): 32 bits, as numpy's legacy seeding allows.
 SEED_LIMIT = 2**32
 Seed = Annotated[Int, Field(ge=0, lt=SEED_LIMIT)]
+MAX_THREADS = 1024
 # A task name becomes part of file names (plots, cascade folders) and output columns: a word.
 TASK_NAME = re.compile(r"\w[\w.-]{0,99}\Z")
 
@@ -294,7 +295,8 @@ class TrainSpec(_Section):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
     seed: Seed = 0
-    threads: Int | None = Field(None, ge=1)
+    # torch intra-op threads; bounded, as torch crashes (segfault) on absurd counts
+    threads: Int | None = Field(None, ge=1, le=MAX_THREADS)
     baseline: Path | None = None
     diagnostics_every: Int | None = Field(None, ge=1)
 
@@ -428,6 +430,8 @@ def load_spec(source: str | Path | dict[str, Any] | RunSpec) -> RunSpec:
         raise ConfigError(f"config file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"config {path}: not UTF-8 text") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

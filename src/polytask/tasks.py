@@ -196,6 +196,17 @@ class Task:
         return 1.0 - value / reference if reference > 0 else math.nan
 
 
+def task_losses(
+    outputs: list[torch.Tensor], labels: dict[str, torch.Tensor], tasks: list[Task]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-task masked losses [T] and whether each task has any label in the batch [T]."""
+    losses = torch.stack(
+        [task.loss(out, labels[task.name]) for task, out in zip(tasks, outputs, strict=True)]
+    )
+    present = torch.stack([task.present(labels[task.name]).any() for task in tasks])
+    return losses, present
+
+
 def output_columns(tasks: list[Task]) -> dict[str, str]:
     """The prediction table's columns, each with what it holds, in order: binary and
     regression ``<task>``; multiclass ``<task>`` (the class) and ``<task>_p_<class>``;

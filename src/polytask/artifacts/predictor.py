@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
@@ -60,7 +61,13 @@ class Predictor:
             [task.name for task in tasks],
             encoder_factory=encoder_factory,
         )
-        model.load_state_dict(load_file(str(folder / rd.WEIGHTS)))
+        try:
+            model.load_state_dict(load_file(str(folder / rd.WEIGHTS)))
+        except (OSError, RuntimeError, SafetensorError) as error:
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise PolytaskError(
+                f"run {folder}: {rd.WEIGHTS} could not be loaded into its model ({first})"
+            ) from None
         return cls(folder, spec, preprocessor, model)
 
     @property

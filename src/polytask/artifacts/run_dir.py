@@ -107,7 +107,7 @@ def load_config(folder: Path) -> RunSpec:
         return parse_spec(yaml.safe_load((folder / CONFIG).read_text()))
     except ConfigError as error:
         raise ConfigError(f"run {folder}: {CONFIG}: {error}") from None
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         raise PolytaskError(f"run {folder}: {CONFIG} could not be read") from None
 
 
@@ -116,7 +116,10 @@ def save_json(folder: Path, name: str, payload: Any) -> None:
 
 
 def load_json(folder: Path, name: str) -> Any:
-    return json.loads((folder / name).read_text())
+    try:
+        return json.loads((folder / name).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise PolytaskError(f"run {folder}: {name} could not be read ({error})") from None
 
 
 def write_epoch_log(folder: Path, history: list[dict[str, Any]]) -> None:

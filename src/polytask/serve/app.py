@@ -45,6 +45,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from polytask.artifacts.predictor import Predictor
+from polytask.config import MAX_THREADS
 from polytask.errors import PolytaskError
 from polytask.serve.admission import Admission
 from polytask.serve.batching import MicroBatcher, Overloaded
@@ -84,7 +85,7 @@ class ServeConfig:
             "batch_window_ms": 0 <= self.batch_window_ms <= 10_000,
             "max_batch_rows": self.max_batch_rows >= 1,
             "max_queue_rows": self.max_queue_rows >= self.max_rows,
-            "threads": self.threads is None or self.threads >= 1,
+            "threads": self.threads is None or 1 <= self.threads <= MAX_THREADS,
             "max_body_bytes": self.max_body_bytes >= 1,
             "max_body_bytes_in_flight": self.body_bytes_in_flight >= self.max_body_bytes,
         }

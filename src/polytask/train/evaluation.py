@@ -16,8 +16,7 @@ import torch
 
 from polytask.data.preprocess import Features
 from polytask.model import MultiTaskModel
-from polytask.tasks import HIGHER_IS_BETTER, Task
-from polytask.train.step import task_losses
+from polytask.tasks import HIGHER_IS_BETTER, Task, task_losses
 
 
 @torch.inference_mode()

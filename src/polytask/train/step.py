@@ -13,7 +13,7 @@ from polytask.balance.base import Balancer, Need, StepContext
 from polytask.data.preprocess import Features
 from polytask.model import MultiTaskModel
 from polytask.nn.towers import Towers
-from polytask.tasks import Task
+from polytask.tasks import Task, task_losses
 
 PARAMETER_NEEDS = frozenset({Need.GRAMIAN, Need.SHARED_GRADS})
 
@@ -24,17 +24,6 @@ class StepResult:
     weights: torch.Tensor  # [T], detached
     present: torch.Tensor  # [T] bool
     gramian: torch.Tensor | None = None  # [T, T] where this step computed one
-
-
-def task_losses(
-    outputs: list[torch.Tensor], labels: dict[str, torch.Tensor], tasks: list[Task]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-task masked losses [T] and whether each task has any label in the batch [T]."""
-    losses = torch.stack(
-        [task.loss(out, labels[task.name]) for task, out in zip(tasks, outputs, strict=True)]
-    )
-    present = torch.stack([task.present(labels[task.name]).any() for task in tasks])
-    return losses, present
 
 
 def train_step(

@@ -398,7 +398,13 @@ class Trainer:
         scheduler: Any,
         balancer: Balancer,
     ) -> LoopState:
-        payload = torch.load(self.partial / rd.CHECKPOINT, weights_only=False)
+        try:
+            payload = torch.load(self.partial / rd.CHECKPOINT, weights_only=False)
+        except Exception as error:  # a truncated or foreign file: unpickling raises anything
+            raise PolytaskError(
+                f"the checkpoint {self.partial / rd.CHECKPOINT} could not be read "
+                f"({type(error).__name__}); start the run again with --overwrite"
+            ) from None
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         if scheduler is not None and payload["scheduler"] is not None:
