@@ -300,8 +300,9 @@ class OutputFolder:
         """The folder of an unfinished command being continued: its ``.partial`` folder
         exists, and its manifest says whether the command was allowed to replace the target."""
         folder = cls(target, kind, may_write)
-        manifest = read_manifest(folder.partial) or {}
-        folder.overwrite = bool(manifest.get("overwrite", False))
+        manifest = read_manifest(folder.partial)
+        # before manifests, a run could only start beside an existing folder with --overwrite
+        folder.overwrite = True if manifest is None else bool(manifest.get("overwrite", False))
         return folder
 
     def publish(self) -> Path:

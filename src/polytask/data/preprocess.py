@@ -95,18 +95,22 @@ def _to_numeric(series: pd.Series, what: str) -> np.ndarray:
 
 def fit_scale(values: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of the finite ``values`` winsorised at their
-    :data:`WINSOR_SHARE` order statistics; where that leaves no spread (a column that is
-    constant but for a few values), the spread of all finite values; 1 where there is none."""
-    present = np.sort(values[np.isfinite(values)])
+    :data:`WINSOR_SHARE` order statistics (at least one value clipped at each end). Where both
+    order statistics are one value (a column constant but for a few values): that value and
+    the standard deviation of all finite values. A standard deviation of (nearly) 0 is 1."""
+    present = values[np.isfinite(values)]  # a copy: partitioned and clipped in place below
     n = len(present)
     if n == 0:
         return 0.0, 1.0
     k = min(math.ceil(WINSOR_SHARE * (n - 1)), (n - 1) // 2)
-    clipped = np.clip(present, present[k], present[n - 1 - k])
-    mean, std = float(clipped.mean()), float(clipped.std())
-    if not std > 1e-12:
+    present.partition([k, n - 1 - k])  # the two order statistics, in linear time
+    low, high = float(present[k]), float(present[n - 1 - k])
+    if low == high:  # constant but for a few values: centred there, scaled by their spread
         size = float(np.abs(present).max())
         std = float((present / size).std()) * size if size > 0 else 0.0
+        return low, std if math.isfinite(std) and std > 1e-12 else 1.0
+    np.clip(present, low, high, out=present)
+    mean, std = float(present.mean()), float(present.std())
     return mean, std if math.isfinite(std) and std > 1e-12 else 1.0
 
 
