@@ -5,6 +5,7 @@ mixing answers, and one real uvicorn server on 127.0.0.1 starts, answers and sto
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -429,3 +430,15 @@ def test_an_address_that_cannot_be_listened_on_is_one_line(predictor, trained_ru
         listening_socket("no such host.invalid", 8000)
     with pytest.raises(PolytaskError, match=r"--port must be 0..65535 \(got -1\)"):
         listening_socket("127.0.0.1", -1)
+
+
+def test_a_large_body_is_parsed_off_the_event_loop_and_answered(client, predictor):
+    """A body over THREADED_PARSE_BYTES goes through the parse thread: same answers."""
+    from polytask.serve.app import THREADED_PARSE_BYTES
+
+    rows = [{"color": "x" * 3000, "x1": float(i)} for i in range(40)]
+    body = json.dumps({"rows": rows}).encode()
+    assert THREADED_PARSE_BYTES <= len(body) <= 200_000
+    response = client.post("/v1/predict", content=body)
+    assert response.status_code == 200, response.text
+    assert_matches(response.json()["predictions"], predictor.predict(pd.DataFrame(rows)))

@@ -124,9 +124,10 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
     admission = Admission(
         batcher.stats, config.max_queue_rows, config.max_body_bytes, config.body_bytes_in_flight
     )
-    # One thread parses large bodies: bodies wait their turn holding only their bytes (which
-    # admission bounds), never several parsed copies at once.
-    parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polytask-parse")
+    # One thread parses large bodies (made at start-up, like the batcher's worker): bodies
+    # wait their turn holding only their bytes (which admission bounds), never several parsed
+    # copies at once.
+    parsers: list[ThreadPoolExecutor] = []
 
     def decode(body: bytes) -> list[Row]:
         rows = parse_rows(body, config.max_rows)
@@ -136,11 +137,12 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
+        parsers.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="polytask-parse"))
         try:
             yield
         finally:
             await batcher.stop()
-            parser.shutdown(wait=False, cancel_futures=True)
+            parsers.pop().shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="polytask",
@@ -200,9 +202,9 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
         ticket = admission.admit(declared)  # before the body is read: a refusal costs nothing
         try:
             body = await read_body(request, config.max_body_bytes)
-            if len(body) >= THREADED_PARSE_BYTES:
+            if len(body) >= THREADED_PARSE_BYTES and parsers:
                 loop = asyncio.get_running_loop()
-                rows = await loop.run_in_executor(parser, decode, body)
+                rows = await loop.run_in_executor(parsers[-1], decode, body)
             else:
                 rows = decode(body)
             del body
