@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "polytask"
 
 LAYERS: list[tuple[str, ...]] = [
     # 0: the specification: errors, registries, configs, plans, architectures (no torch)
-    ("errors", "registry", "config", "plan", "arch", "features"),
+    ("errors", "registry", "config", "plan", "arch", "features", "console"),
     # 1: data and tasks
     ("data", "tasks"),
     # 2: the network

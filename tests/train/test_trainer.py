@@ -20,7 +20,8 @@ import polytask
 from polytask.cli import app
 from polytask.config import load_spec
 from polytask.errors import PolytaskError
-from polytask.train.trainer import fit
+from polytask.train import trainer as trainer_module
+from polytask.train.trainer import TrainingDiverged, fit
 from tests.conftest import base_spec, make_table, write_yaml
 from tests.train.helpers import (
     assert_same_weights,
@@ -265,3 +266,53 @@ def test_sigkill_mid_training_then_resume_from_the_cli(tmp_path):
     assert not checkpoint.parent.exists()
     assert read_json(out / "summary.json")["epochs_run"] == 12
     assert [row["epoch"] for row in epoch_rows(out)] == list(range(1, 13))
+
+
+# ---------------------------------------------------------------------- divergence
+def test_a_diverging_run_stops_with_a_clear_message_and_leaves_nothing(tmp_path, spec_dict):
+    """lr 1e8 used to finish with exit 0 and "best epoch 0"; now the first non-finite loss
+    stops training, and with no checkpoint yet nothing is kept."""
+    spec_dict["train"]["lr"] = 1e8
+    with pytest.raises(TrainingDiverged, match=r"training diverged: task '\w+' loss is nan") as e:
+        fit(load_spec(spec_dict), tmp_path / "run", progress=False)
+    assert "train.lr is 1e+08" in str(e.value) and "nothing was kept" in str(e.value)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_divergence_after_a_checkpoint_keeps_the_last_finite_one(
+    tmp_path, spec_dict, monkeypatch
+):
+    real = trainer_module.train_step
+    calls = {"steps": 0}
+    steps_per_epoch = 3  # 144 training rows, batch 64
+
+    def nan_in_epoch_two(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls["steps"] += 1
+        if calls["steps"] > steps_per_epoch:
+            result.losses[1] = float("nan")  # the second task's loss
+        return result
+
+    monkeypatch.setattr(trainer_module, "train_step", nan_in_epoch_two)
+    with pytest.raises(TrainingDiverged, match=r"task 'segment' loss is nan at epoch 2") as e:
+        fit(load_spec(spec_dict), tmp_path / "run", progress=False)
+    assert "kept in" in str(e.value) and "for inspection" in str(e.value)
+    partial = tmp_path / "run.partial"
+    checkpoint = torch.load(partial / "checkpoint.pt", weights_only=False)
+    assert checkpoint["loop"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values())
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_finite_weights_after_an_epoch_stop_training(tmp_path, spec_dict, monkeypatch):
+    real = trainer_module.train_step
+
+    def poison(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)
+        with torch.no_grad():
+            next(model.parameters()).view(-1)[0] = float("inf")
+        return result
+
+    monkeypatch.setattr(trainer_module, "train_step", poison)
+    with pytest.raises(TrainingDiverged, match=r"weight '.+' is not finite after epoch 1"):
+        fit(load_spec(spec_dict), tmp_path / "run", progress=False)

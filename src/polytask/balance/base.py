@@ -259,6 +259,13 @@ class Balancer:
         """Accumulate the combined gradient; return the [T] weights used (detached)."""
         raise NotImplementedError
 
+    @classmethod
+    def unused_spec_fields(cls, spec: Any) -> list[str]:
+        """Dotted paths of run-spec fields this method does not read (``tasks.0.weight``), so
+        that setting one is a warning. Every method here honours the task weights: none."""
+        del spec
+        return []
+
     def describe(self) -> dict[str, Any]:
         """What ran, for the run summary: the method and its options (all of them, resolved)."""
         return {"method": self.registry_name, **self.options.model_dump()}

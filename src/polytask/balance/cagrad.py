@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy.optimize import brentq
 
 from polytask.balance._linalg import as_float64, gramian_root, hull_min_norm, like, normalised
 from polytask.balance.base import BALANCERS, GramianWeighting
@@ -57,6 +56,8 @@ def cagrad_dual_weights(gramian: torch.Tensor, radius: float) -> torch.Tensor:
     if start <= 0.0:
         return weights_at(0.0)
     beyond = float(root.norm(dim=0).max()) * (1.0 + 1e-9) + 1e-300
+    from scipy.optimize import brentq  # imported when used: scipy.optimize costs ~1 s
+
     solution = brentq(excess, 0.0, beyond, xtol=1e-15, rtol=1e-13, maxiter=200)
     return weights_at(solution)
 

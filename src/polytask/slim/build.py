@@ -2,16 +2,15 @@
 
 The slim run is an ordinary run directory (config, the same preprocessor, weights, metrics,
 summary) plus ``slim.json``, the report; :func:`polytask.load` reads it and predicts the kept
-tasks on raw rows. It is built in a hidden temporary folder next to the destination, loaded
-back once to prove it rebuilds, and only then renamed into place, so a failure never leaves a
-half-written slim run behind.
+tasks on raw rows. It is built in ``<out>.partial`` next to the destination, loaded back once
+to prove it rebuilds, and only then swapped into place (what it may replace:
+:mod:`polytask.artifacts.ownership`), so a failure never leaves a half-written slim run behind.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -126,10 +125,14 @@ def slim(
     predictor = Predictor.load(run, encoder_factory=encoder_factory)
     keep = resolve_tasks(tasks, predictor.task_names)
     target = Path(out)
-    if target.resolve() == predictor.run.resolve():
-        raise PolytaskError("the slim run needs its own folder (-o), not the source run's")
-    if target.exists() and not overwrite:
-        raise PolytaskError(f"{target} already exists; pass --overwrite to replace it")
+    output = rd.run_folder(
+        target,
+        overwrite=overwrite,
+        sources=[predictor.run],
+        files=rd.RUN_FILES | {SLIM_REPORT},
+        kind="slim_run",
+    )
+    output.claim()
     rows = Rows(predictor, data)
     features = predictor.preprocessor.transform(rows.frame) if rows.frame is not None else None
     batch_size = predictor.spec.train.eval_batch_size
@@ -146,10 +149,8 @@ def slim(
     slim_spec = _slim_spec(predictor.spec, keep, extraction)
     kept_tasks = [predictor.tasks[t] for t in keep]
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    temp = output.create()
     try:
-        temp.chmod(0o755)  # mkdtemp's 0700 is for the build; the run is as readable as any
         rd.save_config(temp, slim_spec)
         shutil.copyfile(predictor.run / rd.PREPROCESSOR, temp / rd.PREPROCESSOR)
         save_weights(temp / rd.WEIGHTS, extraction.model.state_dict())
@@ -193,9 +194,9 @@ def slim(
                     metrics["test"] = task_metrics(outputs, test_labels, kept_tasks)
         rd.save_json(temp, rd.FINAL_METRICS, metrics)
         rd.save_json(temp, SLIM_REPORT, report)
-        rd.publish(temp, target)
+        rd.publish(output)
     except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
+        output.discard()
         raise
     return report
 
