@@ -10,7 +10,8 @@ from torch import nn
 
 from polytask.artifacts.predictor import Predictor
 from polytask.config import RunSpec, load_spec
-from polytask.train.trainer import EpochCallback, fit
+from polytask.track import fit_tracked
+from polytask.train.trainer import EpochCallback
 
 
 def train(
@@ -22,13 +23,15 @@ def train(
     progress: bool = False,
     callbacks: list[EpochCallback] | None = None,
     encoder_factory: Callable[[], nn.Module] | None = None,
+    mlflow: str | bool | None = None,
 ) -> Predictor:
     """Train a run specification (object, dict or YAML path) and return the loaded run.
 
     ``encoder_factory`` builds your own input encoder (a module taking ``(categorical,
     numeric)`` with an ``out_dim`` attribute) instead of the one ``model.encoder`` names.
+    ``mlflow`` (True or a tracking URI) tracks the run in MLflow, as ``track.mlflow`` does.
     """
-    run = fit(
+    run = fit_tracked(
         load_spec(spec),
         out,
         resume=resume,
@@ -36,6 +39,7 @@ def train(
         progress=progress,
         callbacks=callbacks or (),
         encoder_factory=encoder_factory,
+        mlflow=mlflow,
     )
     return Predictor.load(run, encoder_factory=encoder_factory)
 

@@ -73,15 +73,22 @@ def train(
     baseline: Annotated[Path | None, typer.Option(help="Single-task run for Delta-m.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override train.seed.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar or tables.")] = False,
+    mlflow: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow",
+            help="Track in MLflow: a tracking URI (sqlite:///mlflow.db, http://host:5000).",
+        ),
+    ] = None,
 ) -> None:
     """Train a multi-task model into a run directory."""
     from polytask.config import load_spec
-    from polytask.train.trainer import fit
+    from polytask.track import fit_tracked
 
     if resume is not None:
         if config is not None:
             raise PolytaskError("--resume continues a run with its saved config; give no CONFIG")
-        fit(None, resume, resume=True, progress=not quiet)
+        fit_tracked(None, resume, resume=True, progress=not quiet, mlflow=mlflow)
         return
     if config is None:
         raise PolytaskError("give a CONFIG file (or --resume RUN)")
@@ -91,7 +98,7 @@ def train(
     if baseline is not None:
         spec.train.baseline = baseline.resolve()
     target = out_dir or Path("runs") / config.stem
-    fit(spec, target, overwrite=overwrite, progress=not quiet)
+    fit_tracked(spec, target, overwrite=overwrite, progress=not quiet, mlflow=mlflow)
 
 
 @app.command()

@@ -284,3 +284,20 @@ def test_sigkill_mid_training_then_resume_from_the_cli(tmp_path):
     assert not checkpoint.parent.exists()
     assert read_json(out / "summary.json")["epochs_run"] == 12
     assert [row["epoch"] for row in epoch_rows(out)] == list(range(1, 13))
+
+
+def test_a_callback_returning_true_ends_training_as_a_finished_run(tmp_path, spec_dict):
+    spec_dict["train"]["epochs"] = 5
+    seen = []
+
+    def stop_after_two(row: dict) -> bool:
+        seen.append(row["epoch"])
+        return row["epoch"] == 2
+
+    run = train(spec_dict, tmp_path / "run", callbacks=[stop_after_two, lambda row: None])
+    assert seen == [1, 2]
+    summary = read_json(run / "summary.json")
+    assert summary["epochs_run"] == 2
+    assert summary["stopped_early"] is True
+    assert [row["epoch"] for row in epoch_rows(run)] == [1, 2]
+    assert (run / "model.safetensors").is_file()
