@@ -401,6 +401,33 @@ def export_command(
     out.print(message, highlight=False, soft_wrap=True)
 
 
+@app.command("sweep")
+@user_errors
+def sweep_command(
+    config: Annotated[Path, typer.Argument(help="Sweep file: base run spec, space, objectives.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Study folder (resumed when it exists).")
+    ],
+    trials: Annotated[int | None, typer.Option(min=1, help="Override the sweep's trials.")] = None,
+    parallel: Annotated[
+        int | None, typer.Option(min=1, help="Override the sweep's parallel processes.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print study.json.")] = False,
+) -> None:
+    """Optuna study over run-spec keys: trials as run directories, Pareto front printed,
+    plotted and saved; a killed sweep resumes where it stopped."""
+    from polytask.sweep import load_sweep, run_sweep
+    from polytask.sweep.summary import pareto_table, state_counts
+
+    sweep = load_sweep(config, {"trials": trials, "parallel": parallel})
+    summary = run_sweep(sweep, out_dir)
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(pareto_table(summary))
+    out.print(state_counts(summary), highlight=False, markup=False, soft_wrap=True)
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 
