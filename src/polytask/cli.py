@@ -428,6 +428,41 @@ def sweep_command(
     out.print(state_counts(summary), highlight=False, markup=False, soft_wrap=True)
 
 
+@app.command("report")
+@user_errors
+def report_command(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Run directories, study folders, cascade folders.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")],
+    split: Annotated[
+        str | None, typer.Option(help="'valid' or 'test' (default: test when all runs have it).")
+    ] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="A run to compute every run's Delta-m against.")
+    ] = None,
+    title: Annotated[str | None, typer.Option(help="The page's title.")] = None,
+    screenshot: Annotated[
+        Path | None,
+        typer.Option(help="Also save a PNG of the rendered page (needs playwright, Chromium)."),
+    ] = None,
+) -> None:
+    """One self-contained HTML page comparing runs and studies: specs, per-task metrics with
+    Delta-m, Pareto front, learning curves, task weights, conflicts, experts, slim, cascade."""
+    from polytask.report import write_report
+
+    page = write_report(paths, output, split=split, baseline=baseline, title=title)
+    size = page.stat().st_size / 1e6
+    out.print(f"report written to {page} ({size:.1f} MB, opens offline)", highlight=False)
+    if screenshot is not None:
+        from polytask.report.browser import screenshot as take
+
+        log = take(page, screenshot)
+        for problem in log.problems:
+            err.print(f"[yellow]warning:[/yellow] {problem}", highlight=False, markup=True)
+        out.print(f"screenshot written to {screenshot}", highlight=False)
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

@@ -9,12 +9,12 @@ from types import ModuleType
 from polytask.errors import PolytaskError
 
 
-def require(module: str, feature: str, extra: str) -> ModuleType:
-    """Import ``module`` for ``feature``, or fail with the ``pip install`` line that adds it."""
+def require(module: str, feature: str, extra: str, install: str | None = None) -> ModuleType:
+    """Import ``module`` for ``feature``, or fail with the ``pip install`` line that adds it
+    (``install`` replaces the default ``pip install 'polytask[extra]'``)."""
     try:
         return importlib.import_module(module)
     except ImportError as error:
         missing = getattr(error, "name", None) or module
-        raise PolytaskError(
-            f"{feature} needs the '{missing}' package: pip install 'polytask[{extra}]'"
-        ) from None
+        line = install or f"pip install 'polytask[{extra}]'"
+        raise PolytaskError(f"{feature} needs the '{missing}' package: {line}") from None

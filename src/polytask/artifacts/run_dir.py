@@ -29,6 +29,7 @@ CHECKPOINT = "checkpoint.pt"
 EXPERTS = "experts.json"
 EXPERTS_PLOT = "experts.png"
 BALANCE_PLOT = "balance.png"
+TRACKING = "tracking.json"  # where an MLflow-tracked run was logged (polytask.track)
 PARTIAL_SUFFIX = ".partial"
 
 

@@ -31,7 +31,7 @@ from polytask.errors import PolytaskError
 from polytask.track.flatten import epoch_metrics, final_metrics, flatten_spec
 from polytask.track.pyfunc import save_pyfunc
 
-TRACKING_FILE = "tracking.json"
+TRACKING_FILE = rd.TRACKING
 DEFAULT_STORE = "mlflow.db"
 ARTIFACT_FOLDER = "mlruns"
 BATCH_LIMIT = 1000  # MLflow's most metrics in one log_batch call
