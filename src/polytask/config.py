@@ -419,10 +419,14 @@ def load_spec(source: str | Path | dict[str, Any] | RunSpec) -> RunSpec:
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    return parse_spec(read_yaml(path, "config"), base_dir=path.parent.resolve())
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's content, or one line naming the file (and the line) that is not YAML."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config {path}: not valid YAML{where}") from None
-    return parse_spec(raw, base_dir=path.parent.resolve())
+        raise ConfigError(f"{what} {path}: not valid YAML{where}") from None

@@ -56,6 +56,12 @@ def inputs(tmp_path_factory, trained_run) -> dict[str, Any]:
     }
 
 
+def report_paths(inputs: dict[str, Any]) -> list[Path]:
+    """Everything a report can show: two runs, a slim run, a cascade and (with Optuna) a study."""
+    paths = [inputs["first"], inputs["second"], inputs["slim"], inputs["cascade"]]
+    return [*paths, inputs["study"]] if inputs["study"] is not None else paths
+
+
 def _have(module: str) -> bool:
     import importlib.util
 

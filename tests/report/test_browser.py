@@ -14,6 +14,7 @@ import pytest
 from polytask.artifacts import run_dir as rd
 from polytask.report import write_report
 from polytask.report.browser import find_chromium, open_report, screenshot
+from tests.report.conftest import report_paths
 
 pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (the dev extra)")
 if find_chromium() is None:
@@ -24,9 +25,7 @@ if find_chromium() is None:
 
 @pytest.fixture(scope="module")
 def page_file(inputs, tmp_path_factory):
-    paths = [inputs["first"], inputs["second"], inputs["slim"], inputs["cascade"]]
-    if inputs["study"] is not None:
-        paths.append(inputs["study"])
+    paths = report_paths(inputs)
     out = tmp_path_factory.mktemp("browser") / "report.html"
     return write_report(paths, out, baseline=inputs["first"])
 

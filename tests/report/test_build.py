@@ -16,6 +16,7 @@ from polytask.errors import PolytaskError
 from polytask.report import write_report
 from polytask.tasks import HIGHER_IS_BETTER
 from tests.cli_helpers import assert_user_error, invoke
+from tests.report.conftest import report_paths
 
 
 class Cells(HTMLParser):
@@ -36,9 +37,7 @@ class Cells(HTMLParser):
 
 @pytest.fixture(scope="module")
 def report(inputs, tmp_path_factory):
-    paths = [inputs["first"], inputs["second"], inputs["slim"], inputs["cascade"]]
-    if inputs["study"] is not None:
-        paths.append(inputs["study"])
+    paths = report_paths(inputs)
     out = tmp_path_factory.mktemp("report") / "report.html"
     write_report(paths, out, baseline=inputs["first"])
     text = out.read_text()

@@ -21,29 +21,19 @@ from polytask.errors import PolytaskError
 from polytask.sweep import load_sweep, run_sweep
 from polytask.sweep.study import LOCK_FILE, STUDY_FILE, file_lock, open_study
 from tests.cli_helpers import assert_user_error, invoke
-from tests.conftest import make_table
+from tests.conftest import base_spec, make_table
 
 optuna = pytest.importorskip("optuna")
 
 
 def write_sweep(folder: Path, **changes) -> Path:
     make_table(n=240, seed=7).to_csv(folder / "t.csv", index=False)
-    base = {
-        "data": {"train": "t.csv", "split": {"valid": 0.25, "test": 0.25, "seed": 0}},
-        "tasks": [
-            {"name": "click", "kind": "binary", "target": "clicked"},
-            {"name": "spend", "kind": "regression", "target": "spend"},
-        ],
-        "model": {
-            "arch": "mmoe",
-            "embedding_dim": 3,
-            "hidden": [8],
-            "num_experts": 3,
-            "tower_hidden": [4],
-        },
-        "balance": {"method": "dwa", "options": {"temperature": 2.0}},
-        "train": {"epochs": 3, "batch_size": 64, "lr": 0.01, "early_stopping": {"patience": None}},
-    }
+    base = base_spec(
+        "t.csv",
+        data={"split": {"valid": 0.25, "test": 0.25, "seed": 0}},
+        balance={"method": "dwa", "options": {"temperature": 2.0}},
+    )
+    base["tasks"] = [task for task in base["tasks"] if task["name"] in ("click", "spend")]
     sweep = {
         "base": base,
         "space": {

@@ -21,9 +21,7 @@ def latency_ms(run: Path, batch: int) -> float:
 
     predictor = Predictor.load(run)
     rows = synthetic_rows(predictor.preprocessor, batch)
-    timings = measure(
-        [predictor.serving_model], [predictor.tasks], rows, (batch,), LATENCY_REPEATS
-    )
+    timings = measure([predictor.serving_model], [predictor.tasks], rows, (batch,), LATENCY_REPEATS)
     return timings[0][f"batch_{batch}"]
 
 

@@ -28,10 +28,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from polytask.config import RunSpec, format_validation_error, parse_spec
+from polytask.config import RunSpec, format_validation_error, parse_spec, read_yaml
 from polytask.errors import ConfigError, did_you_mean
 from polytask.tasks import HIGHER_IS_BETTER
 
@@ -358,10 +357,7 @@ def load_sweep(path: str | Path, overrides: dict[str, Any] | None = None) -> Swe
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise ConfigError(f"sweep {path}: not valid YAML") from None
+    raw = read_yaml(path, "sweep")
     if isinstance(raw, dict) and overrides:
         raw.update({k: v for k, v in overrides.items() if v is not None})
     return parse_sweep(raw, path.parent.resolve())
@@ -379,10 +375,7 @@ def parse_sweep(raw: Any, folder: Path) -> Sweep:
     base_path = (folder / spec.base).resolve()
     if not base_path.is_file():
         raise ConfigError(f"sweep: base run spec not found: {base_path}")
-    try:
-        base = yaml.safe_load(base_path.read_text())
-    except yaml.YAMLError:
-        raise ConfigError(f"sweep base {base_path}: not valid YAML") from None
+    base = read_yaml(base_path, "sweep base")
     if not isinstance(base, dict):
         raise ConfigError(f"sweep base {base_path}: expected a run spec mapping")
     return Sweep(spec, base, base_path.parent)

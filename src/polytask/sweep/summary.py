@@ -13,9 +13,7 @@ def pareto_table(summary: dict[str, Any]) -> Table:
     objectives = summary["objectives"]
     first = objectives[0]
     front = [t for t in summary["trials"] if t["pareto"]]
-    front.sort(
-        key=lambda t: t["values"][first["name"]], reverse=first["direction"] == "maximize"
-    )
+    front.sort(key=lambda t: t["values"][first["name"]], reverse=first["direction"] == "maximize")
     table = Table(title=f"Pareto front ({summary['split']} split): {len(front)} trial(s)")
     table.add_column("trial", justify="right")
     for key in summary["space"]:

@@ -1,0 +1,122 @@
+"""What MLflow tracking costs: the Census demo (examples/census_income_demo.yaml) trained with
+and without ``track.mlflow`` in one process, alternating, several rounds.
+
+Every tracked run logs what ``track: {mlflow: true}`` logs: parameters, every epoch's metrics,
+the run directory and the pyfunc model, into a local SQLite store. One tracked and one plain run
+come first, untimed: the first tracked run of a process also pays for importing MLflow and
+creating the store, reported apart. Inside tracked runs the time spent in the tracker's own
+calls (epoch logging, the final artifacts and model) is measured too: the overhead without the
+machine's noise.
+
+    python benchmarks/mlflow_overhead.py --rounds 4 --json docs/results/mlflow_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from _machine import machine_info
+
+import polytask
+from polytask.track.mlflow_run import MlflowRun
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TrackerClock:
+    """Adds up the seconds spent inside the tracker's calls."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        for name in ("connect", "on_epoch", "finish"):
+            original = getattr(MlflowRun, name)
+            setattr(MlflowRun, name, self._timed(original))
+
+    def _timed(self, method: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        return wrapper
+
+
+def train_once(spec: dict, out: Path, uri: str | None, clock: TrackerClock) -> dict[str, float]:
+    before = clock.seconds
+    started = time.perf_counter()
+    polytask.train(spec, out, overwrite=True, mlflow=uri)
+    wall = time.perf_counter() - started
+    summary = json.loads((out / "summary.json").read_text())
+    return {
+        "wall_seconds": wall,
+        "tracker_seconds": clock.seconds - before,
+        "epochs": summary["epochs_run"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    spec = yaml.safe_load((ROOT / "examples" / "census_income_demo.yaml").read_text())
+    spec["train"]["threads"] = args.threads
+    clock = TrackerClock()
+    info = machine_info("mlflow-skinny", "sqlalchemy")
+    with tempfile.TemporaryDirectory(prefix="mlflow-overhead-") as scratch:
+        folder = Path(scratch)
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
+        first = train_once(spec, folder / "warm-tracked", uri, clock)
+        train_once(spec, folder / "warm-plain", None, clock)
+        print(f"first tracked run (MLflow import, store creation): {first}", flush=True)
+        rounds = []
+        for index in range(args.rounds):
+            order = ("tracked", "plain") if index % 2 == 0 else ("plain", "tracked")
+            result = {}
+            for kind in order:
+                target = folder / f"{kind}-{index}"
+                result[kind] = train_once(spec, target, uri if kind == "tracked" else None, clock)
+            result["ratio"] = result["tracked"]["wall_seconds"] / result["plain"]["wall_seconds"]
+            rounds.append(result)
+            print(f"round {index}: {json.dumps(result)}", flush=True)
+    ratios = [r["ratio"] for r in rounds]
+    tracked = sum(r["tracked"]["wall_seconds"] for r in rounds)
+    plain = sum(r["plain"]["wall_seconds"] for r in rounds)
+    tracker = sum(r["tracked"]["tracker_seconds"] for r in rounds)
+    report = {
+        "command": f"python benchmarks/mlflow_overhead.py --rounds {args.rounds}",
+        "spec": "examples/census_income_demo.yaml",
+        "threads": args.threads,
+        "machine": info,
+        "first_tracked_run": first,
+        "rounds": rounds,
+        "median_ratio": statistics.median(ratios),
+        "total_ratio": tracked / plain,
+        "tracker_share_of_tracked_wall": tracker / tracked,
+        "tracker_seconds_per_run": tracker / len(rounds),
+    }
+    print(
+        f"tracked / plain wall time: median {report['median_ratio']:.3f}, "
+        f"total {report['total_ratio']:.3f}; time inside the tracker: "
+        f"{report['tracker_seconds_per_run']:.2f} s per run, "
+        f"{100 * report['tracker_share_of_tracked_wall']:.1f} % of a tracked run"
+    )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
