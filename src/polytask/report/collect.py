@@ -96,7 +96,8 @@ def read_study(path: Path) -> StudyData:
     for trial in summary["trials"]:
         run = path / trial["run"] if trial.get("run") else None
         if run is not None and rd.is_complete(run):
-            study.runs.append(read_run(run, f"{path.name}/{run.name}", path.name, trial))
+            labels = "/".join(str(value) for value in trial["params"].values())
+            study.runs.append(read_run(run, f"{run.name} {labels}", path.name, trial))
     return study
 
 
@@ -125,6 +126,10 @@ def collect(paths: list[Path]) -> Collection:
             )
         else:
             rd.require_complete(path)  # says whether it is unfinished or not a run
+    if len(found.studies) > 1:  # trial names repeat across studies
+        for run in found.runs:
+            if run.study is not None:
+                run.name = f"{run.study}/{run.name}"
     _unique_names(found.runs)
     for run in found.runs:
         if run.cascade is not None:
