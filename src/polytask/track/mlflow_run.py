@@ -113,10 +113,11 @@ class MlflowRun:
     # ------------------------------------------------------------------ the epochs
     def on_epoch(self, row: dict[str, Any]) -> None:
         with quiet_mlflow():
+            rows = [row]
             if self.run_id is None:
                 self._start()
-            earlier = [r for r in self._unlogged_rows() if r["epoch"] < row["epoch"]]
-            self._log_rows([*earlier, row])
+                rows = [*self._unlogged_rows(before=row["epoch"]), row]
+            self._log_rows(rows)
 
     def connect(self) -> None:
         """Open the store and find (or create) the experiment before training starts, so that a
@@ -162,13 +163,13 @@ class MlflowRun:
         for start in range(0, len(params), 100):  # MLflow's most params in one batch
             self.client.log_batch(self.run_id, params=params[start : start + 100])
 
-    def _unlogged_rows(self) -> list[dict[str, Any]]:
+    def _unlogged_rows(self, before: int) -> list[dict[str, Any]]:
         """Epochs a killed run had checkpointed but not logged (only after a resume)."""
         log = self.partial / rd.EPOCH_LOG
         if not self.resume or not log.is_file():
             return []
         rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        return [row for row in rows if row["epoch"] > self.last_epoch]
+        return [row for row in rows if self.last_epoch < row["epoch"] < before]
 
     def _log_rows(self, rows: list[dict[str, Any]]) -> None:
         stamp = int(time.time() * 1000)
