@@ -7,9 +7,11 @@ epoch budget replaced, so the study runs wherever the data is:
 
     python benchmarks/census_study.py --data ../shared/datasets/census_income_kdd --epochs 10 \\
         --study /tmp/census_study --json docs/results/census_study.json \\
-        --report /tmp/census_study.html --screenshot docs/census_study_report.png
+        --report /tmp/census_study.html --screenshot docs/census_study_report.png \\
+        --screenshot-height 4200
 
-The study folder is resumable: run the same command again after a kill.
+The study folder is resumable: run the same command again after a kill (or, once finished,
+to rewrite the JSON, the report and the screenshot without training again).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -38,6 +41,16 @@ def sweep_raw(data: Path, epochs: int, parallel: int) -> dict:
     raw["base"] = base
     raw["parallel"] = parallel
     return raw
+
+
+def study_wall(summary: dict) -> float | None:
+    """From the first trial's start to the last one's end (across resumed invocations)."""
+    starts = [t["started"] for t in summary["trials"] if t.get("started")]
+    ends = [t["finished"] for t in summary["trials"] if t.get("finished")]
+    if not starts or not ends:
+        return None
+    first, last = datetime.fromisoformat(min(starts)), datetime.fromisoformat(max(ends))
+    return (last - first).total_seconds()
 
 
 def test_metrics(study: Path, summary: dict) -> dict[int, dict]:
@@ -67,6 +80,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--report", type=Path)
     parser.add_argument("--screenshot", type=Path)
+    parser.add_argument("--screenshot-height", type=int, help="the top of the page only")
     args = parser.parse_args()
     info = machine_info("optuna", "mlflow-skinny", "plotly")
     started = time.perf_counter()
@@ -81,6 +95,7 @@ def main() -> None:
             "parallel": args.parallel,
             "machine": info,
             "wall_seconds_this_invocation": wall,
+            "study_wall_seconds": study_wall(summary),
             "study": summary,
             "test": test_metrics(args.study, summary),
         }
@@ -92,7 +107,7 @@ def main() -> None:
         if args.screenshot:
             from polytask.report.browser import screenshot
 
-            log = screenshot(args.report, args.screenshot)
+            log = screenshot(args.report, args.screenshot, height=args.screenshot_height)
             print("page problems:", log.problems or "none")
 
 

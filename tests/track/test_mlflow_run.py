@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -211,6 +212,8 @@ def test_true_means_a_local_store_under_the_working_directory(tmp_path, monkeypa
     artifact_root = client.get_experiment_by_name("polytask").artifact_location
     assert artifact_root == (tmp_path / "mlruns").as_uri()
     assert (tmp_path / "mlruns").is_dir()
+    with sqlite3.connect(tmp_path / "mlflow.db") as connection:  # the store polytask created
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
 def test_resolve_uri(tmp_path, monkeypatch):
@@ -297,3 +300,30 @@ def test_missing_mlflow_stops_a_tracked_run_before_training(tmp_path, monkeypatc
     assert not (tmp_path / "run").exists()
     assert not (tmp_path / "run.partial").exists()
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("flush_seconds", [0.0, 1e9])
+def test_a_hard_kill_loses_no_epoch(tmp_path, spec_dict, store, monkeypatch, flush_seconds):
+    """Killed without any clean-up (SystemExit passes the tracker's handlers), with epochs
+    written as they end (0 s) or none written yet (buffered): the resume logs every epoch
+    once, to one MLflow run."""
+    monkeypatch.setattr("polytask.track.mlflow_run.FLUSH_SECONDS", flush_seconds)
+    experiment = f"hard-kill-{flush_seconds:g}"
+    spec_dict["train"]["epochs"] = 4
+    spec_dict["track"] = {"mlflow": store, "experiment": experiment, "log_model": False}
+
+    def die_at_three(row: dict) -> None:
+        if row["epoch"] == 3:
+            raise SystemExit(9)
+
+    with pytest.raises(SystemExit):
+        polytask.train(spec_dict, tmp_path / "run", callbacks=[die_at_three])
+    run = polytask.train(spec_dict, tmp_path / "run", resume=True).run
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    run_id = runs[0].info.run_id
+    assert json.loads((run / TRACKING_FILE).read_text())["run_id"] == run_id
+    expected = {row["epoch"]: row["valid"]["click"]["auc"] for row in epoch_rows(run)}
+    assert history(client, run_id, "valid/click/auc") == pytest.approx(expected)
+    assert runs[0].data.params["train.epochs"] == "4"

@@ -93,9 +93,14 @@ def open_report(
             browser.close()
 
 
-def screenshot(html: Path, png: Path, *, width: int = 1400) -> PageLog:
-    """A full-page screenshot of the rendered report; returns what the page logged."""
+def screenshot(html: Path, png: Path, *, width: int = 1400, height: int | None = None) -> PageLog:
+    """A screenshot of the rendered report, the whole page or its top ``height`` pixels;
+    returns what the page logged."""
     with open_report(html, width=width) as (page, log):
         png.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(png), full_page=True)
+        if height is None:
+            page.screenshot(path=str(png), full_page=True)
+        else:
+            clip = {"x": 0, "y": 0, "width": width, "height": height}
+            page.screenshot(path=str(png), full_page=True, clip=clip)
     return log

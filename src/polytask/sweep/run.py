@@ -113,6 +113,8 @@ def summarise(study: Any, sweep: Sweep, study_dir: Path) -> dict[str, Any]:
                 "interrupted": bool(trial.user_attrs.get(INTERRUPTED)),
                 "pruned_at_epoch": trial.user_attrs.get("pruned_at_epoch"),
                 "seconds": trial.user_attrs.get("seconds"),
+                "started": _iso(trial.datetime_start),
+                "finished": _iso(trial.datetime_complete),
             }
         )
     summary = {
@@ -129,3 +131,7 @@ def summarise(study: Any, sweep: Sweep, study_dir: Path) -> dict[str, Any]:
     if len(objectives) >= 2 and complete:
         write_atomic(study_dir / PARETO_PLOT, lambda temp: plot_pareto(summary, temp))
     return summary
+
+
+def _iso(moment: Any) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment is not None else None

@@ -1,5 +1,5 @@
-"""One training run followed in MLflow: parameters at the first epoch, metrics after every
-epoch, and at the end the final metrics, the run directory and the pyfunc model.
+"""One training run followed in MLflow: its parameters, every epoch's metrics, and at the end
+the final metrics, the run directory and the pyfunc model.
 
 Every call goes through an explicit :class:`MlflowClient` for one tracking URI: no global MLflow
 state is set, so several tracked runs (or a sweep's trials) in one process do not interfere. The
@@ -9,9 +9,12 @@ MLflow run, logging the epochs it had not logged yet.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
+import sqlite3
 import tempfile
 import time
 import warnings
@@ -34,7 +37,9 @@ from polytask.track.pyfunc import save_pyfunc
 TRACKING_FILE = rd.TRACKING
 DEFAULT_STORE = "mlflow.db"
 ARTIFACT_FOLDER = "mlruns"
-BATCH_LIMIT = 1000  # MLflow's most metrics in one log_batch call
+BATCH_LIMIT = 1000  # MLflow's most entries (metrics + params + tags) in one log_batch call
+BATCH_TAGS_OR_PARAMS = 100  # and its most params, and tags, in one call
+FLUSH_SECONDS = 10.0  # buffered epoch metrics are written at least this often
 RUN_FOLDER, MODEL_FOLDER = "run", "model"
 
 
@@ -55,11 +60,22 @@ def resolve_uri(setting: bool | str, cwd: Path | None = None) -> str:
     return text
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def _local_artifact_root(uri: str) -> str | None:
     """For a SQLite store, artifacts go in ``mlruns/`` beside the database file."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return (Path(uri.removeprefix("sqlite:///")).parent / ARTIFACT_FOLDER).as_uri()
+    database = _sqlite_file(uri)
+    return None if database is None else (database.parent / ARTIFACT_FOLDER).as_uri()
+
+
+def _write_ahead_log(database: Path) -> None:
+    """Put a SQLite store that polytask just created in write-ahead-log mode (a setting kept in
+    the file): each of MLflow's commits then syncs once instead of several times (about half
+    the cost of a write here), and parallel sweep trials do not block each other's reads."""
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
 
 
 @contextmanager
@@ -89,19 +105,31 @@ def _one_line(error: Exception) -> str:
 
 
 class MlflowRun:
-    """Follows one polytask run (``out`` is its final path) in MLflow."""
+    """Follows one polytask run (``out`` is its final path) in MLflow.
+
+    Epoch metrics are buffered and written at most every ``FLUSH_SECONDS`` (and at the end):
+    each write is a database transaction of tens of milliseconds, which would otherwise cost a
+    run of short epochs several percent of its time. ``tracking.json`` records the last epoch
+    written, so a killed run's resume writes the rest from ``metrics.jsonl``.
+    """
 
     def __init__(self, settings: TrackSpec, out: Path, *, resume: bool) -> None:
         self.settings = settings
         self.out = rd.final_path(Path(out).resolve())
         self.partial = rd.partial_path(self.out)
         self.resume = resume
-        self.run_id: str | None = None
-        self.last_epoch = 0
         self.uri = resolve_uri(settings.mlflow)
         self._client: MlflowClient | None = None
         self.experiment_id = ""
         self.previous: dict[str, Any] | None = None  # tracking.json of the run being resumed
+        self.run_id: str | None = None
+        self.begun = False
+        self.started_ms = 0
+        self.last_epoch = 0  # written to MLflow
+        self.pending_epoch = 0  # buffered up to here
+        self.pending_metrics: list[Metric] = []
+        self.pending_params: list[Param] = []
+        self.last_flush = time.monotonic()
 
     @property
     def client(self) -> MlflowClient:
@@ -110,40 +138,20 @@ class MlflowRun:
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
-    # ------------------------------------------------------------------ the epochs
-    def on_epoch(self, row: dict[str, Any]) -> None:
-        with quiet_mlflow():
-            rows = [row]
-            if self.run_id is None:
-                self._start()
-                rows = [*self._unlogged_rows(before=row["epoch"]), row]
-            self._log_rows(rows)
-
     def connect(self) -> None:
         """Open the store and find (or create) the experiment before training starts, so that a
         wrong URI or an unwritable store fails at once, not after the first epoch."""
         self.previous = self._read_state() if self.resume else None
+        self.started_ms = int(time.time() * 1000)
+        database = _sqlite_file(self.uri)
+        new_store = database is not None and not database.exists()
         with quiet_mlflow():
             try:
                 self.experiment_id = self._experiment_id()
+                if new_store:
+                    _write_ahead_log(database)
             except Exception as error:  # MlflowException, OSError, the database driver's
                 raise PolytaskError(f"MLflow tracking at {self.uri}: {_one_line(error)}") from None
-
-    def _start(self) -> None:
-        previous = self.previous
-        if previous is not None:
-            self.run_id = previous["run_id"]
-            self.last_epoch = previous["last_epoch"]
-            self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            return
-        spec = rd.load_config(self.partial)
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=self.settings.run_name or self.out.name,
-            tags={"polytask.run_dir": str(self.out), "polytask.version": __version__},
-        )
-        self.run_id = run.info.run_id
-        self._log_params(spec)
 
     def _experiment_id(self) -> str:
         name = self.settings.experiment
@@ -158,68 +166,106 @@ class MlflowRun:
                 raise
             return found.experiment_id
 
-    def _log_params(self, spec: RunSpec) -> None:
-        params = [Param(k, v) for k, v in flatten_spec(spec.to_yaml_dict()).items()]
-        for start in range(0, len(params), 100):  # MLflow's most params in one batch
-            self.client.log_batch(self.run_id, params=params[start : start + 100])
+    # ------------------------------------------------------------------ the epochs
+    def on_epoch(self, row: dict[str, Any]) -> None:
+        with quiet_mlflow():
+            self._begin(before=row["epoch"])
+            self._queue(row)
+            if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+                self._flush(self.partial)
 
-    def _unlogged_rows(self, before: int) -> list[dict[str, Any]]:
-        """Epochs a killed run had checkpointed but not logged (only after a resume)."""
+    def _begin(self, before: float) -> None:
+        """At the first epoch: queue the parameters of a new run, or, resuming, the epochs the
+        killed run had checkpointed but not written."""
+        if self.begun:
+            return
+        self.begun = True
+        if self.previous is None:  # a new MLflow run (also for a run killed before any write)
+            spec: RunSpec = rd.load_config(self.partial)
+            flat = flatten_spec(spec.to_yaml_dict())
+            self.pending_params = [Param(k, v) for k, v in flat.items()]
+        else:
+            self.run_id = self.previous["run_id"]
+            self.last_epoch = self.pending_epoch = self.previous["last_epoch"]
+            self.client.update_run(self.run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        if not self.resume:
+            return
         log = self.partial / rd.EPOCH_LOG
-        if not self.resume or not log.is_file():
-            return []
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        return [row for row in rows if self.last_epoch < row["epoch"] < before]
+        lines = log.read_text().splitlines() if log.is_file() else []
+        for row in (json.loads(line) for line in lines if line.strip()):
+            if self.last_epoch < row["epoch"] < before:
+                self._queue(row)
 
-    def _log_rows(self, rows: list[dict[str, Any]]) -> None:
+    def _queue(self, row: dict[str, Any]) -> None:
         stamp = int(time.time() * 1000)
-        metrics = [
-            Metric(key, value, stamp, row["epoch"])
-            for row in rows
-            if row["epoch"] > self.last_epoch
-            for key, value in epoch_metrics(row).items()
-        ]
-        self._log_metrics(metrics)
-        self.last_epoch = max([self.last_epoch, *(row["epoch"] for row in rows)])
-        self._write_state(self.partial)
+        step = row["epoch"]
+        self.pending_metrics += [Metric(k, v, stamp, step) for k, v in epoch_metrics(row).items()]
+        self.pending_epoch = max(self.pending_epoch, step)
 
-    def _log_metrics(self, metrics: list[Metric]) -> None:
-        for start in range(0, len(metrics), BATCH_LIMIT):
-            self.client.log_batch(self.run_id, metrics=metrics[start : start + BATCH_LIMIT])
+    def _flush(self, folder: Path, tags: list[RunTag] | None = None, **state: Any) -> None:
+        """Write what is buffered (creating the MLflow run at the first write), then record the
+        last epoch written in ``folder``'s tracking.json."""
+        self._ensure_run()
+        metrics, params, tags = self.pending_metrics, self.pending_params, list(tags or [])
+        while metrics or params or tags:
+            params_now, params = params[:BATCH_TAGS_OR_PARAMS], params[BATCH_TAGS_OR_PARAMS:]
+            tags_now, tags = tags[:BATCH_TAGS_OR_PARAMS], tags[BATCH_TAGS_OR_PARAMS:]
+            room = BATCH_LIMIT - len(params_now) - len(tags_now)
+            metrics_now, metrics = metrics[:room], metrics[room:]
+            self.client.log_batch(self.run_id, metrics_now, params_now, tags_now)
+        self.pending_metrics, self.pending_params = [], []
+        self.last_epoch = self.pending_epoch
+        self.last_flush = time.monotonic()
+        self._write_state(folder, **state)
+
+    def _ensure_run(self) -> None:
+        if self.run_id is not None:
+            return
+        run = self.client.create_run(
+            self.experiment_id,
+            start_time=self.started_ms,
+            run_name=self.settings.run_name or self.out.name,
+            tags={"polytask.run_dir": str(self.out), "polytask.version": __version__},
+        )
+        self.run_id = run.info.run_id
 
     # ------------------------------------------------------------------ the end
     def finish(self, run: Path) -> None:
         """Final metrics, the run directory, the model; then mark the MLflow run finished."""
-        if self.run_id is None:
-            return
         with quiet_mlflow():
+            self._begin(before=math.inf)
             self._finish(run)
 
     def _finish(self, run: Path) -> None:
+        self._ensure_run()
         stamp = int(time.time() * 1000)
         summary = rd.load_json(run, rd.SUMMARY)
         final = rd.load_json(run, rd.FINAL_METRICS)
         step = summary.get("best_epoch", 0)
-        metrics = [Metric(k, v, stamp, step) for k, v in final_metrics(final, summary).items()]
-        self._log_metrics(metrics)
-        model_uri = None
+        self.pending_metrics += [
+            Metric(k, v, stamp, step) for k, v in final_metrics(final, summary).items()
+        ]
+        tags, model_uri = [], None
         if self.settings.log_model and summary.get("encoder") != "custom":
             with tempfile.TemporaryDirectory(prefix="polytask-mlflow-") as scratch:
                 save_pyfunc(run, Path(scratch) / MODEL_FOLDER)
                 self.client.log_artifacts(self.run_id, str(Path(scratch) / MODEL_FOLDER), "model")
             model_uri = f"runs:/{self.run_id}/{MODEL_FOLDER}"
-            self.client.set_tag(self.run_id, "polytask.model_uri", model_uri)
-        self._write_state(run, model_uri=model_uri)
+            tags.append(RunTag("polytask.model_uri", model_uri))
+        self._flush(run, tags, model_uri=model_uri)  # before the copy: tracking.json is final
         if self.settings.log_artifacts:
             self.client.log_artifacts(self.run_id, str(run), RUN_FOLDER)
         self.client.set_terminated(self.run_id, RunStatus.to_string(RunStatus.FINISHED))
 
     def abort(self, status: str, reason: str) -> None:
-        """Mark the MLflow run KILLED or FAILED (a resumed run sets it running again)."""
-        if self.run_id is None:
+        """Write what is buffered and mark the MLflow run KILLED or FAILED (a resumed run sets
+        it running again). A run that never finished an epoch here leaves no trace."""
+        if not self.begun:
             return
-        self.client.log_batch(self.run_id, tags=[RunTag("polytask.stopped", reason[:5000])])
-        self.client.set_terminated(self.run_id, status)
+        folder = self.partial if self.partial.is_dir() else self.out
+        with quiet_mlflow():
+            self._flush(folder, [RunTag("polytask.stopped", reason[:5000])])
+            self.client.set_terminated(self.run_id, status)
 
     # ------------------------------------------------------------------ tracking.json
     def _read_state(self) -> dict[str, Any] | None:

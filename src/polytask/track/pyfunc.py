@@ -25,6 +25,7 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 from polytask import __version__
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.predictor import Predictor
+from polytask.data.preprocess import Preprocessor
 
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 RUN_ARTIFACT = "run"
@@ -44,9 +45,8 @@ class PolytaskModel(mlflow.pyfunc.PythonModel):
         return self.predictor.predict(model_input)
 
 
-def input_signature(predictor: Predictor) -> ModelSignature:
+def input_signature(preprocessor: Preprocessor) -> ModelSignature:
     """Every input column of the run, optional; categorical ones of any type."""
-    preprocessor = predictor.preprocessor
     columns = [ColSpec(AnyType(), name, required=False) for name in preprocessor.categorical]
     columns += [ColSpec("double", name, required=False) for name in preprocessor.numeric]
     return ModelSignature(inputs=Schema(columns))
@@ -65,7 +65,7 @@ def requirements() -> list[str]:
 
 def save_pyfunc(run: Path, path: Path) -> None:
     """Write the MLflow model of the finished run ``run`` into the new folder ``path``."""
-    predictor = Predictor.load(run)
+    preprocessor = Preprocessor(rd.load_json(run, rd.PREPROCESSOR))
     with tempfile.TemporaryDirectory(prefix="polytask-model-") as scratch:
         bundle = Path(scratch) / RUN_ARTIFACT
         bundle.mkdir()
@@ -75,6 +75,6 @@ def save_pyfunc(run: Path, path: Path) -> None:
             path=str(path),
             python_model=str(MODEL_CODE),
             artifacts={RUN_ARTIFACT: str(bundle)},
-            signature=input_signature(predictor),
+            signature=input_signature(preprocessor),
             pip_requirements=requirements(),
         )
