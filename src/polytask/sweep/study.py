@@ -18,7 +18,6 @@ again. Finished trials are never repeated.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -106,6 +105,8 @@ def make_sampler(sweep: Sweep, worker: int) -> Any:
 @contextlib.contextmanager
 def file_lock(path: Path, *, wait: bool) -> Iterator[None]:
     """An exclusive lock on ``path`` (released by the kernel if the holder dies)."""
+    import fcntl  # POSIX only: reading a study (polytask report) does not need it
+
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = path.open("a")
     try:
