@@ -241,6 +241,17 @@ class ScheduleSpec(_Section):
     gamma: float = Field(0.5, gt=0.0, le=1.0)
 
 
+class RelationsSpec(_Section):
+    """Record task relations while training (``polytask.relations``): every ``every`` steps,
+    TAG's lookahead affinity and the task-gradient cosines on the batch (at most ``rows`` of
+    its rows), averaged per epoch; the lookahead step uses ``lr`` (default: the optimizer's
+    current learning rate)."""
+
+    every: int = Field(10, ge=1)
+    lr: float | None = Field(None, gt=0.0)
+    rows: int | None = Field(None, ge=2)
+
+
 class TrainSpec(_Section):
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(1024, ge=1)
@@ -255,6 +266,7 @@ class TrainSpec(_Section):
     threads: int | None = Field(None, ge=1)
     baseline: Path | None = None
     diagnostics_every: int | None = Field(None, ge=1)
+    relations: RelationsSpec | None = None
 
 
 class RunSpec(_Section):

@@ -163,6 +163,7 @@ class Trainer:
             rd.save_config(self.partial, self.spec)
             rd.save_json(self.partial, rd.PREPROCESSOR, prepared.preprocessor.state)
 
+        self.relations = self._relation_recorder(tasks, loop.epoch)
         primary = {task.name: task.primary_metric for task in tasks}
         with TrainingDisplay(self.progress) as display:
             while loop.epoch < self.spec.train.epochs and not self._patience_spent(loop):
@@ -180,6 +181,8 @@ class Trainer:
                     epoch,
                 )
                 balancer.end_epoch()
+                if self.relations is not None:
+                    self.relations.end_epoch(epoch)
                 elapsed = time.perf_counter() - started
                 loop.train_seconds += elapsed
                 loop.rows_seen += len(train)
@@ -195,6 +198,20 @@ class Trainer:
                 for callback in self.callbacks:
                     callback(row)
             return self._finish(model, prepared, loop, display)
+
+    def _relation_recorder(self, tasks: list, epochs_done: int) -> Any:
+        """The recorder ``train.relations`` asks for (None when off), resumed where a
+        checkpoint left it."""
+        if self.spec.train.relations is None:
+            return None
+        from polytask.relations.recorder import RelationRecorder
+
+        recorder = RelationRecorder(
+            self.spec.train.relations, [task.name for task in tasks], self.partial
+        )
+        if self.resume:
+            recorder.resume(epochs_done)
+        return recorder
 
     def _train_epoch(
         self,
@@ -220,9 +237,12 @@ class Trainer:
         for start in range(0, len(train), batch_size):
             rows = order[start : start + batch_size]
             labels = {name: values[rows] for name, values in train.labels.items()}
+            features = train.features.take(rows)
+            if self.relations is not None and self.relations.due(loop.step):
+                self.relations.record(model, features, labels, prepared.tasks, optimizer)
             result = train_step(
                 model,
-                train.features.take(rows),
+                features,
                 labels,
                 prepared.tasks,
                 balancer,
