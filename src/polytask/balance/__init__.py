@@ -14,6 +14,7 @@ from polytask.balance import (  # noqa: F401  (importing a method registers it)
     mgda,
     nash_mtl,
     pcgrad,
+    rep_mtl,
     rlw,
     sam,
     uncertainty,
