@@ -103,6 +103,10 @@ def evaluate(
         str | None, typer.Option(help="Or: the run's own 'valid' or 'test' split.")
     ] = None,
     baseline: Annotated[Path | None, typer.Option(help="Single-task run for Delta-m.")] = None,
+    beside: Annotated[
+        Path | None,
+        typer.Option(help="A `polytask baseline` folder to show per task (with --split)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Per-task metrics and the overall score of a run on labelled rows."""
@@ -122,12 +126,98 @@ def evaluate(
         baseline_metrics.get(split_name) if baseline_metrics else None,
         str(baseline_path) if baseline_metrics else None,
     )
+    if beside is not None:
+        if split is None:
+            raise PolytaskError("--beside compares the baseline's split metrics: use --split")
+        report["beside"] = beside_report(report["metrics"], beside, split_name)
     if as_json:
         out.print_json(json.dumps(report, default=str))
         return
     out.print(metrics_table(f"{run} on {data or split} ({len(frame)} rows)", report["metrics"]))
+    if beside is not None:
+        out.print(beside_table(report["beside"], str(run), str(beside)))
     score = report["score"]
     out.print(f"{score['name']} = {score['value']:.4f} {score['unit']} ({score['meaning']})")
+
+
+def beside_report(
+    metrics: dict[str, dict[str, float]], folder: Path, split: str
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per task and metric: the run's value, the baseline folder's, and run minus baseline."""
+    from polytask.artifacts import run_dir as rd
+
+    results = rd.load_json(rd.require_complete(folder), rd.FINAL_METRICS)
+    if split not in results:
+        raise PolytaskError(f"--beside {folder} holds no '{split}' metrics")
+    theirs = results[split]
+    report: dict[str, dict[str, dict[str, float | None]]] = {}
+    for task, values in metrics.items():
+        if task not in theirs:
+            raise PolytaskError(f"--beside {folder} has no task '{task}'")
+        report[task] = {
+            metric: {
+                "run": value,
+                "baseline": theirs[task].get(metric),
+                "difference": None
+                if theirs[task].get(metric) is None
+                else value - theirs[task][metric],
+            }
+            for metric, value in values.items()
+        }
+    return report
+
+
+def beside_table(report: dict[str, Any], run: str, baseline: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{run} beside {baseline}")
+    for column in ("task", "metric", "run", "baseline", "run - baseline"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+
+    def shown(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    for task, metrics in report.items():
+        for metric, values in metrics.items():
+            table.add_row(
+                task,
+                metric,
+                shown(values["run"]),
+                shown(values["baseline"]),
+                shown(values["difference"]),
+            )
+    return table
+
+
+@app.command()
+@user_errors
+def baseline(
+    config: Annotated[Path, typer.Argument(help="YAML run specification.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Result folder to create.")],
+    library: Annotated[
+        str, typer.Option(help="auto (LightGBM where installed), lightgbm or sklearn.")
+    ] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Override train.seed.")] = None,
+) -> None:
+    """A gradient-boosted model per task on the spec's split, preprocessing and metrics."""
+    from polytask.artifacts import run_dir as rd
+    from polytask.baselines.gbdt import train_baseline
+    from polytask.config import load_spec
+    from polytask.train.progress import metrics_table
+
+    if library not in ("auto", "lightgbm", "sklearn"):
+        raise PolytaskError(f"--library must be auto, lightgbm or sklearn (got '{library}')")
+    spec = load_spec(config)
+    if seed is not None:
+        spec.train.seed = seed
+    folder = train_baseline(spec, out_dir, library=library, overwrite=overwrite)  # type: ignore[arg-type]
+    final = rd.load_json(folder, rd.FINAL_METRICS)
+    summary = rd.load_json(folder, rd.SUMMARY)
+    split = "test" if "test" in final else "valid"
+    if split in final:
+        out.print(metrics_table(f"{summary['library']} baseline, {split} metrics", final[split]))
+    out.print(f"baseline saved to {folder}", highlight=False)
 
 
 @app.command()

@@ -43,6 +43,11 @@ class Predictor:
         cls, run: str | Path, encoder_factory: Callable[[], nn.Module] | None = None
     ) -> Predictor:
         folder = rd.require_complete(Path(run))
+        if not (folder / rd.WEIGHTS).is_file():
+            raise PolytaskError(
+                f"{folder} holds metrics but no model ({rd.WEIGHTS}): a baseline's result "
+                "folder, not a run"
+            )
         spec = rd.load_config(folder)
         if encoder_factory is not None and spec.model.encoder.name != "custom":
             raise PolytaskError(

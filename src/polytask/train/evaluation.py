@@ -47,7 +47,14 @@ def evaluate(
     batch_size: int,
 ) -> dict[str, dict[str, float]]:
     """Metrics per task, plus each task's masked loss under the key ``loss``."""
-    logits = predict_logits(model, features, batch_size)
+    return evaluate_outputs(predict_logits(model, features, batch_size), labels, tasks)
+
+
+def evaluate_outputs(
+    logits: list[torch.Tensor], labels: dict[str, torch.Tensor], tasks: list[Task]
+) -> dict[str, dict[str, float]]:
+    """Metrics per task (and the masked loss under ``loss``) from per-task logits, whatever
+    produced them (a run's model, or a baseline's predictions turned into logits)."""
     losses, _ = task_losses(logits, labels, tasks)
     results = {}
     for task, task_logits, loss in zip(tasks, logits, losses, strict=True):
