@@ -44,5 +44,10 @@ def load(
     run_dir: str | Path, *, encoder_factory: Callable[[], nn.Module] | None = None
 ) -> Predictor:
     """Load a finished run directory for prediction and evaluation (a run trained with an
-    ``encoder_factory`` needs the same factory)."""
+    ``encoder_factory`` needs the same factory), or a group study's folder (``polytask
+    group``) as one model."""
+    from polytask.artifacts.group import GroupPredictor, is_group
+
+    if is_group(run_dir):
+        return GroupPredictor.load(run_dir, encoder_factory=encoder_factory)
     return Predictor.load(run_dir, encoder_factory=encoder_factory)

@@ -484,6 +484,147 @@ def export_command(
     out.print(message, highlight=False, soft_wrap=True)
 
 
+def matrix_table(title: str, names: list[str], matrix: list[list[float | None]]) -> Any:
+    """A T x T matrix as a table: row i, column j."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("i \\ j")
+    for name in names:
+        table.add_column(name, justify="right")
+    for name, row in zip(names, matrix, strict=True):
+        table.add_row(name, *("-" if v is None else f"{v:+.4f}" for v in row))
+    return table
+
+
+@app.command()
+@user_errors
+def relations(
+    run: Annotated[Path, typer.Argument(help="A run that recorded relations, or a group study.")],
+    groups: Annotated[
+        list[int] | None, typer.Option(help="Group counts to suggest (default 2 to 4).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Print the task affinity and gradient cosine matrices and the groups they suggest."""
+    import numpy as np
+
+    from polytask.artifacts import run_dir as rd
+    from polytask.artifacts.group import is_group
+    from polytask.relations.grouping import select_groups
+    from polytask.relations.recorder import RELATIONS
+
+    folder = run / "runs" / "all_in_one" if is_group(run) else run
+    if not (folder / RELATIONS).is_file():
+        raise PolytaskError(
+            f"{run} holds no {RELATIONS}; train with `train.relations: {{every: 10}}` "
+            "in the spec to record relations"
+        )
+    report = rd.load_json(folder, RELATIONS)
+    names = report["tasks"]
+    mean = report["mean"]
+    if mean["affinity"] is None:
+        raise PolytaskError(f"{folder / RELATIONS} holds no measurement yet")
+    affinity = np.array(
+        [[np.nan if v is None else v for v in row] for row in mean["affinity"]], dtype=float
+    )
+    counts = groups or [k for k in (2, 3, 4) if k < len(names)] or [1]
+    suggested = []
+    for count in counts:
+        if count < 1:
+            raise PolytaskError(f"--groups must be at least 1 (got {count})")
+        selection = select_groups(affinity, count)
+        suggested.append(
+            {
+                "max_groups": count,
+                "groups": selection.named(names),
+                "predicted_score": selection.score,
+                "method": selection.method,
+            }
+        )
+    if as_json:
+        out.print_json(json.dumps({"tasks": names, **mean, "suggested": suggested}))
+        return
+    measured = sum(row["measurements"] for row in report["epochs"])
+    out.print(
+        f"{measured} measurements over {len(report['epochs'])} epochs "
+        f"({report['seconds']:.1f} s spent measuring); {report['update_rule']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(
+        matrix_table("lookahead affinity Z[i -> j] (mean over training)", names, mean["affinity"])
+    )
+    out.print(
+        matrix_table("task-gradient cosine (mean over training)", names, mean["gradient_cosine"])
+    )
+    for item in suggested:
+        shown = "  ".join("{" + ", ".join(group) + "}" for group in item["groups"])
+        out.print(
+            f"at most {item['max_groups']} groups: {shown}  "
+            f"(predicted total affinity {item['predicted_score']:+.4f}; {item['method']})",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@app.command()
+@user_errors
+def group(
+    config: Annotated[Path, typer.Argument(help="YAML run specification (two tasks or more).")],
+    groups: Annotated[int, typer.Option("--groups", help="At most this many groups.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Study folder to create.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing study.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Override train.seed.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Measure task relations, choose at most K groups, train them; per task and Delta-m
+    beside all-in-one and one model per task. The study folder predicts as one model."""
+    from polytask.artifacts import run_dir as rd
+    from polytask.artifacts.group import MANIFEST
+    from polytask.config import load_spec
+    from polytask.relations.study import run_group_study
+
+    spec = load_spec(config)
+    if seed is not None:
+        spec.train.seed = seed
+    say = (lambda _: None) if as_json else (lambda text: err.print(text, highlight=False))
+    folder = run_group_study(spec, out_dir, groups, overwrite=overwrite, say=say)
+    manifest = rd.load_json(folder, MANIFEST)
+    if as_json:
+        out.print_json(json.dumps(manifest["report"]))
+        return
+    out.print(group_table(manifest), soft_wrap=True)
+    out.print(
+        f"group model saved to {folder} (predict / evaluate / serve it as a run)", highlight=False
+    )
+
+
+def group_table(manifest: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    report = manifest["report"]
+    split = "test" if "test" in report["splits"] else "valid"
+    data = report["splits"][split]
+    groups = "  ".join("{" + ", ".join(g) + "}" for g in report["groups"])
+    table = Table(title=f"{split} metrics; groups: {groups}")
+    for column in ("task", "metric", "one per task", "all in one", "grouped", "served by"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for task, cells in data["per_task"].items():
+        metric = next(iter(cells["single"]))
+        table.add_row(
+            task,
+            metric,
+            *(f"{cells[key][metric]:.4f}" for key in ("single", "all_in_one", "grouped")),
+            report["serving"][task],
+        )
+    delta = data["delta_m"]
+    table.add_row(
+        "Delta-m", "%", "0", f"{delta['all_in_one']:+.3f}", f"{delta['grouped']:+.3f}", ""
+    )
+    return table
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

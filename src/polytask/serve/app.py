@@ -256,5 +256,7 @@ def run_server(
         max_queue_rows=max_queue_rows,
         threads=threads,
     )
-    app = create_app(Predictor.load(run), config)
+    from polytask.api import load
+
+    app = create_app(load(run), config)
     uvicorn.run(app, host=host, port=port, access_log=access_log, log_level=log_level)
