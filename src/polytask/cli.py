@@ -625,6 +625,37 @@ def group_table(manifest: dict[str, Any]) -> Any:
     return table
 
 
+@app.command()
+@user_errors
+def transfer(
+    config: Annotated[Path, typer.Argument(help="YAML run specification (a few tasks).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to create.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing transfer map.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """TaskWeb-style pairwise transfer: train on a source task, fine-tune on a target,
+    against the target alone; T runs alone and T (T - 1) fine-tunes."""
+    from polytask.artifacts import run_dir as rd
+    from polytask.config import load_spec
+    from polytask.relations.transfer import TRANSFER, run_transfer_map
+
+    spec = load_spec(config)
+    say = (lambda _: None) if as_json else (lambda text: err.print(text, highlight=False))
+    folder = run_transfer_map(spec, out_dir, overwrite=overwrite, say=say)
+    report = rd.load_json(folder, TRANSFER)
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    title = f"transfer source -> target, % change of the target's {report['split']} metric"
+    out.print(matrix_table(title, report["tasks"], report["transfer_percent"]))
+    cost = report["cost"]
+    out.print(
+        f"cost: {cost['seconds_per_pair']:.1f} s per pair (fine-tune), "
+        f"{cost['seconds_total']:.0f} s in all; map saved to {folder}",
+        highlight=False,
+    )
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 

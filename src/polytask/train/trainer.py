@@ -90,8 +90,12 @@ class Trainer:
         progress: bool = True,
         callbacks: Iterable[EpochCallback] = (),
         encoder_factory: Callable[[], torch.nn.Module] | None = None,
+        initial_weights: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.out = rd.final_path(Path(out).resolve())
+        # weights to start from (e.g. another run's shared part, for transfer): loaded by name
+        # into a new run's model before training; ignored on resume (the checkpoint holds all)
+        self.initial_weights = initial_weights
         self.partial = rd.partial_path(self.out)
         self.resume = resume
         self.overwrite = overwrite
@@ -145,6 +149,8 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
         prepared, model = self._setup()
+        if self.initial_weights is not None and not self.resume:
+            load_matching(model, self.initial_weights)
         tasks = prepared.tasks
         train = prepared.splits["train"]
         valid = prepared.splits.get("valid")
@@ -446,6 +452,7 @@ def fit(
     progress: bool = True,
     callbacks: Iterable[EpochCallback] = (),
     encoder_factory: Callable[[], torch.nn.Module] | None = None,
+    initial_weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Train ``spec`` into the run directory ``out`` and return its path."""
     return Trainer(
@@ -456,7 +463,21 @@ def fit(
         progress=progress,
         callbacks=callbacks,
         encoder_factory=encoder_factory,
+        initial_weights=initial_weights,
     ).fit()
+
+
+def load_matching(model: MultiTaskModel, weights: dict[str, torch.Tensor]) -> None:
+    """Copy ``weights`` into the model's tensors of the same name; a name the model lacks or
+    a tensor of another shape is an error (a silent partial start would mislead)."""
+    state = model.state_dict()
+    for name, value in weights.items():
+        if name not in state or state[name].shape != value.shape:
+            raise PolytaskError(
+                f"initial weight '{name}' {tuple(value.shape)} does not fit this model"
+                + (f" (expects {tuple(state[name].shape)})" if name in state else "")
+            )
+    model.load_state_dict({**state, **weights})
 
 
 def _with_custom_encoder(spec: RunSpec) -> RunSpec:
