@@ -15,7 +15,8 @@ correlation from {1e-4, 1e-3, 1e-2} on selection seeds (1000+), by the mean held
 the end; the reported seeds (0..seeds-1) then run at that rate.
 
     python benchmarks/mmoe_synthetic_stream.py --seeds 30 --select-seeds 2 --steps 5000 \
-        --jobs 1 --json docs/results/mmoe_synthetic_stream.json \
+        --jobs 1 --cache /tmp/mmoe_stream_runs.jsonl \
+        --json docs/results/mmoe_synthetic_stream.json \
         --plot docs/results/mmoe_synthetic_stream.png
 """
 
@@ -118,15 +119,40 @@ def run_one(
     }
 
 
+def case_key(arch: str, correlation: float, seed: int, lr: float, args: argparse.Namespace):
+    return (arch, float(correlation), int(seed), float(lr), args.steps, args.batch, args.every)
+
+
+def load_cache(path: Path | None, args: argparse.Namespace) -> dict[tuple, dict[str, Any]]:
+    """Runs finished earlier (one JSON line each), so that an interrupted study continues."""
+    if path is None or not path.is_file():
+        return {}
+    done = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if (row["steps"], row["batch"], row["every"]) == (args.steps, args.batch, args.every):
+            done[case_key(row["arch"], row["correlation"], row["seed"], row["lr"], args)] = row
+    return done
+
+
 def run_all(cases: list[tuple], args: argparse.Namespace) -> list[dict[str, Any]]:
+    done = load_cache(args.cache, args)
+    todo = [case for case in cases if case_key(*case, args) not in done]
     with ProcessPoolExecutor(args.jobs) as pool:
-        jobs = [
-            pool.submit(run_one, a, c, s, lr, args.steps, args.batch, args.every)
-            for a, c, s, lr in cases
-        ]
+        jobs = {
+            case: pool.submit(run_one, *case, args.steps, args.batch, args.every) for case in todo
+        }
         results = []
-        for job in jobs:
-            result = job.result()
+        for case in cases:
+            key = case_key(*case, args)
+            if key in done:
+                results.append(done[key])
+                continue
+            result = jobs[case].result()
+            if args.cache is not None:
+                row = {**result, "steps": args.steps, "batch": args.batch, "every": args.every}
+                with args.cache.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
             results.append(result)
             print(
                 f"{result['arch']:>14} p={result['correlation']} seed {result['seed']} "
@@ -174,6 +200,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--cache", type=Path, help="JSON lines of finished runs (resumable)")
     args = parser.parse_args()
     started = time.perf_counter()
     selection_cases = [
@@ -251,7 +278,9 @@ def main() -> None:
             },
             "chosen_lr": {a: {str(c): v for c, v in d.items()} for a, d in chosen.items()},
             "held_out_mse": table,
-            "selection": [{k: v for k, v in r.items() if k != "curve"} for r in selection],
+            "selection": [
+                {k: r[k] for k in ("arch", "correlation", "seed", "lr", "final")} for r in selection
+            ],
             "curves": [
                 {k: r[k] for k in ("arch", "correlation", "seed", "lr", "curve")} for r in final
             ],

@@ -42,8 +42,11 @@ def clustered_family(
     num_sines: int = 10,
     noise: float = 0.1,
     seed: int = 0,
+    cluster_sines: bool = False,
 ) -> SineTaskFamily:
-    """The task functions: one weight vector per task, clusters as the module says."""
+    """The task functions: one weight vector per task, clusters as the module says; with
+    ``cluster_sines`` each cluster draws its own sine terms (alpha, beta), so clusters also
+    differ in their nonlinearity."""
     sizes = [int(s) for s in sizes]
     if len(sizes) < 2 or min(sizes) < 1:
         raise ValueError("sizes must name at least two clusters of at least one task each")
@@ -61,6 +64,9 @@ def clustered_family(
     membership = cluster_labels(sizes)
     weights = within * centres[membership] + np.sqrt(1.0 - within**2) * own
     alpha, beta = rng.standard_normal(num_sines), rng.standard_normal(num_sines)
+    if cluster_sines:
+        alpha = rng.standard_normal((clusters, num_sines))[membership]
+        beta = rng.standard_normal((clusters, num_sines))[membership]
     return SineTaskFamily(weights, alpha, beta, noise)
 
 
@@ -75,11 +81,12 @@ def load_clustered_tasks(
     noise: float = 0.1,
     seed: int = 0,
     data_seed: int | None = None,
+    cluster_sines: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Train / valid / test frames with inputs x0..x{dim-1} and labels y0..y{T-1}.
 
     ``seed`` fixes the task functions; ``data_seed`` (default: ``seed``) the rows drawn."""
-    family = clustered_family(sizes, dim, within, num_sines, noise, seed)
+    family = clustered_family(sizes, dim, within, num_sines, noise, seed, cluster_sines)
     rng = np.random.default_rng(seed if data_seed is None else data_seed)
     x, y = family.sample(rows + valid_rows + test_rows, rng)
     frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(dim)])

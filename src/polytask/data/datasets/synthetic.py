@@ -24,8 +24,8 @@ import pandas as pd
 class SineTaskFamily:
     """Fixed task functions; ``sample`` draws rows from them.
 
-    weights: [T, d] one weight vector per task; alpha, beta: [m] the shared sine terms;
-    noise: the label noise's standard deviation.
+    weights: [T, d] one weight vector per task; alpha, beta: [m] the sine terms shared by
+    all tasks, or [T, m] one set per task; noise: the label noise's standard deviation.
     """
 
     weights: np.ndarray
@@ -44,9 +44,11 @@ class SineTaskFamily:
     def labels(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """[N, T] noisy labels for inputs x [N, d]; noise is drawn task by task."""
         columns = []
-        for w in self.weights:
+        for t, w in enumerate(self.weights):
+            alpha = self.alpha[t] if self.alpha.ndim == 2 else self.alpha
+            beta = self.beta[t] if self.beta.ndim == 2 else self.beta
             projection = x @ w
-            waves = np.sin(np.outer(projection, self.alpha) + self.beta).sum(axis=1)
+            waves = np.sin(np.outer(projection, alpha) + beta).sum(axis=1)
             columns.append(projection + waves + rng.normal(0.0, self.noise, size=len(x)))
         return np.stack(columns, axis=1)
 
