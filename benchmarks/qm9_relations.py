@@ -8,7 +8,7 @@ seed, split 80 / 10 / 10 (the seed draws both). Per seed, ``polytask group --gro
 network per target, the chosen groups) and ``polytask baseline`` (scikit-learn's
 HistGradientBoosting; LightGBM is not installed here) on the same spec.
 
-    python benchmarks/qm9_relations.py --seeds 3 --rows 20000 --groups 3 \
+    python benchmarks/qm9_relations.py --seeds 3 --rows 15000 --groups 3 \
         --json docs/results/qm9_relations.json --figure docs/results/qm9_relations.png
 """
 
@@ -59,9 +59,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA / "qm9_targets_xyz.csv.gz")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--rows", type=int, default=15_000)
     parser.add_argument("--groups", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--figure", type=Path)
     parser.add_argument("--keep", type=Path, help="keep the studies here")

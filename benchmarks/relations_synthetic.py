@@ -9,7 +9,7 @@ all-in-one run records relations (every 10 steps, default rows), the groups are 
 its mean affinity, trained, and compared with all-in-one and one network per task.
 Recovered: the chosen groups equal the true clusters exactly.
 
-    python benchmarks/relations_synthetic.py --seeds 5 \
+    python benchmarks/relations_synthetic.py --seeds 5 --cluster-sines \
         --json docs/results/relations_synthetic.json \
         --figure docs/results/relations_synthetic.png
 """
