@@ -559,7 +559,7 @@ def relations(
         matrix_table("task-gradient cosine (mean over training)", names, mean["gradient_cosine"])
     )
     for item in suggested:
-        shown = "  ".join("{" + ", ".join(group) + "}" for group in item["groups"])
+        shown = shown_groups(item["groups"])
         out.print(
             f"at most {item['max_groups']} groups: {shown}  "
             f"(predicted total affinity {item['predicted_score']:+.4f}; {item['method']})",
@@ -600,14 +600,17 @@ def group(
     )
 
 
+def shown_groups(groups: list[list[str]]) -> str:
+    return "  ".join("{" + ", ".join(group) + "}" for group in groups)
+
+
 def group_table(manifest: dict[str, Any]) -> Any:
     from rich.table import Table
 
     report = manifest["report"]
     split = "test" if "test" in report["splits"] else "valid"
     data = report["splits"][split]
-    groups = "  ".join("{" + ", ".join(g) + "}" for g in report["groups"])
-    table = Table(title=f"{split} metrics; groups: {groups}")
+    table = Table(title=f"{split} metrics; groups: {shown_groups(report['groups'])}")
     for column in ("task", "metric", "one per task", "all in one", "grouped", "served by"):
         table.add_column(column, justify="left" if column in ("task", "metric") else "right")
     for task, cells in data["per_task"].items():

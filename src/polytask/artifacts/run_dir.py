@@ -82,6 +82,21 @@ def write_epoch_log(folder: Path, history: list[dict[str, Any]]) -> None:
     write_text(folder / EPOCH_LOG, "\n".join(lines) + ("\n" if lines else ""))
 
 
+def claim_partial(out: Path, overwrite: bool, marker: str, what: str) -> Path:
+    """A fresh ``<out>.partial`` to build in. An existing ``out`` is replaced only with
+    ``overwrite`` and only when it holds ``marker`` (polytask wrote it)."""
+    if out.exists():
+        if not overwrite:
+            raise PolytaskError(f"{out} already exists; pass --overwrite to replace it")
+        if not (out / marker).is_file():
+            raise PolytaskError(f"{out} is not {what}; not replacing it")
+    partial = partial_path(out)
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    return partial
+
+
 def publish(partial: Path, out: Path) -> None:
     """Move a finished ``.partial`` folder into place, replacing an older run at ``out``."""
     (partial / CHECKPOINT).unlink(missing_ok=True)

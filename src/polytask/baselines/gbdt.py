@@ -18,7 +18,6 @@ folder: ``config.yaml``, ``metrics.json`` (per split, per task, as a run's) and
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -177,9 +176,10 @@ def train_baseline(
 ) -> Path:
     """Fit the baseline of ``spec`` into the folder ``out`` and return its path."""
     out = Path(out).resolve()
-    if out.exists() and not overwrite:
-        raise PolytaskError(f"{out} already exists; pass --overwrite to replace it")
+    if out.exists() and overwrite and not is_baseline(out):
+        raise PolytaskError(f"{out} is not a baseline folder; not replacing it")
     chosen = resolve_library(library)
+    partial = rd.claim_partial(out, overwrite, rd.SUMMARY, "a baseline folder")
     prepared = prepare(spec)
     pre = prepared.preprocessor
     mask = categorical_mask(pre.cardinalities, pre.numeric_width)
@@ -198,9 +198,6 @@ def train_baseline(
         for name in ("valid", "test")
         if name in prepared.splits
     }
-    partial = rd.partial_path(out)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     rd.save_config(partial, spec)
     rd.save_json(partial, rd.FINAL_METRICS, final)
     rd.save_json(

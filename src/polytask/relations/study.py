@@ -17,7 +17,6 @@ The study is built in ``<out>.partial/`` and renamed when complete.
 from __future__ import annotations
 
 import math
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -67,19 +66,6 @@ def mean_affinity(run: Path) -> np.ndarray:
     return np.array([[math.nan if v is None else v for v in row] for row in matrix], dtype=float)
 
 
-def _claim(out: Path, overwrite: bool) -> Path:
-    if out.exists():
-        if not overwrite:
-            raise PolytaskError(f"{out} already exists; pass --overwrite to replace it")
-        if not (out / MANIFEST).is_file():
-            raise PolytaskError(f"{out} is not a group study; not replacing it")
-    partial = rd.partial_path(out)
-    if partial.exists():
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    return partial
-
-
 def run_group_study(
     spec: RunSpec,
     out: str | Path,
@@ -94,7 +80,7 @@ def run_group_study(
     if len(spec.tasks) < 2:
         raise PolytaskError("a group study needs at least two tasks")
     out = Path(out).resolve()
-    partial = _claim(out, overwrite)
+    partial = rd.claim_partial(out, overwrite, MANIFEST, "a group study")
     runs = partial / "runs"
     names = [task.name for task in spec.tasks]
 

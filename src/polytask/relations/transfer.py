@@ -16,7 +16,6 @@ fine-tune, their mean (the cost per pair) and the total.
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,14 +55,7 @@ def run_transfer_map(
         raise PolytaskError("a transfer map needs at least two tasks")
     say(f"{len(names)} runs alone and {len(names) * (len(names) - 1)} fine-tunes")
     out = Path(out).resolve()
-    if out.exists():
-        if not overwrite:
-            raise PolytaskError(f"{out} already exists; pass --overwrite to replace it")
-        if not (out / TRANSFER).is_file():
-            raise PolytaskError(f"{out} is not a transfer map; not replacing it")
-    partial = rd.partial_path(out)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    partial = rd.claim_partial(out, overwrite, TRANSFER, "a transfer map")
     started = time.perf_counter()
     alone: dict[str, Path] = {}
     for name in names:
