@@ -75,8 +75,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for round_ in range(args.rounds):
             for arch in ARCHS:
-                for variant, relations in VARIANTS.items():
-                    out = Path(scratch) / f"{arch}-{round_}-{len(seconds[arch][variant])}"
+                for number, (variant, relations) in enumerate(VARIANTS.items()):
+                    out = Path(scratch) / f"{arch}-{round_}-{number}"
                     spec = parse_spec(spec_for(arch, relations, args.epochs))
                     run = fit(spec, out, progress=False)
                     value = rd.load_json(run, rd.SUMMARY)["train_seconds"]

@@ -3,9 +3,9 @@
 Per epoch it averages the measurements of :func:`polytask.relations.affinity.measure`
 (each pair over the steps where both tasks were labelled) and writes, into the run
 directory, ``relations.json`` (every epoch's matrices, the mean over training and the time
-spent measuring) and ``relations.png`` (heat maps over training). On ``--resume`` the file
-is read back and the epochs after the checkpoint are dropped, so the record matches an
-uninterrupted run.
+spent measuring); ``relations.png`` (heat maps over training) is drawn when the run ends.
+On ``--resume`` the file is read back and the epochs after the checkpoint are dropped, so
+the record matches an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ class RelationRecorder:
         self.seconds += time.perf_counter() - started
 
     def end_epoch(self, epoch: int) -> None:
-        """Close the epoch: its means join the record, which is rewritten with its plot."""
+        """Close the epoch: its means join the record, which is rewritten (the plot is drawn
+        once, by :meth:`finish`: drawing it every epoch would cost more than measuring)."""
         count = self.pairs.clamp(min=1)
         missing = self.pairs == 0
         affinity = (self.affinity_sum / count).masked_fill(missing, float("nan"))
@@ -118,8 +119,11 @@ class RelationRecorder:
         }
 
     def write(self) -> None:
+        rd.save_json(self.folder, RELATIONS, self.report())
+
+    def finish(self) -> None:
+        """Draw the heat maps of the whole record (the trainer calls this once, at the end)."""
         report = self.report()
-        rd.save_json(self.folder, RELATIONS, report)
         write_atomic(self.folder / RELATIONS_PLOT, lambda temp: plot_relations(report, temp))
 
 

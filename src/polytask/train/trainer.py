@@ -400,6 +400,8 @@ class Trainer:
                 str(self.spec.train.baseline) if baseline else None,
             )
         self._save_insight(model, prepared, display)
+        if self.relations is not None:
+            self.relations.finish()
         if loop.history:
             names = [task.name for task in prepared.tasks]
             write_atomic(
