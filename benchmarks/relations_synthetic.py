@@ -9,7 +9,7 @@ all-in-one run records relations (every 10 steps, default rows), the groups are 
 its mean affinity, trained, and compared with all-in-one and one network per task.
 Recovered: the chosen groups equal the true clusters exactly.
 
-    python benchmarks/relations_synthetic.py --seeds 5 --cluster-sines \
+    python benchmarks/relations_synthetic.py --seeds 5 --cluster-sines --width 12 --rows 3000 \
         --json docs/results/relations_synthetic.json \
         --figure docs/results/relations_synthetic.png
 """
@@ -87,8 +87,8 @@ def plot(affinities: list[np.ndarray], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--rows", type=int, default=2000)
-    parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=3000)
+    parser.add_argument("--width", type=int, default=12)
     parser.add_argument("--within", type=float, default=0.995)
     parser.add_argument("--cluster-sines", action="store_true")
     parser.add_argument("--json", type=Path)
@@ -153,9 +153,9 @@ def main() -> None:
         payload = {
             "command": "python benchmarks/relations_synthetic.py "
             + " ".join(
-                f"--{k.replace('_', '-')} {v}"
+                f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}")
                 for k, v in vars(args).items()
-                if v is not None and k not in ("json", "figure")
+                if v not in (None, False) and k not in ("json", "figure")
             ),
             "spec": spec_for(0, args),
             "recovered": recovered,
