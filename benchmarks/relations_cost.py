@@ -17,6 +17,7 @@ which counts only the work of the run itself.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import tempfile
 import time
@@ -27,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import polytask.train.trainer as trainer_module
 from polytask.artifacts import run_dir as rd
 from polytask.config import parse_spec
 from polytask.train.trainer import fit
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    trainer_module = importlib.import_module("polytask.train.trainer")
     trainer_module.time = SimpleNamespace(perf_counter=time.process_time)  # CPU seconds
     seconds: dict[str, dict[str, list[float]]] = {a: {v: [] for v in VARIANTS} for a in ARCHS}
     with tempfile.TemporaryDirectory() as scratch:
