@@ -9,6 +9,7 @@ network per target, the chosen groups) and ``polytask baseline`` (scikit-learn's
 HistGradientBoosting; LightGBM is not installed here) on the same spec.
 
     python benchmarks/qm9_relations.py --seeds 3 --rows 15000 --groups 3 \
+        --data ../shared/datasets/qm9/qm9_targets_xyz.csv.gz \
         --json docs/results/qm9_relations.json --figure docs/results/qm9_relations.png
 """
 
@@ -65,7 +66,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--figure", type=Path)
     parser.add_argument("--keep", type=Path, help="keep the studies here")
+    parser.add_argument("--redraw", type=Path, help="only draw --figure from this JSON")
     args = parser.parse_args()
+    if args.redraw:
+        plot(json.loads(args.redraw.read_text()), args.figure)
+        return
     started = time.perf_counter()
     scratch = Path(tempfile.mkdtemp())
     root = args.keep or scratch
@@ -107,9 +112,6 @@ def main() -> None:
         }
         per_seed.append(result)
         print(json.dumps({k: result[k] for k in ("seed", "groups", "delta_m")}), flush=True)
-        if seed == 0 and args.figure:
-            args.figure.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(study / "runs" / "all_in_one" / "relations.png", args.figure)
     print(f"\nTest RMSE per target, mean ± std over {args.seeds} seeds\n")
     print("| target | " + " | ".join(("one per target", "all in one", "grouped", "GBDT")) + " |")
     print("|---|---|---|---|---|")
@@ -143,8 +145,39 @@ def main() -> None:
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(payload, indent=2))
+        if args.figure:
+            plot(payload, args.figure)
     if args.keep is None:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def plot(payload: dict[str, Any], path: Path) -> None:
+    """Mean affinity and gradient cosine of each seed's all-in-one run, as heat maps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = payload["per_seed"]
+    figure, axes = plt.subplots(2, len(seeds), figsize=(4.2 * len(seeds), 8), squeeze=False)
+    for col, result in enumerate(seeds):
+        for row, (key, title) in enumerate(
+            (("affinity", "lookahead affinity Z[i->j]"), ("gradient_cosine", "gradient cosine"))
+        ):
+            matrix = np.array(result["relations"][key], dtype=float)
+            shown = matrix.copy()
+            if key == "affinity":
+                np.fill_diagonal(shown, np.nan)  # self-affinity dwarfs the pairs
+            limit = np.nanmax(np.abs(shown))
+            axis = axes[row, col]
+            image = axis.imshow(shown, cmap="RdBu", vmin=-limit, vmax=limit)
+            axis.set_xticks(range(len(TARGETS)), TARGETS, rotation=90, fontsize=7)
+            axis.set_yticks(range(len(TARGETS)), TARGETS, fontsize=7)
+            axis.set_title(f"seed {result['seed']}: {title}", fontsize=9)
+            figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
