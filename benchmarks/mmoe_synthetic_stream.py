@@ -201,6 +201,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--cache", type=Path, help="JSON lines of finished runs (resumable)")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="run only seeds from here (fill a cache)"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     selection_cases = [
@@ -227,7 +230,10 @@ def main() -> None:
             chosen[arch][correlation] = min(means, key=lambda lr: means[lr])
     print("chosen learning rates:", chosen, flush=True)
     final_cases = [
-        (a, c, s, chosen[a][c]) for s in range(args.seeds) for c in CORRELATIONS for a in ARCHS
+        (a, c, s, chosen[a][c])
+        for s in range(args.first_seed, args.seeds)
+        for c in CORRELATIONS
+        for a in ARCHS
     ]
     final = run_all(final_cases, args)
     table: dict[str, dict[str, Any]] = {}
