@@ -204,6 +204,9 @@ def main() -> None:
     parser.add_argument(
         "--first-seed", type=int, default=0, help="run only seeds from here (fill a cache)"
     )
+    parser.add_argument(
+        "--cached-only", action="store_true", help="report only the seeds finished in --cache"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     selection_cases = [
@@ -235,9 +238,20 @@ def main() -> None:
         for c in CORRELATIONS
         for a in ARCHS
     ]
+    if args.cached_only:  # report the seeds whose every run is in the cache; run nothing
+        done = load_cache(args.cache, args)
+        complete = {
+            s
+            for s in range(args.first_seed, args.seeds)
+            if all(
+                case_key(a, c, s, chosen[a][c], args) in done for c in CORRELATIONS for a in ARCHS
+            )
+        }
+        final_cases = [case for case in final_cases if case[2] in complete]
     final = run_all(final_cases, args)
+    seeds = sorted({case[2] for case in final_cases})
     table: dict[str, dict[str, Any]] = {}
-    print(f"\nHeld-out MSE at step {args.steps}, {args.seeds} seeds\n")
+    print(f"\nHeld-out MSE at step {args.steps}, {len(seeds)} seeds\n")
     print("| model | " + " | ".join(f"p = {c}" for c in CORRELATIONS) + " |")
     print("|---|" + "---|" * len(CORRELATIONS))
     for arch in ARCHS:
@@ -280,6 +294,7 @@ def main() -> None:
                 "steps": args.steps,
                 "batch": args.batch,
                 "selection_seeds": args.select_seeds,
+                "reported_seeds": seeds,
                 "learning_rates": LEARNING_RATES,
             },
             "chosen_lr": {a: {str(c): v for c, v in d.items()} for a, d in chosen.items()},
