@@ -88,7 +88,7 @@ from polytask.balance import BALANCERS
 from polytask.config import ModelSpec, RunSpec, TrainSpec, load_spec
 from polytask.model import build_model
 from polytask.nn.experts import ExpertBank
-from polytask.nn.gates import MaskedGates
+from polytask.nn.gates import SoftmaxGates
 from polytask.tasks import Task
 from polytask.train.optim import build_optimizer
 from polytask.train.prepare import SplitTensors, prepare
@@ -435,9 +435,9 @@ def polytask_parameters(model: nn.Module) -> ParameterCount:
     """All parameters; extra = gate weights and biases masked to -inf (never trained)."""
     masked = 0
     for module in model.modules():
-        if isinstance(module, MaskedGates):
+        if isinstance(module, SoftmaxGates) and module.blocked is not None:
             in_dim = module.weight.shape[1]
-            masked += int(module.blocked.sum()) * (in_dim + 1)  # type: ignore[arg-type]
+            masked += int(module.blocked.sum()) * (in_dim + 1)
     total = sum(p.numel() for p in model.parameters())
     return ParameterCount(total, masked, "masked gate weights")
 
