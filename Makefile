@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,export]'
+	$(BIN)/pip install --quiet -e '.[dev,export,study]'
 	touch $(STAMP)
 
 demo: $(STAMP)

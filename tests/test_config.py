@@ -317,3 +317,27 @@ def test_unused_fields_warn_or_refuse_under_strict():
         check_unused(spec)
     with pytest.raises(ConfigError, match=r"model.num_experts is set but not used.*remove it"):
         check_unused(spec, strict=True)
+def test_track_section():
+    from polytask.config import TrackSpec
+
+    assert TrackSpec().enabled is False
+    assert TrackSpec(mlflow=True).enabled
+    assert TrackSpec(mlflow="sqlite:///m.db").mlflow == "sqlite:///m.db"
+    assert TrackSpec(mlflow="runs/m.db").mlflow == "runs/m.db"
+    assert TrackSpec(mlflow="http://host:5000").mlflow == "http://host:5000"
+    assert TrackSpec(mlflow="databricks").mlflow == "databricks"
+
+
+@pytest.mark.parametrize(
+    ("track", "fragment"),
+    [
+        ({"mlflow": "somewhere"}, "track.mlflow: expected true, false or an MLflow tracking URI"),
+        ({"mlfow": True}, "track.mlfow: unknown key (did you mean 'mlflow'?)"),
+        ({"experiment": ""}, "track.experiment"),
+    ],
+)
+def test_track_mistakes_are_one_line(spec_dict, track, fragment):
+    spec_dict["track"] = track
+    with pytest.raises(ConfigError) as error:
+        parse_spec(spec_dict)
+    assert fragment in str(error.value)

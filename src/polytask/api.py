@@ -25,6 +25,7 @@ def train(
     callbacks: list[EpochCallback] | None = None,
     encoder_factory: Callable[[], nn.Module] | None = None,
     strict: bool = False,
+    mlflow: str | bool | None = None,
 ) -> Predictor:
     """Train a run specification (object, dict or YAML path) and return the loaded run.
 
@@ -32,14 +33,15 @@ def train(
     numeric)`` with an ``out_dim`` attribute) instead of the one ``model.encoder`` names.
     Keys the run would not use are a :class:`~polytask.errors.PolytaskWarning` (an error with
     ``strict``). ``overwrite`` replaces only a run that polytask wrote
-    (:mod:`polytask.artifacts.ownership`).
+    (:mod:`polytask.artifacts.ownership`). ``mlflow`` (True or a tracking URI) tracks the run in
+    MLflow, as ``track.mlflow`` does.
     """
-    from polytask.train.trainer import fit  # training code only when training
+    from polytask.track import fit_tracked  # training code only when training
 
     spec = load_spec(spec)
     if not resume:
         check_unused(spec, strict=strict)
-    run = fit(
+    run = fit_tracked(
         spec,
         out,
         resume=resume,
@@ -47,6 +49,7 @@ def train(
         progress=progress,
         callbacks=callbacks or (),
         encoder_factory=encoder_factory,
+        mlflow=mlflow,
     )
     return Predictor.load(run, encoder_factory=encoder_factory)
 

@@ -100,15 +100,22 @@ def train(
         bool, typer.Option(help="Refuse spec keys this run would not use (else: a warning).")
     ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar or tables.")] = False,
+    mlflow: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow",
+            help="Track in MLflow: a tracking URI (sqlite:///mlflow.db, http://host:5000).",
+        ),
+    ] = None,
 ) -> None:
     """Train a multi-task model into a run directory."""
     from polytask.config import check_unused, load_spec, with_overrides
-    from polytask.train.trainer import fit
+    from polytask.track import fit_tracked
 
     if resume is not None:
         if config is not None:
             raise PolytaskError("--resume continues a run with its saved config; give no CONFIG")
-        fit(None, resume, resume=True, progress=not quiet)
+        fit_tracked(None, resume, resume=True, progress=not quiet, mlflow=mlflow)
         return
     if config is None:
         raise PolytaskError("give a CONFIG file (or --resume RUN)")
@@ -122,7 +129,7 @@ def train(
         spec = with_overrides(spec, train=overrides)
     check_unused(spec, strict=strict)
     target = out_dir or Path("runs") / config.stem
-    fit(spec, target, overwrite=overwrite, progress=not quiet)
+    fit_tracked(spec, target, overwrite=overwrite, progress=not quiet, mlflow=mlflow)
 
 
 @app.command()
@@ -772,6 +779,66 @@ def transfer(
         f"{cost['seconds_total']:.0f} s in all; map saved to {folder}",
         highlight=False,
     )
+@app.command("sweep")
+@user_errors
+def sweep_command(
+    config: Annotated[Path, typer.Argument(help="Sweep file: base run spec, space, objectives.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Study folder (resumed when it exists).")
+    ],
+    trials: Annotated[int | None, typer.Option(min=1, help="Override the sweep's trials.")] = None,
+    parallel: Annotated[
+        int | None, typer.Option(min=1, help="Override the sweep's parallel processes.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print study.json.")] = False,
+) -> None:
+    """Optuna study over run-spec keys: trials as run directories, Pareto front printed,
+    plotted and saved; a killed sweep resumes where it stopped."""
+    from polytask.sweep import load_sweep, run_sweep
+    from polytask.sweep.summary import pareto_table, state_counts
+
+    sweep = load_sweep(config, {"trials": trials, "parallel": parallel})
+    summary = run_sweep(sweep, out_dir)
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(pareto_table(summary))
+    out.print(state_counts(summary), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Run directories, study folders, cascade folders.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")],
+    split: Annotated[
+        str | None, typer.Option(help="'valid' or 'test' (default: test when all runs have it).")
+    ] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="A run to compute every run's Delta-m against.")
+    ] = None,
+    title: Annotated[str | None, typer.Option(help="The page's title.")] = None,
+    screenshot: Annotated[
+        Path | None,
+        typer.Option(help="Also save a PNG of the rendered page (needs playwright, Chromium)."),
+    ] = None,
+) -> None:
+    """One self-contained HTML page comparing runs and studies: specs, per-task metrics with
+    Delta-m, Pareto front, learning curves, task weights, conflicts, experts, slim, cascade."""
+    from polytask.report import write_report
+
+    page = write_report(paths, output, split=split, baseline=baseline, title=title)
+    size = page.stat().st_size / 1e6
+    out.print(f"report written to {page} ({size:.1f} MB, opens offline)", highlight=False)
+    if screenshot is not None:
+        from polytask.report.browser import screenshot as take
+
+        log = take(page, screenshot)
+        for problem in log.problems:
+            err.print(f"[yellow]warning:[/yellow] {problem}", highlight=False, markup=True)
+        out.print(f"screenshot written to {screenshot}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -350,14 +350,50 @@ class TrainSpec(_Section):
     relations: RelationsSpec | None = None
 
 
+# An MLflow tracking URI names its store by scheme (sqlite:///, http://, databricks, ...); a bare
+# path to a ``.db`` file is taken as a SQLite store.
+TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
+class TrackSpec(_Section):
+    """Experiment tracking, off unless asked: ``mlflow: true`` logs to MLflow's local store
+    (``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` under the working directory); a
+    string names the store (a tracking URI, or a path to a ``.db`` file)."""
+
+    mlflow: bool | str = False
+    experiment: str = Field("polytask", min_length=1)
+    run_name: str | None = None
+    log_model: bool = True
+    log_artifacts: bool = True
+
+    @field_validator("mlflow")
+    @classmethod
+    def _tracking_uri(cls, value: bool | str) -> bool | str:
+        if isinstance(value, bool):
+            return value
+        text = value.strip()
+        scheme = text.split(":", 1)[0].split("+", 1)[0].lower()
+        if scheme in TRACKING_SCHEMES or text.endswith(".db"):
+            return text
+        raise ValueError(
+            "expected true, false or an MLflow tracking URI such as sqlite:///mlflow.db or "
+            f"http://host:5000 (schemes: {', '.join(TRACKING_SCHEMES)})"
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.mlflow is not False
+
+
 class RunSpec(_Section):
-    """A whole run: data, tasks, model, balancing and training."""
+    """A whole run: data, tasks, model, balancing, training and (optional) tracking."""
 
     data: DataSpec
     tasks: list[TaskSpec] = Field(min_length=1)
     model: ModelSpec = Field(default_factory=ModelSpec)
     balance: BalanceSpec = Field(default_factory=BalanceSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    track: TrackSpec = Field(default_factory=TrackSpec)
 
     @model_validator(mode="after")
     def _unique_names_and_columns(self) -> RunSpec:
@@ -472,15 +508,19 @@ def load_spec(source: str | Path | dict[str, Any] | RunSpec) -> RunSpec:
     path = Path(source)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    return parse_spec(read_yaml(path, "config"), base_dir=path.parent.resolve())
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's content, or one line naming the file (and the line) that is not YAML."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except UnicodeDecodeError:
-        raise ConfigError(f"config {path}: not UTF-8 text") from None
+        raise ConfigError(f"{what} {path}: not UTF-8 text") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config {path}: not valid YAML{where}") from None
-    return parse_spec(raw, base_dir=path.parent.resolve())
+        raise ConfigError(f"{what} {path}: not valid YAML{where}") from None
 
 
 def with_overrides(spec: RunSpec, **sections: dict[str, Any]) -> RunSpec:

@@ -316,3 +316,18 @@ def test_non_finite_weights_after_an_epoch_stop_training(tmp_path, spec_dict, mo
     monkeypatch.setattr(trainer_module, "train_step", poison)
     with pytest.raises(TrainingDiverged, match=r"weight '.+' is not finite after epoch 1"):
         fit(load_spec(spec_dict), tmp_path / "run", progress=False)
+def test_a_callback_returning_true_ends_training_as_a_finished_run(tmp_path, spec_dict):
+    spec_dict["train"]["epochs"] = 5
+    seen = []
+
+    def stop_after_two(row: dict) -> bool:
+        seen.append(row["epoch"])
+        return row["epoch"] == 2
+
+    run = train(spec_dict, tmp_path / "run", callbacks=[stop_after_two, lambda row: None])
+    assert seen == [1, 2]
+    summary = read_json(run / "summary.json")
+    assert summary["epochs_run"] == 2
+    assert summary["stopped_early"] is True
+    assert [row["epoch"] for row in epoch_rows(run)] == [1, 2]
+    assert (run / "model.safetensors").is_file()

@@ -33,6 +33,7 @@ CHECKPOINT = "checkpoint.pt"
 EXPERTS = "experts.json"
 EXPERTS_PLOT = "experts.png"
 BALANCE_PLOT = "balance.png"
+TRACKING = "tracking.json"  # where an MLflow-tracked run was logged (polytask.track)
 # Every file a training run may write (its manifest lists those it did).
 RUN_FILES = frozenset(
     {

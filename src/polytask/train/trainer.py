@@ -45,7 +45,10 @@ from polytask.train.runtime import keep_heap_between_steps
 from polytask.train.start import freeze, initial_preprocessor, load_initial, load_matching
 from polytask.train.step import train_step
 
-EpochCallback = Callable[[dict[str, Any]], None]
+# Called after every epoch (checkpoint and metrics.jsonl already written) with that epoch's
+# metrics.jsonl row. Returning True ends training there: the run finishes normally with its best
+# epoch, as after early stopping (a sweep prunes a poor trial this way).
+EpochCallback = Callable[[dict[str, Any]], bool | None]
 
 
 @dataclass
@@ -221,7 +224,12 @@ class Trainer:
         self.relations = self._relation_recorder(tasks, loop.epoch)
         primary = {task.name: task.primary_metric for task in tasks}
         with TrainingDisplay(self.progress) as display:
-            while loop.epoch < self.spec.train.epochs and not self._patience_spent(loop):
+            stop_requested = False
+            while (
+                loop.epoch < self.spec.train.epochs
+                and not self._patience_spent(loop)
+                and not stop_requested
+            ):
                 epoch = loop.epoch + 1
                 started = time.perf_counter()
                 train_loss = self._train_epoch(
@@ -252,7 +260,7 @@ class Trainer:
                 rd.write_epoch_log(self.partial, loop.history)
                 display.end_epoch(row, primary)
                 for callback in self.callbacks:
-                    callback(row)
+                    stop_requested = bool(callback(row)) or stop_requested
             return self._finish(model, prepared, loop, display)
 
     def _relation_recorder(self, tasks: list, epochs_done: int) -> Any:
