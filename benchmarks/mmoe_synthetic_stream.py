@@ -96,7 +96,7 @@ def run_one(
     def held_out_loss() -> float:
         model.eval()
         with torch.no_grad():
-            outputs = model(held)
+            outputs = model(held).logits
         model.train()
         predictions = torch.cat(outputs, dim=1).numpy()
         return float(np.mean((predictions - y_held) ** 2))

@@ -135,7 +135,7 @@ def main() -> None:
         manifest = rd.load_json(study, "group.json")
         found = sorted(sorted(g) for g in manifest["report"]["groups"])
         test = manifest["report"]["splits"]["test"]
-        relations = rd.load_json(study / "runs" / "all_in_one", "relations.json")
+        relations = rd.load_json(study / "all_in_one", "relations.json")
         affinity = np.array(manifest["affinity"], dtype=float)
         labels = np.repeat(np.arange(len(SIZES)), SIZES)
         same = labels[:, None] == labels[None, :]
