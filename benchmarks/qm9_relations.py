@@ -113,9 +113,9 @@ def main() -> None:
         )
         gbdt = train_baseline(spec, root / f"gbdt-{seed}", library="sklearn", overwrite=True)
         manifest = rd.load_json(study, "group.json")
-        tasks = Preprocessor(
-            rd.load_json(study / "all_in_one", rd.PREPROCESSOR)
-        ).build_tasks(spec.tasks)
+        tasks = Preprocessor(rd.load_json(study / "all_in_one", rd.PREPROCESSOR)).build_tasks(
+            spec.tasks
+        )
         test = manifest["report"]["splits"]["test"]
         single = {t: test["per_task"][t]["single"] for t in TARGETS}
         boosted = rd.load_json(gbdt, rd.FINAL_METRICS)["test"]
@@ -132,9 +132,7 @@ def main() -> None:
             "test": rows,
             "delta_m": {name: delta_m(values, single, tasks) for name, values in rows.items()},
             "relations": rd.load_json(study / "all_in_one", "relations.json")["mean"],
-            "relations_seconds": rd.load_json(study / "all_in_one", "relations.json")[
-                "seconds"
-            ],
+            "relations_seconds": rd.load_json(study / "all_in_one", "relations.json")["seconds"],
             "train_seconds": {
                 name: rd.load_json(study / name, rd.SUMMARY)["train_seconds"]
                 for name in ("all_in_one", "single")
