@@ -30,9 +30,9 @@ LAYERS: list[tuple[str, ...]] = [
     # 5: inference on a trained model
     ("inference",),
     # 6: training
-    ("train",),
+    ("train", "relations"),
     # 7: what works on trained runs
-    ("slim", "serve", "track", "sweep", "report"),
+    ("slim", "serve", "baselines", "track", "sweep", "report"),
     # 8: the API and the command line
     ("api", "cli", "__init__", "__main__"),
 ]

@@ -58,5 +58,6 @@ def load(
     run_dir: str | Path, *, encoder_factory: Callable[[], nn.Module] | None = None
 ) -> Predictor:
     """Load a finished run directory for prediction and evaluation (a run trained with an
-    ``encoder_factory`` needs the same factory)."""
+    ``encoder_factory`` needs the same factory), or a group study's folder (``polytask
+    group``) as one model."""
     return Predictor.load(run_dir, encoder_factory=encoder_factory)

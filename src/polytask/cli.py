@@ -144,6 +144,10 @@ def evaluate(
     allow_unknown_columns: Annotated[
         bool, typer.Option(help="Ignore columns the run does not know (else: refused).")
     ] = False,
+    beside: Annotated[
+        Path | None,
+        typer.Option(help="A `polytask baseline` folder to show per task (with --split)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Per-task metrics and the overall score of a run on labelled rows."""
@@ -164,12 +168,98 @@ def evaluate(
         str(baseline_path) if baseline_metrics else None,
         allow_unknown_columns=allow_unknown_columns,
     )
+    if beside is not None:
+        if split is None:
+            raise PolytaskError("--beside compares the baseline's split metrics: use --split")
+        report["beside"] = beside_report(report["metrics"], beside, split_name)
     if as_json:
         out.print_json(json.dumps(report, default=str))
         return
     out.print(metrics_table(f"{run} on {data or split} ({len(frame)} rows)", report["metrics"]))
+    if beside is not None:
+        out.print(beside_table(report["beside"], str(run), str(beside)))
     score = report["score"]
     out.print(f"{score['name']} = {score['value']:.4f} {score['unit']} ({score['meaning']})")
+
+
+def beside_report(
+    metrics: dict[str, dict[str, float]], folder: Path, split: str
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """Per task and metric: the run's value, the baseline folder's, and run minus baseline."""
+    from polytask.artifacts import run_dir as rd
+
+    results = rd.load_json(rd.require_complete(folder), rd.FINAL_METRICS)
+    if split not in results:
+        raise PolytaskError(f"--beside {folder} holds no '{split}' metrics")
+    theirs = results[split]
+    report: dict[str, dict[str, dict[str, float | None]]] = {}
+    for task, values in metrics.items():
+        if task not in theirs:
+            raise PolytaskError(f"--beside {folder} has no task '{task}'")
+        report[task] = {
+            metric: {
+                "run": value,
+                "baseline": theirs[task].get(metric),
+                "difference": None
+                if theirs[task].get(metric) is None
+                else value - theirs[task][metric],
+            }
+            for metric, value in values.items()
+        }
+    return report
+
+
+def beside_table(report: dict[str, Any], run: str, baseline: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"{run} beside {baseline}")
+    for column in ("task", "metric", "run", "baseline", "run - baseline"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+
+    def shown(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    for task, metrics in report.items():
+        for metric, values in metrics.items():
+            table.add_row(
+                task,
+                metric,
+                shown(values["run"]),
+                shown(values["baseline"]),
+                shown(values["difference"]),
+            )
+    return table
+
+
+@app.command()
+@user_errors
+def baseline(
+    config: Annotated[Path, typer.Argument(help="YAML run specification.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Result folder to create.")],
+    library: Annotated[
+        str, typer.Option(help="auto (LightGBM where installed), lightgbm or sklearn.")
+    ] = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Override train.seed.")] = None,
+) -> None:
+    """A gradient-boosted model per task on the spec's split, preprocessing and metrics."""
+    from polytask.artifacts import run_dir as rd
+    from polytask.baselines.gbdt import train_baseline
+    from polytask.config import load_spec
+    from polytask.train.progress import metrics_table
+
+    if library not in ("auto", "lightgbm", "sklearn"):
+        raise PolytaskError(f"--library must be auto, lightgbm or sklearn (got '{library}')")
+    spec = load_spec(config)
+    if seed is not None:
+        spec.train.seed = seed
+    folder = train_baseline(spec, out_dir, library=library, overwrite=overwrite)  # type: ignore[arg-type]
+    final = rd.load_json(folder, rd.FINAL_METRICS)
+    summary = rd.load_json(folder, rd.SUMMARY)
+    split = "test" if "test" in final else "valid"
+    if split in final:
+        out.print(metrics_table(f"{summary['library']} baseline, {split} metrics", final[split]))
+    out.print(f"baseline saved to {folder}", highlight=False)
 
 
 @app.command()
@@ -516,6 +606,179 @@ def export_command(
     out.print(message, highlight=False, soft_wrap=True)
 
 
+def matrix_table(title: str, names: list[str], matrix: list[list[float | None]]) -> Any:
+    """A T x T matrix as a table: row i, column j."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("i \\ j")
+    for name in names:
+        table.add_column(name, justify="right")
+    for name, row in zip(names, matrix, strict=True):
+        table.add_row(name, *("-" if v is None else f"{v:+.4f}" for v in row))
+    return table
+
+
+@app.command()
+@user_errors
+def relations(
+    run: Annotated[Path, typer.Argument(help="A run that recorded relations, or a group study.")],
+    groups: Annotated[
+        list[int] | None, typer.Option(help="Group counts to suggest (default 2 to 4).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Print the task affinity and gradient cosine matrices and the groups they suggest."""
+    import numpy as np
+
+    from polytask.artifacts import run_dir as rd
+    from polytask.inference.group import is_group
+    from polytask.relations.grouping import select_groups
+    from polytask.relations.recorder import RELATIONS
+
+    folder = run / "all_in_one" if is_group(run) else run
+    if not (folder / RELATIONS).is_file():
+        raise PolytaskError(
+            f"{run} holds no {RELATIONS}; train with `train.relations: {{every: 10}}` "
+            "in the spec to record relations"
+        )
+    report = rd.load_json(folder, RELATIONS)
+    names = report["tasks"]
+    mean = report["mean"]
+    if mean["affinity"] is None:
+        raise PolytaskError(f"{folder / RELATIONS} holds no measurement yet")
+    affinity = np.array(
+        [[np.nan if v is None else v for v in row] for row in mean["affinity"]], dtype=float
+    )
+    counts = groups or [k for k in (2, 3, 4) if k < len(names)] or [1]
+    suggested: list[dict[str, Any]] = []
+    for count in counts:
+        if count < 1:
+            raise PolytaskError(f"--groups must be at least 1 (got {count})")
+        selection = select_groups(affinity, count)
+        suggested.append(
+            {
+                "max_groups": count,
+                "groups": selection.named(names),
+                "predicted_score": selection.score,
+                "method": selection.method,
+            }
+        )
+    if as_json:
+        out.print_json(json.dumps({"tasks": names, **mean, "suggested": suggested}))
+        return
+    measured = sum(row["measurements"] for row in report["epochs"])
+    out.print(
+        f"{measured} measurements over {len(report['epochs'])} epochs "
+        f"({report['seconds']:.1f} s spent measuring); {report['update_rule']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print(
+        matrix_table("lookahead affinity Z[i -> j] (mean over training)", names, mean["affinity"])
+    )
+    out.print(
+        matrix_table("task-gradient cosine (mean over training)", names, mean["gradient_cosine"])
+    )
+    for item in suggested:
+        shown = shown_groups(item["groups"])
+        out.print(
+            f"at most {item['max_groups']} groups: {shown}  "
+            f"(predicted total affinity {item['predicted_score']:+.4f}; {item['method']})",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@app.command()
+@user_errors
+def group(
+    config: Annotated[Path, typer.Argument(help="YAML run specification (two tasks or more).")],
+    groups: Annotated[int, typer.Option("--groups", help="At most this many groups.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Study folder to create.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing study.")] = False,
+    seed: Annotated[int | None, typer.Option(help="Override train.seed.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Measure task relations, choose at most K groups, train them; per task and Delta-m
+    beside all-in-one and one model per task. The study folder predicts as one model."""
+    from polytask.artifacts import run_dir as rd
+    from polytask.config import load_spec
+    from polytask.inference.group import MANIFEST
+    from polytask.relations.study import run_group_study
+
+    spec = load_spec(config)
+    if seed is not None:
+        spec.train.seed = seed
+    say = (lambda _: None) if as_json else (lambda text: err.print(text, highlight=False))
+    folder = run_group_study(spec, out_dir, groups, overwrite=overwrite, say=say)
+    manifest = rd.load_json(folder, MANIFEST)
+    if as_json:
+        out.print_json(json.dumps(manifest["report"]))
+        return
+    out.print(group_table(manifest), soft_wrap=True)
+    out.print(
+        f"group model saved to {folder} (predict / evaluate / serve it as a run)", highlight=False
+    )
+
+
+def shown_groups(groups: list[list[str]]) -> str:
+    return "  ".join("{" + ", ".join(group) + "}" for group in groups)
+
+
+def group_table(manifest: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    report = manifest["report"]
+    split = "test" if "test" in report["splits"] else "valid"
+    data = report["splits"][split]
+    table = Table(title=f"{split} metrics; groups: {shown_groups(report['groups'])}")
+    for column in ("task", "metric", "one per task", "all in one", "grouped", "served by"):
+        table.add_column(column, justify="left" if column in ("task", "metric") else "right")
+    for task, cells in data["per_task"].items():
+        metric = next(iter(cells["single"]))
+        table.add_row(
+            task,
+            metric,
+            *(f"{cells[key][metric]:.4f}" for key in ("single", "all_in_one", "grouped")),
+            report["serving"][task],
+        )
+    delta = data["delta_m"]
+    table.add_row(
+        "Delta-m", "%", "0", f"{delta['all_in_one']:+.3f}", f"{delta['grouped']:+.3f}", ""
+    )
+    return table
+
+
+@app.command()
+@user_errors
+def transfer(
+    config: Annotated[Path, typer.Argument(help="YAML run specification (a few tasks).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to create.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing transfer map.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """TaskWeb-style pairwise transfer: train on a source task, fine-tune on a target,
+    against the target alone; T runs alone and T (T - 1) fine-tunes."""
+    from polytask.artifacts import run_dir as rd
+    from polytask.config import load_spec
+    from polytask.relations.transfer import TRANSFER, run_transfer_map
+
+    spec = load_spec(config)
+    say = (lambda _: None) if as_json else (lambda text: err.print(text, highlight=False))
+    folder = run_transfer_map(spec, out_dir, overwrite=overwrite, say=say)
+    report = rd.load_json(folder, TRANSFER)
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    title = f"transfer source -> target, % change of the target's {report['split']} metric"
+    out.print(matrix_table(title, report["tasks"], report["transfer_percent"]))
+    cost = report["cost"]
+    out.print(
+        f"cost: {cost['seconds_per_pair']:.1f} s per pair (fine-tune), "
+        f"{cost['seconds_total']:.0f} s in all; map saved to {folder}",
+        highlight=False,
+    )
 @app.command("sweep")
 @user_errors
 def sweep_command(

@@ -49,6 +49,11 @@ TABLE: dict[str, dict[str, tuple[Any, str]]] = {
     "upgrad": GRAMIAN,
     "graddrop": {"leak": (0.0, "a number in [0, 1]"), "seed": SEED},
     "sam_task": {"rho": (0.05, "a number > 0")},
+    "rep_mtl": {
+        "tsr": (0.9, "a number >= 0"),
+        "csa": (0.9, "a number >= 0"),
+        "temperature": (0.5, "a number > 0"),
+    },
 }
 
 # what each kind of range refuses (just outside each bound) and accepts (on the bounds)
@@ -100,6 +105,7 @@ OTHER: dict[str, dict[str, Any]] = {
     "upgrad": {"mode": "exact", "every": 2},
     "graddrop": {"leak": 0.5, "seed": 1},
     "sam_task": {"rho": 0.5},
+    "rep_mtl": {"tsr": 0.0, "csa": 3.0, "temperature": 0.05},
 }
 
 TASKS = 3

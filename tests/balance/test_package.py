@@ -13,7 +13,14 @@ import polytask.balance
 
 SRC = Path(polytask.__file__).parent
 BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
-PUBLIC = {"polytask.balance", "polytask.balance.base", "polytask.balance.options"}
+# jacobian: the task-gradient machinery (per-task gradients in one batched backward, their
+# Gramian), which measuring task relations uses too
+PUBLIC = {
+    "polytask.balance",
+    "polytask.balance.base",
+    "polytask.balance.options",
+    "polytask.balance.jacobian",
+}
 
 TORCH_FREE = """
 import sys
@@ -36,7 +43,7 @@ except ConfigError:
     pass
 result = CliRunner().invoke(app, ["balancers", "--json"])
 assert result.exit_code == 0, result.output
-assert len(OPTIONS.names()) == 18
+assert len(OPTIONS.names()) == 19
 assert "torch" not in sys.modules, "torch was imported"
 """
 
@@ -91,5 +98,6 @@ def test_code_outside_the_package_uses_only_its_public_modules():
     ]
     assert reached == []
     assert _private("polytask.balance", "jacobian") and _private("polytask.balance._linalg", "nnls")
+    assert not _private("polytask.balance.jacobian", "task_gradients")
     assert _private("polytask.balance.famo", "masked_adam_step")
     assert not _private("polytask.balance.base", "GramianWeighting")

@@ -21,6 +21,11 @@ polytask wrote there. Only when complete is the folder swapped into place.
   place reports and removes it (a training run's resumable one only with ``--overwrite``).
   A leftover holding anything else is left alone and the command refuses.
 
+A folder of artifacts (a sweep or group study, a stream of runs) is one artifact too: its
+manifest also lists the folders inside it, each a complete polytask artifact with a manifest
+of its own, and every rule above applies to them in turn (a folder inside that polytask did
+not write, or that holds a file polytask did not write, stops the replacement).
+
 Single files (``predict -o``, ``export -o``): never a folder, never into a folder that does
 not exist (no silent ``mkdir -p``), never over an existing file without ``--overwrite``, never
 over an input of the command or over a file of a polytask artifact.
@@ -35,7 +40,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -100,6 +105,15 @@ def _listing(names: Iterable[str]) -> str:
     return ", ".join(ordered[:SHOWN]) + more
 
 
+def artifact_folders(folder: Path) -> set[str]:
+    """The folders a finished polytask artifact in ``folder`` holds (its manifest's list)."""
+    manifest = read_manifest(folder)
+    if manifest is None or manifest.get("state", "complete") != "complete":
+        return set()
+    folders = manifest.get("folders", [])
+    return set(folders) if isinstance(folders, list) else set()
+
+
 def artifact_files(folder: Path) -> set[str]:
     """The names a finished polytask artifact in ``folder`` consists of (its manifest's
     files, or a pre-manifest run's possible files); empty when it is not one."""
@@ -121,7 +135,18 @@ def owned_names(folder: Path) -> tuple[set[str] | None, str]:
     listed = artifact_files(folder)
     if not listed:
         return None, f"{folder} is not a folder polytask wrote (it has no {MANIFEST})"
-    foreign = [name for name, plain in entries.items() if name not in listed or not plain]
+    folders = artifact_folders(folder)
+    foreign = []
+    for name, plain in entries.items():
+        if plain and name in listed:
+            continue
+        inner = folder / name
+        if not plain and name in folders and not inner.is_symlink():
+            inside, problem = owned_names(inner)
+            if inside is not None:
+                continue
+            return None, problem
+        foreign.append(name)
     if foreign:
         return None, (
             f"{folder} holds files polytask did not write ({_listing(foreign)}); "
@@ -164,12 +189,20 @@ def check_place(target: Path, sources: Sequence[Path] = ()) -> None:
 
 
 def _remove_files(folder: Path, names: Iterable[str]) -> list[str]:
-    """Delete exactly ``names`` (plain files) from ``folder``, then the folder if empty;
-    return what is left there."""
+    """Delete exactly ``names`` from ``folder`` (plain files; a folder among them only as far
+    as polytask wrote it, by its own manifest), then the folder if empty; return what is left
+    there."""
     for name in names:
         path = folder / name
-        if path.is_file() and not path.is_symlink():
+        if path.is_symlink():
+            continue
+        if path.is_file():
             path.unlink()
+        elif path.is_dir():
+            inside, _ = owned_names(path)
+            if inside is None:
+                inside = _partial_names(path) or set()
+            _remove_files(path, inside)
     left = sorted(_entries(folder))
     if not left:
         folder.rmdir()
@@ -197,8 +230,10 @@ class OutputFolder:
         overwrite: bool = False,
         sources: Sequence[str | Path] = (),
         resumable: Callable[[Path], bool] | None = None,
+        holds_folders: bool = False,
     ) -> None:
         self.target = Path(target)
+        self.holds_folders = holds_folders  # a study: folders of artifacts inside
         self.partial = partial_path(self.target)
         self.kind = kind
         self.may_write = frozenset(may_write)
@@ -245,6 +280,8 @@ class OutputFolder:
             return None
         for name, plain in entries.items():
             temp = _TEMP.match(name)
+            if not plain and self.holds_folders and _is_artifact_folder(self.partial / name):
+                continue
             if not plain or (name not in allowed and not (temp and temp["name"] in allowed)):
                 return None
         return set(entries)
@@ -267,6 +304,19 @@ class OutputFolder:
         warn(f"removed {self.partial}, left behind by an unfinished earlier command")
 
     # ------------------------------------------------------------------ building
+    @contextlib.contextmanager
+    def building(self) -> Iterator[Path]:
+        """Claim, create the ``.partial`` folder and yield it; publish when the block ends,
+        discard (polytask's files only) when it raises."""
+        self.claim()
+        partial = self.create()
+        try:
+            yield partial
+        except BaseException:
+            self.discard()
+            raise
+        self.publish()
+
     def create(self) -> Path:
         """Create the ``.partial`` folder (and the target's parents) with a manifest that
         marks it as polytask's while it is built."""
@@ -312,12 +362,18 @@ class OutputFolder:
             temp = _TEMP.match(name)
             if plain and temp and temp["name"] in self.may_write:
                 (self.partial / name).unlink()  # a temp file of a killed earlier attempt
+        current = sorted(_entries(self.partial).items())
         files = {
             name: (self.partial / name).stat().st_size
-            for name, plain in sorted(_entries(self.partial).items())
+            for name, plain in current
             if plain and name in self.may_write
         }
-        self._write_manifest({"state": "complete", "files": files})
+        folders = [
+            name
+            for name, plain in current
+            if not plain and self.holds_folders and _is_artifact_folder(self.partial / name)
+        ]
+        self._write_manifest({"state": "complete", "files": files, "folders": folders})
         self._swap()
         return self.target
 
@@ -361,6 +417,28 @@ class OutputFolder:
             return
         with contextlib.suppress(OSError):
             _remove_files(self.partial, names)
+
+
+def _is_artifact_folder(folder: Path) -> bool:
+    """A folder (not a link) with a polytask manifest, finished or still partial."""
+    return folder.is_dir() and not folder.is_symlink() and read_manifest(folder) is not None
+
+
+def _partial_names(folder: Path) -> set[str] | None:
+    """What an unfinished polytask folder holds, when all of it is polytask's (its manifest
+    lists what it may write; folders inside carry manifests of their own)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return None
+    allowed = {*manifest.get("may_write", []), *manifest.get("files", []), MANIFEST}
+    names = set()
+    for name, plain in _entries(folder).items():
+        temp = _TEMP.match(name)
+        own_file = plain and (name in allowed or bool(temp and temp["name"] in allowed))
+        if not (own_file or (not plain and _is_artifact_folder(folder / name))):
+            return None
+        names.add(name)
+    return names
 
 
 def check_output_file(

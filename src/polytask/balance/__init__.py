@@ -35,6 +35,7 @@ METHOD_MODULES = (
     "mgda",
     "nash_mtl",
     "pcgrad",
+    "rep_mtl",
     "rlw",
     "sam",
     "uncertainty",

@@ -297,3 +297,15 @@ class TaskSAMOptions(BalanceOptions):
     nearby point, then summed."""
 
     rho: float = Field(0.05, gt=0.0, description="radius of every task's perturbation")
+
+
+@OPTIONS.register("rep_mtl")
+class RepMTLOptions(BalanceOptions):
+    """Rep-MTL (2025): equal weighting plus task-specific saliency regulation and cross-task
+    saliency alignment at the shared representation."""
+
+    tsr: float = Field(0.9, ge=0.0, description="weight of the task-specific saliency regulation")
+    csa: float = Field(0.9, ge=0.0, description="weight of the cross-task saliency alignment")
+    temperature: float = Field(
+        0.5, gt=0.0, description="temperature tau of the alignment's contrastive softmax"
+    )

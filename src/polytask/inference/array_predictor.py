@@ -59,12 +59,13 @@ class ArrayPredictor(RunRows):
 def open_predictor(run: str | Path) -> ArrayPredictor | Predictor:
     """The run, ready to predict raw rows: from its lean arrays where it has matching ones
     (no torch import), else with its model."""
-    folder = rd.require_complete(Path(run))
-    arrays = read_lean(folder)
-    if arrays is None:
+    path = Path(run)
+    arrays = read_lean(path) if path.is_dir() else None
+    if arrays is None:  # no arrays: a group of runs, an older run, a model without a folded form
         from polytask.inference.predictor import Predictor
 
-        return Predictor.load(folder)
+        return Predictor.load(path)
+    folder = rd.require_complete(path)
     spec = rd.load_config(folder)
     preprocessor = Preprocessor(rd.load_json(folder, rd.PREPROCESSOR))
     return ArrayPredictor(folder, spec, preprocessor, arrays)

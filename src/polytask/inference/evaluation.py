@@ -16,19 +16,25 @@ import torch
 
 from polytask.features import Features
 from polytask.inference.predict import predict_logits
-from polytask.model import MultiTaskModel
 from polytask.tasks import HIGHER_IS_BETTER, Task, task_losses
 
 
 def evaluate(
-    model: MultiTaskModel,
+    model: torch.nn.Module,
     features: Features,
     labels: dict[str, torch.Tensor],
     tasks: list[Task],
     batch_size: int,
 ) -> dict[str, dict[str, float]]:
     """Metrics per task, plus each task's masked loss under the key ``loss``."""
-    logits = predict_logits(model, features, batch_size)
+    return evaluate_outputs(predict_logits(model, features, batch_size), labels, tasks)
+
+
+def evaluate_outputs(
+    logits: list[torch.Tensor], labels: dict[str, torch.Tensor], tasks: list[Task]
+) -> dict[str, dict[str, float]]:
+    """Metrics per task (and the masked loss under ``loss``) from per-task logits, whatever
+    produced them (a run's model, or a baseline's predictions turned into logits)."""
     losses, _ = task_losses(logits, labels, tasks)
     results = {}
     for task, task_logits, loss in zip(tasks, logits, losses, strict=True):

@@ -29,7 +29,7 @@ class Predictor(RunRows):
         self, run: Path, spec: RunSpec, preprocessor: Preprocessor, model: MultiTaskModel
     ) -> None:
         super().__init__(run, spec, preprocessor)
-        self.model = model.eval()
+        self.model: nn.Module = model.eval()
         # What predictions run on: the model's folded form where it has one (the same outputs
         # in fewer operations, see polytask.inference.lean), else the model itself. It is built from
         # the weights at load time: after changing self.model's weights, rebuild it with
@@ -40,7 +40,18 @@ class Predictor(RunRows):
     def load(
         cls, run: str | Path, encoder_factory: Callable[[], nn.Module] | None = None
     ) -> Predictor:
+        """A finished run directory, or a group study's folder (``polytask group``: several
+        runs, one model to its users)."""
+        from polytask.inference.group import GroupPredictor, is_group
+
+        if cls is Predictor and is_group(run):
+            return GroupPredictor.load(run, encoder_factory=encoder_factory)
         folder = rd.require_complete(Path(run))
+        if not (folder / rd.WEIGHTS).is_file():
+            raise PolytaskError(
+                f"{folder} holds metrics but no model ({rd.WEIGHTS}): a baseline's result "
+                "folder, not a run"
+            )
         spec = rd.load_config(folder)
         if encoder_factory is not None and spec.model.encoder.name != "custom":
             raise PolytaskError(
@@ -66,6 +77,15 @@ class Predictor(RunRows):
                 f"run {folder}: {rd.WEIGHTS} could not be loaded into its model ({first})"
             ) from None
         return cls(folder, spec, preprocessor, model)
+
+    def network(self) -> MultiTaskModel:
+        """The run's model as a network to cut or trace (slim, export); a group of runs has
+        none of its own (its runs each do)."""
+        if not isinstance(self.model, MultiTaskModel):
+            raise PolytaskError(
+                f"{self.run} is a group of runs, not one network; slim or export its runs"
+            )
+        return self.model
 
     def predict(
         self,

@@ -138,7 +138,7 @@ class Source:
 
     def context(self, threshold: float) -> SlimContext:
         return SlimContext(
-            self.predictor.model,
+            self.predictor.network(),
             self.predictor.spec.model,
             self.keep,
             threshold,

@@ -169,7 +169,7 @@ def export_onnx(
     clash = sorted(set(INPUTS) & set(predictor.task_names))
     if clash:
         raise PolytaskError(f"task name '{clash[0]}' is also an input name of the graph")
-    module = OnnxModule(predictor.model, predictor.tasks).eval()
+    module = OnnxModule(predictor.network(), predictor.tasks).eval()
     example = synthetic_rows(predictor.preprocessor, 2)
     runtime = _onnxruntime() if verify else None
     result: dict[str, Any] = {"max_abs_difference": None}
@@ -208,7 +208,7 @@ def export_onnx(
         "max_abs_difference": result["max_abs_difference"],
         "verified": result["max_abs_difference"] is not None,
     }
-    if any(level.gates.kind == "topk" for level in predictor.model.plan.levels):
+    if any(level.gates.kind == "topk" for level in predictor.network().plan.levels):
         interface["notes"] = [
             "top-k routed experts are exported through a static path (the experts some task "
             "routes to, dense top-k weights): same outputs, no sparse dispatch"

@@ -84,3 +84,17 @@ def freeze(model: nn.Module, patterns: list[str]) -> list[str]:
     if len(frozen) == len(names):
         raise ConfigError("train.freeze: every parameter is frozen; nothing would train")
     return frozen
+
+
+def load_matching(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy ``weights`` into the model's tensors of the same name (a partial start: e.g. the
+    shared part of another run, for a transfer map); a name the model lacks or a tensor of
+    another shape is an error (a silent partial start would mislead)."""
+    state = model.state_dict()
+    for name, value in weights.items():
+        if name not in state or state[name].shape != value.shape:
+            raise ConfigError(
+                f"initial weight '{name}' {tuple(value.shape)} does not fit this model"
+                + (f" (expects {tuple(state[name].shape)})" if name in state else "")
+            )
+    model.load_state_dict({**state, **weights})

@@ -42,7 +42,7 @@ from polytask.train.optim import build_optimizer, build_scheduler
 from polytask.train.prepare import Prepared, SplitTensors, prepare
 from polytask.train.progress import TrainingDisplay, metrics_table
 from polytask.train.runtime import keep_heap_between_steps
-from polytask.train.start import freeze, initial_preprocessor, load_initial
+from polytask.train.start import freeze, initial_preprocessor, load_initial, load_matching
 from polytask.train.step import train_step
 
 # Called after every epoch (checkpoint and metrics.jsonl already written) with that epoch's
@@ -102,9 +102,13 @@ class Trainer:
         progress: bool = True,
         callbacks: Iterable[EpochCallback] = (),
         encoder_factory: Callable[[], torch.nn.Module] | None = None,
+        initial_weights: dict[str, torch.Tensor] | None = None,
     ) -> None:
         # absolute, not resolved: a symbolic link given as --out stays a link (and is refused)
         self.out = rd.final_path(Path(os.path.abspath(out)))
+        # weights to start from (e.g. another run's shared part, for transfer): loaded by name
+        # into a new run's model before training; ignored on resume (the checkpoint holds all)
+        self.initial_weights = initial_weights
         self.partial = rd.partial_path(self.out)
         self.resume = resume
         self.overwrite = overwrite
@@ -196,6 +200,8 @@ class Trainer:
     def _fit(self) -> Path:
         with progress.reporting(self.progress):
             prepared, model = self._setup()
+            if self.initial_weights is not None and not self.resume:
+                load_matching(model, self.initial_weights)
         tasks = prepared.tasks
         train = prepared.splits["train"]
         valid = prepared.splits.get("valid")
@@ -215,6 +221,7 @@ class Trainer:
             rd.save_config(self.partial, self.spec)
             rd.save_json(self.partial, rd.PREPROCESSOR, prepared.preprocessor.state)
 
+        self.relations = self._relation_recorder(tasks, loop.epoch)
         primary = {task.name: task.primary_metric for task in tasks}
         with TrainingDisplay(self.progress) as display:
             stop_requested = False
@@ -237,6 +244,8 @@ class Trainer:
                     epoch,
                 )
                 balancer.end_epoch()
+                if self.relations is not None:
+                    self.relations.end_epoch(epoch)
                 elapsed = time.perf_counter() - started
                 loop.train_seconds += elapsed
                 loop.rows_seen += len(train)
@@ -253,6 +262,20 @@ class Trainer:
                 for callback in self.callbacks:
                     stop_requested = bool(callback(row)) or stop_requested
             return self._finish(model, prepared, loop, display)
+
+    def _relation_recorder(self, tasks: list, epochs_done: int) -> Any:
+        """The recorder ``train.relations`` asks for (None when off), resumed where a
+        checkpoint left it."""
+        if self.spec.train.relations is None:
+            return None
+        from polytask.relations.recorder import RelationRecorder
+
+        recorder = RelationRecorder(
+            self.spec.train.relations, [task.name for task in tasks], self.partial
+        )
+        if self.resume:
+            recorder.resume(epochs_done)
+        return recorder
 
     def _train_epoch(
         self,
@@ -278,9 +301,12 @@ class Trainer:
         for start in range(0, len(train), batch_size):
             rows = order[start : start + batch_size]
             labels = {name: values[rows] for name, values in train.labels.items()}
+            features = train.features.take(rows)
+            if self.relations is not None and self.relations.due(loop.step):
+                self.relations.record(model, features, labels, prepared.tasks, optimizer)
             result = train_step(
                 model,
-                train.features.take(rows),
+                features,
                 labels,
                 prepared.tasks,
                 balancer,
@@ -472,6 +498,8 @@ class Trainer:
                 str(self.spec.train.baseline) if baseline else None,
             )
         self._save_insight(model, prepared, display)
+        if self.relations is not None:
+            self.relations.finish()
         if loop.history:
             names = [task.name for task in prepared.tasks]
             write_atomic(
@@ -525,6 +553,7 @@ def fit(
     progress: bool = True,
     callbacks: Iterable[EpochCallback] = (),
     encoder_factory: Callable[[], torch.nn.Module] | None = None,
+    initial_weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Train ``spec`` into the run directory ``out`` and return its path."""
     return Trainer(
@@ -535,6 +564,7 @@ def fit(
         progress=progress,
         callbacks=callbacks,
         encoder_factory=encoder_factory,
+        initial_weights=initial_weights,
     ).fit()
 
 

@@ -31,6 +31,18 @@ def _mmoe_synthetic(**options: Any) -> Frames:
     return load_mmoe_synthetic(**options)
 
 
+def _clustered(**options: Any) -> Frames:
+    from polytask.data.datasets.clustered import load_clustered_tasks
+
+    return load_clustered_tasks(**options)
+
+
+def _qm9(**options: Any) -> Frames:
+    from polytask.data.datasets.qm9 import load_qm9
+
+    return load_qm9(**options)
+
+
 def _multi_mnist(**options: Any) -> Frames:
     from polytask.data.datasets.multimnist import load_multi_mnist
 
@@ -42,6 +54,8 @@ DATASETS: dict[str, Callable[..., Frames]] = {
     "census_income": _census,
     "census_income_sample": _census_sample,
     "mmoe_synthetic": _mmoe_synthetic,
+    "clustered_tasks": _clustered,
+    "qm9": _qm9,
 }
 
 

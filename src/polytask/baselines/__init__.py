@@ -1,0 +1,1 @@
+"""Per-task baselines trained outside polytask's networks, on polytask's own data handling."""
