@@ -12,6 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 import polytask
+from polytask.arch import ARCHS
 from polytask.balance import BALANCERS
 from polytask.config import TrainSpec, parse_spec
 from polytask.errors import ConfigError
@@ -114,6 +115,32 @@ def test_bf16_trains_on_the_cpu(tmp_path, method):
     assert abs(final["click"]["auc"] - fp32["click"]["auc"]) < 0.1
 
 
+# every architecture a spec names by itself (``plan`` takes a user's plan); the chained ones
+# (aitm, esmm) need binary tasks
+ARCHITECTURES = sorted(set(ARCHS.names()) - {"plan"})
+CHAINED = {"aitm", "esmm"}
+
+
+def assert_trains(tmp_path: Path, arch: str, train_section: dict) -> None:
+    """Two epochs of ``arch`` give finite test metrics."""
+    path = tmp_path / "t.csv"
+    make_table(n=240).to_csv(path, index=False)
+    spec = base_spec(path, model={"arch": arch}, train={"epochs": 2, **train_section})
+    if arch in CHAINED:
+        spec["tasks"] = [
+            {"name": "click", "kind": "binary", "target": "clicked"},
+            {"name": "tag", "kind": "binary", "target": "tag_a"},
+        ]
+    run = train(spec, tmp_path / "run")
+    final = read_json(run / "metrics.json")["test"]
+    assert all(math.isfinite(value) for task in final.values() for value in task.values())
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_architecture_trains_in_bf16_on_the_cpu(tmp_path, arch):
+    assert_trains(tmp_path, arch, {"device": "cpu", "precision": "bf16", "threads": 1})
+
+
 def _rows(run: Path) -> list[dict]:
     import json
 
@@ -188,3 +215,22 @@ def test_a_run_trained_for_a_gpu_loads_and_predicts_on_the_cpu(trained_run, tmp_
     expected = polytask.load(trained_run["run"]).predict(rows)
     got = model.predict(rows)
     assert got.equals(expected)
+
+
+# ---------------------------------------------------------------------- on a GPU
+@pytest.mark.skipif(NO_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", BALANCERS.names())
+def test_every_balancing_method_trains_on_a_gpu(tmp_path, method):
+    path = tmp_path / "t.csv"
+    make_table(n=240).to_csv(path, index=False)
+    spec = base_spec(path, balance={"method": method}, train={"epochs": 2, "device": "cuda"})
+    run = train(spec, tmp_path / "run")
+    assert read_json(run / "summary.json")["device"].startswith("cuda")
+    assert polytask.load(run).predict(make_table(n=20)).notna().all().all()
+
+
+@pytest.mark.skipif(NO_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_every_architecture_trains_on_a_gpu_in_every_precision(tmp_path, arch, precision):
+    assert_trains(tmp_path, arch, {"device": "cuda", "precision": precision})

@@ -429,13 +429,7 @@ class Trainer:
         if valid is not None:
             value = math.nan
             if self.is_main:  # the whole validation set, once; the decision is shared
-                results = evaluate(
-                    model,
-                    valid.features,
-                    valid.labels,
-                    prepared.tasks,
-                    self.spec.train.eval_batch_size,
-                )
+                results = self._evaluate(model, valid, prepared)
                 row["valid"] = results
                 value = self._monitored(results, valid, prepared)
                 row["monitor"] = value
@@ -451,6 +445,13 @@ class Trainer:
             row["best"] = False
         loop.history.append(row)
         return row
+
+    def _evaluate(
+        self, model: MultiTaskModel, split: SplitTensors, prepared: Prepared
+    ) -> dict[str, dict[str, float]]:
+        return evaluate(
+            model, split.features, split.labels, prepared.tasks, self.spec.train.eval_batch_size
+        )
 
     def _monitored(
         self, results: dict[str, dict[str, float]], valid: SplitTensors, prepared: Prepared
@@ -542,13 +543,7 @@ class Trainer:
             tensors = prepared.splits.get(split)
             if tensors is None:
                 continue
-            results = evaluate(
-                model,
-                tensors.features,
-                tensors.labels,
-                prepared.tasks,
-                self.spec.train.eval_batch_size,
-            )
+            results = self._evaluate(model, tensors, prepared)
             final[split] = results
             baseline = self.baseline.get(split) if self.baseline else None
             scores[split] = overall_score(
