@@ -493,9 +493,7 @@ def polytask_model(inputs: Inputs, setup: Setup) -> nn.Module:
     return model
 
 
-def polytask_step(
-    inputs: Inputs, setup: Setup, method: str = "equal"
-) -> tuple[StepFn, nn.Module]:
+def polytask_step(inputs: Inputs, setup: Setup, method: str = "equal") -> tuple[StepFn, nn.Module]:
     """polytask's model and its real training step, fed like the trainer's epoch loop."""
     device = inputs.targets.device
     model = polytask_model(inputs, setup).to(device)

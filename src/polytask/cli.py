@@ -151,16 +151,23 @@ def train(
 
 
 def _launch_processes(nproc: int, config: Path | None, resume: Path | None, **options: Any) -> None:
-    """``train --nproc N``: check the spec here, then run the same command in N processes."""
+    """``train --nproc N``: check here what the processes would refuse (the spec, the
+    output folder, or the run to resume), then run the same command in N processes."""
     from polytask.config import load_spec
-    from polytask.train.launch import check_launch, launch, resumed_spec
+    from polytask.train.launch import check_launch, launch
 
     if (config is None) == (resume is None):
         raise PolytaskError("give a CONFIG file or --resume RUN")
     if options.get("mlflow") is not None:
         raise PolytaskError("--mlflow follows training in one process only; drop --nproc")
-    check_launch(load_spec(config) if config is not None else resumed_spec(str(resume)), nproc)
-    arguments = [str(config)] if config is not None else ["--resume", str(resume)]
+    if resume is not None:
+        check_launch(None, resume, nproc, resume=True)
+        arguments = ["--resume", str(resume)]
+    else:
+        assert config is not None
+        target = options["out"] or Path("runs") / config.stem
+        check_launch(load_spec(config), target, nproc, overwrite=options["overwrite"])
+        arguments = [str(config)]
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
         if value is True:

@@ -222,3 +222,21 @@ def test_the_launcher_refuses_before_starting_anything(table, tmp_path):
     assert result.exit_code == 2
     assert "balance.method: gradnorm" in result.output
     assert not (tmp_path / "r").exists() and not (tmp_path / "r.partial").exists()
+
+
+def test_the_launcher_refuses_a_folder_it_may_not_replace(table, tmp_path):
+    config = write_yaml(tmp_path / "spec.yaml", base_spec(table))
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    command = ["train", str(config), "--out", str(out), "--nproc", "2", "--overwrite"]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2
+    assert "--overwrite refused" in result.output and "not a folder polytask wrote" in result.output
+    assert (out / "notes.txt").read_text() == "the user's"
+
+
+def test_the_launcher_refuses_a_resume_without_a_checkpoint(tmp_path):
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "none"), "--nproc", "2"])
+    assert result.exit_code == 2
+    assert "no checkpoint to resume" in result.output
