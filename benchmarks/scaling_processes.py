@@ -19,7 +19,7 @@ Each step of two processes also all-reduces: the trainable parameters' gradients
 each), the task losses, label counts and row count (2T + 1 floats), and nothing else for a
 loss weighting; the JSON states those bytes for this model.
 
-    python benchmarks/scaling_processes.py --rows 60000 --epochs 1 --rounds 2 \
+    python benchmarks/scaling_processes.py --rows 200000 --epochs 1 --rounds 3 \
         --json docs/results/scaling_processes.json
 """
 
