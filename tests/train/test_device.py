@@ -17,12 +17,10 @@ from polytask.balance import BALANCERS
 from polytask.config import TrainSpec, parse_spec
 from polytask.errors import ConfigError
 from polytask.features import Features
-from polytask.model import build_model
 from polytask.tasks import task_losses
 from polytask.train.device import Placement, placement, resolve_device
 from polytask.train.step import train_step
-from polytask.train.trainer import seed_everything
-from tests.conftest import base_spec, make_table
+from tests.conftest import base_spec, make_table, model_and_batch
 from tests.train.helpers import read_json, train
 
 NO_CUDA = not torch.cuda.is_available()
@@ -147,25 +145,6 @@ def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _tiny_model_and_batch(method: str):
-    """A tiny MMoE (seeded) and one batch of encoded rows."""
-    from polytask.data.preprocess import Preprocessor
-
-    seed_everything(0)
-    table = make_table(n=80)
-    spec = parse_spec(base_spec("table.csv", balance={"method": method}))
-    preprocessor = Preprocessor.fit(table, spec.data, spec.tasks)
-    tasks = preprocessor.build_tasks(spec.tasks)
-    model = build_model(
-        spec.model,
-        preprocessor.cardinalities,
-        preprocessor.numeric_width,
-        [t.out_dim for t in tasks],
-        [t.name for t in tasks],
-    )
-    return model, preprocessor.transform(table), preprocessor.encode_labels(table, tasks), tasks
-
-
 @pytest.mark.parametrize("method", ["equal", "dwa", "mgda", "upgrad"])
 def test_the_gradient_scaler_scales_gradients_not_what_a_balancer_reads(method):
     """fp16's loss scale multiplies the gradients (and the scaler divides it out before the
@@ -173,7 +152,7 @@ def test_the_gradient_scaler_scales_gradients_not_what_a_balancer_reads(method):
     2^10 moves the weights as one step without it."""
     results = []
     for scaler in (None, torch.amp.GradScaler("cpu", init_scale=1024.0)):
-        model, features, labels, tasks = _tiny_model_and_batch(method)
+        model, tasks, features, labels = model_and_batch("mmoe")
         balancer = BALANCERS.get(method)(len(tasks))
         params = list(model.parameters()) + balancer.parameters()
         optimizer = torch.optim.SGD(params, lr=0.1)
