@@ -33,12 +33,12 @@ What is timed, per training step, for both libraries alike: slicing one batch ou
 built before timing (polytask: ``Features.take`` and label slicing as in the trainer's epoch
 loop; torch-rechub: a dict of column -> tensor, which is the input its models take), forward,
 loss, backward and an Adam step (lr 1e-3, no weight decay). No ``DataLoader`` is used by either.
-polytask runs its real ``train_step`` (masked BCE-with-logits, equal balancing); torch-rechub
-runs the core of its ``MTLTrainer.train_one_epoch``: sigmoid outputs, ``BCELoss`` per task,
-summed (MTLTrainer averages, at the same cost), ``zero_grad``, backward, step; its per-step
-regularisation term (all-zero by default, but it walks the modules) is left out. Both see the
-same batches in the same order (a seeded permutation per epoch; incomplete last batches are
-skipped because torch-rechub's BatchNorm cannot train on a one-row batch).
+polytask runs its real ``train_step`` (masked BCE-with-logits, equal balancing, or ``--balance
+METHOD``); torch-rechub runs the core of its ``MTLTrainer.train_one_epoch``: sigmoid outputs,
+``BCELoss`` per task, summed (MTLTrainer averages, at the same cost), ``zero_grad``, backward,
+step; its per-step regularisation term (all-zero by default, but it walks the modules) is left out.
+Both see the same batches in the same order (a seeded permutation per epoch; incomplete last
+batches are skipped because torch-rechub's BatchNorm cannot train on a one-row batch).
 
 Measurement: libraries alternate (polytask, torch-rechub, polytask, ...) for ``--rounds`` rounds
 per architecture and size; each round runs ``--warmup`` untimed steps, then steps for
@@ -76,7 +76,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +402,29 @@ def load_inputs(data: Path, sample: bool) -> Inputs:
     )
 
 
+def on_device(inputs: Inputs, device: torch.device) -> Inputs:
+    """The same inputs with every tensor on ``device`` (built once, before any timing)."""
+    if device.type == "cpu":
+        return inputs
+    train = SplitTensors(
+        inputs.train.features.to(device),
+        {name: values.to(device) for name, values in inputs.train.labels.items()},
+    )
+    return replace(
+        inputs,
+        train=train,
+        sparse={name: values.to(device) for name, values in inputs.sparse.items()},
+        dense={name: values.to(device) for name, values in inputs.dense.items()},
+        targets=inputs.targets.to(device),
+    )
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 class BatchOrder:
     """Row indices of successive full batches: a seeded permutation per epoch.
 
@@ -409,7 +432,10 @@ class BatchOrder:
     exactly the rows of step k of the other.
     """
 
-    def __init__(self, num_rows: int, batch_size: int, seed: int) -> None:
+    def __init__(
+        self, num_rows: int, batch_size: int, seed: int, device: torch.device | None = None
+    ) -> None:
+        self.device = device or torch.device("cpu")
         if num_rows < batch_size:
             raise SystemExit(f"batch size {batch_size} exceeds the {num_rows} training rows")
         self.num_rows = num_rows
@@ -427,7 +453,7 @@ class BatchOrder:
             self.position = 0
         rows = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
-        return rows
+        return rows.to(self.device)
 
 
 # ---------------------------------------------------------------------------------- models
@@ -466,13 +492,14 @@ def polytask_model(inputs: Inputs, setup: Setup) -> nn.Module:
     return model
 
 
-def polytask_step(inputs: Inputs, setup: Setup) -> tuple[StepFn, nn.Module]:
+def polytask_step(inputs: Inputs, setup: Setup, method: str = "equal") -> tuple[StepFn, nn.Module]:
     """polytask's model and its real training step, fed like the trainer's epoch loop."""
-    model = polytask_model(inputs, setup)
+    device = inputs.targets.device
+    model = polytask_model(inputs, setup).to(device)
     model.train()
     optimizer = build_optimizer(list(model.parameters()), TrainSpec(optimizer="adam", lr=LR))
-    balancer = BALANCERS.get("equal")(len(inputs.tasks))
-    static_weights = torch.ones(len(inputs.tasks))
+    balancer = BALANCERS.get(method)(len(inputs.tasks))
+    static_weights = torch.ones(len(inputs.tasks), device=device)
     train = inputs.train
     counter = [0]
 
@@ -534,7 +561,7 @@ def rechub_model(inputs: Inputs, setup: Setup) -> nn.Module:
 
 def rechub_step(inputs: Inputs, setup: Setup) -> tuple[StepFn, nn.Module]:
     """torch-rechub's model trained the way MTLTrainer does."""
-    model = rechub_model(inputs, setup)
+    model = rechub_model(inputs, setup).to(inputs.targets.device)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     loss_fn = nn.BCELoss()
@@ -559,8 +586,10 @@ def timed_round(
 ) -> tuple[list[float], Usage]:
     """Untimed warm-up steps, then steps until ``seconds`` have passed: each step's duration
     and the process's resource usage over the timed steps."""
+    synchronise = torch.cuda.synchronize if order.device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         step(order.next())
+    synchronise()
     gc.collect()
     durations = []
     usage = Usage.now()
@@ -570,6 +599,7 @@ def timed_round(
     while now < deadline:
         batch = order.next()
         step(batch)
+        synchronise()  # a GPU step has finished only when its kernels have
         before, now = now, time.perf_counter()
         durations.append(now - before)
     return durations, Usage.now().since(usage)
@@ -577,10 +607,11 @@ def timed_round(
 
 def run_setup(inputs: Inputs, setup: Setup, args: argparse.Namespace) -> SetupResult:
     """Alternate the two libraries for ``args.rounds`` rounds on one architecture and size."""
-    polytask = polytask_step(inputs, setup)
+    polytask = polytask_step(inputs, setup, args.balance)
     rechub = rechub_step(inputs, setup)
     runners = {"polytask": polytask, "rechub": rechub}
-    orders = {name: BatchOrder(len(inputs), args.batch_size, SEED) for name in runners}
+    device = inputs.targets.device
+    orders = {name: BatchOrder(len(inputs), args.batch_size, SEED, device) for name in runners}
     results = {
         "polytask": LibraryResult(polytask_parameters(polytask[1]), args.batch_size),
         "rechub": LibraryResult(rechub_parameters(rechub[1]), args.batch_size),
@@ -961,6 +992,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
     parser.add_argument(
+        "--balance",
+        default="equal",
+        help="polytask's balancing method (default options): its step cost beside torch-rechub's "
+        "plain summed loss",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device for both libraries (cuda: the inputs live on the GPU, every step "
+        "is synchronised before it is timed; the CPU kernel measurements are skipped)",
+    )
+    parser.add_argument(
         "--default-malloc",
         action="store_true",
         help="leave glibc malloc as it is (polytask's trainer keeps the heap between steps)",
@@ -986,7 +1029,8 @@ def main(argv: list[str] | None = None) -> None:
     source = "polytask's shipped sample" if args.sample else str(args.data.resolve())
     print(f"loading and preprocessing {source} ...", flush=True)
     started = time.perf_counter()
-    inputs = load_inputs(args.data, args.sample)
+    inputs = on_device(load_inputs(args.data, args.sample), torch.device(args.device))
+    machine["device"] = describe_device(torch.device(args.device))
     data = {
         "source": source,
         "train_rows": len(inputs),
@@ -1000,7 +1044,7 @@ def main(argv: list[str] | None = None) -> None:
     results = [run_setup(inputs, setup, args) for setup in setups]
     peak: MatmulPeak | None = None
     kernels: list[ExpertKernel] = []
-    if args.peak_sizes:
+    if args.peak_sizes and args.device == "cpu":
         peak = measure_matmul_peak(args.peak_sizes, args.kernel_repeats)
         kernels = measure_experts(inputs.encoded_width, args.batch_size, args.kernel_repeats)
     machine["load_average_1m_end"] = os.getloadavg()[0]

@@ -103,6 +103,30 @@ def base_spec(train_path: str | Path, /, **sections: dict[str, Any]) -> dict[str
     return spec
 
 
+def model_and_batch(arch: str) -> tuple[Any, list[Any], Any, dict[str, torch.Tensor]]:
+    """A small model of ``arch`` (seeded) with its tasks and one encoded batch of 64 rows:
+    (model, tasks, features, labels)."""
+    from polytask.config import parse_spec
+    from polytask.data.preprocess import Preprocessor
+    from polytask.model import build_model
+
+    frame = make_table(n=64, seed=4)
+    spec = parse_spec(base_spec("unused.csv", model={"arch": arch, "hidden": [5]}))
+    preprocessor = Preprocessor.fit(frame, spec.data, spec.tasks)
+    tasks = preprocessor.build_tasks(spec.tasks)
+    torch.manual_seed(0)
+    model = build_model(
+        spec.model,
+        preprocessor.cardinalities,
+        preprocessor.numeric_width,
+        [t.out_dim for t in tasks],
+        [t.name for t in tasks],
+    )
+    features = preprocessor.transform(frame)
+    labels = preprocessor.encode_labels(frame, tasks)
+    return model, tasks, features, labels
+
+
 def write_yaml(path: Path, spec: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

@@ -107,11 +107,29 @@ def train(
             help="Track in MLflow: a tracking URI (sqlite:///mlflow.db, http://host:5000).",
         ),
     ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(help="Train data-parallel in N processes on this machine (torchrun)."),
+    ] = None,
 ) -> None:
     """Train a multi-task model into a run directory."""
     from polytask.config import check_unused, load_spec, with_overrides
     from polytask.track import fit_tracked
 
+    if nproc is not None:
+        _launch_processes(
+            nproc,
+            config,
+            resume,
+            out=out_dir,
+            overwrite=overwrite,
+            baseline=baseline,
+            seed=seed,
+            strict=strict,
+            quiet=quiet,
+            mlflow=mlflow,
+        )
+        return
     if resume is not None:
         if config is not None:
             raise PolytaskError("--resume continues a run with its saved config; give no CONFIG")
@@ -130,6 +148,33 @@ def train(
     check_unused(spec, strict=strict)
     target = out_dir or Path("runs") / config.stem
     fit_tracked(spec, target, overwrite=overwrite, progress=not quiet, mlflow=mlflow)
+
+
+def _launch_processes(nproc: int, config: Path | None, resume: Path | None, **options: Any) -> None:
+    """``train --nproc N``: check here what the processes would refuse (the spec, the
+    output folder, or the run to resume), then run the same command in N processes."""
+    from polytask.config import load_spec
+    from polytask.train.launch import check_launch, launch
+
+    if (config is None) == (resume is None):
+        raise PolytaskError("give a CONFIG file or --resume RUN")
+    if options.get("mlflow") is not None:
+        raise PolytaskError("--mlflow follows training in one process only; drop --nproc")
+    if resume is not None:
+        check_launch(None, resume, nproc, resume=True)
+        arguments = ["--resume", str(resume)]
+    else:
+        assert config is not None
+        target = options["out"] or Path("runs") / config.stem
+        check_launch(load_spec(config), target, nproc, overwrite=options["overwrite"])
+        arguments = [str(config)]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            arguments.append(flag)
+        elif value not in (None, False):
+            arguments += [flag, str(value)]
+    launch(arguments, nproc)
 
 
 @app.command()
@@ -779,6 +824,8 @@ def transfer(
         f"{cost['seconds_total']:.0f} s in all; map saved to {folder}",
         highlight=False,
     )
+
+
 @app.command("sweep")
 @user_errors
 def sweep_command(

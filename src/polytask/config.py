@@ -44,6 +44,8 @@ Float = Annotated[float, BeforeValidator(_not_a_boolean)]
 SEED_LIMIT = 2**32
 Seed = Annotated[Int, Field(ge=0, lt=SEED_LIMIT)]
 MAX_THREADS = 1024
+# train.device: a torch device name polytask knows how to place a run on.
+DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)\Z")
 # A task name becomes part of file names (plots, cascade folders) and output columns: a word.
 TASK_NAME = re.compile(r"\w[\w.-]{0,99}\Z")
 
@@ -348,6 +350,17 @@ class TrainSpec(_Section):
         description="parameter names (shell-style patterns, e.g. 'arch.*') kept fixed",
     )
     relations: RelationsSpec | None = None
+    # where training runs: auto picks a CUDA GPU, then Apple's MPS, then the CPU
+    device: str = "auto"
+    # fp16 scales the loss with a gradient scaler (CUDA only); bf16 needs none
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not DEVICE.match(device):
+            raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, not '{device}'")
+        return device
 
 
 # An MLflow tracking URI names its store by scheme (sqlite:///, http://, databricks, ...); a bare

@@ -24,3 +24,14 @@ class Features:
 
     def take(self, rows: torch.Tensor) -> Features:
         return Features(self.categorical[rows], self.numeric[rows])
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Features:
+        """The same rows on ``device`` (no copy when they are there already)."""
+        return Features(
+            self.categorical.to(device, non_blocking=non_blocking),
+            self.numeric.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> Features:
+        """A page-locked copy, which a CUDA device reads asynchronously."""
+        return Features(self.categorical.pin_memory(), self.numeric.pin_memory())

@@ -8,12 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from polytask.arch import ARCHS
-from polytask.config import parse_spec
-from polytask.data.preprocess import Preprocessor
 from polytask.errors import ConfigError
-from polytask.model import build_model
 from tests.arch.helpers import network
-from tests.conftest import base_spec, make_table
+from tests.conftest import model_and_batch
 
 
 def mlp(x: torch.Tensor, weights, biases, index: int) -> torch.Tensor:
@@ -85,26 +82,8 @@ def test_unknown_arch_in_registry():
 
 
 # ---------------------------------------------------------------------- whole model
-def _model_and_batch(arch: str):
-    frame = make_table(n=64, seed=4)
-    spec = parse_spec(base_spec("unused.csv", model={"arch": arch, "hidden": [5]}))
-    preprocessor = Preprocessor.fit(frame, spec.data, spec.tasks)
-    tasks = preprocessor.build_tasks(spec.tasks)
-    torch.manual_seed(0)
-    model = build_model(
-        spec.model,
-        preprocessor.cardinalities,
-        preprocessor.numeric_width,
-        [t.out_dim for t in tasks],
-        [t.name for t in tasks],
-    )
-    features = preprocessor.transform(frame)
-    labels = preprocessor.encode_labels(frame, tasks)
-    return model, tasks, features, labels
-
-
 def test_single_task_losses_touch_only_their_own_parameters():
-    model, tasks, features, labels = _model_and_batch("single")
+    model, tasks, features, labels = model_and_batch("single")
     assert len(model.encoders) == len(tasks)
     outputs = model(features).logits
     params = list(model.parameters())
@@ -128,7 +107,7 @@ def test_single_task_losses_touch_only_their_own_parameters():
 
 def test_shared_bottom_losses_do_reach_the_shared_network():
     """The contrast case: with sharing, one task's loss moves the shared parameters."""
-    model, tasks, features, labels = _model_and_batch("shared_bottom")
+    model, tasks, features, labels = model_and_batch("shared_bottom")
     loss = tasks[0].loss(model(features).logits[0], labels[tasks[0].name])
     weight = model.arch.levels[0].experts.weights[0]
     (grad,) = torch.autograd.grad(loss, [weight])
@@ -137,7 +116,7 @@ def test_shared_bottom_losses_do_reach_the_shared_network():
 
 @pytest.mark.parametrize("arch", ["mmoe", "shared_bottom", "single"])
 def test_model_outputs_one_logit_block_per_task(arch):
-    model, tasks, features, _ = _model_and_batch(arch)
+    model, tasks, features, _ = model_and_batch(arch)
     outputs = model(features).logits
     assert [tuple(o.shape) for o in outputs] == [(64, t.out_dim) for t in tasks]
     assert [t.out_dim for t in tasks] == [1, 3, 1, 2]

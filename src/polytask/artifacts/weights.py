@@ -22,7 +22,7 @@ FORMAT = "2"
 
 def save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     """Write ``state`` atomically, tagged with the current format."""
-    weights = {key: value.contiguous() for key, value in state.items()}
+    weights = {key: value.detach().cpu().contiguous() for key, value in state.items()}
     write_atomic(path, lambda temp: save_file(weights, str(temp), metadata={FORMAT_KEY: FORMAT}))
 
 

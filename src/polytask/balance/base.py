@@ -77,6 +77,9 @@ class StepContext:
     common_input: torch.Tensor | None = None
     tower_first: torch.Tensor | None = None
     tower_weight: torch.Tensor | None = None
+    # Applied to every Gramian before a method reads it (source given): the training step
+    # divides out a loss scale (fp16) and sums the processes' Gramians (data parallel)
+    finish_gramian: Callable[[torch.Tensor, GradientSource], torch.Tensor] | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def gradients(self, losses: torch.Tensor, source: GradientSource) -> list[torch.Tensor]:
@@ -156,17 +159,21 @@ class StepContext:
         """The [T, T] Gramian of the per-task gradients from ``source``."""
         key = f"gramian:{source}"
         if key not in self._cache:
-            common = self.common_input
-            at_common = source == "representation" and common is not None
-            if at_common and self._trainable_representation() is common:
-                delta = self._common_delta(losses)
-                if delta is not None:
-                    assert self.tower_weight is not None
-                    weight = self.tower_weight.detach()
-                    self._cache[key] = common_input_gramian(delta, weight)
-                    return self._cache[key]
-            self._cache[key] = gramian(self.gradients(losses, source))
+            value = self._own_gramian(losses, source)
+            if self.finish_gramian is not None:
+                value = self.finish_gramian(value, source)
+            self._cache[key] = value
         return self._cache[key]
+
+    def _own_gramian(self, losses: torch.Tensor, source: GradientSource) -> torch.Tensor:
+        common = self.common_input
+        at_common = source == "representation" and common is not None
+        if at_common and self._trainable_representation() is common:
+            delta = self._common_delta(losses)
+            if delta is not None:
+                assert self.tower_weight is not None
+                return common_input_gramian(delta, self.tower_weight.detach())
+        return gramian(self.gradients(losses, source))
 
     def objective(self, weights: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """``sum_t w_t L_t`` plus the architecture's auxiliary term: its gradient is the

@@ -54,14 +54,14 @@ class DynamicWeightAverage(Balancer):
         return torch.where(known, ratio, torch.ones_like(ratio))
 
     def backward(self, losses: torch.Tensor, context: StepContext) -> torch.Tensor:
-        present = context.present
+        present = context.present.cpu()  # the epoch statistics live on the CPU
         index = present.nonzero().flatten()
         weights = torch.zeros(self.num_tasks, dtype=torch.float64)
         if index.numel():
             weights[index] = dwa_weights(self.ratios()[index], self.options.temperature)
-        weights = weights.to(losses.dtype) * context.static_weights * present
+        weights = weights.to(losses) * context.static_weights * context.present
         context.objective(weights, losses).backward()
-        detached = losses.detach().to(torch.float64)
+        detached = losses.detach().cpu().to(torch.float64)
         self.loss_sum[index] += detached[index]
         self.loss_count[index] += 1
         return weights.detach()

@@ -54,7 +54,7 @@ class RandomLossWeighting(Balancer):
     def backward(self, losses: torch.Tensor, context: StepContext) -> torch.Tensor:
         present = context.present.bool().cpu()
         drawn = sample_weights(self.num_tasks, self.options.distribution, self.generator, present)
-        weights = drawn.to(losses.dtype) * context.static_weights * context.present
+        weights = drawn.to(losses) * context.static_weights * context.present
         context.objective(weights, losses).backward()
         return weights.detach()
 

@@ -133,5 +133,5 @@ def weighted_scatter_add(
 
     Shapes: values [N, D], weights [N], index [N] int64 in ``[0, size)`` -> [size, D].
     """
-    out = values.new_zeros(size, values.shape[-1])
-    return out.index_add_(0, index, values * weights.unsqueeze(-1))
+    weighted = values * weights.unsqueeze(-1)  # in the promoted dtype (mixed precision)
+    return weighted.new_zeros(size, values.shape[-1]).index_add_(0, index, weighted)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from polytask.features import Features
+from polytask.inference.predict import model_device
 from polytask.model import MultiTaskModel
 
 DOMINANT_SHARE = 0.9  # one expert taking this much of a task's weight is a collapse
@@ -30,9 +31,10 @@ def expert_utilisation(
     model.eval()
     weight_sum: torch.Tensor | None = None
     entropy_sum: torch.Tensor | None = None
+    device = model_device(model)
     for start in range(0, len(features), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(features)))
-        gates = model(features.take(rows)).task_gates  # [T, B, E]
+        gates = model(features.take(rows).to(device)).task_gates  # [T, B, E]
         if gates is None:
             model.train(was_training)
             return None
@@ -42,8 +44,8 @@ def expert_utilisation(
         entropy_sum = batch_entropy if entropy_sum is None else entropy_sum + batch_entropy
     model.train(was_training)
     assert weight_sum is not None and entropy_sum is not None
-    utilisation = weight_sum / len(features)  # [T, E]
-    entropy = entropy_sum / len(features)
+    utilisation = weight_sum.cpu() / len(features)  # [T, E]
+    entropy = entropy_sum.cpu() / len(features)
     names = model.task_names
     return {
         "tasks": names,

@@ -5,15 +5,20 @@ Kept free of trainer state so that a distributed wrapper or a custom loop can ca
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from polytask.balance.base import Balancer, Need, StepContext
+from polytask.balance.base import Balancer, GradientSource, Need, StepContext
+from polytask.errors import PolytaskError
 from polytask.features import Features
 from polytask.model import ModelOutput, MultiTaskModel
 from polytask.nn.towers import Towers
 from polytask.tasks import Task, task_losses
+from polytask.train.device import Placement
+from polytask.train.distributed import World
 
 PARAMETER_NEEDS = frozenset({Need.GRAMIAN, Need.SHARED_GRADS})
 
@@ -36,12 +41,46 @@ def train_step(
     static_weights: torch.Tensor,
     step: int,
     measure_gradients: bool = False,
+    *,
+    place: Placement | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    world: World | None = None,
+    rows: int | None = None,
 ) -> StepResult:
     """One update. ``measure_gradients`` also forms the task-gradient Gramian at the shared
-    representation (for diagnostics) when the balancer does not compute one itself."""
+    representation (for diagnostics) when the balancer does not compute one itself.
+
+    ``place`` runs the forward pass in its precision (the losses stay float32); ``scaler``
+    (fp16) scales the gradients, never the loss values a balancer reads; ``world`` makes the
+    step one rank's part of a data-parallel step (see :mod:`polytask.train.distributed`):
+    ``features`` and ``labels`` are then this rank's rows of the global batch, of which
+    ``rows`` count (default: all)."""
+    world = world or World()
     optimizer.zero_grad(set_to_none=True)
-    output = model(features)
-    losses, present = task_losses(output.logits, labels, tasks)
+
+    def forward() -> ModelOutput:
+        with place.autocast() if place is not None else contextlib.nullcontext():
+            output = model(features)
+        output.logits = [values.float() for values in output.logits]
+        return output
+
+    output = forward()
+    local, present = task_losses(output.logits, labels, tasks)
+    # the gradients' factors: per task, and for the auxiliary loss (a mean over rows)
+    factor: torch.Tensor | None = None
+    extra_factor: torch.Tensor | None = None
+    values = local.detach()
+    if world.distributed:
+        counted = len(features) if rows is None else rows
+        values, present, factor, extra_factor = world.global_losses(local, labels, tasks, counted)
+    scale = scaler.scale(torch.ones((), device=local.device)) if scaler is not None else None
+    if scale is not None:
+        factor = scale if factor is None else factor * scale
+        extra_factor = scale if extra_factor is None else extra_factor * scale
+    losses = local if factor is None else _scaled_gradient(local, factor, values)
+    extra = output.auxiliary_loss
+    if extra is not None and extra_factor is not None:
+        extra = _scaled_gradient(extra, extra_factor, extra.detach())
     wants_params = bool(balancer.needs & PARAMETER_NEEDS)
     context = StepContext(
         present=present,
@@ -49,8 +88,8 @@ def train_step(
         step=step,
         shared_params=model.shared_parameters() if wants_params else [],
         representation=output.representation,
-        extra_loss=output.auxiliary_loss,
-        recompute_losses=lambda: task_losses(model(features).logits, labels, tasks)[0],
+        extra_loss=extra,
+        recompute_losses=lambda: task_losses(forward().logits, labels, tasks)[0],
         # loss t is computed from output t alone (task_losses): with the model's separable
         # tower inputs, per-task gradients skip a T-batched pass through the towers, and
         # with the task parameters, exact mode skips a second full backward
@@ -59,13 +98,49 @@ def train_step(
         common_input=output.common_input,
         tower_first=output.tower_first,
         tower_weight=_first_tower_weight(model, output),
+        finish_gramian=_gramian_finisher(world, scale),
     )
     if measure_gradients and context.representation is not None:
         context.gramian(losses, "representation")  # cached: a balancer using it pays nothing
     weights = balancer.backward(losses, context)
-    optimizer.step()
+    world.average_gradients([p for group in optimizer.param_groups for p in group["params"]])
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     gramian = next((v for k, v in context._cache.items() if k.startswith("gramian:")), None)
     return StepResult(losses.detach(), weights, present, gramian)
+
+
+def _scaled_gradient(loss: torch.Tensor, factor: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """A tensor whose value is ``value`` and whose gradient is ``factor`` times ``loss``'s:
+    balancers read the loss values, backward passes get the scaled gradients."""
+    return value + factor * (loss - loss.detach())
+
+
+def _gramian_finisher(
+    world: World, scale: torch.Tensor | None
+) -> Callable[[torch.Tensor, GradientSource], torch.Tensor] | None:
+    """Undo what the step did to the task gradients before a balancer reads their Gramian:
+    fp16's loss scale, and the ranks' factor (``ranks`` times the global batch's gradient on
+    each rank's rows), summing the ranks' Gramians of disjoint representation rows."""
+    if scale is None and not world.distributed:
+        return None
+
+    def finish(gramian: torch.Tensor, source: GradientSource) -> torch.Tensor:
+        if scale is not None:
+            gramian = gramian / scale.to(gramian.dtype) ** 2
+        if world.distributed:
+            if source != "representation":
+                raise PolytaskError(
+                    "a Gramian of parameter gradients cannot be summed over processes; "
+                    "use balance.options.mode: fast"
+                )
+            gramian = world.sum(gramian) / world.size**2
+        return gramian
+
+    return finish
 
 
 def _first_tower_weight(model: MultiTaskModel, output: ModelOutput) -> torch.Tensor | None:

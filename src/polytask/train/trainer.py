@@ -36,7 +36,14 @@ from polytask.errors import ConfigError, PolytaskError
 from polytask.inference.evaluation import evaluate, overall_score
 from polytask.inference.lean import save_model
 from polytask.model import MultiTaskModel, build_model
+from polytask.train.device import Placement, placement
 from polytask.train.diagnostics import BalanceDiagnostics, plot_balance
+from polytask.train.distributed import (
+    World,
+    current_world,
+    unlabelled,
+    world_from_environment,
+)
 from polytask.train.insight import expert_utilisation, plot_utilisation
 from polytask.train.optim import build_optimizer, build_scheduler
 from polytask.train.prepare import Prepared, SplitTensors, prepare
@@ -44,6 +51,7 @@ from polytask.train.progress import TrainingDisplay, metrics_table
 from polytask.train.runtime import keep_heap_between_steps
 from polytask.train.start import freeze, initial_preprocessor, load_initial, load_matching
 from polytask.train.step import train_step
+from polytask.train.support import check_balancer
 
 # Called after every epoch (checkpoint and metrics.jsonl already written) with that epoch's
 # metrics.jsonl row. Returning True ends training there: the run finishes normally with its best
@@ -112,7 +120,10 @@ class Trainer:
         self.partial = rd.partial_path(self.out)
         self.resume = resume
         self.overwrite = overwrite
-        self.progress = progress
+        # under torchrun only rank 0 touches the run folder and shows progress
+        self.rank, self.world_size = world_from_environment()
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
         self.callbacks = list(callbacks)
         self.encoder_factory = encoder_factory
         baseline = spec.train.baseline if spec is not None else None
@@ -141,7 +152,8 @@ class Trainer:
             return rd.load_config(self.partial)
         if spec is None:
             raise PolytaskError("a new run needs a run specification")
-        self.output.claim()
+        if self.is_main:
+            self.output.claim()
         return spec
 
     def _setup(self) -> tuple[Prepared, MultiTaskModel]:
@@ -151,6 +163,10 @@ class Trainer:
         keep_heap_between_steps()
         if train_spec.threads:
             torch.set_num_threads(train_spec.threads)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0")) if self.world_size > 1 else None
+        self.place: Placement = placement(train_spec, local_rank)
+        self.world: World = current_world(self.place.device.type)
+        self._check_distributable()
         seed_everything(train_spec.seed)
         if self.resume:
             state = rd.load_json(self.partial, rd.PREPROCESSOR)
@@ -176,7 +192,21 @@ class Trainer:
         if train_spec.init is not None and not self.resume:  # a resume reads its checkpoint
             load_initial(model, train_spec.init)
         self.frozen = freeze(model, train_spec.freeze)
+        model.to(self.place.device)
+        self.world.broadcast_parameters(model)
         return prepared, model
+
+    def _check_distributable(self) -> None:
+        """What several processes do not support, refused before any work."""
+        if not self.world.distributed:
+            return
+        if self.spec.train.relations is not None:
+            raise ConfigError(
+                "train.relations: task relations are recorded in one process only; remove "
+                "it or train without torchrun"
+            )
+        if self.callbacks:
+            raise PolytaskError("epoch callbacks (sweeps) run in one process only")
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
@@ -190,7 +220,7 @@ class Trainer:
         """Keep a ``.partial`` folder only when it holds a checkpoint (something to resume
         or inspect); say what was kept."""
         if not rd.has_checkpoint(self.partial):
-            if not self.resume:
+            if not self.resume and self.is_main:
                 self.output.discard()
             if isinstance(error, KeyboardInterrupt):
                 error.args = ("stopped before the first checkpoint; nothing was kept",)
@@ -206,17 +236,23 @@ class Trainer:
         train = prepared.splits["train"]
         valid = prepared.splits.get("valid")
         balancer = self.balancer = build_balancer(self.spec, len(tasks))
+        check_balancer(balancer, self.world.size, self.place.precision)
+        for parameter in balancer.parameters():  # its own parameters live with the model's
+            parameter.data = parameter.data.to(self.place.device)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = build_optimizer(trainable, self.spec.train)
         if balancer.parameters():  # a method's own learnable parameters (e.g. log-variances)
             optimizer.add_param_group({"params": balancer.parameters(), "weight_decay": 0.0})
         scheduler = build_scheduler(optimizer, self.spec.train)
-        static_weights = torch.tensor([task.spec.weight for task in tasks])
+        static_weights = torch.tensor(
+            [task.spec.weight for task in tasks], device=self.place.device
+        )
+        self.scaler = self.place.scaler()
         self.diagnostics = BalanceDiagnostics(len(tasks))
         loop = LoopState()
         if self.resume:
             loop = self._restore(model, optimizer, scheduler, balancer)
-        else:
+        elif self.is_main:
             self.output.create()
             rd.save_config(self.partial, self.spec)
             rd.save_json(self.partial, rd.PREPROCESSOR, prepared.preprocessor.state)
@@ -256,12 +292,18 @@ class Trainer:
                     scheduler.step()
                 loop.epoch = epoch
                 self._check_weights(model, epoch)
-                self._checkpoint(model, optimizer, scheduler, balancer, loop)
-                rd.write_epoch_log(self.partial, loop.history)
+                if self.is_main:
+                    self._checkpoint(model, optimizer, scheduler, balancer, loop)
+                    rd.write_epoch_log(self.partial, loop.history)
                 display.end_epoch(row, primary)
                 for callback in self.callbacks:
                     stop_requested = bool(callback(row)) or stop_requested
-            return self._finish(model, prepared, loop, display)
+            if not self.is_main:
+                self.world.barrier()  # return once rank 0 has published the run
+                return self.out
+            out = self._finish(model, prepared, loop, display)
+            self.world.barrier()
+            return out
 
     def _relation_recorder(self, tasks: list, epochs_done: int) -> Any:
         """The recorder ``train.relations`` asks for (None when off), resumed where a
@@ -299,9 +341,11 @@ class Trainer:
         present_count = torch.zeros(len(prepared.tasks))
         every = self.spec.train.diagnostics_every
         for start in range(0, len(train), batch_size):
-            rows = order[start : start + batch_size]
+            rows, counted = self.world.shard(order[start : start + batch_size])
             labels = {name: values[rows] for name, values in train.labels.items()}
-            features = train.features.take(rows)
+            if not counted:
+                labels = unlabelled(labels)
+            features, labels = self.place.batch(train.features.take(rows), labels)
             if self.relations is not None and self.relations.due(loop.step):
                 self.relations.record(model, features, labels, prepared.tasks, optimizer)
             result = train_step(
@@ -314,11 +358,16 @@ class Trainer:
                 static_weights,
                 loop.step,
                 measure_gradients=every is not None and loop.step % every == 0,
+                place=self.place,
+                scaler=self.scaler,
+                world=self.world,
+                rows=counted,
             )
             self._check_losses(result.losses, result.present, prepared, epoch, loop.step)
-            loss_sum += result.losses * result.present
-            present_count += result.present
-            self.diagnostics.add(result.weights, result.present, result.gramian)
+            present = result.present.cpu()
+            loss_sum += result.losses.cpu() * present
+            present_count += present
+            self.diagnostics.add(result.weights.cpu(), present, _cpu(result.gramian))
             loop.step += 1
             display.advance()
         per_task = (loss_sum / present_count.clamp(min=1)).tolist()
@@ -378,12 +427,13 @@ class Trainer:
             **self.diagnostics.end_epoch([task.name for task in prepared.tasks]),
         }
         if valid is not None:
-            results = evaluate(
-                model, valid.features, valid.labels, prepared.tasks, self.spec.train.eval_batch_size
-            )
-            row["valid"] = results
-            value = self._monitored(results, valid, prepared)
-            row["monitor"] = value
+            value = math.nan
+            if self.is_main:  # the whole validation set, once; the decision is shared
+                results = self._evaluate(model, valid, prepared)
+                row["valid"] = results
+                value = self._monitored(results, valid, prepared)
+                row["monitor"] = value
+            value = self.world.from_main([value])[0]
         else:
             value = float(epoch)  # no validation rows: the last epoch is the best
         if value > loop.best_value:
@@ -395,6 +445,13 @@ class Trainer:
             row["best"] = False
         loop.history.append(row)
         return row
+
+    def _evaluate(
+        self, model: MultiTaskModel, split: SplitTensors, prepared: Prepared
+    ) -> dict[str, dict[str, float]]:
+        return evaluate(
+            model, split.features, split.labels, prepared.tasks, self.spec.train.eval_batch_size
+        )
 
     def _monitored(
         self, results: dict[str, dict[str, float]], valid: SplitTensors, prepared: Prepared
@@ -423,6 +480,7 @@ class Trainer:
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "balancer": balancer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "loop": loop.__dict__,
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -440,7 +498,9 @@ class Trainer:
         balancer: Balancer,
     ) -> LoopState:
         try:
-            payload = torch.load(self.partial / rd.CHECKPOINT, weights_only=False)
+            payload = torch.load(
+                self.partial / rd.CHECKPOINT, map_location=self.place.device, weights_only=False
+            )
         except Exception as error:  # a truncated or foreign file: unpickling raises anything
             raise PolytaskError(
                 f"the checkpoint {self.partial / rd.CHECKPOINT} could not be read "
@@ -451,7 +511,9 @@ class Trainer:
         if scheduler is not None and payload["scheduler"] is not None:
             scheduler.load_state_dict(payload["scheduler"])
         balancer.load_state_dict(payload["balancer"])
-        torch.set_rng_state(payload["rng"]["torch"])
+        if self.scaler is not None and payload.get("scaler") is not None:
+            self.scaler.load_state_dict(payload["scaler"])
+        torch.set_rng_state(payload["rng"]["torch"].cpu())
         np.random.set_state(payload["rng"]["numpy"])
         random.setstate(payload["rng"]["python"])
         return LoopState(**payload["loop"])
@@ -481,13 +543,7 @@ class Trainer:
             tensors = prepared.splits.get(split)
             if tensors is None:
                 continue
-            results = evaluate(
-                model,
-                tensors.features,
-                tensors.labels,
-                prepared.tasks,
-                self.spec.train.eval_batch_size,
-            )
+            results = self._evaluate(model, tensors, prepared)
             final[split] = results
             baseline = self.baseline.get(split) if self.baseline else None
             scores[split] = overall_score(
@@ -526,6 +582,9 @@ class Trainer:
                 if "valid" in prepared.splits
                 else "last epoch (no validation rows)"
             ),
+            **self.place.describe(),
+            "world_size": self.world.size,
+            "global_batch": self.spec.train.batch_size,
             "train_seconds": loop.train_seconds,
             "train_rows_per_second": loop.rows_seen / max(loop.train_seconds, 1e-9),
             "score": scores,
@@ -583,3 +642,7 @@ def _with_custom_encoder(spec: RunSpec) -> RunSpec:
     spec = spec.model_copy(deep=True)
     spec.model.encoder = EncoderSpec(name="custom")
     return spec
+
+
+def _cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return tensor.cpu() if tensor is not None else None

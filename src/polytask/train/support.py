@@ -1,0 +1,47 @@
+"""Which balancing methods run where: several processes, and fp16's scaled gradients.
+
+A method that reads only the losses runs anywhere (under fp16, unless it learns parameters of
+its own: their gradients are not all scaled). A Gramian method runs under fp16 (the
+Gramian is divided by the square of the loss scale) and, at the shared representation
+(``mode: fast``), under several processes (the ranks' Gramians are summed). Methods that
+read the raw task gradients themselves are refused there with one line, rather than
+silently training something other than what they define.
+"""
+
+from __future__ import annotations
+
+from polytask.balance.base import Balancer, GramianWeighting, Need
+from polytask.errors import ConfigError
+
+LOSS_ONLY = frozenset({Need.LOSSES})
+
+
+def check_balancer(balancer: Balancer, world_size: int, precision: str) -> None:
+    """Raise a ConfigError naming ``balance.method`` when the method cannot run with
+    ``world_size`` processes or in ``precision``."""
+    name = balancer.registry_name
+    if precision == "fp16" and balancer.parameters():
+        raise ConfigError(
+            f"train.precision: fp16 scales the task losses' gradients, not those of the "
+            f"weights {name} learns itself; use bf16 or fp32"
+        )
+    if balancer.needs <= LOSS_ONLY:
+        return
+    gramian = isinstance(balancer, GramianWeighting)
+    if world_size > 1 and not gramian:
+        raise ConfigError(
+            f"balance.method: {name} combines the raw per-task gradients of each process's "
+            "rows, which several processes do not reproduce; train it in one process, or use "
+            "a loss weighting or a Gramian method (mgda, upgrad, imtl, cagrad, nash_mtl, "
+            "aligned_mtl, pcgrad, gradvac) with mode: fast"
+        )
+    if world_size > 1 and gramian and balancer.options.mode == "exact":  # type: ignore[attr-defined]
+        raise ConfigError(
+            f"balance.options.mode: exact makes {name} form T full parameter gradients, which "
+            "several processes would have to exchange; use mode: fast (the Gramian at the "
+            "shared representation, summed over processes)"
+        )
+    if precision == "fp16" and not gramian:
+        raise ConfigError(
+            f"train.precision: fp16 scales the gradients that {name} reads; use bf16 or fp32"
+        )
