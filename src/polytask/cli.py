@@ -68,14 +68,14 @@ def user_errors(command: F) -> F:
 def labelled_rows(spec: Any, data: Path | None, split: str | None) -> Any:
     """The rows ``--data FILE`` names, or the run's own ``--split valid|test``."""
     from polytask.data import progress
-    from polytask.data.tabular import load_splits, read_table
+    from polytask.data.tabular import load_run_splits, read_labelled
 
     if data is not None:
         with progress.reporting():
-            return read_table(data)
+            return read_labelled(data, spec.data, spec.target_columns)
     if split not in ("valid", "test"):
         raise PolytaskError(f"--split must be 'valid' or 'test' (got '{split}')")
-    frame = getattr(load_splits(spec.data), split)
+    frame = getattr(load_run_splits(spec), split)
     if frame is None:
         raise PolytaskError(f"the run's data has no {split} split")
     return frame

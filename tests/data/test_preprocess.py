@@ -422,3 +422,30 @@ def test_scaling_none_keeps_raw_values_and_flags_missing():
     features = Preprocessor.fit(frame, data, tasks).transform(frame)
     assert features.numeric[:, 0].tolist() == [0.0, 0.0, 1.0, 0.0]
     assert features.numeric[:, 1].tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_inputs_are_exactly_the_listed_columns(table):
+    raw = base_spec("t.csv", data={"inputs": ["x1", "color"], "numeric": ["x1"]})
+    spec = parse_spec(raw)
+    fitted = Preprocessor.fit(table, spec.data, spec.tasks)
+    assert fitted.input_columns == ["color", "x1"]
+    assert {"x2", "city", "count"} <= set(fitted.state["ignored_columns"])
+
+
+def test_numeric_alone_does_not_limit_the_inputs(table):
+    """The rule stated in the README: without data.inputs, unlisted columns are inputs too."""
+    spec = parse_spec(base_spec("t.csv", data={"numeric": ["x1"]}))
+    fitted = Preprocessor.fit(table, spec.data, spec.tasks)
+    assert set(fitted.input_columns) == {"color", "city", "x1", "x2", "count"}
+
+
+def test_inputs_are_checked(table):
+    from polytask.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="categorical names 'city', which is not in inputs"):
+        parse_spec(base_spec("t.csv", data={"inputs": ["x1"], "categorical": ["city"]}))
+    with pytest.raises(ConfigError, match=r"data.inputs: 'spend' is a target"):
+        parse_spec(base_spec("t.csv", data={"inputs": ["x1", "spend"]}))
+    spec = parse_spec(base_spec("t.csv", data={"inputs": ["x1", "colour"]}))
+    with pytest.raises(DataError, match=r"column 'colour' named in data.inputs .*'color'"):
+        Preprocessor.fit(table, spec.data, spec.tasks)

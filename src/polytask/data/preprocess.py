@@ -34,7 +34,7 @@ import torch
 from pandas.api import types as ptypes
 
 from polytask.config import DataSpec, TaskKind, TaskSpec
-from polytask.errors import DataError, PolytaskError, did_you_mean, warn
+from polytask.errors import DataError, PolytaskError, did_you_mean, shown, warn
 from polytask.features import Features
 from polytask.tasks import Task
 
@@ -51,8 +51,11 @@ CAPPED_MIN_FREQUENCY = 2
 
 def row_label(frame: pd.DataFrame | pd.Series, position: int) -> str:
     """Name a row as the user counts it: a table read from a file keeps its 0-based row
-    number as the index (also after a split), so that is reported 1-based."""
+    number as the index (also after a split), so that is reported 1-based; a long table
+    pivoted to one row per entity is indexed by the entity, which names the row."""
     label = frame.index[position]
+    if frame.index.name is not None:
+        return f"{frame.index.name} {shown(label)}"
     if isinstance(label, int | np.integer) and not isinstance(label, bool):
         return f"row {int(label) + 1}"
     return f"row {position + 1}"
@@ -225,20 +228,27 @@ class Preprocessor:
     def _feature_columns(
         frame: pd.DataFrame, data: DataSpec, targets: set[str]
     ) -> tuple[list[str], list[str]]:
-        excluded = targets | set(data.drop)
+        """The inputs by the rule stated in the README: ``data.inputs`` where given, exactly;
+        otherwise every column but the targets, ``data.drop`` and the row columns (entity,
+        split group, sample weights). ``data.categorical`` / ``data.numeric`` say the type of
+        the columns they name; the others' type is inferred."""
+        excluded = targets | set(data.drop) | set(data.row_columns())
         for listed, where in (
             (data.categorical, "data.categorical"),
             (data.numeric, "data.numeric"),
+            (data.inputs, "data.inputs"),
         ):
             if listed:
                 _check_columns(frame, listed, where)
-                clash = sorted(set(listed) & targets)
+                clash = sorted(set(listed) & (targets | set(data.row_columns())))
                 if clash:
-                    raise DataError(f"{where} names target column '{clash[0]}' as a feature")
+                    what = "target" if clash[0] in targets else "row (entity, group, weight)"
+                    raise DataError(f"{where} names {what} column '{clash[0]}' as a feature")
         categorical = list(data.categorical or [])
         numeric = list(data.numeric or [])
         declared = set(categorical) | set(numeric)
-        for column in frame.columns:
+        candidates = frame.columns if data.inputs is None else data.inputs
+        for column in candidates:
             if column in excluded or column in declared:
                 continue
             series = frame[column]

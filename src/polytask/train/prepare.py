@@ -10,7 +10,7 @@ import torch
 from polytask.config import RunSpec
 from polytask.data import progress
 from polytask.data.preprocess import Preprocessor
-from polytask.data.tabular import load_splits
+from polytask.data.tabular import load_run_splits
 from polytask.features import Features
 from polytask.tasks import Task, output_columns
 
@@ -33,7 +33,7 @@ class Prepared:
 
 def prepare(spec: RunSpec, preprocessor_state: dict[str, Any] | None = None) -> Prepared:
     """Read the data the spec names and turn every split into tensors."""
-    frames = load_splits(spec.data)
+    frames = load_run_splits(spec)
     if preprocessor_state is None:
         image = spec.model.encoder.name == "cnn"
         with progress.step(f"fitting the preprocessor on {len(frames.train):,} rows"):
