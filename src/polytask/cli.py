@@ -65,6 +65,11 @@ def user_errors(command: F) -> F:
     return cast(F, wrapper)
 
 
+def task_names(options: list[str]) -> list[str]:
+    """``--tasks a,b --tasks c`` -> [a, b, c]."""
+    return [name.strip() for item in options for name in item.split(",") if name.strip()]
+
+
 def labelled_rows(spec: Any, data: Path | None, split: str | None) -> Any:
     """The rows ``--data FILE`` names, or the run's own ``--split valid|test``."""
     from polytask.data import progress
@@ -277,8 +282,13 @@ def predict(
     allow_unknown_columns: Annotated[
         bool, typer.Option(help="Ignore columns the run does not know (else: refused).")
     ] = False,
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(help="Predict only these tasks (repeat, or comma-separated)."),
+    ] = None,
 ) -> None:
-    """Predict every task for raw rows (missing values and unseen categories allowed)."""
+    """Predict every task (or --tasks) for raw rows (missing values and unseen categories
+    allowed); only what the asked tasks use is computed."""
     from polytask.api import load
     from polytask.artifacts.atomic import write_atomic
     from polytask.artifacts.ownership import check_output_file
@@ -288,6 +298,8 @@ def predict(
     if output is not None:
         check_output_file(output, overwrite=overwrite, inputs=[data])
     predictor = load(run)
+    if tasks:
+        predictor = predictor.subset(task_names(tasks))
     kept = _kept_columns(keep or [], predictor.output_columns())
     with progress.reporting():
         frame = read_table(data)
@@ -437,7 +449,7 @@ def serve(
 
     if not (math.isfinite(max_body_mib) and max_body_mib > 0):
         raise PolytaskError(f"--max-body-mib must be a positive number (got {max_body_mib:g})")
-    names = [name.strip() for item in tasks or [] for name in item.split(",") if name.strip()]
+    names = task_names(tasks or [])
     run_server(
         run,
         tasks=names or None,

@@ -138,6 +138,11 @@ class DataSpec(_Section):
             missing = [key for key in keys if getattr(self, key) is None]
             if missing:
                 raise ValueError(f"format long needs {', '.join(missing)}: the column names")
+            if isinstance(self.weight, dict):
+                raise ValueError(
+                    "weight: a long table's weights are one column (a weight per row, so per "
+                    "task), not one per task"
+                )
             names = [getattr(self, key) for key in keys]
             if len(set(names)) < 3:
                 raise ValueError("entity, task_column and label_column must be three columns")
@@ -173,6 +178,19 @@ class DataSpec(_Section):
             "every column of the training table but the targets, data.drop and the row "
             "columns (entity, split group, weights); list data.inputs to choose them"
         )
+
+    def weight_columns(self, tasks: list[TaskSpec]) -> dict[str, str]:
+        """Task name -> the column of its rows' sample weights (tasks without are absent).
+        A long table's weight column is per (entity, task) row: pivoted, task ``t``'s
+        weights are the column ``<column>[<t's target>]``."""
+        columns = {}
+        for task in tasks:
+            weight = self.weight.get(task.name) if isinstance(self.weight, dict) else self.weight
+            if weight is not None and self.format == "long":
+                weight = f"{weight}[{task.target}]"
+            if weight is not None:
+                columns[task.name] = weight
+        return columns
 
     def row_columns(self) -> list[str]:
         """Columns that describe rows rather than inputs: the entity, the split group and the
@@ -519,11 +537,6 @@ class RunSpec(_Section):
                     f"data.inputs: '{column}' is a target, entity, group or weight column"
                 )
         return self
-
-    def weight_column(self, task: str) -> str | None:
-        """The column of sample weights for ``task``'s rows, if any."""
-        weight = self.data.weight
-        return weight.get(task) if isinstance(weight, dict) else weight
 
     @property
     def target_columns(self) -> list[str]:

@@ -114,13 +114,17 @@ def to_wide(
             f"{source}: task value '{clashing[0]}' is also a column of the table; rename one"
         )
     wanted = task_text.isin(list(targets)).to_numpy()
-    labels = (
-        frame.loc[wanted, [entity, label]]
-        .assign(**{task: task_text[wanted]})
-        .pivot(index=entity, columns=task, values=label)
-    )
-    inputs = _entity_inputs(frame.drop(columns=[task, label]), entity, source)
-    wide = inputs.join(labels.reindex(columns=list(targets)), how="left")
+    rows = frame.loc[wanted].assign(**{task: task_text[wanted]})
+    labels = rows.pivot(index=entity, columns=task, values=label).reindex(columns=list(targets))
+    per_task = [label]
+    if isinstance(data.weight, str) and data.weight in frame.columns:  # a weight per row
+        weights = rows.pivot(index=entity, columns=task, values=data.weight)
+        weights = weights.reindex(columns=list(targets))
+        weights.columns = [f"{data.weight}[{t}]" for t in targets]
+        labels = labels.join(weights)
+        per_task.append(data.weight)
+    inputs = _entity_inputs(frame.drop(columns=[task, *per_task]), entity, source)
+    wide = inputs.join(labels, how="left")
     wide.columns = [str(c) for c in wide.columns]
     for column in targets:  # a label column shared by tasks of several kinds is text
         wide[column] = _numbers_where_all_are(wide[column])

@@ -61,7 +61,7 @@ def row_label(frame: pd.DataFrame | pd.Series, position: int) -> str:
     return f"row {position + 1}"
 
 
-def _to_numeric(series: pd.Series, what: str) -> np.ndarray:
+def to_numeric(series: pd.Series, what: str) -> np.ndarray:
     """Parse a column as float (NaN where missing; infinities kept, for
     :func:`standardise` to refuse); name the first row holding something that is not a
     number."""
@@ -186,7 +186,7 @@ class Preprocessor:
                         f"{did_you_mean(column, frame.columns)}"
                     )
         _check_columns(frame, data.drop, "data.drop")
-        categorical, numeric = cls._feature_columns(frame, data, set(targets))
+        categorical, numeric = cls._feature_columns(frame, data, tasks, set(targets))
         numeric_stats = cls._fit_scalers(frame, numeric, data, image)
         vocabularies = {column: _vocabulary(frame[column], column, data) for column in categorical}
         task_state = {task.name: cls._fit_task(frame, task) for task in tasks}
@@ -209,7 +209,7 @@ class Preprocessor:
     ) -> dict[str, list[float]]:
         """Per numeric column [mean, std]; one pair for all of them when scaled as a block.
         Every training value is checked against the fitted range."""
-        values = {c: _to_numeric(frame[c], f"column '{c}'") for c in numeric}
+        values = {c: to_numeric(frame[c], f"column '{c}'") for c in numeric}
         scaling = data.scaling
         if scaling == "auto":
             scaling = "block" if image else "standard"
@@ -226,13 +226,14 @@ class Preprocessor:
 
     @staticmethod
     def _feature_columns(
-        frame: pd.DataFrame, data: DataSpec, targets: set[str]
+        frame: pd.DataFrame, data: DataSpec, tasks: list[TaskSpec], targets: set[str]
     ) -> tuple[list[str], list[str]]:
         """The inputs by the rule stated in the README: ``data.inputs`` where given, exactly;
         otherwise every column but the targets, ``data.drop`` and the row columns (entity,
         split group, sample weights). ``data.categorical`` / ``data.numeric`` say the type of
         the columns they name; the others' type is inferred."""
-        excluded = targets | set(data.drop) | set(data.row_columns())
+        weights = set(data.weight_columns(tasks).values())
+        excluded = targets | set(data.drop) | set(data.row_columns()) | weights
         for listed, where in (
             (data.categorical, "data.categorical"),
             (data.numeric, "data.numeric"),
@@ -294,7 +295,7 @@ class Preprocessor:
             return {"classes": classes}
         if task.kind is TaskKind.regression:
             what = f"task '{task.name}', column '{task.target}'"
-            values = _to_numeric(frame[task.target], what)
+            values = to_numeric(frame[task.target], what)
             mean, std = fit_scale(values)
             standardise(values, mean, std, what, frame[task.target])
             return {"mean": mean, "std": std}
@@ -352,7 +353,7 @@ class Preprocessor:
             mean, std = self.state["numeric_stats"][column]
             if column in frame.columns:
                 what = f"column '{column}'"
-                values = _to_numeric(frame[column], what)
+                values = to_numeric(frame[column], what)
                 scaled = standardise(values, mean, std, what, frame[column])
             else:
                 values = scaled = np.full(n, np.nan)
@@ -378,7 +379,7 @@ class Preprocessor:
         if task.kind is TaskKind.regression:
             what = f"task '{task.name}', column '{task.spec.target}'"
             series = frame[task.spec.target]
-            values = _to_numeric(series, what)
+            values = to_numeric(series, what)
             scaled = standardise(values, task.target_mean, task.target_std, what, series)
             return torch.from_numpy(scaled.astype(np.float32))
         columns = [self._encode_binary(frame[c], task, c) for c in task.spec.columns]
@@ -391,7 +392,7 @@ class Preprocessor:
             lowered = _as_text(series).str.lower()
             mapped = lowered.map({"true": "1", "false": "0"}).fillna(lowered)
             series = mapped.astype(object).where(mapped.notna(), np.nan)
-        values = _to_numeric(series, f"task '{task.name}', column '{column}'")
+        values = to_numeric(series, f"task '{task.name}', column '{column}'")
         bad = ~np.isnan(values) & (values != 0) & (values != 1)
         if bad.any():
             position = int(np.flatnonzero(bad)[0])
@@ -406,7 +407,7 @@ class Preprocessor:
     def _encode_classes(series: pd.Series, task: Task) -> np.ndarray:
         classes = task.classes
         if isinstance(classes[0], int):
-            values = _to_numeric(series, f"task '{task.name}', column '{task.spec.target}'")
+            values = to_numeric(series, f"task '{task.name}', column '{task.spec.target}'")
             keys = pd.Series(values)
             lookup = {float(c): i for i, c in enumerate(classes)}
         else:

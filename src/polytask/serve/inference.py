@@ -25,7 +25,7 @@ import pandas as pd
 
 from polytask.config import TaskKind
 from polytask.data.columns import unknown_column_problems, unknown_columns
-from polytask.errors import PolytaskError, did_you_mean
+from polytask.errors import PolytaskError
 from polytask.inference.predict import predict_logits
 from polytask.inference.predictor import Predictor
 from polytask.serve.encoding import RowEncoder
@@ -57,20 +57,12 @@ class ServedModel:
         tasks: Sequence[str] | None = None,
         allow_unknown_columns: bool = False,
     ) -> None:
+        # only the served tasks are computed (polytask.inference.subset)
+        predictor = predictor.subset(tasks) if tasks else predictor
         self.predictor = predictor
         self.allow_unknown_columns = allow_unknown_columns
-        available = predictor.task_names
-        chosen: list[str] = []
-        for name in tasks or available:
-            if name not in available:
-                raise PolytaskError(
-                    f"--tasks names '{name}', which run {predictor.run.name} does not predict"
-                    f"{did_you_mean(name, available)}; its tasks: {', '.join(available)}"
-                )
-            if name not in chosen:
-                chosen.append(name)
-        self.tasks: list[Task] = [t for t in predictor.tasks if t.name in chosen]
-        self._index = {name: i for i, name in enumerate(available)}
+        self.tasks: list[Task] = list(predictor.tasks)
+        self._index = {name: i for i, name in enumerate(predictor.task_names)}
         self.encoder = RowEncoder(predictor.preprocessor)
         pre = predictor.preprocessor
         self.categorical: list[str] = list(pre.categorical)

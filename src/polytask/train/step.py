@@ -36,12 +36,14 @@ def train_step(
     static_weights: torch.Tensor,
     step: int,
     measure_gradients: bool = False,
+    sample_weights: dict[str, torch.Tensor] | None = None,
 ) -> StepResult:
     """One update. ``measure_gradients`` also forms the task-gradient Gramian at the shared
-    representation (for diagnostics) when the balancer does not compute one itself."""
+    representation (for diagnostics) when the balancer does not compute one itself;
+    ``sample_weights``: the batch's row weights of the tasks that have them."""
     optimizer.zero_grad(set_to_none=True)
     output = model(features)
-    losses, present = task_losses(output.logits, labels, tasks)
+    losses, present = task_losses(output.logits, labels, tasks, sample_weights)
     wants_params = bool(balancer.needs & PARAMETER_NEEDS)
     context = StepContext(
         present=present,
@@ -50,7 +52,9 @@ def train_step(
         shared_params=model.shared_parameters() if wants_params else [],
         representation=output.representation,
         extra_loss=output.auxiliary_loss,
-        recompute_losses=lambda: task_losses(model(features).logits, labels, tasks)[0],
+        recompute_losses=lambda: task_losses(
+            model(features).logits, labels, tasks, sample_weights
+        )[0],
         # loss t is computed from output t alone (task_losses): with the model's separable
         # tower inputs, per-task gradients skip a T-batched pass through the towers, and
         # with the task parameters, exact mode skips a second full backward

@@ -299,21 +299,22 @@ class Trainer:
         present_count = torch.zeros(len(prepared.tasks))
         every = self.spec.train.diagnostics_every
         for start in range(0, len(train), batch_size):
-            rows = order[start : start + batch_size]
-            labels = {name: values[rows] for name, values in train.labels.items()}
-            features = train.features.take(rows)
+            batch = train.take(order[start : start + batch_size])
             if self.relations is not None and self.relations.due(loop.step):
-                self.relations.record(model, features, labels, prepared.tasks, optimizer)
+                self.relations.record(
+                    model, batch.features, batch.labels, prepared.tasks, optimizer
+                )
             result = train_step(
                 model,
-                features,
-                labels,
+                batch.features,
+                batch.labels,
                 prepared.tasks,
                 balancer,
                 optimizer,
                 static_weights,
                 loop.step,
                 measure_gradients=every is not None and loop.step % every == 0,
+                sample_weights=batch.weights,
             )
             self._check_losses(result.losses, result.present, prepared, epoch, loop.step)
             loss_sum += result.losses * result.present
@@ -379,7 +380,12 @@ class Trainer:
         }
         if valid is not None:
             results = evaluate(
-                model, valid.features, valid.labels, prepared.tasks, self.spec.train.eval_batch_size
+                model,
+                valid.features,
+                valid.labels,
+                prepared.tasks,
+                self.spec.train.eval_batch_size,
+                valid.weights,
             )
             row["valid"] = results
             value = self._monitored(results, valid, prepared)
@@ -402,7 +408,8 @@ class Trainer:
         """Higher is better: the mean normalised metric, or minus the weighted validation loss."""
         if self.spec.train.early_stopping.monitor == "loss":
             return -sum(results[t.name]["loss"] * t.spec.weight for t in prepared.tasks)
-        score = overall_score(results, valid.labels, prepared.tasks, None)["value"]
+        overall = overall_score(results, valid.labels, prepared.tasks, None, weights=valid.weights)
+        score = overall["value"]
         return score if not math.isnan(score) else -math.inf
 
     def _patience_spent(self, loop: LoopState) -> bool:
@@ -487,6 +494,7 @@ class Trainer:
                 tensors.labels,
                 prepared.tasks,
                 self.spec.train.eval_batch_size,
+                tensors.weights,
             )
             final[split] = results
             baseline = self.baseline.get(split) if self.baseline else None
@@ -496,6 +504,7 @@ class Trainer:
                 prepared.tasks,
                 baseline,
                 str(self.spec.train.baseline) if baseline else None,
+                tensors.weights,
             )
         self._save_insight(model, prepared, display)
         if self.relations is not None:
