@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -67,26 +68,25 @@ class Task:
         present = self.present(labels)
         if weights is not None and labels.ndim == 2:
             weights = weights[:, None]  # one weight per row, for each of its labels
-        mask = present if weights is None else present * weights
-        count = mask.sum()
         safe = torch.where(present, labels, torch.zeros_like(labels))
         if self.kind is TaskKind.multiclass:
             per_row = F.cross_entropy(logits, safe.long(), reduction="none")
-        elif self.kind is TaskKind.binary:
-            per_row = F.binary_cross_entropy_with_logits(logits[:, 0], safe, reduction="none")
         elif self.kind is TaskKind.multilabel:
             per_row = F.binary_cross_entropy_with_logits(logits, safe, reduction="none")
         else:
-            prediction = logits[:, 0]
-            if self.spec.loss == "l1":
-                per_row = F.l1_loss(prediction, safe, reduction="none")
-            elif self.spec.loss == "huber":
-                per_row = F.huber_loss(prediction, safe, reduction="none")
-            else:
-                per_row = F.mse_loss(prediction, safe, reduction="none")
-        if weights is not None:  # weights may sum below 1: divide by them as they are
-            return (per_row * mask).sum() / torch.where(count > 0, count, torch.ones_like(count))
-        return (per_row * mask).sum() / count.clamp(min=1)
+            per_row = _elementwise(self.batch_key, logits[:, 0], safe)
+        return _masked_mean(per_row, present, weights, dims=None)
+
+    @property
+    def batch_key(self) -> str:
+        """Tasks of one key have one label column and one loss, computed for all of them in
+        one pass (:func:`task_losses`): ``bce`` (binary), ``mse`` / ``l1`` / ``huber``
+        (regression); ``""`` for the others."""
+        if self.kind is TaskKind.binary:
+            return "bce"
+        if self.kind is TaskKind.regression:
+            return str(self.spec.loss)
+        return ""
 
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> user-scale predictions (probabilities, or regression values)."""
@@ -227,16 +227,64 @@ def task_losses(
     weights: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task masked losses [T] and whether each task has any label in the batch [T];
-    ``weights``: the sample weights [B] of the tasks that have them."""
+    ``weights``: the sample weights [B] of the tasks that have them.
+
+    Tasks that share a :attr:`Task.batch_key` (binary tasks; regression tasks of one loss)
+    are computed together, as [K, B] tensors: with a hundred tasks, one pass instead of a
+    hundred small ones. Loss t still depends on output t alone."""
     weights = weights or {}
-    losses = torch.stack(
-        [
-            task.loss(out, labels[task.name], weights.get(task.name))
-            for task, out in zip(tasks, outputs, strict=True)
-        ]
-    )
+    losses: list[torch.Tensor | None] = [None] * len(tasks)
+    groups: dict[str, list[int]] = {}
+    for index, task in enumerate(tasks):
+        if task.batch_key:
+            groups.setdefault(task.batch_key, []).append(index)
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        logits = torch.stack([outputs[i][:, 0] for i in members])  # [K, B]
+        values = torch.stack([labels[tasks[i].name] for i in members])
+        present = ~torch.isnan(values)
+        safe = torch.where(present, values, torch.zeros_like(values))
+        weighted = [weights.get(tasks[i].name) for i in members]
+        row_weights = None
+        if any(w is not None for w in weighted):
+            ones = torch.ones(values.shape[1])
+            row_weights = torch.stack([ones if w is None else w for w in weighted])
+        per_entry = _elementwise(key, logits, safe)
+        for i, loss in zip(members, _masked_mean(per_entry, present, row_weights, 1), strict=True):
+            losses[i] = loss
+    for index, task in enumerate(tasks):
+        if losses[index] is None:
+            losses[index] = task.loss(outputs[index], labels[task.name], weights.get(task.name))
     present = torch.stack([task.present(labels[task.name]).any() for task in tasks])
-    return losses, present
+    return torch.stack(cast(list[torch.Tensor], losses)), present
+
+
+def _elementwise(key: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The per-entry loss named by a :attr:`Task.batch_key`."""
+    if key == "bce":
+        return F.binary_cross_entropy_with_logits(prediction, target, reduction="none")
+    if key == "l1":
+        return F.l1_loss(prediction, target, reduction="none")
+    if key == "huber":
+        return F.huber_loss(prediction, target, reduction="none")
+    return F.mse_loss(prediction, target, reduction="none")
+
+
+def _masked_mean(
+    per_entry: torch.Tensor,
+    present: torch.Tensor,
+    weights: torch.Tensor | None,
+    dims: int | None,
+) -> torch.Tensor:
+    """Mean of ``per_entry`` over labelled entries (over ``dims``, or all), weighted by
+    ``weights`` where given: ``sum(w * loss) / sum(w)``; 0 where nothing is labelled."""
+    mask = present if weights is None else present * weights
+    count = mask.sum() if dims is None else mask.sum(dims)
+    total = (per_entry * mask).sum() if dims is None else (per_entry * mask).sum(dims)
+    if weights is not None:  # weights may sum below 1: divide by them as they are
+        return total / torch.where(count > 0, count, torch.ones_like(count))
+    return total / count.clamp(min=1)
 
 
 def output_columns(tasks: list[Task]) -> dict[str, str]:
