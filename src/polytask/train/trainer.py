@@ -33,10 +33,11 @@ from polytask.artifacts.weights import save_weights
 from polytask.balance import BALANCERS, Balancer
 from polytask.config import EncoderSpec, RunSpec
 from polytask.data import progress
-from polytask.errors import ConfigError, PolytaskError
+from polytask.errors import ConfigError, PolytaskError, warn
 from polytask.inference.evaluation import evaluate, overall_score
 from polytask.model import MultiTaskModel, build_model
 from polytask.train.diagnostics import BalanceDiagnostics, plot_balance
+from polytask.train.estimate import estimate
 from polytask.train.insight import expert_utilisation, plot_utilisation
 from polytask.train.optim import build_optimizer, build_scheduler
 from polytask.train.prepare import Prepared, SplitTensors, prepare
@@ -224,6 +225,11 @@ class Trainer:
         self.relations = self._relation_recorder(tasks, loop.epoch)
         primary = {task.name: task.primary_metric for task in tasks}
         with TrainingDisplay(self.progress) as display:
+            cost = estimate(model, len(train))
+            if cost.large:
+                warn(f"{cost.line(len(tasks), len(train))}: a large or slow run")
+            else:
+                display.show(cost.line(len(tasks), len(train)))
             stop_requested = False
             while (
                 loop.epoch < self.spec.train.epochs
