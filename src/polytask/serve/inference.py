@@ -25,7 +25,7 @@ import pandas as pd
 
 from polytask.config import TaskKind
 from polytask.data.columns import unknown_column_problems, unknown_columns
-from polytask.errors import PolytaskError
+from polytask.errors import PolytaskError, did_you_mean
 from polytask.inference.predict import predict_logits
 from polytask.inference.predictor import Predictor
 from polytask.serve.encoding import RowEncoder
@@ -70,10 +70,28 @@ class ServedModel:
         self.inputs: list[str] = self.categorical + self.numeric
         self.ignored: list[str] = predictor.ignored_columns
         self.known: frozenset[str] = frozenset(self.inputs) | frozenset(self.ignored)
+        self._restricted: dict[tuple[str, ...], ServedModel] = {}
 
     @property
     def name(self) -> str:
         return self.predictor.run.name
+
+    def restricted(self, tasks: Sequence[str]) -> ServedModel:
+        """This model answering only ``tasks`` (some of the served ones), computing only
+        what they use; an unknown or unserved name is a 400 naming it."""
+        served = self.task_names
+        for name in tasks:
+            if name not in served:
+                raise RequestError(
+                    400,
+                    f"tasks: '{name}' is not served{did_you_mean(name, served)}; "
+                    f"served: {', '.join(served)}",
+                )
+        key = tuple(sorted(set(tasks)))
+        if key not in self._restricted:
+            part = ServedModel(self.predictor, key, self.allow_unknown_columns)
+            self._restricted[key] = part if part.task_names != served else self
+        return self._restricted[key]
 
     @property
     def task_names(self) -> list[str]:
