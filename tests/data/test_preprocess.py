@@ -449,3 +449,27 @@ def test_inputs_are_checked(table):
     spec = parse_spec(base_spec("t.csv", data={"inputs": ["x1", "colour"]}))
     with pytest.raises(DataError, match=r"column 'colour' named in data.inputs .*'color'"):
         Preprocessor.fit(table, spec.data, spec.tasks)
+
+
+def test_a_categorical_dtype_column_maps_as_its_text_does():
+    """The per-category fast path gives the same vocabulary and codes as the rows' text."""
+    values = ["a", " b", "b", None, "c", "a", "", "b ", "d", "a"] * 3
+    as_text = pd.DataFrame({"k": values, "y": [0.0, 1.0] * 15})
+    as_category = as_text.assign(k=pd.Categorical(values, categories=["a", " b", "b", "b ", "c",
+                                                                      "d", "unused", ""]))
+    floats = as_text.assign(k=pd.Categorical([1.0, 2.0, np.nan] * 10, categories=[1.0, 2.0, 3.0]))
+    spec = DataSpec(train="t.csv", categorical=["k"])
+    tasks = [TaskSpec(name="y", kind="binary", target="y")]
+    plain = Preprocessor.fit(as_text, spec, tasks)
+    fast = Preprocessor.fit(as_category, spec, tasks)
+    assert fast.state["vocabularies"] == plain.state["vocabularies"]
+    torch.testing.assert_close(
+        fast.transform(as_category).categorical, plain.transform(as_text).categorical
+    )
+    torch.testing.assert_close(
+        plain.transform(as_category).categorical, plain.transform(as_text).categorical
+    )
+    whole = Preprocessor.fit(floats, spec, tasks)
+    assert whole.state["vocabularies"]["k"] == ["1", "2"]
+    codes = whole.transform(floats.assign(k=floats["k"].astype("float64"))).categorical
+    torch.testing.assert_close(whole.transform(floats).categorical, codes)

@@ -153,6 +153,48 @@ def _as_text(series: pd.Series) -> pd.Series:
     return text.mask(text == "")
 
 
+def _category_text(series: pd.Series) -> tuple[pd.Series, np.ndarray] | None:
+    """For a pandas categorical column: the text of each category (as :func:`_as_text` gives
+    it) and each row's category code (-1 where missing), so that mapping works on the few
+    categories rather than on every row. None for other columns."""
+    if not isinstance(series.dtype, pd.CategoricalDtype):
+        return None
+    codes = series.cat.codes.to_numpy()
+    categories = series.cat.categories
+    used = np.bincount(codes[codes >= 0], minlength=len(categories)) > 0
+    if not used.all():  # unused categories (their text could differ): renumbered out
+        renumber = np.full(len(categories) + 1, -1, dtype=np.int64)
+        renumber[:-1][used] = np.arange(int(used.sum()))
+        codes, categories = renumber[codes], categories[used]
+    return _as_text(pd.Series(categories, dtype=categories.dtype)), codes
+
+
+def _category_positions(series: pd.Series, vocabulary: pd.Index) -> np.ndarray:
+    """Each row's position in ``vocabulary`` (-1 where unseen or missing)."""
+    by_category = _category_text(series)
+    if by_category is None:
+        return vocabulary.get_indexer(pd.Index(_as_text(series)))
+    text, codes = by_category
+    positions = vocabulary.get_indexer(pd.Index(text))
+    return np.where(codes >= 0, positions[np.maximum(codes, 0)], -1)
+
+
+def _value_counts(series: pd.Series) -> pd.Series:
+    """How often each value occurs, as text (:func:`_as_text`), most frequent first and ties
+    by value, whatever the column's dtype."""
+    by_category = _category_text(series)
+    if by_category is None:
+        counts = _as_text(series).value_counts(dropna=True)
+    else:
+        text, codes = by_category
+        per_category = np.bincount(codes[codes >= 0], minlength=len(text))
+        counts = pd.Series(per_category, index=text.to_numpy()).groupby(level=0).sum()
+        counts = counts[counts.index.notna() & (counts > 0)]
+    frame = pd.DataFrame({"value": counts.index.astype(object), "count": counts.to_numpy()})
+    frame = frame.sort_values(["count", "value"], ascending=[False, True], kind="stable")
+    return pd.Series(frame["count"].to_numpy(), index=frame["value"].to_numpy())
+
+
 def _check_columns(frame: pd.DataFrame, columns: list[str], where: str) -> None:
     for column in columns:
         if column not in frame.columns:
@@ -345,7 +387,7 @@ class Preprocessor:
         for j, column in enumerate(self.categorical):
             if column in frame.columns:
                 # -1 for unseen or missing values, so those land in bucket 0
-                positions = self._categories[column].get_indexer(_as_text(frame[column]))
+                positions = _category_positions(frame[column], self._categories[column])
                 codes[:, j] = positions.astype(np.int64) + 1
         width = len(self.numeric)
         numeric = np.zeros((n, 2 * width), dtype=np.float32)
@@ -429,7 +471,7 @@ def _vocabulary(series: pd.Series, column: str, data: DataSpec) -> list[Any]:
     """The values of a categorical column that get their own embedding row, most frequent
     first: seen at least ``data.min_frequency`` times, and at most ``data.max_categories`` of
     them (a column over the cap also needs :data:`CAPPED_MIN_FREQUENCY` sightings; warned)."""
-    counts = _as_text(series).value_counts(dropna=True)
+    counts = _value_counts(series)
     kept = counts[counts >= data.min_frequency]
     cap = data.max_categories
     if cap is not None and len(kept) > cap:
