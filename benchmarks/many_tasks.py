@@ -7,7 +7,8 @@ all masked), mixing broadcast a [G, B, E, D] intermediate, and each task's loss 
 small pass. "After" is this checkout (paired gates, :mod:`polytask.nn.paired_gates`; mixing
 by batched product for many gates; one loss pass per kind of task); "before" is another
 source tree given by ``--before-src`` (the ``src`` folder of the commit before the change,
-e.g. ``git archive main src | tar -x -C /tmp/polytask-main``).
+e.g. ``git archive a2de446 src | tar -x -C /tmp/polytask-before``); ``--after-src`` likewise
+(default: this checkout's ``src``).
 
 Data: synthetic related tasks, the same for every T and version: 4,096 rows of 8 numeric and
 3 categorical inputs; task t's binary label is ``x @ (u + 0.5 v_t) + noise > 0`` with one
@@ -21,8 +22,8 @@ versions alternating for ``--rounds`` rounds; the table keeps the fastest epoch.
 are the model's trainable parameters. The machine is shared (2 cores, no GPU): compare the
 ratios, measured back to back, rather than the absolute seconds.
 
-Run: ``python benchmarks/many_tasks.py --before-src /tmp/polytask-main/src
---json docs/results/many_tasks.json``
+Run: ``python benchmarks/many_tasks.py --before-src /tmp/polytask-before/src
+--after-src /tmp/polytask-after/src --json docs/results/many_tasks.json``
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def run_child(src: Path, arch: str, tasks: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before-src", type=Path, required=False)
+    parser.add_argument("--after-src", type=Path, default=ROOT / "src")
     parser.add_argument("--tasks", type=int, nargs="+", default=[10, 50, 150])
     parser.add_argument("--archs", nargs="+", default=list(ARCHS))
     parser.add_argument("--rounds", type=int, default=2)
@@ -147,7 +149,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from _machine import machine_info
 
-    versions = {"after": ROOT / "src"}
+    versions = {"after": args.after_src.resolve()}
     if args.before_src is not None:
         versions = {"before": args.before_src.resolve(), **versions}
     results: list[dict[str, Any]] = []

@@ -63,6 +63,13 @@ def renumber_allowed(
     return [[position[e] for e in allowed[g] if e in position] for g in gates]
 
 
+def init_like_linear(in_dim: int, *parameters: torch.Tensor) -> None:
+    """Uniform in +-1/sqrt(in_dim), as ``nn.Linear`` initialises its weight and bias."""
+    bound = 1.0 / in_dim**0.5
+    for parameter in parameters:
+        nn.init.uniform_(parameter, -bound, bound)
+
+
 def _index(values: Sequence[int]) -> torch.Tensor:
     return torch.tensor(list(values), dtype=torch.long)
 
@@ -181,9 +188,7 @@ class SoftmaxGates(GateBank):
 
     def reset_parameters(self) -> None:
         """Each gate initialised like an ``nn.Linear(in_dim, E)``."""
-        bound = 1.0 / self.in_dim**0.5
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
+        init_like_linear(self.in_dim, self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.per_gate_input:

@@ -24,7 +24,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from polytask.nn.gates import GateBank, LeanMixture, Mixed, SoftmaxGates, renumber_allowed
+from polytask.nn.gates import (
+    GateBank,
+    LeanMixture,
+    Mixed,
+    SoftmaxGates,
+    init_like_linear,
+    renumber_allowed,
+)
 
 # Paired layout where the allowed (gate, expert) pairs are at most this share of G x E.
 PAIRED_SHARE = 0.25
@@ -61,9 +68,7 @@ class PairedSoftmaxGates(GateBank):
 
     def reset_parameters(self) -> None:
         """Each gate initialised like an ``nn.Linear(in_dim, E)`` (as the dense layout)."""
-        bound = 1.0 / self.in_dim**0.5
-        nn.init.uniform_(self.weight, -bound, bound)
-        nn.init.uniform_(self.bias, -bound, bound)
+        init_like_linear(self.in_dim, self.weight, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Gate weights per pair [B, P]: per gate a softmax over its pairs."""
