@@ -164,6 +164,7 @@ def test_train_then_info(tmp_path: Path, table_csv):
         "tags": "multilabel",
     }
     assert facts["inputs"]["categorical"] == ["color", "city"]
+    assert facts["inputs"]["rule"].startswith("every column of the training table but")
     resolved = {"mode": "fast", "every": 1, "c": 0.2, "rescale": 1}  # the defaults filled in
     assert facts["balance"] == {"method": "cagrad", "options": resolved}
 

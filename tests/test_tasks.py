@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from sklearn import metrics as skm
 
-from polytask.config import TaskSpec
+from polytask.config import TaskKind, TaskSpec
 from polytask.errors import ConfigError
 from polytask.tasks import Task, output_columns
 
@@ -256,3 +256,32 @@ def test_outputs_of_arrays_equal_outputs_of_tensors(kind):
         got = task.outputs_array(logits.numpy())
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, task.outputs(logits).numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_task_losses_in_one_pass_equal_each_tasks_loss():
+    """Tasks sharing a loss are computed together; each loss equals the task's own."""
+    from polytask.tasks import task_losses
+
+    rng = np.random.default_rng(0)
+    specs = [TaskSpec(name=f"b{i}", kind=TaskKind.binary, target=f"b{i}") for i in range(3)] + [
+        TaskSpec(name="r0", kind=TaskKind.regression, target="r0"),
+        TaskSpec(name="r1", kind=TaskKind.regression, target="r1"),
+        TaskSpec(name="h", kind=TaskKind.regression, target="h", loss="huber"),
+        TaskSpec(name="m", kind=TaskKind.multiclass, target="m"),
+    ]
+    tasks = [Task(s, 3 if s.kind is TaskKind.multiclass else 1) for s in specs]
+    n = 40
+    outputs = [torch.from_numpy(rng.normal(size=(n, t.out_dim)).astype(np.float32)) for t in tasks]
+    labels = {}
+    for task in tasks:
+        values = rng.integers(0, task.out_dim if task.out_dim > 1 else 2, size=n).astype(np.float32)
+        values[rng.random(n) < 0.3] = np.nan
+        labels[task.name] = torch.from_numpy(values)
+    labels["b2"][:] = float("nan")  # a task without labels in the batch: loss 0, not present
+    weights = {"b1": torch.from_numpy(rng.random(n).astype(np.float32)), "r0": torch.ones(n)}
+    losses, present = task_losses(outputs, labels, tasks, weights)
+    for index, task in enumerate(tasks):
+        expected = task.loss(outputs[index], labels[task.name], weights.get(task.name))
+        torch.testing.assert_close(losses[index], expected)
+    assert present.tolist() == [True, True, False, True, True, True, True]
+    assert float(losses[2]) == 0.0

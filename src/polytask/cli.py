@@ -65,17 +65,22 @@ def user_errors(command: F) -> F:
     return cast(F, wrapper)
 
 
+def task_names(options: list[str]) -> list[str]:
+    """``--tasks a,b --tasks c`` -> [a, b, c]."""
+    return [name.strip() for item in options for name in item.split(",") if name.strip()]
+
+
 def labelled_rows(spec: Any, data: Path | None, split: str | None) -> Any:
     """The rows ``--data FILE`` names, or the run's own ``--split valid|test``."""
     from polytask.data import progress
-    from polytask.data.tabular import load_splits, read_table
+    from polytask.data.tabular import load_run_splits, read_labelled
 
     if data is not None:
         with progress.reporting():
-            return read_table(data)
+            return read_labelled(data, spec.data, spec.target_columns)
     if split not in ("valid", "test"):
         raise PolytaskError(f"--split must be 'valid' or 'test' (got '{split}')")
-    frame = getattr(load_splits(spec.data), split)
+    frame = getattr(load_run_splits(spec), split)
     if frame is None:
         raise PolytaskError(f"the run's data has no {split} split")
     return frame
@@ -322,8 +327,13 @@ def predict(
     allow_unknown_columns: Annotated[
         bool, typer.Option(help="Ignore columns the run does not know (else: refused).")
     ] = False,
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option(help="Predict only these tasks (repeat, or comma-separated)."),
+    ] = None,
 ) -> None:
-    """Predict every task for raw rows (missing values and unseen categories allowed)."""
+    """Predict every task (or --tasks) for raw rows (missing values and unseen categories
+    allowed); only what the asked tasks use is computed."""
     from polytask.artifacts.atomic import write_atomic
     from polytask.artifacts.ownership import check_output_file
     from polytask.data import progress
@@ -332,7 +342,12 @@ def predict(
 
     if output is not None:
         check_output_file(output, overwrite=overwrite, inputs=[data])
-    predictor = open_predictor(run)  # torch is not imported where the run has lean arrays
+    if tasks:
+        from polytask.api import load
+
+        predictor: Any = load(run).subset(task_names(tasks))
+    else:  # torch is not imported where the run has lean arrays
+        predictor = open_predictor(run)
     kept = _kept_columns(keep or [], predictor.output_columns())
     with progress.reporting():
         frame = read_table(data)
@@ -482,7 +497,7 @@ def serve(
 
     if not (math.isfinite(max_body_mib) and max_body_mib > 0):
         raise PolytaskError(f"--max-body-mib must be a positive number (got {max_body_mib:g})")
-    names = [name.strip() for item in tasks or [] for name in item.split(",") if name.strip()]
+    names = task_names(tasks or [])
     run_server(
         run,
         tasks=names or None,

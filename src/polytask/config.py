@@ -62,17 +62,36 @@ class TaskKind(str, Enum):
 
 
 class SplitSpec(_Section):
-    """How to carve validation and test rows out of ``train`` when their paths are not given."""
+    """How to carve validation and test rows out of ``train`` when their paths are not given:
+    at random (the default), by ``group`` (every row of a group in one split), ``stratify``
+    (each class of a classification task in the same shares in every split) or ``time``
+    (ordered by a column: the latest rows are the test rows). See polytask.data.splits."""
 
     valid: Float = Field(0.1, ge=0.0, lt=1.0)
     test: Float = Field(0.1, ge=0.0, lt=1.0)
     seed: Seed = 0
+    group: str | None = None
+    stratify: str | None = Field(None, description="a binary or multiclass task's name")
+    time: str | None = None
 
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> SplitSpec:
         if self.valid + self.test >= 1.0:
             raise ValueError("valid + test fractions must be below 1")
+        chosen = [key for key in ("group", "stratify", "time") if getattr(self, key) is not None]
+        if len(chosen) > 1:
+            raise ValueError(
+                f"give at most one of group, stratify and time (got {', '.join(chosen)})"
+            )
         return self
+
+    @property
+    def kind(self) -> str:
+        """random | group | stratify | time."""
+        return next(
+            (key for key in ("group", "stratify", "time") if getattr(self, key) is not None),
+            "random",
+        )
 
 
 class DataSpec(_Section):
@@ -94,12 +113,94 @@ class DataSpec(_Section):
     # standard: per column; block: one mean and std over all numeric columns (pixels);
     # none: raw values; auto: block for the cnn encoder's pixels, standard otherwise
     scaling: Literal["auto", "standard", "block", "none"] = "auto"
+    # auto: by the file's extension (polytask.data.readers); a name forces that reader
+    reader: Literal["auto", "csv", "tsv", "parquet", "jsonl", "feather", "mat"] = "auto"
+    # wide: one row per entity, one column per target; long: one row per (entity, task,
+    # label), pivoted to wide (polytask.data.long)
+    format: Literal["wide", "long"] = "wide"
+    entity: str | None = None
+    task_column: str | None = None
+    label_column: str | None = None
+    # the model's inputs, exactly (else: every column but the targets, data.drop, the entity,
+    # the split group and the weight columns)
+    inputs: list[str] | None = None
+    # per-row sample weights: one column for every task, or {task: column}
+    weight: str | dict[str, str] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
         if (self.train is None) == (self.dataset is None):
-            raise ValueError("give exactly one of 'train' (a CSV or Parquet path) or 'dataset'")
+            raise ValueError("give exactly one of 'train' (a data file) or 'dataset'")
         return self
+
+    @model_validator(mode="after")
+    def _long_format_columns(self) -> DataSpec:
+        keys = ("entity", "task_column", "label_column")
+        if self.format == "long":
+            missing = [key for key in keys if getattr(self, key) is None]
+            if missing:
+                raise ValueError(f"format long needs {', '.join(missing)}: the column names")
+            if isinstance(self.weight, dict):
+                raise ValueError(
+                    "weight: a long table's weights are one column (a weight per row, so per "
+                    "task), not one per task"
+                )
+            names = [getattr(self, key) for key in keys]
+            if len(set(names)) < 3:
+                raise ValueError("entity, task_column and label_column must be three columns")
+        else:
+            given = [key for key in keys if getattr(self, key) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} is read only with format: long")
+        return self
+
+    @model_validator(mode="after")
+    def _inputs_are_inputs(self) -> DataSpec:
+        if self.inputs is None:
+            return self
+        if not self.inputs:
+            raise ValueError("inputs: list at least one column (or leave it out)")
+        repeated = sorted({c for c in self.inputs if self.inputs.count(c) > 1})
+        if repeated:
+            raise ValueError(f"inputs: repeated column {repeated[0]!r}")
+        for listed, where in ((self.categorical, "categorical"), (self.numeric, "numeric")):
+            outside = [c for c in listed or [] if c not in self.inputs]
+            if outside:
+                raise ValueError(f"{where} names '{outside[0]}', which is not in inputs")
+        for column in self.drop:
+            if column in self.inputs:
+                raise ValueError(f"column '{column}' is in both inputs and drop")
+        return self
+
+    def input_rule(self) -> str:
+        """Which columns are inputs, in words (``polytask info`` prints it)."""
+        if self.inputs is not None:
+            return "data.inputs: exactly the columns listed"
+        return (
+            "every column of the training table but the targets, data.drop and the row "
+            "columns (entity, split group, weights); list data.inputs to choose them"
+        )
+
+    def weight_columns(self, tasks: list[TaskSpec]) -> dict[str, str]:
+        """Task name -> the column of its rows' sample weights (tasks without are absent).
+        A long table's weight column is per (entity, task) row: pivoted, task ``t``'s
+        weights are the column ``<column>[<t's target>]``."""
+        columns = {}
+        for task in tasks:
+            weight = self.weight.get(task.name) if isinstance(self.weight, dict) else self.weight
+            if weight is not None and self.format == "long":
+                weight = f"{weight}[{task.target}]"
+            if weight is not None:
+                columns[task.name] = weight
+        return columns
+
+    def row_columns(self) -> list[str]:
+        """Columns that describe rows rather than inputs: the entity, the split group and the
+        sample weights. They are never inputs (an id would be learnt by heart)."""
+        weight = self.weight
+        weights = [weight] if isinstance(weight, str) else list((weight or {}).values())
+        listed = [self.entity, self.split.group, *weights]
+        return [c for c in dict.fromkeys(listed) if c is not None]
 
 
 LOSSES: dict[TaskKind, tuple[str, ...]] = {
@@ -414,6 +515,40 @@ class RunSpec(_Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"task names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _data_names_tasks(self) -> RunSpec:
+        """``data.split.stratify`` and ``data.weight``'s keys name tasks of this spec."""
+        by_name = {task.name: task for task in self.tasks}
+        stratify = self.data.split.stratify
+        if stratify is not None:
+            task = by_name.get(stratify)
+            if task is None:
+                raise ValueError(
+                    f"data.split.stratify: no task is named '{stratify}'"
+                    f"{did_you_mean(stratify, by_name)}"
+                )
+            if task.kind not in (TaskKind.binary, TaskKind.multiclass):
+                raise ValueError(
+                    f"data.split.stratify: task '{stratify}' is {task.kind.value}; "
+                    "only a binary or multiclass task's classes can be strata"
+                )
+        if isinstance(self.data.weight, dict):
+            for name in self.data.weight:
+                if name not in by_name:
+                    raise ValueError(
+                        f"data.weight: no task is named '{name}'{did_you_mean(name, by_name)}"
+                    )
+        targets = set(self.target_columns)
+        for column in self.data.row_columns():
+            if column in targets:
+                raise ValueError(f"data: column '{column}' is a task's target and a row column")
+        for column in self.data.inputs or []:
+            if column in targets or column in self.data.row_columns():
+                raise ValueError(
+                    f"data.inputs: '{column}' is a target, entity, group or weight column"
+                )
         return self
 
     @property

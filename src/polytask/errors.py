@@ -38,6 +38,14 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def shown(value: object) -> str:
+    """A table cell as a message shows it: ``1``, ``'s7'``, not numpy's ``np.int64(1)``."""
+    item = getattr(value, "item", None)
+    if callable(item) and type(value).__module__ == "numpy":
+        value = item()
+    return repr(value)
+
+
 class PolytaskWarning(UserWarning):
     """Something the user should know that does not stop the command: one line, like an
     error. The CLI prints it as ``warning: ...``; the Python API leaves it to ``warnings``."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -57,32 +57,50 @@ class Task:
         """Boolean mask of rows (or row x label cells) that carry a label."""
         return ~labels.isnan()
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Mean loss over labelled entries; exactly 0 (with a graph) when none is labelled.
 
-        logits: [B, out_dim]; labels: [B] (or [B, L] for multilabel), NaN where missing.
+        logits: [B, out_dim]; labels: [B] (or [B, L] for multilabel), NaN where missing;
+        weights: [B] sample weights (``data.weight``), making it ``sum(w * loss) / sum(w)``
+        over the labelled entries.
         """
         import torch
         import torch.nn.functional as F
 
-        mask = self.present(labels)
-        count = mask.sum()
-        safe = torch.where(mask, labels, torch.zeros_like(labels))
+        present = self.present(labels)
+        if weights is not None and labels.ndim == 2:
+            weights = weights[:, None]  # one weight per row, for each of its labels
+        safe = torch.where(present, labels, torch.zeros_like(labels))
         if self.kind is TaskKind.multiclass:
             per_row = F.cross_entropy(logits, safe.long(), reduction="none")
-        elif self.kind is TaskKind.binary:
-            per_row = F.binary_cross_entropy_with_logits(logits[:, 0], safe, reduction="none")
         elif self.kind is TaskKind.multilabel:
             per_row = F.binary_cross_entropy_with_logits(logits, safe, reduction="none")
         else:
-            prediction = logits[:, 0]
-            if self.spec.loss == "l1":
-                per_row = F.l1_loss(prediction, safe, reduction="none")
-            elif self.spec.loss == "huber":
-                per_row = F.huber_loss(prediction, safe, reduction="none")
-            else:
-                per_row = F.mse_loss(prediction, safe, reduction="none")
-        return (per_row * mask).sum() / count.clamp(min=1)
+            per_row = _elementwise(self.batch_key, logits[:, 0], safe)
+        return _masked_mean(per_row, present, weights, dims=None)
+
+    def label_mass(self, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """What :meth:`loss` divides by: the number of labelled entries, or their summed
+        sample weights (so that means over parts of a batch combine exactly)."""
+        present = self.present(labels)
+        if weights is None:
+            return present.sum()
+        if labels.ndim == 2:
+            weights = weights[:, None]
+        return (present * weights).sum()
+
+    @property
+    def batch_key(self) -> str:
+        """Tasks of one key have one label column and one loss, computed for all of them in
+        one pass (:func:`task_losses`): ``bce`` (binary), ``mse`` / ``l1`` / ``huber``
+        (regression); ``""`` for the others."""
+        if self.kind is TaskKind.binary:
+            return "bce"
+        if self.kind is TaskKind.regression:
+            return str(self.spec.loss)
+        return ""
 
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> user-scale predictions (probabilities, or regression values)."""
@@ -111,14 +129,21 @@ class Task:
             return labels * self.target_std + self.target_mean
         return labels
 
-    def metrics(self, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    def metrics(
+        self, predictions: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
+    ) -> dict[str, float]:
         """Metrics on labelled rows only; predictions and labels both on the user's scale
-        (class indices for multiclass)."""
+        (class indices for multiclass). ``weights``: sample weights [N], each metric then
+        counting a row ``w`` times (an integer weight k as k copies of the row)."""
         results: dict[str, float] = {}
         if self.kind is TaskKind.multilabel:
             mask = ~np.isnan(labels)
             aucs = [
-                _auc(labels[mask[:, j], j], predictions[mask[:, j], j])
+                _auc(
+                    labels[mask[:, j], j],
+                    predictions[mask[:, j], j],
+                    None if weights is None else weights[mask[:, j]],
+                )
                 for j in range(labels.shape[1])
             ]
             valid = [a for a in aucs if not math.isnan(a)]
@@ -126,20 +151,21 @@ class Task:
             return {m: results[m] for m in self.spec.metrics}
         mask = ~np.isnan(labels)
         y, p = labels[mask], predictions[mask]
-        if len(y) == 0:
+        w = np.ones(len(y)) if weights is None else weights[mask].astype(np.float64)
+        if len(y) == 0 or not w.sum() > 0:
             return {m: math.nan for m in self.spec.metrics}
         for metric in self.spec.metrics:
-            results[metric] = self._metric(metric, y, p)
+            results[metric] = self._metric(metric, y, p, w)
         return results
 
-    def _metric(self, metric: str, y: np.ndarray, p: np.ndarray) -> float:
+    def _metric(self, metric: str, y: np.ndarray, p: np.ndarray, w: np.ndarray) -> float:
         if metric == "auc":
-            return _auc(y, p)
+            return _auc(y, p, w)
         if metric == "logloss":
-            return _log_loss(y, p)
+            return _log_loss(y, p, w)
         if metric == "accuracy":
             predicted = p.argmax(axis=1) if p.ndim == 2 else (p >= 0.5)
-            return float(np.mean(y.astype(int) == predicted.astype(int)))
+            return float(np.average(y.astype(int) == predicted.astype(int), weights=w))
         if metric == "macro_f1":
             from sklearn import metrics as skm  # imported when used: it costs ~1 s
 
@@ -150,23 +176,26 @@ class Task:
                     average="macro",
                     labels=list(range(self.out_dim)),
                     zero_division=0,
+                    sample_weight=w,
                 )
             )
         if metric == "rmse":
-            return float(np.sqrt(np.mean((p - y) ** 2)))
+            return float(np.sqrt(np.average((p - y) ** 2, weights=w)))
         if metric == "mae":
-            return float(np.mean(np.abs(p - y)))
+            return float(np.average(np.abs(p - y), weights=w))
         if metric == "r2":
             if len(y) < 2:
                 return math.nan
-            total = float(np.sum((y - y.mean()) ** 2))
-            residual = float(np.sum((y - p) ** 2))
+            total = float(np.sum(w * (y - np.average(y, weights=w)) ** 2))
+            residual = float(np.sum(w * (y - p) ** 2))
             if total == 0.0:  # as scikit-learn: 1 for a perfect fit, 0 otherwise
                 return 1.0 if residual == 0.0 else 0.0
             return 1.0 - residual / total
         raise ValueError(f"unknown metric {metric}")
 
-    def normalised(self, metric: str, value: float, labels: np.ndarray) -> float:
+    def normalised(
+        self, metric: str, value: float, labels: np.ndarray, weights: np.ndarray | None = None
+    ) -> float:
         """A metric as a skill score: 1 is perfect, 0 is what the best constant predictor
         scores on these labels, below 0 is worse than it. So tasks whose metrics have
         different units and baselines can be averaged (``mean_normalised``). The mapping:
@@ -186,16 +215,20 @@ class Task:
         ============  ==========================  ==========================================
 
         NaN where the labels leave no room above the constant (a single class, no spread).
+        With sample ``weights``, the shares, means and spreads above are weighted alike.
         """
         if metric in ("auc", "mean_auc"):
             return 2.0 * value - 1.0
         if metric == "r2":
             return value
-        y = labels[~np.isnan(labels)]
-        if len(y) == 0 or math.isnan(value):
+        present = ~np.isnan(labels)
+        y = labels[present]
+        w = np.ones(len(y)) if weights is None else weights[present].astype(np.float64)
+        if len(y) == 0 or math.isnan(value) or not w.sum() > 0:
             return math.nan
         if metric in ("accuracy", "macro_f1"):
-            share = float(np.unique(y, return_counts=True)[1].max() / len(y))
+            _, codes = np.unique(y, return_inverse=True)
+            share = float(np.bincount(codes, weights=w).max() / w.sum())
             if metric == "accuracy":
                 constant = share
             else:
@@ -203,26 +236,86 @@ class Task:
                 constant = 2.0 * share / (1.0 + share) / classes
             return (value - constant) / (1.0 - constant) if constant < 1.0 else math.nan
         if metric == "logloss":
-            base_rate = float(np.clip(y.mean(), 1e-7, 1 - 1e-7))
-            reference = _log_loss(y, np.full(len(y), base_rate))
+            base_rate = float(np.clip(np.average(y, weights=w), 1e-7, 1 - 1e-7))
+            reference = _log_loss(y, np.full(len(y), base_rate), w)
         elif metric == "rmse":
-            reference = float(np.std(y))
+            reference = float(np.sqrt(np.average((y - np.average(y, weights=w)) ** 2, weights=w)))
         else:
-            reference = float(np.mean(np.abs(y - np.median(y))))
+            reference = float(np.average(np.abs(y - _weighted_median(y, w)), weights=w))
         return 1.0 - value / reference if reference > 0 else math.nan
 
 
 def task_losses(
-    outputs: list[torch.Tensor], labels: dict[str, torch.Tensor], tasks: list[Task]
+    outputs: list[torch.Tensor],
+    labels: dict[str, torch.Tensor],
+    tasks: list[Task],
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-task masked losses [T] and whether each task has any label in the batch [T]."""
+    """Per-task masked losses [T] and whether each task has any label in the batch [T];
+    ``weights``: the sample weights [B] of the tasks that have them.
+
+    Tasks that share a :attr:`Task.batch_key` (binary tasks; regression tasks of one loss)
+    are computed together, as [K, B] tensors: with a hundred tasks, one pass instead of a
+    hundred small ones. Loss t still depends on output t alone."""
     import torch
 
-    losses = torch.stack(
-        [task.loss(out, labels[task.name]) for task, out in zip(tasks, outputs, strict=True)]
-    )
+    weights = weights or {}
+    losses: list[torch.Tensor | None] = [None] * len(tasks)
+    groups: dict[str, list[int]] = {}
+    for index, task in enumerate(tasks):
+        if task.batch_key:
+            groups.setdefault(task.batch_key, []).append(index)
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        logits = torch.stack([outputs[i][:, 0] for i in members])  # [K, B]
+        values = torch.stack([labels[tasks[i].name] for i in members])
+        present = ~torch.isnan(values)
+        safe = torch.where(present, values, torch.zeros_like(values))
+        weighted = [weights.get(tasks[i].name) for i in members]
+        row_weights = None
+        if any(w is not None for w in weighted):
+            ones = torch.ones(values.shape[1], device=values.device)
+            row_weights = torch.stack([ones if w is None else w for w in weighted])
+        per_entry = _elementwise(key, logits, safe)
+        for i, loss in zip(members, _masked_mean(per_entry, present, row_weights, 1), strict=True):
+            losses[i] = loss
+    for index, task in enumerate(tasks):
+        if losses[index] is None:
+            losses[index] = task.loss(outputs[index], labels[task.name], weights.get(task.name))
     present = torch.stack([task.present(labels[task.name]).any() for task in tasks])
-    return losses, present
+    return torch.stack(cast(list[torch.Tensor], losses)), present
+
+
+def _elementwise(key: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The per-entry loss named by a :attr:`Task.batch_key`."""
+    import torch.nn.functional as F
+
+    if key == "bce":
+        return F.binary_cross_entropy_with_logits(prediction, target, reduction="none")
+    if key == "l1":
+        return F.l1_loss(prediction, target, reduction="none")
+    if key == "huber":
+        return F.huber_loss(prediction, target, reduction="none")
+    return F.mse_loss(prediction, target, reduction="none")
+
+
+def _masked_mean(
+    per_entry: torch.Tensor,
+    present: torch.Tensor,
+    weights: torch.Tensor | None,
+    dims: int | None,
+) -> torch.Tensor:
+    """Mean of ``per_entry`` over labelled entries (over ``dims``, or all), weighted by
+    ``weights`` where given: ``sum(w * loss) / sum(w)``; 0 where nothing is labelled."""
+    import torch
+
+    mask = present if weights is None else present * weights
+    count = mask.sum() if dims is None else mask.sum(dims)
+    total = (per_entry * mask).sum() if dims is None else (per_entry * mask).sum(dims)
+    if weights is not None:  # weights may sum below 1: divide by them as they are
+        return total / torch.where(count > 0, count, torch.ones_like(count))
+    return total / count.clamp(min=1)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -260,16 +353,25 @@ def output_columns(tasks: list[Task]) -> dict[str, str]:
     return columns
 
 
-def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    """Mean binary cross-entropy of probabilities ``p`` (clipped to [1e-7, 1 - 1e-7])."""
+def _log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
+    """Mean binary cross-entropy of probabilities ``p`` (clipped to [1e-7, 1 - 1e-7]),
+    weighted by ``w``."""
     p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+    return float(-np.average(y * np.log(p) + (1 - y) * np.log1p(-p), weights=w))
 
 
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    if len(y) == 0 or len(np.unique(y)) < 2:
+def _auc(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
+    if len(y) == 0 or len(np.unique(y if w is None else y[w > 0])) < 2:
         warnings.warn("AUC is undefined where only one class is labelled", stacklevel=3)
         return math.nan
     from sklearn import metrics as skm  # imported when used: it costs ~1 s
 
-    return float(skm.roc_auc_score(y, p))
+    return float(skm.roc_auc_score(y, p, sample_weight=w))
+
+
+def _weighted_median(y: np.ndarray, w: np.ndarray) -> float:
+    """The smallest value with at least half the weight at or below it (the median for equal
+    weights, up to the choice between the two middle values, which gives the same MAE)."""
+    order = np.argsort(y, kind="stable")
+    cumulative = np.cumsum(w[order])
+    return float(y[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])

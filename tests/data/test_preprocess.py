@@ -422,3 +422,54 @@ def test_scaling_none_keeps_raw_values_and_flags_missing():
     features = Preprocessor.fit(frame, data, tasks).transform(frame)
     assert features.numeric[:, 0].tolist() == [0.0, 0.0, 1.0, 0.0]
     assert features.numeric[:, 1].tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+def test_inputs_are_exactly_the_listed_columns(table):
+    raw = base_spec("t.csv", data={"inputs": ["x1", "color"], "numeric": ["x1"]})
+    spec = parse_spec(raw)
+    fitted = Preprocessor.fit(table, spec.data, spec.tasks)
+    assert fitted.input_columns == ["color", "x1"]
+    assert {"x2", "city", "count"} <= set(fitted.state["ignored_columns"])
+
+
+def test_numeric_alone_does_not_limit_the_inputs(table):
+    """The rule stated in the README: without data.inputs, unlisted columns are inputs too."""
+    spec = parse_spec(base_spec("t.csv", data={"numeric": ["x1"]}))
+    fitted = Preprocessor.fit(table, spec.data, spec.tasks)
+    assert set(fitted.input_columns) == {"color", "city", "x1", "x2", "count"}
+
+
+def test_inputs_are_checked(table):
+    from polytask.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="categorical names 'city', which is not in inputs"):
+        parse_spec(base_spec("t.csv", data={"inputs": ["x1"], "categorical": ["city"]}))
+    with pytest.raises(ConfigError, match=r"data.inputs: 'spend' is a target"):
+        parse_spec(base_spec("t.csv", data={"inputs": ["x1", "spend"]}))
+    spec = parse_spec(base_spec("t.csv", data={"inputs": ["x1", "colour"]}))
+    with pytest.raises(DataError, match=r"column 'colour' named in data.inputs .*'color'"):
+        Preprocessor.fit(table, spec.data, spec.tasks)
+
+
+def test_a_categorical_dtype_column_maps_as_its_text_does():
+    """The per-category fast path gives the same vocabulary and codes as the rows' text."""
+    values = ["a", " b", "b", None, "c", "a", "", "b ", "d", "a"] * 3
+    as_text = pd.DataFrame({"k": values, "y": [0.0, 1.0] * 15})
+    as_category = as_text.assign(k=pd.Categorical(values, categories=["a", " b", "b", "b ", "c",
+                                                                      "d", "unused", ""]))
+    floats = as_text.assign(k=pd.Categorical([1.0, 2.0, np.nan] * 10, categories=[1.0, 2.0, 3.0]))
+    spec = DataSpec(train="t.csv", categorical=["k"])
+    tasks = [TaskSpec(name="y", kind="binary", target="y")]
+    plain = Preprocessor.fit(as_text, spec, tasks)
+    fast = Preprocessor.fit(as_category, spec, tasks)
+    assert fast.state["vocabularies"] == plain.state["vocabularies"]
+    torch.testing.assert_close(
+        fast.transform(as_category).categorical, plain.transform(as_text).categorical
+    )
+    torch.testing.assert_close(
+        plain.transform(as_category).categorical, plain.transform(as_text).categorical
+    )
+    whole = Preprocessor.fit(floats, spec, tasks)
+    assert whole.state["vocabularies"]["k"] == ["1", "2"]
+    codes = whole.transform(floats.assign(k=floats["k"].astype("float64"))).categorical
+    torch.testing.assert_close(whole.transform(floats).categorical, codes)

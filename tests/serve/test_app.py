@@ -139,6 +139,25 @@ def test_tasks_option_restricts_the_answers(predictor):
         create_app(predictor, ServeConfig(tasks=("clik",)))
 
 
+def test_a_request_may_ask_for_some_tasks(client, trained_run):
+    """The body's ``tasks``: only those answered, equal to the full answers."""
+    rows = records(trained_run["frames"]["test"].iloc[:12])
+    full = client.post("/v1/predict", json={"rows": rows}).json()
+    part = client.post("/v1/predict", json={"rows": rows, "tasks": ["spend", "tags"]})
+    assert part.status_code == 200, part.text
+    body = part.json()
+    assert body["tasks"] == ["spend", "tags"]
+    for answer, whole in zip(body["predictions"], full["predictions"], strict=True):
+        assert set(answer) == {"spend", "tags"}
+        assert answer["spend"] == pytest.approx(whole["spend"], rel=1e-5, abs=1e-4)
+        assert answer["tags"] == pytest.approx(whole["tags"], abs=1e-6)
+    wrong = client.post("/v1/predict", json={"rows": rows, "tasks": ["spnd"]})
+    assert wrong.status_code == 400
+    assert "tasks: 'spnd' is not served (did you mean 'spend'?)" in wrong.json()["detail"]
+    empty = client.post("/v1/predict", json={"rows": rows, "tasks": []})
+    assert empty.status_code == 422
+
+
 def test_tasks_endpoint_describes_tasks_and_inputs(client, trained_run):
     schema = client.get("/v1/tasks").json()
     assert schema["model"] == trained_run["run"].name

@@ -19,9 +19,10 @@ from polytask.config import ModelSpec
 from polytask.errors import PolytaskError
 from polytask.features import Features
 from polytask.inference.predict import predict_logits
+from polytask.inference.subset import without_unused_experts
 from polytask.model import MultiTaskModel, build_model
 from polytask.slim import SLIM_REPORT, slim
-from polytask.slim.extract import SlimContext, extract, without_unused_experts
+from polytask.slim.extract import SlimContext, extract
 from polytask.slim.report import parameter_count
 from tests.conftest import make_table
 

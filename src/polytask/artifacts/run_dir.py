@@ -167,13 +167,19 @@ def describe(run: str | Path) -> dict[str, Any]:
     inputs and summary, read from the run's files alone (no model is built, so no torch: the
     command answers at once)."""
     folder = require_complete(Path(run))
-    balance = load_config(folder).balance
+    spec = load_config(folder)
+    balance = spec.balance
     try:
         config = yaml.safe_load((folder / CONFIG).read_text())
         inputs = load_json(folder, PREPROCESSOR)
         summary = load_json(folder, SUMMARY)
         tasks = {task["name"]: task["kind"] for task in config["tasks"]}
-        columns = {"categorical": inputs["categorical"], "numeric": inputs["numeric"]}
+        columns = {
+            "categorical": inputs["categorical"],
+            "numeric": inputs["numeric"],
+            "ignored": inputs.get("ignored_columns", []),
+            "rule": spec.data.input_rule(),
+        }
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:
         raise PolytaskError(f"run {folder} could not be read ({type(error).__name__})") from None
     return {

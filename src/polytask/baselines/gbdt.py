@@ -32,7 +32,7 @@ from polytask.errors import PolytaskError
 from polytask.features import Features
 from polytask.inference.evaluation import evaluate_outputs
 from polytask.tasks import Task
-from polytask.train.prepare import Prepared, prepare
+from polytask.train.prepare import Prepared, SplitTensors, prepare
 
 Library = Literal["auto", "lightgbm", "sklearn"]
 MAX_CATEGORIES = 255
@@ -73,8 +73,15 @@ class _Fitted:
         self.model: Any = None
 
     def fit(
-        self, x: np.ndarray, y: np.ndarray, x_val: np.ndarray | None, y_val: np.ndarray | None
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        x_val: np.ndarray | None,
+        y_val: np.ndarray | None,
+        weights: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
     ) -> None:
+        """``weights``: the sample weights of the training and the validation rows."""
+        w, w_val = weights
         regression = self.kind is TaskKind.regression
         if self.library == "lightgbm":
             import lightgbm
@@ -88,9 +95,13 @@ class _Fitted:
                 verbose=-1,
                 n_jobs=1,
             )
-            kwargs: dict[str, Any] = {"categorical_feature": list(np.flatnonzero(self.mask))}
+            kwargs: dict[str, Any] = {
+                "categorical_feature": list(np.flatnonzero(self.mask)),
+                "sample_weight": w,
+            }
             if x_val is not None and len(x_val):
                 kwargs["eval_set"] = [(x_val, y_val)]
+                kwargs["eval_sample_weight"] = None if w_val is None else [w_val]
                 kwargs["callbacks"] = [
                     lightgbm.early_stopping(PARAMS["n_iter_no_change"], verbose=False)
                 ]
@@ -110,9 +121,9 @@ class _Fitted:
             random_state=self.seed,
         )
         if use_val:
-            self.model.fit(x, y, X_val=x_val, y_val=y_val)
+            self.model.fit(x, y, w, X_val=x_val, y_val=y_val, sample_weight_val=w_val)
         else:
-            self.model.fit(x, y)
+            self.model.fit(x, y, w)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Regression: standardised values; otherwise class probabilities [N, classes]."""
@@ -135,6 +146,11 @@ def _logits(task: Task, columns: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.log(p / (1 - p))).float()
 
 
+def _sample_weights(split: SplitTensors, task: Task) -> np.ndarray | None:
+    found = split.weights.get(task.name)
+    return None if found is None else found.numpy().astype(np.float64)
+
+
 def fit_task(
     task: Task,
     prepared: Prepared,
@@ -147,6 +163,8 @@ def fit_task(
     train, valid = prepared.splits["train"], prepared.splits.get("valid")
     labels = train.labels[task.name].numpy()
     val_labels = valid.labels[task.name].numpy() if valid is not None else None
+    weights = _sample_weights(train, task)
+    val_weights = _sample_weights(valid, task) if valid is not None else None
     width = labels.shape[1] if labels.ndim == 2 else 1
     classes = task.out_dim if task.kind is TaskKind.multiclass else 2
     models = []
@@ -155,16 +173,18 @@ def fit_task(
         keep = ~np.isnan(y)
         if not keep.any():
             raise PolytaskError(f"task '{task.name}': no labelled training rows for the baseline")
-        x_val = y_val = None
+        x_val = y_val = w_val = None
         if val_labels is not None:
             yv = val_labels[:, column] if val_labels.ndim == 2 else val_labels
             kept = ~np.isnan(yv)
             x_val, y_val = matrices["valid"][kept], yv[kept]
+            w_val = None if val_weights is None else val_weights[kept]
             if task.kind is not TaskKind.regression:
                 y_val = y_val.astype(int)
         target = y[keep] if task.kind is TaskKind.regression else y[keep].astype(int)
         model = _Fitted(library, task.kind, classes, mask, seed)
-        model.fit(matrices["train"][keep], target, x_val, y_val)
+        w = None if weights is None else weights[keep]
+        model.fit(matrices["train"][keep], target, x_val, y_val, (w, w_val))
         models.append(model)
     return {
         split: _logits(task, [m.predict(matrix) for m in models])
@@ -204,7 +224,12 @@ def fit_tasks(spec: RunSpec, chosen: str) -> tuple[dict[str, Any], dict[str, Any
         for name, values in per_split.items():
             logits[name].append(values)
     final: dict[str, Any] = {
-        name: evaluate_outputs(logits[name], prepared.splits[name].labels, prepared.tasks)
+        name: evaluate_outputs(
+            logits[name],
+            prepared.splits[name].labels,
+            prepared.tasks,
+            prepared.splits[name].weights,
+        )
         for name in ("valid", "test")
         if name in prepared.splits
     }

@@ -33,7 +33,7 @@ import pandas as pd
 from pandas.api import types as ptypes
 
 from polytask.config import DataSpec, TaskKind, TaskSpec
-from polytask.errors import DataError, PolytaskError, did_you_mean, warn
+from polytask.errors import DataError, PolytaskError, did_you_mean, shown, warn
 from polytask.tasks import Task
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: predicting from arrays needs none
@@ -54,14 +54,17 @@ CAPPED_MIN_FREQUENCY = 2
 
 def row_label(frame: pd.DataFrame | pd.Series, position: int) -> str:
     """Name a row as the user counts it: a table read from a file keeps its 0-based row
-    number as the index (also after a split), so that is reported 1-based."""
+    number as the index (also after a split), so that is reported 1-based; a long table
+    pivoted to one row per entity is indexed by the entity, which names the row."""
     label = frame.index[position]
+    if frame.index.name is not None:
+        return f"{frame.index.name} {shown(label)}"
     if isinstance(label, int | np.integer) and not isinstance(label, bool):
         return f"row {int(label) + 1}"
     return f"row {position + 1}"
 
 
-def _to_numeric(series: pd.Series, what: str) -> np.ndarray:
+def to_numeric(series: pd.Series, what: str) -> np.ndarray:
     """Parse a column as float (NaN where missing; infinities kept, for
     :func:`standardise` to refuse); name the first row holding something that is not a
     number."""
@@ -153,6 +156,48 @@ def _as_text(series: pd.Series) -> pd.Series:
     return text.mask(text == "")
 
 
+def _category_text(series: pd.Series) -> tuple[pd.Series, np.ndarray] | None:
+    """For a pandas categorical column: the text of each category (as :func:`_as_text` gives
+    it) and each row's category code (-1 where missing), so that mapping works on the few
+    categories rather than on every row. None for other columns."""
+    if not isinstance(series.dtype, pd.CategoricalDtype):
+        return None
+    codes = series.cat.codes.to_numpy()
+    categories = series.cat.categories
+    used = np.bincount(codes[codes >= 0], minlength=len(categories)) > 0
+    if not used.all():  # unused categories (their text could differ): renumbered out
+        renumber = np.full(len(categories) + 1, -1, dtype=np.int64)
+        renumber[:-1][used] = np.arange(int(used.sum()))
+        codes, categories = renumber[codes], categories[used]
+    return _as_text(pd.Series(categories, dtype=categories.dtype)), codes
+
+
+def _category_positions(series: pd.Series, vocabulary: pd.Index) -> np.ndarray:
+    """Each row's position in ``vocabulary`` (-1 where unseen or missing)."""
+    by_category = _category_text(series)
+    if by_category is None:
+        return vocabulary.get_indexer(pd.Index(_as_text(series)))
+    text, codes = by_category
+    positions = vocabulary.get_indexer(pd.Index(text))
+    return np.where(codes >= 0, positions[np.maximum(codes, 0)], -1)
+
+
+def _value_counts(series: pd.Series) -> pd.Series:
+    """How often each value occurs, as text (:func:`_as_text`), most frequent first and ties
+    by value, whatever the column's dtype."""
+    by_category = _category_text(series)
+    if by_category is None:
+        counts = _as_text(series).value_counts(dropna=True)
+    else:
+        text, codes = by_category
+        per_category = np.bincount(codes[codes >= 0], minlength=len(text))
+        counts = pd.Series(per_category, index=text.to_numpy()).groupby(level=0).sum()
+        counts = counts[counts.index.notna() & (counts > 0)]
+    frame = pd.DataFrame({"value": counts.index.astype(object), "count": counts.to_numpy()})
+    frame = frame.sort_values(["count", "value"], ascending=[False, True], kind="stable")
+    return pd.Series(frame["count"].to_numpy(), index=frame["value"].to_numpy())
+
+
 def _check_columns(frame: pd.DataFrame, columns: list[str], where: str) -> None:
     for column in columns:
         if column not in frame.columns:
@@ -186,7 +231,7 @@ class Preprocessor:
                         f"{did_you_mean(column, frame.columns)}"
                     )
         _check_columns(frame, data.drop, "data.drop")
-        categorical, numeric = cls._feature_columns(frame, data, set(targets))
+        categorical, numeric = cls._feature_columns(frame, data, tasks, set(targets))
         numeric_stats = cls._fit_scalers(frame, numeric, data, image)
         vocabularies = {column: _vocabulary(frame[column], column, data) for column in categorical}
         task_state = {task.name: cls._fit_task(frame, task) for task in tasks}
@@ -209,7 +254,7 @@ class Preprocessor:
     ) -> dict[str, list[float]]:
         """Per numeric column [mean, std]; one pair for all of them when scaled as a block.
         Every training value is checked against the fitted range."""
-        values = {c: _to_numeric(frame[c], f"column '{c}'") for c in numeric}
+        values = {c: to_numeric(frame[c], f"column '{c}'") for c in numeric}
         scaling = data.scaling
         if scaling == "auto":
             scaling = "block" if image else "standard"
@@ -226,22 +271,30 @@ class Preprocessor:
 
     @staticmethod
     def _feature_columns(
-        frame: pd.DataFrame, data: DataSpec, targets: set[str]
+        frame: pd.DataFrame, data: DataSpec, tasks: list[TaskSpec], targets: set[str]
     ) -> tuple[list[str], list[str]]:
-        excluded = targets | set(data.drop)
+        """The inputs by the rule stated in the README: ``data.inputs`` where given, exactly;
+        otherwise every column but the targets, ``data.drop`` and the row columns (entity,
+        split group, sample weights). ``data.categorical`` / ``data.numeric`` say the type of
+        the columns they name; the others' type is inferred."""
+        weights = set(data.weight_columns(tasks).values())
+        excluded = targets | set(data.drop) | set(data.row_columns()) | weights
         for listed, where in (
             (data.categorical, "data.categorical"),
             (data.numeric, "data.numeric"),
+            (data.inputs, "data.inputs"),
         ):
             if listed:
                 _check_columns(frame, listed, where)
-                clash = sorted(set(listed) & targets)
+                clash = sorted(set(listed) & (targets | set(data.row_columns())))
                 if clash:
-                    raise DataError(f"{where} names target column '{clash[0]}' as a feature")
+                    what = "target" if clash[0] in targets else "row (entity, group, weight)"
+                    raise DataError(f"{where} names {what} column '{clash[0]}' as a feature")
         categorical = list(data.categorical or [])
         numeric = list(data.numeric or [])
         declared = set(categorical) | set(numeric)
-        for column in frame.columns:
+        candidates = frame.columns if data.inputs is None else data.inputs
+        for column in candidates:
             if column in excluded or column in declared:
                 continue
             series = frame[column]
@@ -287,7 +340,7 @@ class Preprocessor:
             return {"classes": classes}
         if task.kind is TaskKind.regression:
             what = f"task '{task.name}', column '{task.target}'"
-            values = _to_numeric(frame[task.target], what)
+            values = to_numeric(frame[task.target], what)
             mean, std = fit_scale(values)
             standardise(values, mean, std, what, frame[task.target])
             return {"mean": mean, "std": std}
@@ -347,7 +400,7 @@ class Preprocessor:
         for j, column in enumerate(self.categorical):
             if column in frame.columns:
                 # -1 for unseen or missing values, so those land in bucket 0
-                positions = self._categories[column].get_indexer(_as_text(frame[column]))
+                positions = _category_positions(frame[column], self._categories[column])
                 codes[:, j] = positions.astype(np.int64) + 1
         width = len(self.numeric)
         numeric = np.zeros((n, 2 * width), dtype=np.float32)
@@ -355,7 +408,7 @@ class Preprocessor:
             mean, std = self.state["numeric_stats"][column]
             if column in frame.columns:
                 what = f"column '{column}'"
-                values = _to_numeric(frame[column], what)
+                values = to_numeric(frame[column], what)
                 scaled = standardise(values, mean, std, what, frame[column])
             else:
                 values = scaled = np.full(n, np.nan)
@@ -383,7 +436,7 @@ class Preprocessor:
         if task.kind is TaskKind.regression:
             what = f"task '{task.name}', column '{task.spec.target}'"
             series = frame[task.spec.target]
-            values = _to_numeric(series, what)
+            values = to_numeric(series, what)
             scaled = standardise(values, task.target_mean, task.target_std, what, series)
             return scaled.astype(np.float32)
         columns = [self._encode_binary(frame[c], task, c) for c in task.spec.columns]
@@ -396,7 +449,7 @@ class Preprocessor:
             lowered = _as_text(series).str.lower()
             mapped = lowered.map({"true": "1", "false": "0"}).fillna(lowered)
             series = mapped.astype(object).where(mapped.notna(), np.nan)
-        values = _to_numeric(series, f"task '{task.name}', column '{column}'")
+        values = to_numeric(series, f"task '{task.name}', column '{column}'")
         bad = ~np.isnan(values) & (values != 0) & (values != 1)
         if bad.any():
             position = int(np.flatnonzero(bad)[0])
@@ -411,7 +464,7 @@ class Preprocessor:
     def _encode_classes(series: pd.Series, task: Task) -> np.ndarray:
         classes = task.classes
         if isinstance(classes[0], int):
-            values = _to_numeric(series, f"task '{task.name}', column '{task.spec.target}'")
+            values = to_numeric(series, f"task '{task.name}', column '{task.spec.target}'")
             keys = pd.Series(values)
             lookup = {float(c): i for i, c in enumerate(classes)}
         else:
@@ -433,7 +486,7 @@ def _vocabulary(series: pd.Series, column: str, data: DataSpec) -> list[Any]:
     """The values of a categorical column that get their own embedding row, most frequent
     first: seen at least ``data.min_frequency`` times, and at most ``data.max_categories`` of
     them (a column over the cap also needs :data:`CAPPED_MIN_FREQUENCY` sightings; warned)."""
-    counts = _as_text(series).value_counts(dropna=True)
+    counts = _value_counts(series)
     kept = counts[counts >= data.min_frequency]
     cap = data.max_categories
     if cap is not None and len(kept) > cap:

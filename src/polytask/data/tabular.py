@@ -1,57 +1,33 @@
-"""Read CSV and Parquet tables and split them into train / valid / test."""
+"""Read the data section's tables and split them into train / valid / test.
+
+The files are read by :mod:`polytask.data.readers`, a long table is pivoted to one row per
+entity (:mod:`polytask.data.long`), and rows not given as their own files are carved out by
+:mod:`polytask.data.splits`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from polytask.config import DataSpec
+from polytask.config import DataSpec, RunSpec, SplitSpec
 from polytask.data import progress
+from polytask.data.readers import PARQUET_SUFFIXES, read_table
+from polytask.data.splits import check_groups_apart, split_positions
 from polytask.errors import DataError
 
-PARQUET_SUFFIXES = {".parquet", ".pq"}
-
-
-# What pandas infers from a path's suffix, given explicitly when it reads an open handle.
-Compression = Literal["gzip", "bz2", "zip", "xz", "zstd"]
-COMPRESSION: dict[str, Compression] = {
-    ".gz": "gzip",
-    ".bz2": "bz2",
-    ".zip": "zip",
-    ".xz": "xz",
-    ".zst": "zstd",
-}
-
-
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV (optionally compressed) or Parquet file; a clear error where it cannot."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    try:
-        if path.suffix.lower() in PARQUET_SUFFIXES:
-            with progress.step(f"reading {path.name}"):
-                frame = pd.read_parquet(path)
-        else:
-            with progress.counted(path) as handle:
-                if handle is None:
-                    frame = pd.read_csv(path, low_memory=False)
-                else:  # the same reader on the same bytes, counted for a progress bar
-                    compression = COMPRESSION.get(path.suffix.lower())
-                    frame = pd.read_csv(handle, low_memory=False, compression=compression)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"data file {path} is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"data file {path} could not be read: {first_line}") from None
-    if len(frame) == 0:
-        raise DataError(f"data file {path} has a header but no rows")
-    frame.columns = [str(c) for c in frame.columns]
-    return frame
+__all__ = [
+    "PARQUET_SUFFIXES",
+    "Splits",
+    "load_run_splits",
+    "load_splits",
+    "read_labelled",
+    "read_table",
+]
 
 
 @dataclass
@@ -62,27 +38,45 @@ class Splits:
 
 
 def split_frame(
-    frame: pd.DataFrame, valid: float, test: float, seed: int
+    frame: pd.DataFrame,
+    valid: float,
+    test: float,
+    seed: int,
+    split: SplitSpec | None = None,
+    strata: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame | None]:
-    """Random row split by fractions; the same seed gives the same split.
+    """Split by ``split``'s rule (random by default); the same seed gives the same split.
 
     Each part keeps the rows' original index, so that an error found later names the row of
     the file it came from rather than its position inside the part."""
-    order = np.random.default_rng(seed).permutation(len(frame))
-    n_valid, n_test = round(valid * len(frame)), round(test * len(frame))
-    valid_rows, test_rows = order[:n_valid], order[n_valid : n_valid + n_test]
-    train_rows = order[n_valid + n_test :]
+    rule = split if split is not None else SplitSpec(seed=seed)
+    rule = rule.model_copy(update={"seed": seed})
+    train_rows, valid_rows, test_rows = split_positions(frame, rule, valid, test, strata)
     if len(train_rows) == 0:
         raise DataError("data.split leaves no training rows")
 
     def take(rows: np.ndarray) -> pd.DataFrame | None:
-        return frame.iloc[np.sort(rows)] if len(rows) else None
+        return frame.iloc[rows] if len(rows) else None
 
-    return frame.iloc[np.sort(train_rows)], take(valid_rows), take(test_rows)
+    return frame.iloc[train_rows], take(valid_rows), take(test_rows)
 
 
-def load_splits(spec: DataSpec) -> Splits:
-    """Resolve the data section into frames: a built-in dataset, or files with an optional split."""
+def read_labelled(path: str | Path, data: DataSpec, targets: Sequence[str]) -> pd.DataFrame:
+    """A file of labelled rows as the run reads them: with the data section's reader, and
+    pivoted to one row per entity where the data is long."""
+    frame = read_table(path, data.reader)
+    if data.format == "long":
+        from polytask.data.long import to_wide
+
+        with progress.step(f"pivoting {Path(path).name} to one row per {data.entity}"):
+            frame = to_wide(frame, data, targets, f"data file {path}")
+    return frame
+
+
+def load_splits(spec: DataSpec, targets: Sequence[str] = (), strata: str | None = None) -> Splits:
+    """Resolve the data section into frames: a built-in dataset, or files with an optional
+    split. ``targets``: the tasks' label columns (a long table keeps those task values);
+    ``strata``: the label column of the ``data.split.stratify`` task."""
     if spec.dataset is not None:
         from polytask.data.datasets import load_dataset
 
@@ -90,16 +84,27 @@ def load_splits(spec: DataSpec) -> Splits:
             train, valid, test = load_dataset(spec.dataset, **spec.dataset_options)
         return Splits(train, valid, test)
     assert spec.train is not None
-    train = read_table(spec.train)
-    valid = read_table(spec.valid) if spec.valid is not None else None
-    test = read_table(spec.test) if spec.test is not None else None
+    train = read_labelled(spec.train, spec, targets)
+    valid = read_labelled(spec.valid, spec, targets) if spec.valid is not None else None
+    test = read_labelled(spec.test, spec, targets) if spec.test is not None else None
     if valid is None or test is None:
         train, split_valid, split_test = split_frame(
             train,
             valid=spec.split.valid if valid is None else 0.0,
             test=spec.split.test if test is None else 0.0,
             seed=spec.split.seed,
+            split=spec.split,
+            strata=strata,
         )
         valid = valid if valid is not None else split_valid
         test = test if test is not None else split_test
+    check_groups_apart({"train": train, "valid": valid, "test": test}, spec)
     return Splits(train, valid, test)
+
+
+def load_run_splits(spec: RunSpec) -> Splits:
+    """The splits of a run: :func:`load_splits` told the run's label columns and the
+    stratifying task's."""
+    stratify = spec.data.split.stratify
+    strata = next((t.target for t in spec.tasks if t.name == stratify), None)
+    return load_splits(spec.data, spec.target_columns, strata)

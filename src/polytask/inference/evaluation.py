@@ -25,38 +25,52 @@ def evaluate(
     labels: dict[str, torch.Tensor],
     tasks: list[Task],
     batch_size: int,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Metrics per task, plus each task's masked loss under the key ``loss``."""
-    return evaluate_outputs(predict_logits(model, features, batch_size), labels, tasks)
+    """Metrics per task, plus each task's masked loss under the key ``loss``; ``weights``:
+    the sample weights of the tasks that have them."""
+    logits = predict_logits(model, features, batch_size)
+    return evaluate_outputs(logits, labels, tasks, weights)
+
+
+def _weights_of(weights: dict[str, torch.Tensor] | None, task: Task) -> np.ndarray | None:
+    found = (weights or {}).get(task.name)
+    return None if found is None else found.numpy()
 
 
 def evaluate_outputs(
-    logits: list[torch.Tensor], labels: dict[str, torch.Tensor], tasks: list[Task]
+    logits: list[torch.Tensor],
+    labels: dict[str, torch.Tensor],
+    tasks: list[Task],
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics per task (and the masked loss under ``loss``) from per-task logits, whatever
     produced them (a run's model, or a baseline's predictions turned into logits)."""
-    losses, _ = task_losses(logits, labels, tasks)
+    losses, _ = task_losses(logits, labels, tasks, weights)
     results = {}
     for task, task_logits, loss in zip(tasks, logits, losses, strict=True):
         predictions = task.outputs(task_logits).numpy()
         encoded = labels[task.name].numpy()
-        task_metrics = task.metrics(predictions, task.decode_labels(encoded))
+        decoded = task.decode_labels(encoded)
+        task_metrics = task.metrics(predictions, decoded, _weights_of(weights, task))
         task_metrics["loss"] = float(loss)
         results[task.name] = task_metrics
     return results
 
 
 def mean_normalised(
-    results: dict[str, dict[str, float]], labels: dict[str, torch.Tensor], tasks: list[Task]
+    results: dict[str, dict[str, float]],
+    labels: dict[str, torch.Tensor],
+    tasks: list[Task],
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> float:
     """Mean over tasks of the primary metric as a skill score (higher is better)."""
     scores = []
     for task in tasks:
         metric = task.primary_metric
-        encoded = labels[task.name].numpy()
-        scores.append(
-            task.normalised(metric, results[task.name][metric], task.decode_labels(encoded))
-        )
+        decoded = task.decode_labels(labels[task.name].numpy())
+        value = results[task.name][metric]
+        scores.append(task.normalised(metric, value, decoded, _weights_of(weights, task)))
     finite = [s for s in scores if not math.isnan(s)]
     return float(np.mean(finite)) if finite else math.nan
 
@@ -92,6 +106,7 @@ def overall_score(
     tasks: list[Task],
     baseline: dict[str, dict[str, float]] | None,
     baseline_path: str | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     if baseline is not None:
         return {
@@ -103,7 +118,7 @@ def overall_score(
         }
     return {
         "name": "mean_normalised",
-        "value": mean_normalised(results, labels, tasks),
+        "value": mean_normalised(results, labels, tasks, weights),
         "unit": "score",
         "baseline": None,
         "meaning": "mean of each task's primary metric as a skill score (no baseline given)",

@@ -66,6 +66,7 @@ class GroupPredictor(Predictor):
         self.model = RoutedModel([m.model for m in members], routes).eval()
         self.serving_model = RoutedModel([m.serving_model for m in members], routes)
         self.tasks = self.preprocessor.build_tasks(self.spec.tasks)
+        self._subsets = {}
 
     @classmethod
     def load(cls, run: str | Path, encoder_factory: Any = None) -> GroupPredictor:
@@ -98,6 +99,15 @@ class GroupPredictor(Predictor):
 
     def summary(self) -> dict[str, Any]:
         return rd.load_json(self.run, rd.SUMMARY)
+
+    def _subset_models(self, keep: list[int]) -> tuple[nn.Module, nn.Module]:
+        """Only the member runs that serve the kept tasks run (each member whole)."""
+        assert isinstance(self.model, RoutedModel)
+        routes = [self.model.routes[t] for t in keep]
+        return (
+            RoutedModel([m.model for m in self.members], routes).eval(),
+            RoutedModel([m.serving_model for m in self.members], routes),
+        )
 
     def __repr__(self) -> str:
         runs = [str(m.run.relative_to(self.run)) for m in self.members]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,13 @@ from polytask.artifacts import run_dir as rd
 from polytask.artifacts.weights import load_weights
 from polytask.config import RunSpec
 from polytask.data.preprocess import Preprocessor
-from polytask.errors import PolytaskError
+from polytask.data.weights import encode_weights, weight_columns
+from polytask.errors import PolytaskError, did_you_mean
 from polytask.inference.evaluation import evaluate, overall_score
 from polytask.inference.lean import lean_form
 from polytask.inference.predict import predict_logits
 from polytask.inference.rows import RunRows
+from polytask.inference.subset import task_subset
 from polytask.model import MultiTaskModel, build_model
 
 
@@ -35,6 +38,7 @@ class Predictor(RunRows):
         # the weights at load time: after changing self.model's weights, rebuild it with
         # lean_form(self.model) (or set it to self.model).
         self.serving_model: nn.Module = lean_form(self.model) or self.model
+        self._subsets: dict[tuple[str, ...], Predictor] = {}
 
     @classmethod
     def load(
@@ -87,12 +91,48 @@ class Predictor(RunRows):
             )
         return self.model
 
+    def checked_tasks(self, tasks: Sequence[str]) -> list[str]:
+        """``tasks`` in the model's order, once each; an unknown name is refused with
+        did-you-mean."""
+        available = self.task_names
+        for name in tasks:
+            if name not in available:
+                raise PolytaskError(
+                    f"tasks: '{name}' is not a task of run {self.run.name}"
+                    f"{did_you_mean(name, available)}; its tasks: {', '.join(available)}"
+                )
+        if not tasks:
+            raise PolytaskError("tasks: name at least one task")
+        return [name for name in available if name in tasks]
+
+    def subset(self, tasks: Sequence[str]) -> Predictor:
+        """This predictor for ``tasks`` only, computing nothing that only other tasks use
+        (:mod:`polytask.inference.subset`); its outputs for them equal this one's."""
+        names = tuple(self.checked_tasks(tasks))
+        if list(names) == self.task_names:
+            return self
+        if names not in self._subsets:
+            keep = [i for i, name in enumerate(self.task_names) if name in names]
+            part = copy.copy(self)
+            part.spec = self.spec.model_copy(update={"tasks": [self.spec.tasks[i] for i in keep]})
+            part.model, part.serving_model = self._subset_models(keep)
+            part.tasks = [self.tasks[i] for i in keep]
+            part._subsets = {}
+            self._subsets[names] = part
+        return self._subsets[names]
+
+    def _subset_models(self, keep: list[int]) -> tuple[nn.Module, nn.Module]:
+        """The model of the tasks ``keep`` (indices), and its serving form."""
+        model = task_subset(self.network(), keep)
+        return model, lean_form(model) or model
+
     def predict(
         self,
         frame: pd.DataFrame,
         batch_size: int | None = None,
         *,
         allow_unknown_columns: bool = False,
+        tasks: Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """Raw rows -> one or more prediction columns per task, in the order of the rows.
 
@@ -100,7 +140,11 @@ class Predictor(RunRows):
         ``<task>_p_<class>`` per class; regression: ``<task>``; multilabel: ``<task>_<column>``.
         A column the run does not know is refused unless ``allow_unknown_columns``; a row whose
         prediction is not a finite number is refused, naming it (never a NaN answer).
+        ``tasks``: predict only these (see :meth:`subset`).
         """
+        if tasks is not None:
+            part = self.subset(tasks)
+            return part.predict(frame, batch_size, allow_unknown_columns=allow_unknown_columns)
         self.check_rows(frame, allow_unknown_columns)
         features = self.preprocessor.transform(frame)
         size = batch_size or self.spec.train.eval_batch_size
@@ -124,13 +168,13 @@ class Predictor(RunRows):
             self.check_columns(frame)
         features = self.preprocessor.transform(frame)
         labels = self.preprocessor.encode_labels(frame, self.tasks)
+        weights = encode_weights(frame, weight_columns(self.spec), labels)
         results = evaluate(
-            self.model, features, labels, self.tasks, self.spec.train.eval_batch_size
+            self.model, features, labels, self.tasks, self.spec.train.eval_batch_size, weights
         )
-        score = overall_score(results, labels, self.tasks, baseline, baseline_path)
+        score = overall_score(results, labels, self.tasks, baseline, baseline_path, weights)
         return {"metrics": results, "score": score}
 
     def __repr__(self) -> str:
         arch = self.spec.model.arch
         return f"Predictor(run={str(self.run)!r}, arch={arch!r}, tasks={self.task_names})"
-

@@ -28,10 +28,10 @@ from polytask.nn.gates import (
     GateBank,
     IdentityGates,
     SelfGates,
-    SoftmaxGates,
     StitchGates,
 )
 from polytask.nn.normed import NormedExpertBank
+from polytask.nn.paired_gates import softmax_gates
 from polytask.nn.task_bottom import TaskBottomBank
 from polytask.nn.topk import TopKGates
 from polytask.plan.cut import LevelCut
@@ -67,7 +67,7 @@ def build_gates(spec: GatesSpec, num_experts: int, in_dim: int) -> GateBank:
     if spec.kind == "identity":
         return IdentityGates(allowed, num_experts)
     if spec.kind == "softmax":
-        return SoftmaxGates(allowed, num_experts, in_dim, per_gate_input=spec.reads is not None)
+        return softmax_gates(allowed, num_experts, in_dim, per_gate_input=spec.reads is not None)
     if spec.kind == "fixed":
         return FixedGates(allowed, num_experts)
     if spec.kind == "stitch":

@@ -49,7 +49,7 @@ from polytask.errors import PolytaskError
 from polytask.inference.predictor import Predictor
 from polytask.serve.admission import Admission
 from polytask.serve.batching import MicroBatcher, Overloaded
-from polytask.serve.body import declared_length, parse_rows, read_body
+from polytask.serve.body import declared_length, parse_request, read_body
 from polytask.serve.inference import Row, ServedModel
 from polytask.serve.schemas import ErrorResponse, PredictRequest, PredictResponse, RequestError
 
@@ -129,10 +129,10 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
     # copies at once.
     parsers: list[ThreadPoolExecutor] = []
 
-    def decode(body: bytes) -> list[Row]:
-        rows = parse_rows(body, config.max_rows)
-        served.check(rows)
-        return rows
+    def decode(body: bytes) -> PredictRequest:
+        request = parse_request(body, config.max_rows)
+        served.check(request.rows)
+        return request
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -202,18 +202,26 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
         ticket = admission.admit(declared)  # before the body is read: a refusal costs nothing
         try:
             body = await read_body(request, config.max_body_bytes)
+            loop = asyncio.get_running_loop()
             if len(body) >= THREADED_PARSE_BYTES and parsers:
-                loop = asyncio.get_running_loop()
-                rows = await loop.run_in_executor(parsers[-1], decode, body)
+                parsed = await loop.run_in_executor(parsers[-1], decode, body)
             else:
-                rows = decode(body)
+                parsed = decode(body)
             del body
             admission.queued(ticket)
-            predictions = await batcher.submit(rows)
+            answering = served
+            if parsed.tasks is None:
+                predictions = await batcher.submit(parsed.rows)
+            else:  # some tasks: their own sub-model, outside the shared batches
+                answering = served.restricted(parsed.tasks)
+                done = await loop.run_in_executor(None, answering.predict_many, [parsed.rows])
+                if isinstance(done[0], Exception):
+                    raise done[0]
+                predictions = done[0]
         finally:
             admission.release(ticket)
         return JSONResponse(
-            {"predictions": predictions, "tasks": served.task_names, "model": served.name}
+            {"predictions": predictions, "tasks": answering.task_names, "model": served.name}
         )
 
     @app.get("/v1/tasks")

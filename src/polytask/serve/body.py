@@ -92,6 +92,12 @@ def decode_json(text: str) -> Any:
 
 def parse_rows(body: bytes, max_rows: int) -> list[Row]:
     """Bytes -> validated rows, or a :class:`RequestError` saying what is wrong and where."""
+    return parse_request(body, max_rows).rows
+
+
+def parse_request(body: bytes, max_rows: int) -> PredictRequest:
+    """Bytes -> the validated request (rows, and the tasks asked for, if any), or a
+    :class:`RequestError` saying what is wrong and where."""
     if not body.strip():
         raise RequestError(400, 'the body is empty; send JSON {"rows": [{...}, ...]}')
     try:
@@ -111,7 +117,7 @@ def parse_rows(body: bytes, max_rows: int) -> list[Row]:
         if count > max_rows:  # before validating thousands of rows only to refuse them
             raise RequestError(413, f"{count} rows in one request; the limit is {max_rows}")
     try:
-        return PredictRequest.model_validate(payload).rows
+        return PredictRequest.model_validate(payload)
     except ValidationError as error:
         problems = describe_errors(error)
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

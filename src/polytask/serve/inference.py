@@ -57,20 +57,12 @@ class ServedModel:
         tasks: Sequence[str] | None = None,
         allow_unknown_columns: bool = False,
     ) -> None:
+        # only the served tasks are computed (polytask.inference.subset)
+        predictor = predictor.subset(tasks) if tasks else predictor
         self.predictor = predictor
         self.allow_unknown_columns = allow_unknown_columns
-        available = predictor.task_names
-        chosen: list[str] = []
-        for name in tasks or available:
-            if name not in available:
-                raise PolytaskError(
-                    f"--tasks names '{name}', which run {predictor.run.name} does not predict"
-                    f"{did_you_mean(name, available)}; its tasks: {', '.join(available)}"
-                )
-            if name not in chosen:
-                chosen.append(name)
-        self.tasks: list[Task] = [t for t in predictor.tasks if t.name in chosen]
-        self._index = {name: i for i, name in enumerate(available)}
+        self.tasks: list[Task] = list(predictor.tasks)
+        self._index = {name: i for i, name in enumerate(predictor.task_names)}
         self.encoder = RowEncoder(predictor.preprocessor)
         pre = predictor.preprocessor
         self.categorical: list[str] = list(pre.categorical)
@@ -78,10 +70,28 @@ class ServedModel:
         self.inputs: list[str] = self.categorical + self.numeric
         self.ignored: list[str] = predictor.ignored_columns
         self.known: frozenset[str] = frozenset(self.inputs) | frozenset(self.ignored)
+        self._restricted: dict[tuple[str, ...], ServedModel] = {}
 
     @property
     def name(self) -> str:
         return self.predictor.run.name
+
+    def restricted(self, tasks: Sequence[str]) -> ServedModel:
+        """This model answering only ``tasks`` (some of the served ones), computing only
+        what they use; an unknown or unserved name is a 400 naming it."""
+        served = self.task_names
+        for name in tasks:
+            if name not in served:
+                raise RequestError(
+                    400,
+                    f"tasks: '{name}' is not served{did_you_mean(name, served)}; "
+                    f"served: {', '.join(served)}",
+                )
+        key = tuple(sorted(set(tasks)))
+        if key not in self._restricted:
+            part = ServedModel(self.predictor, key, self.allow_unknown_columns)
+            self._restricted[key] = part if part.task_names != served else self
+        return self._restricted[key]
 
     @property
     def task_names(self) -> list[str]:

@@ -37,6 +37,11 @@ class PredictRequest(BaseModel):
         description="Raw rows keyed by the training table's column names. Missing columns and "
         "null values count as missing; unseen categories are allowed.",
     )
+    tasks: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Answer only these of the served tasks; only what they use is computed.",
+    )
 
 
 class PredictResponse(BaseModel):

@@ -23,7 +23,7 @@ from torch import nn
 from polytask import __version__
 from polytask.artifacts import run_dir as rd
 from polytask.config import RunSpec, parse_spec
-from polytask.data.tabular import load_splits, read_table
+from polytask.data.tabular import load_run_splits, read_labelled
 from polytask.errors import DataError, PolytaskError, did_you_mean
 from polytask.features import Features
 from polytask.inference.lean import save_model
@@ -82,10 +82,12 @@ class Rows:
         self.problem = ""
         self.split = "valid"
         if data is not None:
-            self.frame, self.source, self.split = read_table(data), f"--data {data}", "data"
+            spec = predictor.spec
+            self.frame = read_labelled(data, spec.data, spec.target_columns)
+            self.source, self.split = f"--data {data}", "data"
             return
         try:
-            splits = load_splits(predictor.spec.data)
+            splits = load_run_splits(predictor.spec)
         except (PolytaskError, OSError) as error:
             self.problem = f"the run's data could not be read ({error})"
             return

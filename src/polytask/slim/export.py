@@ -43,9 +43,9 @@ from polytask.config import TaskKind
 from polytask.errors import PolytaskError
 from polytask.features import Features
 from polytask.inference.predictor import Predictor
+from polytask.inference.subset import without_unused_experts
 from polytask.model import MultiTaskModel
 from polytask.nn.normed import ExpertNorm
-from polytask.slim.extract import without_unused_experts
 from polytask.slim.report import synthetic_rows
 from polytask.tasks import Task
 

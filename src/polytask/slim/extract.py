@@ -22,19 +22,17 @@ the slim model saves and loads as an ordinary run.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
 
 from polytask.config import ModelSpec
 from polytask.errors import PolytaskError
 from polytask.features import Features
-from polytask.model import MultiTaskModel, build_heads
-from polytask.nn.heads import TransferHead
-from polytask.plan.cut import LevelCut, check_chain, cut_plan, kept_encoders, needed
+from polytask.inference.subset import assemble
+from polytask.model import MultiTaskModel
+from polytask.plan.cut import LevelCut, check_chain, cut_plan, needed
 from polytask.plan.schema import Plan
 
 RENORMALISED = "dropped experts' gate weight is renormalised over the kept ones"
@@ -154,7 +152,7 @@ def extract(context: SlimContext) -> Extraction:
     cuts = needed(plan, keep, chooser)
     _check_top_k(plan, cuts, context.threshold)
     slim_plan = cut_plan(plan, cuts, keep)
-    slim = _assemble(model, slim_plan, cuts, keep)
+    slim = assemble(model, slim_plan, cuts, keep)
     notes = [] if chooser.exact else [RENORMALISED]
     exact = chooser.exact and _routes_unchanged(chooser, slim, cuts)
     if chooser.exact and not exact:
@@ -174,25 +172,6 @@ def _check_top_k(plan: Plan, cuts: list[LevelCut], threshold: float) -> None:
                 f"--threshold {threshold:g} keeps {len(cut.experts)} expert(s), fewer than "
                 f"top_k ({top_k}) that every row routes to; lower --threshold"
             )
-
-
-def _assemble(
-    model: MultiTaskModel, plan: Plan, cuts: list[LevelCut], keep: list[int]
-) -> MultiTaskModel:
-    """The slim model: the cut network, copies of the kept encoders, the kept towers and
-    the cut heads."""
-    encoders = nn.ModuleList(
-        copy.deepcopy(model.encoders[i]) for i in kept_encoders(model.plan, cuts, keep)
-    )
-    network = model.arch.cut(cuts, plan)
-    towers = model.towers.select(keep)
-    tower_hidden = towers.hidden.hidden if towers.hidden is not None else []
-    heads = build_heads(plan, tower_hidden, network.out_dim, towers.out_dims)
-    if isinstance(heads, TransferHead):
-        assert isinstance(model.heads, TransferHead)
-        heads.copy_prefix(model.heads)
-    names = [model.task_names[t] for t in keep]
-    return MultiTaskModel(encoders, network, towers, names, heads)
 
 
 def _routes_unchanged(chooser: _Chooser, slim: MultiTaskModel, cuts: list[LevelCut]) -> bool:
@@ -230,22 +209,3 @@ def _record(
             entry["routes"] = {names[t]: list(support[plan.task_gates[t]]) for t in context.keep}
         record.append(entry)
     return record
-
-
-def without_unused_experts(model: MultiTaskModel) -> MultiTaskModel:
-    """The same function with experts no task can reach in eval removed (task-routed top-k
-    experts that no task routes to), every task kept: exact. The model itself when there is
-    nothing to remove."""
-    plan = model.plan
-    supports = [level.gates.fixed_support() for level in model.arch.level_modules]
-
-    def choose(level: int, gate: int, allowed: list[int]) -> list[int]:
-        support = supports[level]
-        return list(support[gate]) if support is not None else allowed
-
-    keep = list(range(len(model.task_names)))
-    cuts = needed(plan, keep, choose)
-    pairs = zip(cuts, plan.levels, strict=True)
-    if all(len(cut.experts) == level.experts.count for cut, level in pairs):
-        return model
-    return _assemble(model, cut_plan(plan, cuts, keep), cuts, keep).eval()

@@ -85,20 +85,30 @@ class World:
         return torch.device("cpu")
 
     def global_losses(
-        self, local: torch.Tensor, labels: dict[str, torch.Tensor], tasks: list[Task], rows: int
+        self,
+        local: torch.Tensor,
+        labels: dict[str, torch.Tensor],
+        tasks: list[Task],
+        rows: int,
+        sample_weights: dict[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """From this rank's per-task mean losses [T] over its ``rows`` rows: the global
         batch's losses [T] (detached), whether each task has a label anywhere in it [T], the
         factor [T] by which this rank's losses are backpropagated, and the factor [] for a
-        per-row mean over this rank's rows (an architecture's auxiliary loss)."""
-        counts = torch.stack([task.present(labels[task.name]).sum() for task in tasks])
-        counts = counts.to(local.dtype)
+        per-row mean over this rank's rows (an architecture's auxiliary loss). A task's mean
+        is over its labelled entries, weighted by its ``sample_weights`` where it has them,
+        so the ranks' means combine by those masses."""
+        weights = sample_weights or {}
+        masses = [task.label_mass(labels[task.name], weights.get(task.name)) for task in tasks]
+        counts = torch.stack(masses).to(local.dtype)
         mine = torch.cat([local.detach() * counts, counts, counts.new_tensor([rows])])
         totals = self.sum(mine)
         global_sum, global_count = totals[: len(tasks)], totals[len(tasks) : -1]
-        values = global_sum / global_count.clamp(min=1)
-        factor = self.size * counts / global_count.clamp(min=1)
-        return values, global_count > 0, factor, self.size * rows / totals[-1].clamp(min=1)
+        labelled = global_count > 0
+        divisor = torch.where(labelled, global_count, torch.ones_like(global_count))
+        values = global_sum / divisor
+        factor = self.size * counts / divisor
+        return values, labelled, factor, self.size * rows / totals[-1].clamp(min=1)
 
     def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
         """Average ``.grad`` over ranks in one flat all-reduce. A parameter that has a

@@ -20,6 +20,9 @@ from polytask.model import MultiTaskModel
 
 DOMINANT_SHARE = 0.9  # one expert taking this much of a task's weight is a collapse
 UNUSED_FRACTION = 0.1  # an expert below this fraction of uniform weight for every task is unused
+ANNOTATED_CELLS = 400  # tasks x experts up to which each cell's value is written
+MAX_INCHES = 16.0  # the figure's largest side
+MAX_TICKS = 40  # task (and expert) labels shown at most
 
 
 @torch.inference_mode()
@@ -53,16 +56,36 @@ def expert_utilisation(
         "utilisation": {n: utilisation[t].tolist() for t, n in enumerate(names)},
         "gate_entropy": {n: float(entropy[t]) for t, n in enumerate(names)},
         "max_entropy": math.log(utilisation.shape[1]),
-        "warnings": collapse_warnings(utilisation, names),
+        "warnings": collapse_warnings(utilisation, names, own_experts(model)),
     }
 
 
-def collapse_warnings(utilisation: torch.Tensor, names: list[str]) -> list[str]:
-    """Plain-language warnings from a [T, E] utilisation matrix."""
+def own_experts(model: MultiTaskModel) -> list[set[int]]:
+    """Per task, the last level's experts that only its gate may weight (CGC / PLE task
+    experts): its gate leaning on them is the design, not a collapse."""
+    plan = model.plan
+    allowed = plan.levels[-1].gates.allowed
+    readers: dict[int, set[int]] = {}
+    for gate, members in enumerate(allowed):
+        for expert in members:
+            readers.setdefault(expert, set()).add(gate)
+    return [
+        {expert for expert in allowed[gate] if readers[expert] == {gate}}
+        for gate in plan.task_gates
+    ]
+
+
+def collapse_warnings(
+    utilisation: torch.Tensor, names: list[str], own: list[set[int]] | None = None
+) -> list[str]:
+    """Plain-language warnings from a [T, E] utilisation matrix; ``own``: per task, experts
+    only it may use (no warning when its gate leans on those)."""
     warnings = []
     num_experts = utilisation.shape[1]
     for t, name in enumerate(names):
         share, expert = utilisation[t].max(0)
+        if own is not None and int(expert) in own[t]:
+            continue
         if share >= DOMINANT_SHARE and num_experts > 1:
             warnings.append(
                 f"task '{name}': expert {int(expert)} takes {float(share):.0%} of the gate weight"
@@ -78,25 +101,33 @@ def collapse_warnings(utilisation: torch.Tensor, names: list[str]) -> list[str]:
 
 
 def plot_utilisation(report: dict[str, Any], path: Path) -> None:
-    """Heatmap of tasks x experts, the mean gate weight written in each cell."""
+    """Heatmap of tasks x experts, with the mean gate weight written in each cell where the
+    cells are few (:data:`ANNOTATED_CELLS`). With many tasks the figure keeps a readable size
+    (at most :data:`MAX_INCHES` a side, at most :data:`MAX_TICKS` task names shown) instead
+    of growing with them: at 150 tasks, writing every cell took most of a run's time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = report["tasks"]
+    experts = report["num_experts"]
     matrix = [report["utilisation"][n] for n in names]
-    width = max(4.0, 0.6 * report["num_experts"] + 2)
-    figure, axes = plt.subplots(figsize=(width, 0.6 * len(names) + 1.6))
-    image = axes.imshow(matrix, cmap="viridis", vmin=0.0, vmax=max(max(r) for r in matrix))
-    axes.set_xticks(range(report["num_experts"]))
-    axes.set_yticks(range(len(names)), labels=names)
+    width = min(MAX_INCHES, max(4.0, 0.6 * experts + 2))
+    height = min(MAX_INCHES, 0.6 * len(names) + 1.6)
+    figure, axes = plt.subplots(figsize=(width, height), layout="constrained")
+    image = axes.imshow(
+        matrix, cmap="viridis", vmin=0.0, vmax=max(max(r) for r in matrix), aspect="auto"
+    )
+    step = max(1, -(-len(names) // MAX_TICKS))
+    axes.set_yticks(range(0, len(names), step), labels=names[::step])
+    axes.set_xticks(range(0, experts, max(1, -(-experts // MAX_TICKS))))
     axes.set_xlabel("expert")
     axes.set_title("mean gate weight per task and expert (validation rows)")
-    for t, row in enumerate(matrix):
-        for e, value in enumerate(row):
-            axes.text(e, t, f"{value:.2f}", ha="center", va="center", color="w", fontsize=7)
+    if len(names) * experts <= ANNOTATED_CELLS:
+        for t, row in enumerate(matrix):
+            for e, value in enumerate(row):
+                axes.text(e, t, f"{value:.2f}", ha="center", va="center", color="w", fontsize=7)
     figure.colorbar(image, ax=axes)
-    figure.tight_layout()
     figure.savefig(path, dpi=110, format="png")
     plt.close(figure)

@@ -46,6 +46,7 @@ def train_step(
     scaler: torch.amp.GradScaler | None = None,
     world: World | None = None,
     rows: int | None = None,
+    sample_weights: dict[str, torch.Tensor] | None = None,
 ) -> StepResult:
     """One update. ``measure_gradients`` also forms the task-gradient Gramian at the shared
     representation (for diagnostics) when the balancer does not compute one itself.
@@ -54,7 +55,8 @@ def train_step(
     (fp16) scales the gradients, never the loss values a balancer reads; ``world`` makes the
     step one rank's part of a data-parallel step (see :mod:`polytask.train.distributed`):
     ``features`` and ``labels`` are then this rank's rows of the global batch, of which
-    ``rows`` count (default: all)."""
+    ``rows`` count (default: all). ``sample_weights``: the batch's row weights of the tasks
+    that have them (``data.weight``)."""
     world = world or World()
     optimizer.zero_grad(set_to_none=True)
 
@@ -65,14 +67,16 @@ def train_step(
         return output
 
     output = forward()
-    local, present = task_losses(output.logits, labels, tasks)
+    local, present = task_losses(output.logits, labels, tasks, sample_weights)
     # the gradients' factors: per task, and for the auxiliary loss (a mean over rows)
     factor: torch.Tensor | None = None
     extra_factor: torch.Tensor | None = None
     values = local.detach()
     if world.distributed:
         counted = len(features) if rows is None else rows
-        values, present, factor, extra_factor = world.global_losses(local, labels, tasks, counted)
+        values, present, factor, extra_factor = world.global_losses(
+            local, labels, tasks, counted, sample_weights
+        )
     scale = scaler.scale(torch.ones((), device=local.device)) if scaler is not None else None
     if scale is not None:
         factor = scale if factor is None else factor * scale
@@ -89,7 +93,7 @@ def train_step(
         shared_params=model.shared_parameters() if wants_params else [],
         representation=output.representation,
         extra_loss=extra,
-        recompute_losses=lambda: task_losses(forward().logits, labels, tasks)[0],
+        recompute_losses=lambda: task_losses(forward().logits, labels, tasks, sample_weights)[0],
         # loss t is computed from output t alone (task_losses): with the model's separable
         # tower inputs, per-task gradients skip a T-batched pass through the towers, and
         # with the task parameters, exact mode skips a second full backward

@@ -32,7 +32,7 @@ from polytask.artifacts.atomic import write_atomic
 from polytask.balance import BALANCERS, Balancer
 from polytask.config import EncoderSpec, RunSpec
 from polytask.data import progress
-from polytask.errors import ConfigError, PolytaskError
+from polytask.errors import ConfigError, PolytaskError, warn
 from polytask.inference.evaluation import evaluate, overall_score
 from polytask.inference.lean import save_model
 from polytask.model import MultiTaskModel, build_model
@@ -44,6 +44,7 @@ from polytask.train.distributed import (
     unlabelled,
     world_from_environment,
 )
+from polytask.train.estimate import estimate
 from polytask.train.insight import expert_utilisation, plot_utilisation
 from polytask.train.optim import build_optimizer, build_scheduler
 from polytask.train.prepare import Prepared, SplitTensors, prepare
@@ -260,6 +261,11 @@ class Trainer:
         self.relations = self._relation_recorder(tasks, loop.epoch)
         primary = {task.name: task.primary_metric for task in tasks}
         with TrainingDisplay(self.progress) as display:
+            cost = estimate(model, len(train))
+            if cost.large:
+                warn(f"{cost.line(len(tasks), len(train))}: a large or slow run")
+            else:
+                display.show(cost.line(len(tasks), len(train)))
             stop_requested = False
             while (
                 loop.epoch < self.spec.train.epochs
@@ -342,10 +348,11 @@ class Trainer:
         every = self.spec.train.diagnostics_every
         for start in range(0, len(train), batch_size):
             rows, counted = self.world.shard(order[start : start + batch_size])
-            labels = {name: values[rows] for name, values in train.labels.items()}
-            if not counted:
-                labels = unlabelled(labels)
-            features, labels = self.place.batch(train.features.take(rows), labels)
+            batch = train.take(rows)
+            labels = batch.labels if counted else unlabelled(batch.labels)
+            features, labels = self.place.batch(batch.features, labels)
+            device = features.numeric.device
+            weights = {name: values.to(device) for name, values in batch.weights.items()}
             if self.relations is not None and self.relations.due(loop.step):
                 self.relations.record(model, features, labels, prepared.tasks, optimizer)
             result = train_step(
@@ -362,6 +369,7 @@ class Trainer:
                 scaler=self.scaler,
                 world=self.world,
                 rows=counted,
+                sample_weights=weights,
             )
             self._check_losses(result.losses, result.present, prepared, epoch, loop.step)
             present = result.present.cpu()
@@ -450,7 +458,12 @@ class Trainer:
         self, model: MultiTaskModel, split: SplitTensors, prepared: Prepared
     ) -> dict[str, dict[str, float]]:
         return evaluate(
-            model, split.features, split.labels, prepared.tasks, self.spec.train.eval_batch_size
+            model,
+            split.features,
+            split.labels,
+            prepared.tasks,
+            self.spec.train.eval_batch_size,
+            split.weights,
         )
 
     def _monitored(
@@ -459,7 +472,8 @@ class Trainer:
         """Higher is better: the mean normalised metric, or minus the weighted validation loss."""
         if self.spec.train.early_stopping.monitor == "loss":
             return -sum(results[t.name]["loss"] * t.spec.weight for t in prepared.tasks)
-        score = overall_score(results, valid.labels, prepared.tasks, None)["value"]
+        overall = overall_score(results, valid.labels, prepared.tasks, None, weights=valid.weights)
+        score = overall["value"]
         return score if not math.isnan(score) else -math.inf
 
     def _patience_spent(self, loop: LoopState) -> bool:
@@ -552,6 +566,7 @@ class Trainer:
                 prepared.tasks,
                 baseline,
                 str(self.spec.train.baseline) if baseline else None,
+                tensors.weights,
             )
         self._save_insight(model, prepared, display)
         if self.relations is not None:

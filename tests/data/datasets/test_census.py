@@ -143,3 +143,34 @@ def test_dataset_registry():
         load_dataset("census_incme")
     with pytest.raises(ConfigError, match="dataset_options"):
         load_dataset("census_income_sample", colour="red")
+
+
+def _pandas_reference(path: Path) -> pd.DataFrame:
+    """The file read by pandas, field by field as text (an independent reader)."""
+    from polytask.data.datasets.census import COLLEGE, NUMERIC, RAW_COLUMNS
+
+    raw = pd.read_csv(path, header=None, names=RAW_COLUMNS, skipinitialspace=True, dtype=str,
+                      na_values=["?"], keep_default_na=False)
+    raw = raw.replace("", np.nan)
+    frame = raw.drop(columns=["education", "marital_stat", "instance_weight", "income_label"])
+    for column in NUMERIC:
+        frame[column] = pd.to_numeric(frame[column])
+    frame["income"] = raw["income_label"].str.startswith("50000+").astype(np.int64)
+    frame["never_married"] = (raw["marital_stat"] == "Never married").astype(np.int64)
+    frame["college"] = raw["education"].isin(COLLEGE).astype(np.int64)
+    return frame
+
+
+@pytest.mark.parametrize("name", ["census_income_sample.data.gz", "census_income_sample.test.gz"])
+def test_the_arrow_reader_reads_what_pandas_reads(name):
+    files = resources.files("polytask.data.datasets") / "files"
+    with resources.as_file(files / name) as path:
+        ours, reference = read_census_file(path), _pandas_reference(path)
+    assert list(ours.columns) == list(reference.columns)
+    for column in ours.columns:
+        if isinstance(ours[column].dtype, pd.CategoricalDtype):
+            got = [None if pd.isna(v) else v for v in ours[column].astype(object)]
+            expected = [None if pd.isna(v) else v for v in reference[column]]
+            assert got == expected, column
+        else:
+            np.testing.assert_array_equal(ours[column].to_numpy(), reference[column].to_numpy())

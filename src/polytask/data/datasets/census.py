@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -98,32 +99,75 @@ DEFAULT_CACHE = Path.home() / ".cache" / "polytask" / "census_income_kdd"
 
 
 def read_census_file(path: Path) -> pd.DataFrame:
-    """One original file -> features as text/numbers plus the three 0/1 label columns."""
+    """One original file -> features as categories/numbers plus the three 0/1 label columns.
+
+    Read by pyarrow's multi-threaded CSV reader: every field as text, trimmed of the space
+    after each comma, ``?`` as missing; coded fields become pandas categories straight from
+    Arrow dictionaries, the quantities numbers (so nothing is parsed twice)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pa_csv
+
     try:
-        raw = pd.read_csv(
+        table = pa_csv.read_csv(
             path,
-            header=None,
-            names=RAW_COLUMNS,
-            skipinitialspace=True,
-            dtype=str,
-            na_values=["?"],
-            keep_default_na=False,
+            read_options=pa_csv.ReadOptions(column_names=RAW_COLUMNS),
+            convert_options=pa_csv.ConvertOptions(
+                column_types=dict.fromkeys(RAW_COLUMNS, pa.string()),
+                null_values=[],
+                strings_can_be_null=False,
+            ),
         )
-    except (OSError, pd.errors.ParserError, EOFError) as error:
-        raise DataError(f"census file {path} could not be read: {error}") from None
-    # a short line leaves its last fields empty ("" here, as keep_default_na is off)
-    if raw.shape[1] != len(RAW_COLUMNS) or raw["income_label"].fillna("").eq("").any():
+    except (OSError, pa.ArrowInvalid, EOFError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "columns" in first:  # a line with the wrong number of fields
+            raise DataError(
+                f"census file {path} does not have the {len(RAW_COLUMNS)} UCI fields ({first})"
+            ) from None
+        raise DataError(f"census file {path} could not be read: {first}") from None
+    if table.num_rows == 0:
         raise DataError(f"census file {path} does not have the {len(RAW_COLUMNS)} UCI fields")
-    frame = raw.drop(columns=["education", "marital_stat", "instance_weight", "income_label"])
-    for column in frame.columns:
-        # coded fields (industry, occupation, year, ...) are categories, not quantities
-        frame[column] = (
-            pd.to_numeric(frame[column]) if column in NUMERIC else frame[column].astype("category")
-        )
-    frame["income"] = raw["income_label"].str.startswith("50000+").astype(np.int64)
-    frame["never_married"] = (raw["marital_stat"] == "Never married").astype(np.int64)
-    frame["college"] = raw["education"].isin(COLLEGE).astype(np.int64)
+    labels = ("education", "marital_stat", "income_label")
+    text = {name: pc.utf8_ltrim_whitespace(table[name]) for name in (*NUMERIC, *labels)}
+    if pc.any(pc.equal(text["income_label"], "")).as_py():
+        raise DataError(f"census file {path} does not have the {len(RAW_COLUMNS)} UCI fields")
+    dropped = {*labels, "instance_weight"}
+    columns: dict[str, Any] = {}
+    for name in RAW_COLUMNS:
+        if name in dropped:
+            continue
+        if name in NUMERIC:
+            # "?" is UCI's missing value; an empty field is one too
+            values = pc.if_else(pc.is_in(text[name], pa.array(["?", ""])), None, text[name])
+            try:
+                columns[name] = values.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            except pa.ArrowInvalid as error:
+                raise DataError(f"census file {path}, field '{name}': {error}") from None
+        else:
+            columns[name] = _category(table[name])
+    frame = pd.DataFrame(columns)
+    frame["income"] = _flag(pc.starts_with(text["income_label"], "50000+"))
+    frame["never_married"] = _flag(pc.equal(text["marital_stat"], "Never married"))
+    frame["college"] = _flag(pc.is_in(text["education"], pa.array(sorted(COLLEGE))))
     return frame
+
+
+def _category(raw: Any) -> pd.Series:
+    """A coded field as a pandas category: the few distinct values trimmed, not every row
+    (the space after each comma), "?" and empty fields missing."""
+    values = raw.dictionary_encode().to_pandas()
+    trimmed = [str(c).lstrip(" ") for c in values.cat.categories]
+    if len(set(trimmed)) < len(trimmed):  # two values equal once trimmed: merged by value
+        values = values.astype(object).str.lstrip(" ").astype("category")
+    else:
+        values = values.cat.rename_categories(trimmed)
+    missing = [c for c in ("?", "") if c in values.cat.categories]
+    return values.cat.remove_categories(missing) if missing else values
+
+
+def _flag(values: Any) -> np.ndarray:
+    """A boolean Arrow array as 0/1 int64."""
+    return values.to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _keep_group(frame: pd.DataFrame, group: int | None) -> pd.DataFrame:

@@ -1,0 +1,70 @@
+"""A gradient-boosted model per task on Census-Income (group 1), the run's own split and
+preprocessing: the row docs/benchmarks.md adds to the MMoE-paper table.
+
+``polytask baseline``'s fit (:func:`polytask.baselines.gbdt.fit_tasks`: scikit-learn
+HistGradientBoosting, or LightGBM where installed; learning rate 0.1, at most 500 iterations
+of 31 leaves, early-stopped on the validation rows) on ``examples/census_income.yaml`` with
+``train.seed`` set to each seed, as ``benchmarks/census_paper.py`` sets it for the networks.
+Test metrics per seed, and each task's best and mean test AUC over the seeds.
+
+Run: ``python benchmarks/census_gbdt.py --seeds 3 --data ../shared/datasets/census_income_kdd
+--json docs/results/census_gbdt.json``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _machine import machine_info
+
+    from polytask.baselines.gbdt import fit_tasks, resolve_library
+    from polytask.config import load_spec, with_overrides
+
+    spec = load_spec(ROOT / "examples" / "census_income.yaml")
+    if args.data is not None:
+        options = {**spec.data.dataset_options, "path": str(args.data.resolve())}
+        spec = with_overrides(spec, data={"dataset_options": options})
+    library = resolve_library("auto")
+    runs: list[dict[str, Any]] = []
+    for seed in range(args.seeds):
+        final, summary = fit_tasks(with_overrides(spec, train={"seed": seed}), library)
+        runs.append({"seed": seed, "test": final["test"], "seconds": summary["train_seconds"]})
+        aucs = {task: metrics["auc"] for task, metrics in final["test"].items()}
+        print(f"seed {seed}: {aucs} ({summary['train_seconds']:.0f} s)", flush=True)
+    tasks = list(runs[0]["test"])
+    summary_auc = {
+        task: {
+            "best": max(run["test"][task]["auc"] for run in runs),
+            "mean": statistics.mean(run["test"][task]["auc"] for run in runs),
+        }
+        for task in tasks
+    }
+    print(json.dumps(summary_auc, indent=2))
+    if args.json:
+        payload = {
+            "command": "python benchmarks/census_gbdt.py " + " ".join(sys.argv[1:]),
+            "machine": machine_info("scikit-learn", "lightgbm"),
+            "library": library,
+            "runs": runs,
+            "test_auc": summary_auc,
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
