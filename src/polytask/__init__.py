@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-# The subpackage polytask.train is imported first (its __init__ is empty), so that importing
-# its modules later does not rebind the name ``train`` below to the subpackage.
+# The subpackages polytask.train and polytask.merge are imported first (their __init__ files
+# are empty), so that importing their modules later does not rebind the names ``train`` and
+# ``merge`` below to the subpackages.
+import polytask.merge as _merging  # noqa: F401
 import polytask.train as _training  # noqa: F401
 from polytask.config import RunSpec, load_spec
 from polytask.errors import ConfigError, DataError, PolytaskError
@@ -31,13 +33,29 @@ def load(*args: Any, **kwargs: Any) -> Any:
     return load_run(*args, **kwargs)
 
 
+def finetune(*args: Any, **kwargs: Any) -> Any:
+    """Fine-tune a run on some of its tasks (see :func:`polytask.api.finetune`)."""
+    from polytask.api import finetune as finetune_run
+
+    return finetune_run(*args, **kwargs)
+
+
+def merge(*args: Any, **kwargs: Any) -> Any:
+    """Merge fine-tuned runs of one base into one run (see :func:`polytask.api.merge`)."""
+    from polytask.api import merge as merge_runs
+
+    return merge_runs(*args, **kwargs)
+
+
 __all__ = [
     "ConfigError",
     "DataError",
     "PolytaskError",
     "RunSpec",
     "__version__",
+    "finetune",
     "load",
     "load_spec",
+    "merge",
     "train",
 ]

@@ -396,6 +396,85 @@ def export_command(
     out.print(message, highlight=False, soft_wrap=True)
 
 
+@app.command()
+@user_errors
+def finetune(
+    base: Annotated[Path, typer.Argument(help="The finished run to start from.")],
+    spec: Annotated[Path, typer.Argument(help="YAML: tasks, data, moves, train.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar or tables.")] = False,
+) -> None:
+    """Fine-tune a run on some of its tasks, from its weights and preprocessor."""
+    from polytask.merge.finetune import describe, finetune, read_record
+
+    run = finetune(base, spec, out_dir, overwrite=overwrite, progress=not quiet)
+    out.print(describe(read_record(run)), highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def merge(
+    runs: Annotated[list[Path], typer.Argument(help="Runs made by `polytask finetune`.")],
+    base: Annotated[Path, typer.Option(help="The run they were fine-tuned from.")],
+    method: Annotated[str, typer.Option(help="Merging method (`polytask merge-methods`).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
+    option: Annotated[
+        list[str] | None, typer.Option(help="A method option as key=value; repeat for more.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+) -> None:
+    """Merge fine-tuned runs of one base into one run that predicts every task."""
+    from polytask.merge.runs import merge as merge_runs
+    from polytask.merge.runs import parse_options
+    from polytask.train.progress import metrics_table
+
+    record = merge_runs(
+        runs, base, method, parse_options(option or []), out_dir, overwrite=overwrite
+    )
+    if as_json:
+        out.print_json(json.dumps(record, default=str))
+        return
+    from polytask.artifacts import run_dir as rd
+
+    metrics = rd.load_json(out_dir, rd.FINAL_METRICS)
+    split = "test" if "test" in metrics else "valid" if "valid" in metrics else None
+    if split is not None:
+        out.print(metrics_table(f"{split} metrics of the merged run", metrics[split]))
+    origins = ", ".join(
+        f"{task} <- {Path(source).name}" for task, source in record["tasks_from"].items()
+    )
+    out.print(
+        f"{method}: merged {record['merged_tensors']} tensors in {record['seconds']:.2f} s; "
+        f"{origins}; saved to {out_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("merge-methods")
+@user_errors
+def merge_methods() -> None:
+    """List the merging methods and the options each takes (--option key=value)."""
+    from rich.table import Table
+
+    from polytask.merge.methods import MERGERS
+
+    table = Table(title="merging methods (--method) and their options (--option key=value)")
+    table.add_column("method")
+    table.add_column("what it is")
+    table.add_column("options (default): meaning")
+    for name in MERGERS.names():
+        cls = MERGERS.get(name)
+        options = [
+            f"{key} ({_default_text(field)}): {field.description or ''}".rstrip(": ")
+            for key, field in cls.Options.model_fields.items()
+        ]
+        table.add_row(name, cls.summary(), "\n".join(options) or "-")
+    out.print(table)
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app()
 
