@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -25,18 +26,14 @@ Aggregate = Literal["mean", "sum", "max"]
 
 
 def trim(vectors: torch.Tensor, keep: float) -> torch.Tensor:
-    """[K, N] -> each row with all but its top ``keep`` share of |entries| set to zero.
-
-    The threshold is the row's (N - floor(N * keep))-th smallest magnitude; entries equal to
-    it stay, so ties at the threshold keep slightly more than the share."""
-    if keep >= 1.0:
-        return vectors.clone()
+    """[K, N] -> each row with all but its ⌈N keep⌉ largest |entries| set to zero (entries
+    tied with the smallest kept magnitude stay too)."""
     width = vectors.shape[1]
-    smallest = width - int(width * keep)
-    if smallest < 1:
+    count = math.ceil(width * keep)
+    if count >= width:
         return vectors.clone()
     magnitude = vectors.abs()
-    threshold = magnitude.kthvalue(smallest, dim=1, keepdim=True).values
+    threshold = magnitude.kthvalue(width - count + 1, dim=1, keepdim=True).values
     return vectors * (magnitude >= threshold)
 
 
