@@ -19,6 +19,7 @@ import copy
 import functools
 import json
 import sys
+import tempfile
 import time
 import traceback
 from importlib import metadata
@@ -28,6 +29,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.fabric.loggers import TensorBoardLogger
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -54,9 +56,6 @@ from fusion_bench.method.fisher_merging.fisher_merging import (  # noqa: E402
     get_param_squared_gradients,
 )
 from fusion_bench.method.regmean.regmean import RegMeanAlgorithm  # noqa: E402
-from fusion_bench.method.task_arithmetic.task_arithmetic import (  # noqa: E402
-    task_arithmetic_merge,
-)
 from fusion_bench.method.we_moe.we_moe import WeightEnsemblingMoEAlgorithm  # noqa: E402
 from fusion_bench.modelpool import BaseModelPool  # noqa: E402
 from fusion_bench.models.we_moe import WeightEnsemblingMoE  # noqa: E402
@@ -83,13 +82,17 @@ class Encoder(nn.Module):
 
 
 class Shared(nn.Module):
-    """The shared part every fine-tuned run moved: the encoder and the shared bottom."""
+    """The shared part every fine-tuned run moved: the encoder and the shared bottom (its
+    layers each ``nn.Linear`` then ReLU, as polytask's expert bank computes them)."""
 
     def __init__(self, state: dict[str, torch.Tensor]) -> None:
         super().__init__()
         self.encoder = Encoder(state)
-        hidden, width = state["bottom.0.weight"].shape
-        self.bottom = nn.Sequential(nn.Linear(width, hidden), nn.ReLU())
+        layers: list[nn.Module] = []
+        while f"bottom.{len(layers)}.weight" in state:
+            out_features, in_features = state[f"bottom.{len(layers)}.weight"].shape
+            layers += [nn.Linear(in_features, out_features), nn.ReLU()]
+        self.bottom = nn.Sequential(*layers)
         self.load_state_dict(state)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -234,9 +237,18 @@ class WEMoE(WeightEnsemblingMoEAlgorithm):
     def construct_moe_model(self):
         base = self.modelpool.load_model("_pretrained_")
         experts = [self.modelpool.load_model(m) for m in self.modelpool.model_names]
-        moe = task_arithmetic_merge(
-            copy.deepcopy(base), experts, scaling_factor=self.config.init_lambda
-        ).requires_grad_(False)
+        # The CLIP subclass calls task_arithmetic_merge, which fails in 0.2.33 on its own check
+        # ("Tensor type mismatch ... expected Parameter, got Tensor": it mixes state_dict(
+        # keep_vars=True) with plain tensors); the algorithm class computes the same merge.
+        names = self.modelpool.model_names
+        pool = BaseModelPool(
+            {
+                "_pretrained_": copy.deepcopy(base),
+                **{m: copy.deepcopy(e) for m, e in zip(names, experts, strict=True)},
+            }
+        )
+        moe = TaskArithmeticAlgorithm(scaling_factor=self.config.init_lambda).run(pool)
+        moe.requires_grad_(False)
         moe.bottom = Tokens(
             WeightEnsemblingMoE(
                 hidden_size=base.bottom[0].in_features,
@@ -319,7 +331,14 @@ def build(spec: dict[str, Any]):
     if name == "adamerging_task":
         return TaskWise(DictConfig(adaptation))
     if name == "adamerging_layer":
-        return LayerWise(DictConfig(adaptation))
+        algorithm = LayerWise(DictConfig(adaptation))
+        # it logs its hyperparameters to the fabric's logger, which FusionBench's command line
+        # sets up; give it one (TensorBoard, installed with FusionBench) instead
+        logs = Path(tempfile.mkdtemp(prefix="fusionbench-logs-"))
+        algorithm.fabric = L.Fabric(
+            accelerator="cpu", devices=1, loggers=TensorBoardLogger(str(logs))
+        )
+        return algorithm
     if name == "wemoe":
         return WEMoE(
             DictConfig(

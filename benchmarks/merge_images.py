@@ -14,9 +14,11 @@ and its test rows from the source's test images.
    0-19,999 (none of the tasks' images, none transformed).
 2. Base: the pretrained network frozen, one linear head per task fitted on it (what CLIP's
    zero-shot heads are in the ViT benchmark): the "pretrained" row.
-3. Individual: ``polytask finetune`` per task, ``moves: shared`` (the heads stay fixed, the
-   task vector lives in the encoder and the bottom), from ``--seeds`` training seeds.
-4. Joint: all eight tasks trained together from the base (every parameter moves).
+3. Individual: ``polytask finetune`` per task, ``moves: shared`` (the heads stay fixed), from
+   ``--seeds`` training seeds, in two configurations: ``full`` (the encoder and the bottom
+   move: the task-arithmetic papers' setting) and ``frozen_backbone`` (the CNN encoder stays
+   fixed too, so every task vector lies in the plan's bottom, the level a routed merge routes).
+4. Joint: all eight tasks trained together from the base (the same parts move, the heads too).
 5. Merged: every polytask method; FusionBench's implementation of the same method with the
    same options on the same checkpoints (``benchmarks/fusionbench_merge.py``, run with the
    FusionBench venv of ``make fusionbench``), timed in its own process.
@@ -41,7 +43,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info
@@ -86,6 +88,18 @@ MODEL = {
     "encoder": {"name": "cnn", "image_shape": [1, 28, 28], "channels": [10, 20], "out_dim": 64},
 }
 ROWS = {"split": "valid", "samples": 500}
+SEEDED = ("dare_task_arithmetic", "dare_ties", "adamerging", "routed_moe")
+CONFIGS: dict[str, dict[str, Any]] = {
+    "full": {
+        "freeze": [],
+        "about": "fine-tuning moves the encoder and the shared bottom (the heads stay fixed)",
+    },
+    "frozen_backbone": {
+        "freeze": ["encoders.*"],
+        "about": "fine-tuning moves the shared bottom only (the CNN encoder and the heads stay "
+        "fixed): every task vector lies in the plan's level, which the routed merge routes",
+    },
+}
 STEPS = 500
 # (label, polytask method, polytask options, FusionBench algorithm and options or None)
 METHODS: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = [
@@ -140,6 +154,12 @@ METHODS: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = [
         "fisher",
         {"split": "train", "samples": 256, "normalise": True},
         {"algorithm": "fisher", "samples": 256, "normalise": True},
+    ),
+    (
+        "Fisher merging (256 rows, one sampled label per row, normalised)",
+        "fisher",
+        {"split": "train", "samples": 256, "normalise": True, "estimate": "sampled"},
+        None,
     ),
     (
         "RegMean (256 rows, α 0.95)",
@@ -349,7 +369,9 @@ def make_base(work: Path, paths: dict[str, Any], pretrained: Path) -> Path:
     return fit(load_spec(spec_dict), out, overwrite=True, progress=False)
 
 
-def finetune_all(work: Path, paths: dict[str, Any], base: Path, seed: int) -> dict[str, Path]:
+def finetune_all(
+    work: Path, paths: dict[str, Any], base: Path, seed: int, config: dict[str, Any]
+) -> dict[str, Path]:
     runs = {}
     for task in TASKS:
         out = work / f"seed{seed}" / f"ft_{task}"
@@ -359,6 +381,7 @@ def finetune_all(work: Path, paths: dict[str, Any], base: Path, seed: int) -> di
                 "tasks": [task],
                 "data": {**own, "scaling": "none"},
                 "moves": "shared",
+                "freeze": config["freeze"],
                 "train": train_spec(BUDGET["finetune_epochs"], 1e-3, seed),
             }
             polytask.finetune(base, spec, out, overwrite=True)
@@ -366,7 +389,9 @@ def finetune_all(work: Path, paths: dict[str, Any], base: Path, seed: int) -> di
     return runs
 
 
-def joint_run(work: Path, paths: dict[str, Any], base: Path, seed: int) -> Path:
+def joint_run(
+    work: Path, paths: dict[str, Any], base: Path, seed: int, config: dict[str, Any]
+) -> Path:
     out = work / f"seed{seed}" / "joint"
     if rd.is_complete(out):
         return out
@@ -374,7 +399,9 @@ def joint_run(work: Path, paths: dict[str, Any], base: Path, seed: int) -> Path:
         "data": joint_data(paths),
         "tasks": task_specs(),
         "model": MODEL,
-        "train": train_spec(BUDGET["joint_epochs"], 1e-3, seed, init=str(base)),
+        "train": train_spec(
+            BUDGET["joint_epochs"], 1e-3, seed, init=str(base), freeze=config["freeze"]
+        ),
     }
     return fit(load_spec(spec), out, overwrite=True, progress=False)
 
@@ -390,6 +417,25 @@ def summarise(per_task: dict[str, float]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- FusionBench
+def plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The shared part of a run's weights in a plain module's layout: the encoder as it is,
+    the shared bottom as ``nn.Linear`` layers ([out, in]) each followed by a ReLU."""
+    out = {
+        f"encoder.{k.removeprefix('encoders.0.')}": v.clone()
+        for k, v in state.items()
+        if k.startswith("encoders.0.") and v.is_floating_point()
+    }
+    layer = 0
+    while f"arch.levels.0.experts.weights.{layer}" in state:
+        weight = state[f"arch.levels.0.experts.weights.{layer}"][0]
+        out[f"bottom.{2 * layer}.weight"] = weight.T.contiguous()
+        out[f"bottom.{2 * layer}.bias"] = state[f"arch.levels.0.experts.biases.{layer}"][
+            0, 0
+        ].clone()
+        layer += 1
+    return out
+
+
 def export_for_fusionbench(
     work: Path, paths: dict[str, Any], base: Path, runs: dict[str, Path], seed: int
 ) -> Path:
@@ -397,16 +443,6 @@ def export_for_fusionbench(
     process (which imports nothing of polytask)."""
     folder = work / f"seed{seed}" / "fusionbench_in"
     folder.mkdir(parents=True, exist_ok=True)
-
-    def plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = {
-            f"encoder.{k.removeprefix('encoders.0.')}": v.clone()
-            for k, v in state.items()
-            if k.startswith("encoders.0.")
-        }
-        out["bottom.0.weight"] = state["arch.levels.0.experts.weights.0"][0].T.contiguous()
-        out["bottom.0.bias"] = state["arch.levels.0.experts.biases.0"][0, 0].clone()
-        return out
 
     base_state = polytask.load(base).model.state_dict()
     save_file(plain(base_state), str(folder / "pretrained.safetensors"))
@@ -464,6 +500,56 @@ def save(results: dict[str, Any]) -> None:
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
 
 
+def run_seed(
+    args: argparse.Namespace,
+    work: Path,
+    paths: dict[str, Any],
+    base: Path,
+    seed: int,
+    config: dict[str, Any],
+    entry: dict[str, Any],
+    results: dict[str, Any],
+) -> None:
+    """One configuration and seed: fine-tune, train jointly, merge with every method here
+    and in FusionBench."""
+    runs = finetune_all(work, paths, base, seed, config)
+    entry["individual"] = summarise({t: accuracies(r)[t] for t, r in runs.items()})
+    entry["joint"] = summarise(accuracies(joint_run(work, paths, base, seed, config)))
+    save(results)
+    merged = entry.setdefault("polytask", {})
+    outputs = {}
+    for number, (label, method, options, _) in enumerate(METHODS):
+        if args.only is not None and label not in args.only:
+            continue
+        out = work / f"seed{seed}" / "merged" / f"{number:02d}-{method}"
+        shutil.rmtree(out, ignore_errors=True)
+        if method in SEEDED:
+            options = {**options, "seed": seed}
+        record = merge(list(runs.values()), base, method, options, out, overwrite=True)
+        merged[label] = {**summarise(accuracies(out)), "seconds": record["seconds"]}
+        outputs[label] = out
+        print(
+            f"{work.name} seed {seed} {label}: {merged[label]['average']:.4f} "
+            f"in {record['seconds']:.3f} s",
+            flush=True,
+        )
+        save(results)
+    if not args.fusionbench.is_file():
+        entry["fusionbench"] = {"error": [f"{args.fusionbench} not found: make fusionbench"]}
+        save(results)
+        return
+    job = export_for_fusionbench(work, paths, base, runs, seed)
+    entry["fusionbench"] = run_fusionbench(args.fusionbench, job, job.parent / "results.json")
+    for label, record in entry["fusionbench"].get("methods", {}).items():
+        if "weights" in record and label in outputs:  # the same merge, element by element?
+            ours = plain(polytask.load(outputs[label]).model.state_dict())
+            theirs = load_file(record["weights"])
+            record["max_abs_difference_to_polytask"] = max(
+                float((ours[key] - theirs[key]).abs().max()) for key in theirs
+            )
+    save(results)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -475,6 +561,7 @@ def main() -> None:
         help="python of the FusionBench venv (make fusionbench)",
     )
     parser.add_argument("--only", nargs="*", default=None, help="method labels to run")
+    parser.add_argument("--configs", nargs="*", default=None, help=f"of {list(CONFIGS)}")
     args = parser.parse_args()
     torch.set_num_threads(BUDGET["threads"])
     args.work.mkdir(parents=True, exist_ok=True)
@@ -498,39 +585,15 @@ def main() -> None:
             },
         }
     )
-    seeds = results.setdefault("seeds", {})
-    for seed in args.seeds:
-        entry = seeds.setdefault(str(seed), {})
-        runs = finetune_all(args.work, paths, base, seed)
-        entry["individual"] = summarise({t: accuracies(r)[t] for t, r in runs.items()})
-        entry["joint"] = summarise(accuracies(joint_run(args.work, paths, base, seed)))
-        save(results)
-        merged = entry.setdefault("polytask", {})
-        for label, method, options, _ in METHODS:
-            if args.only is not None and label not in args.only:
-                continue
-            out = args.work / f"seed{seed}" / "merged" / method
-            shutil.rmtree(out, ignore_errors=True)
-            options = (
-                {**options, "seed": seed}
-                if method in ("dare_task_arithmetic", "dare_ties", "adamerging", "routed_moe")
-                else options
-            )
-            record = merge(list(runs.values()), base, method, options, out, overwrite=True)
-            merged[label] = {**summarise(accuracies(out)), "seconds": record["seconds"]}
-            print(
-                f"seed {seed} {label}: {merged[label]['average']:.4f} in {record['seconds']:.2f} s",
-                flush=True,
-            )
-            save(results)
-        if args.fusionbench.is_file():
-            job = export_for_fusionbench(args.work, paths, base, runs, seed)
-            entry["fusionbench"] = run_fusionbench(
-                args.fusionbench, job, job.parent / "results.json"
-            )
-        else:
-            entry["fusionbench"] = {"error": [f"{args.fusionbench} not found: make fusionbench"]}
-        save(results)
+    for name, config in CONFIGS.items():
+        if args.configs is not None and name not in args.configs:
+            continue
+        work = args.work / name
+        block = results.setdefault("configs", {}).setdefault(name, {})
+        block["about"] = config["about"]
+        for seed in args.seeds:
+            entry = block.setdefault("seeds", {}).setdefault(str(seed), {})
+            run_seed(args, work, paths, base, seed, config, entry, results)
     results["wall_seconds"] = time.perf_counter() - started
     results["machine"]["load_average_1m_end"] = os.getloadavg()[0]
     save(results)

@@ -127,3 +127,20 @@ def test_entropy_of_each_task_kind():
     assert torch.isclose(prediction_entropy(segment, uniform), torch.log(torch.tensor(3.0)))
     with pytest.raises(ConfigError, match="regression"):
         prediction_entropy(spend, torch.zeros(2, 1))
+
+
+def test_sampled_fisher_is_an_unbiased_estimate_of_the_exact_one():
+    model, tasks, features, statistics = setup()
+    repeats = 150  # every row many times: the sampled labels average out
+    index = torch.arange(len(features)).repeat(repeats)
+    statistics.runs[0]._frames["train"] = features.take(index)
+    options = RowOptions(samples=len(index))
+    exact = statistics.fisher(options, "exact")[0]
+    sampled = statistics.fisher(options, "sampled")[0]
+    for key, value in exact.items():
+        if float(value.sum()) == 0.0:
+            continue
+        relative = float((sampled[key].sum() - value.sum()).abs() / value.sum())
+        assert relative < 0.1, (key, relative)
+        correlation = torch.corrcoef(torch.stack([sampled[key].flatten(), value.flatten()]))[0, 1]
+        assert float(correlation) > 0.9, key

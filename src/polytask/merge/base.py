@@ -62,8 +62,9 @@ Objective = Callable[[StateDict], torch.Tensor]
 class Statistics(Protocol):
     """Model- and data-dependent quantities, computed on demand for the methods that ask."""
 
-    def fisher(self, options: RowOptions) -> list[StateDict]:
-        """Per run: the diagonal Fisher information of its tasks' predictive distribution."""
+    def fisher(self, options: RowOptions, estimate: str = "exact") -> list[StateDict]:
+        """Per run: the diagonal Fisher information of its tasks' predictive distribution
+        (``exact``: the expectation over labels; ``sampled``: one label drawn per row)."""
         ...
 
     def grams(self, options: RowOptions) -> list[dict[str, Gram]]:

@@ -11,6 +11,7 @@ norm (as FusionBench does).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -46,6 +47,9 @@ def fisher_merge(
 
 
 class FisherOptions(RowOptions):
+    estimate: Literal["exact", "sampled"] = Field(
+        "exact", description="expectation over labels: exact, or one label drawn per row"
+    )
     floor: float = Field(1e-6, ge=0.0, description="added to every Fisher entry")
     normalise: bool = Field(False, description="divide each run's Fisher by its L2 norm first")
 
@@ -60,5 +64,5 @@ class Fisher(MergeMethod):
     def merge(self, inputs: MergeInputs) -> StateDict:
         o = self.options
         assert isinstance(o, FisherOptions)
-        fishers = inputs.require_statistics("fisher").fisher(o)
+        fishers = inputs.require_statistics("fisher").fisher(o, o.estimate)
         return fisher_merge(inputs.tuned, fishers, inputs.held, o.floor, o.normalise)

@@ -1,10 +1,12 @@
 """What merging methods need from the models and the runs' rows, computed on demand.
 
 * Fisher information: per run, the diagonal of E_x E_{y ~ p(y|x)} [∇ log p(y|x)²] for the
-  run's tasks, per row (not per batch) and with the expectation over labels taken exactly:
+  run's tasks, per row (not per batch). ``exact`` takes the expectation over labels exactly:
   with J = ∂outputs/∂θ for one row, binary p(1-p) J², multiclass Σ_y p_y J_y² - (Σ_y p_y J_y)²,
   multilabel the binary form per label, regression J² (a unit-variance Gaussian on the
-  standardised target). No labels are read.
+  standardised target). ``sampled`` draws one label per row from the model's own predictive
+  distribution and squares that row's gradient: an unbiased estimate at the cost of one
+  gradient per row instead of one per output. No labels are read.
 * Gram matrices: per run, X^T X / n of the inputs of every ``nn.Linear``, every layer of every
   fused expert bank (per member) and every softmax gate bank, on the run's rows.
 * Prediction entropy: the sum over runs of the mean entropy of the run's tasks' predictions
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev, vmap
+from torch.func import functional_call, grad, jacrev, vmap
 
 from polytask.config import RunSpec, TaskKind
 from polytask.data.preprocess import Preprocessor
@@ -92,6 +94,25 @@ def fisher_weights(task: Task, logits: torch.Tensor) -> torch.Tensor:
     return torch.ones_like(logits)
 
 
+def sample_label(task: Task, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One label per row drawn from the model's predictive distribution ([R, O] logits)."""
+    if task.kind is TaskKind.multiclass:
+        return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)[:, 0]
+    if task.kind in (TaskKind.binary, TaskKind.multilabel):
+        return (torch.rand(logits.shape, generator=generator) < torch.sigmoid(logits)).float()
+    return logits + torch.randn(logits.shape, generator=generator)
+
+
+def log_probability(task: Task, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """log p(label | x) for one row's outputs [O]."""
+    if task.kind is TaskKind.multiclass:
+        return torch.log_softmax(logits, -1).gather(-1, label.unsqueeze(-1)).sum()
+    if task.kind in (TaskKind.binary, TaskKind.multilabel):
+        log_p, log_q = nn.functional.logsigmoid(logits), nn.functional.logsigmoid(-logits)
+        return (label * log_p + (1 - label) * log_q).sum()
+    return -0.5 * ((label - logits) ** 2).sum()
+
+
 def row_fisher(tasks: list[Task], logits: list[torch.Tensor], jacobians: list[torch.Tensor]):
     """Fisher diagonal of one parameter tensor for a chunk of rows, summed over the rows.
 
@@ -143,10 +164,10 @@ class RunStatistics:
         return model.eval()
 
     # ---------------------------------------------------------------- Fisher
-    def fisher(self, options: RowOptions) -> list[StateDict]:
-        return [self._run_fisher(k, options) for k in range(len(self.runs))]
+    def fisher(self, options: RowOptions, estimate: str = "exact") -> list[StateDict]:
+        return [self._run_fisher(k, options, estimate) for k in range(len(self.runs))]
 
-    def _run_fisher(self, run: int, options: RowOptions) -> StateDict:
+    def _run_fisher(self, run: int, options: RowOptions, estimate: str) -> StateDict:
         model = self._model(run)
         rows = self.runs[run].sample(options, self.preprocessor)
         tasks = [self.tasks[t] for t in self.runs[run].tasks]
@@ -159,17 +180,31 @@ class RunStatistics:
             logits = functional_call(model, {**fixed, **values}, (features,)).logits
             return tuple(logits[t][0] for t in positions)
 
+        def log_likelihood(values, categorical, numeric, *labels):
+            out = outputs(values, categorical, numeric)
+            return sum(
+                log_probability(task, z, y) for task, z, y in zip(tasks, out, labels, strict=True)
+            )
+
         per_row = vmap(jacrev(outputs), in_dims=(None, 0, 0))
+        per_row_grad = vmap(grad(log_likelihood), in_dims=(None, 0, 0, *([0] * len(tasks))))
+        generator = torch.Generator().manual_seed(options.seed + 7)
         total = {k: torch.zeros_like(v) for k, v in params.items()}
         for start in range(0, len(rows), JACOBIAN_CHUNK):
             chunk = rows.take(torch.arange(start, min(start + JACOBIAN_CHUNK, len(rows))))
             with torch.no_grad():
-                logits = model(chunk).logits
+                logits = [model(chunk).logits[t] for t in positions]
+            if estimate == "sampled":
+                labels = [
+                    sample_label(task, z, generator) for task, z in zip(tasks, logits, strict=True)
+                ]
+                grads = per_row_grad(params, chunk.categorical, chunk.numeric, *labels)
+                for key in params:
+                    total[key] += (grads[key] ** 2).sum(0)
+                continue
             jacobians = per_row(params, chunk.categorical, chunk.numeric)
             for key in params:
-                total[key] += row_fisher(
-                    tasks, [logits[t] for t in positions], [j[key] for j in jacobians]
-                )
+                total[key] += row_fisher(tasks, logits, [j[key] for j in jacobians])
         fisher = {k: (v / len(rows)) * self.held[run][k] for k, v in total.items()}
         for key in self.keys:  # buffers (running statistics) carry no Fisher information
             fisher.setdefault(key, torch.zeros_like(self.states[run][key]))
