@@ -196,29 +196,32 @@ def _default_text(field: Any) -> str:
     return repr(field.get_default(call_default_factory=True))
 
 
+def options_table(title: str, kind: str, entries: list[tuple[str, str, Any]]) -> Any:
+    """A table of named methods, what each is, and its options' defaults and meanings."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column(kind)
+    table.add_column("what it is")
+    table.add_column("options (default): meaning")
+    for name, summary, options_model in entries:
+        options = [
+            f"{key} ({_default_text(field)}): {field.description or ''}".rstrip(": ")
+            for key, field in options_model.model_fields.items()
+        ]
+        table.add_row(name, summary, "\n".join(options) or "-")
+    return table
+
+
 @app.command()
 @user_errors
 def archs() -> None:
     """List the sharing architectures and the options each takes in model.options."""
-    from rich.table import Table
-
     from polytask.arch import ARCHS
 
-    table = Table(title="architectures (model.arch) and their model.options")
-    table.add_column("arch")
-    table.add_column("what it is")
-    table.add_column("options (default): meaning")
-    for name in ARCHS.names():
-        cls = ARCHS.get(name)
-        if not cls.listed:  # internal: what slimming saves
-            continue
-        summary = cls.summary()
-        options = [
-            f"{key} ({_default_text(field)}): {field.description or ''}".rstrip(": ")
-            for key, field in cls.Options.model_fields.items()
-        ]
-        table.add_row(name, summary, "\n".join(options) or "-")
-    out.print(table)
+    listed = [ARCHS.get(name) for name in ARCHS.names()]
+    entries = [(c.registry_name, c.summary(), c.Options) for c in listed if c.listed]
+    out.print(options_table("architectures (model.arch) and their model.options", "arch", entries))
 
 
 @app.command()
@@ -457,22 +460,13 @@ def merge(
 @user_errors
 def merge_methods() -> None:
     """List the merging methods and the options each takes (--option key=value)."""
-    from rich.table import Table
-
     from polytask.merge.methods import MERGERS
 
-    table = Table(title="merging methods (--method) and their options (--option key=value)")
-    table.add_column("method")
-    table.add_column("what it is")
-    table.add_column("options (default): meaning")
-    for name in MERGERS.names():
-        cls = MERGERS.get(name)
-        options = [
-            f"{key} ({_default_text(field)}): {field.description or ''}".rstrip(": ")
-            for key, field in cls.Options.model_fields.items()
-        ]
-        table.add_row(name, cls.summary(), "\n".join(options) or "-")
-    out.print(table)
+    entries = [
+        (name, MERGERS.get(name).summary(), MERGERS.get(name).Options) for name in MERGERS.names()
+    ]
+    title = "merging methods (--method) and their options (--option key=value)"
+    out.print(options_table(title, "method", entries))
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -392,12 +392,16 @@ def load_spec(source: str | Path | dict[str, Any] | RunSpec) -> RunSpec:
     if isinstance(source, dict):
         return parse_spec(source)
     path = Path(source)
+    return parse_spec(read_yaml(path), base_dir=path.parent.resolve())
+
+
+def read_yaml(path: Path, what: str = "config") -> Any:
+    """A YAML file's content; a missing file or invalid YAML is one line naming it."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config {path}: not valid YAML{where}") from None
-    return parse_spec(raw, base_dir=path.parent.resolve())
+        raise ConfigError(f"{what} {path}: not valid YAML{where}") from None

@@ -25,12 +25,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.weights import save_weights
-from polytask.config import BalanceSpec, DataSpec, format_validation_error, parse_spec
+from polytask.config import (
+    BalanceSpec,
+    DataSpec,
+    format_validation_error,
+    parse_spec,
+    read_yaml,
+)
 from polytask.errors import ConfigError, PolytaskError, did_you_mean
 from polytask.inference.predictor import Predictor
 from polytask.merge.layout import weights_hash
@@ -72,12 +77,7 @@ def read_spec(
         raw = source
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"fine-tuning spec not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+        raw = read_yaml(path, "fine-tuning spec")
         base_dir = path.resolve().parent
     if not isinstance(raw, dict):
         raise ConfigError("fine-tuning spec: expected a mapping with tasks, data, moves, train")

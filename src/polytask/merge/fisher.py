@@ -28,7 +28,9 @@ def fisher_merge(
 ) -> StateDict:
     """Per element, Σ_k F_k θ_k / Σ_k F_k over the runs that hold it (``floor`` added)."""
     if normalise:
-        norms = [torch.sqrt(sum((f**2).sum() for f in fisher.values())) for fisher in fishers]
+        norms = [
+            torch.stack([(f**2).sum() for f in fisher.values()]).sum().sqrt() for fisher in fishers
+        ]
         fishers = [
             {k: f / n.clamp(min=1e-30) for k, f in fisher.items()}
             for fisher, n in zip(fishers, norms, strict=True)

@@ -36,7 +36,7 @@ def regmean_matrix(
     """(Σ_k G̃_k + εI)^{-1} (Σ_k G̃_k W_k + ε W̄) for weights [..., in, out] and Grams
     [..., in, in] (W̄ the mean weight, ε the ridge above)."""
     shrunk = [shrink(gram.double(), alpha) for gram in grams]
-    total = sum(shrunk)
+    total = torch.stack(shrunk).sum(0)
     mean_weight = sum(w.double() for w in weights) / len(weights)
     scale = torch.diagonal(total, dim1=-2, dim2=-1).mean(-1).clamp(min=1e-12)
     ridge = RIDGE * scale[..., None, None] * torch.eye(total.shape[-1], dtype=total.dtype)

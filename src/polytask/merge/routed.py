@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 
 from polytask.errors import ConfigError
-from polytask.merge.base import MERGERS, MergeMethod, RowOptions, StateDict
+from polytask.merge.base import MERGERS, MergeMethod, RowOptions, Split, StateDict
 from polytask.plan.schema import Level, Plan, SoftmaxGates
 
 ROUTABLE_GATES = ("identity", "softmax")
@@ -119,11 +119,7 @@ def shared_levels(plan: Plan, holders: dict[str, torch.Tensor]) -> list[int]:
 
 
 class RoutedOptions(RowOptions):
-    split: str = Field(
-        "valid",
-        pattern="^(train|valid|test)$",
-        description="which split of each run's data trains the routers",
-    )
+    split: Split = Field("valid", description="which split of each run's data trains the routers")
     samples: int = Field(1024, ge=1, description="rows per run to draw batches from")
     levels: list[int] | None = Field(
         None, description="plan levels to route (default: every level whose experts two runs share)"
