@@ -164,7 +164,11 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             options = {**options, "seed": seed} if method in SEEDED else options
             record = merge(runs, base, method, options, out, overwrite=True)
-            entry["merged"][label] = {"auc": aucs(out), "seconds": record["seconds"]}
+            entry["merged"][label] = {
+                "auc": aucs(out),
+                "seconds": record["seconds"],
+                "reading_seconds": record["reading_seconds"],
+            }
             print(seed, label, entry["merged"][label], flush=True)
         results["seeds"][str(seed)] = entry
         RESULTS.write_text(json.dumps(results, indent=1) + "\n")

@@ -526,7 +526,11 @@ def run_seed(
         if method in SEEDED:
             options = {**options, "seed": seed}
         record = merge(list(runs.values()), base, method, options, out, overwrite=True)
-        merged[label] = {**summarise(accuracies(out)), "seconds": record["seconds"]}
+        merged[label] = {
+            **summarise(accuracies(out)),
+            "seconds": record["seconds"],
+            "reading_seconds": record["reading_seconds"],
+        }
         outputs[label] = out
         print(
             f"{work.name} seed {seed} {label}: {merged[label]['average']:.4f} "

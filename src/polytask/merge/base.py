@@ -120,7 +120,7 @@ class MergeMethod:
         try:
             options = cls.Options.model_validate(raw)
         except ValidationError as error:
-            message = format_validation_error(error, cls.Options).replace("config", "options")
+            message = format_validation_error(error, cls.Options)
             raise ConfigError(f"--option ({cls.registry_name}): {message}") from None
         return cls(options)
 
