@@ -83,6 +83,7 @@ class AdaMerging(MergeMethod):
     the prediction entropy on unlabelled rows of each run."""
 
     Options = AdaMergingOptions
+    reads = ("entropy",)
 
     def merge(self, inputs: MergeInputs) -> StateDict:
         o = self.options

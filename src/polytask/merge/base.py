@@ -109,6 +109,7 @@ class MergeMethod:
     registry_name: ClassVar[str]
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     kind: ClassVar[Literal["weights", "routed"]] = "weights"
+    reads: ClassVar[tuple[str, ...]] = ()  # what it asks Statistics for: fisher, grams, entropy
 
     def __init__(self, options: MethodOptions) -> None:
         self.options = options

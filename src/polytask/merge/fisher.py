@@ -62,6 +62,7 @@ class Fisher(MergeMethod):
     information on the run's rows."""
 
     Options = FisherOptions
+    reads = ("fisher",)
 
     def merge(self, inputs: MergeInputs) -> StateDict:
         o = self.options

@@ -77,6 +77,7 @@ class RegMean(MergeMethod):
     rows, from the Gram matrices of the layer's inputs."""
 
     Options = RegMeanOptions
+    reads = ("grams",)
 
     def merge(self, inputs: MergeInputs) -> StateDict:
         o = self.options

@@ -136,6 +136,7 @@ class RoutedMoE(MergeMethod):
     mixed per row by routers trained on unlabelled rows; the rest task arithmetic."""
 
     Options = RoutedOptions
+    reads = ("entropy",)
     kind = "routed"
 
 

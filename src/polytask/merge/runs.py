@@ -14,7 +14,8 @@
    as ``arch: plan``), load it back, evaluate it on the base's validation and test rows when
    they can be read, and rename it into place. ``summary.json`` records the method, its
    options, the runs, where each task came from and the time the merge took (the method
-   with its statistics, after the rows it reads are in memory; reading them is timed apart).
+   with its statistics, after the rows it reads are in memory and torch.func is imported;
+   that preparation is timed apart).
 """
 
 from __future__ import annotations
@@ -50,7 +51,12 @@ from polytask.merge.routed import (
     shared_levels,
     train_routers,
 )
-from polytask.merge.statistics import RowBatches, RunRows, RunStatistics
+from polytask.merge.statistics import (
+    RowBatches,
+    RunRows,
+    RunStatistics,
+    load_function_transforms,
+)
 from polytask.merge.task_arithmetic import task_arithmetic
 from polytask.merge.vectors import layer_depths
 from polytask.model import MultiTaskModel, build_model
@@ -211,9 +217,11 @@ def merge(
     )
     reading = time.perf_counter()
     split = getattr(merger.options, "split", None)
-    if split is not None:  # read the rows first: the merge time is the method's, not the disk's
+    if merger.reads and split is not None:  # the merge time is the method's, not the disk's
         for rows in statistics.runs:
             rows.features(split, predictor.preprocessor)
+    if "fisher" in merger.reads:
+        load_function_transforms()
     started = time.perf_counter()
     if merger.kind == "routed":
         plan, state = _route(merger, predictor, composition, tuned, statistics)
