@@ -95,7 +95,7 @@ def test_refusals_at_the_command_line(lineage, tmp_path):
         ),
         (
             ("merge", click, click, "--base", lineage["base"], "--method", "average", "-o", out),
-            "each run once",
+            "named twice",
         ),
         (
             ("merge", click, "--base", lineage["base"], "--method", "tsvm", "-o", out),

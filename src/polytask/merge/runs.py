@@ -198,11 +198,13 @@ def merge(
         raise PolytaskError("the merged run needs its own folder (-o), not a source run's")
     if target.exists() and not overwrite:
         raise PolytaskError(f"{target} already exists; pass --overwrite to replace it")
+    named = [Path(r).resolve() for r in runs]
+    twice = sorted({str(path) for path in named if named.count(path) > 1})
+    if twice:
+        raise PolytaskError(f"run {twice[0]} is named twice; name each run once")
     base_state = predictor.model.state_dict()
     base_hash = weights_hash(base_state)
     tuned = [load_tuned(Path(r), predictor, base_hash) for r in runs]
-    if len({run.path.resolve() for run in tuned}) != len(tuned):
-        raise PolytaskError("each run once")
     check_disjoint(tuned, predictor.task_names)
     composition = Composition(base_state, tuned)
     statistics = RunStatistics(
