@@ -84,8 +84,9 @@ def prediction_entropy(task: Task, logits: torch.Tensor) -> torch.Tensor:
 
 
 def fisher_weights(task: Task, logits: torch.Tensor) -> torch.Tensor:
-    """For one row's outputs [O] of a task, the per-output weights and the coupling needed
-    to turn their Jacobian into the Fisher diagonal (see :func:`row_fisher`)."""
+    """Per row and output, the weight w of its squared gradient in the Fisher diagonal
+    ([R, O] logits -> [R, O]): p for multiclass (with the mean score subtracted, see
+    :func:`row_fisher`), p(1-p) for binary and multilabel, 1 for regression."""
     if task.kind is TaskKind.multiclass:
         return torch.softmax(logits, dim=-1)
     if task.kind in (TaskKind.binary, TaskKind.multilabel):
@@ -113,19 +114,20 @@ def log_probability(task: Task, logits: torch.Tensor, label: torch.Tensor) -> to
     return -0.5 * ((label - logits) ** 2).sum()
 
 
-def row_fisher(tasks: list[Task], logits: list[torch.Tensor], jacobians: list[torch.Tensor]):
+def row_fisher(
+    tasks: list[Task], logits: list[torch.Tensor], jacobians: list[torch.Tensor]
+) -> torch.Tensor:
     """Fisher diagonal of one parameter tensor for a chunk of rows, summed over the rows.
 
     logits[t]: [R, O_t]; jacobians[t]: [R, O_t, *shape] (∂ output / ∂ parameter)."""
-    total = None
+    total = torch.zeros(jacobians[0].shape[2:])
     for task, out, jac in zip(tasks, logits, jacobians, strict=True):
         weights = fisher_weights(task, out.detach())  # [R, O]
         w = weights.reshape(*weights.shape, *([1] * (jac.dim() - 2)))
         value = (w * jac**2).sum(1)
         if task.kind is TaskKind.multiclass:
             value = value - (w * jac).sum(1) ** 2
-        value = value.sum(0)
-        total = value if total is None else total + value
+        total = total + value.sum(0)
     return total
 
 
