@@ -207,11 +207,12 @@ def merge(
     tuned = [load_tuned(Path(r), predictor, base_hash) for r in runs]
     check_disjoint(tuned, predictor.task_names)
     composition = Composition(base_state, tuned)
+    rows: dict[str, Any] = {}  # the runs' rows, read once per data section
     statistics = RunStatistics(
         predictor.model,
         predictor.tasks,
         predictor.preprocessor,
-        [RunRows(str(r.path), r.tasks, r.spec) for r in tuned],
+        [RunRows(str(r.path), r.tasks, r.spec, shared=rows) for r in tuned],
         [composition({}) | r.state for r in tuned],
         [r.held for r in tuned],
         composition.keys,

@@ -45,20 +45,25 @@ JACOBIAN_CHUNK = 32  # rows per vectorised Jacobian (memory: rows x outputs x pa
 @dataclass
 class RunRows:
     """One run as merging sees it: its name, its tasks (indices in the base's task order)
-    and where its rows come from."""
+    and where its rows come from. ``shared`` caches the rows of each data section, so runs
+    fine-tuned on the same table read it once."""
 
     name: str
     tasks: list[int]
     spec: RunSpec
     _frames: dict[str, Features] = field(default_factory=dict)
+    shared: dict[str, Features] = field(default_factory=dict)
 
     def features(self, split: str, preprocessor: Preprocessor) -> Features:
         if split not in self._frames:
-            splits = load_splits(self.spec.data)
-            frame = {"train": splits.train, "valid": splits.valid, "test": splits.test}[split]
-            if frame is None or not len(frame):
-                raise DataError(f"run {self.name} has no {split} rows to merge with")
-            self._frames[split] = preprocessor.transform(frame)
+            key = f"{split}:{self.spec.data.model_dump_json()}"
+            if key not in self.shared:
+                splits = load_splits(self.spec.data)
+                frame = {"train": splits.train, "valid": splits.valid, "test": splits.test}[split]
+                if frame is None or not len(frame):
+                    raise DataError(f"run {self.name} has no {split} rows to merge with")
+                self.shared[key] = preprocessor.transform(frame)
+            self._frames[split] = self.shared[key]
         return self._frames[split]
 
     def sample(self, options: RowOptions, preprocessor: Preprocessor) -> Features:
