@@ -171,3 +171,10 @@ def test_options_are_read_as_yaml_values():
     }
     with pytest.raises(PolytaskError, match="key=value"):
         parse_options(["scaling"])
+
+
+def test_entropy_methods_skip_regression_tasks(lineage, tmp_path):
+    click, spend = lineage["tune"]("click"), lineage["tune"]("spend")
+    options = {"steps": 3, "samples": 30, "granularity": "task"}
+    record = merge([click, spend], lineage["base"], "adamerging", options, tmp_path / "ok")
+    assert record["report"]["entropy_last"] >= 0

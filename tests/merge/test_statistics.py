@@ -9,7 +9,12 @@ from polytask.config import load_spec
 from polytask.data.preprocess import Preprocessor
 from polytask.errors import ConfigError
 from polytask.merge.base import RowOptions
-from polytask.merge.statistics import RunRows, RunStatistics, prediction_entropy
+from polytask.merge.statistics import (
+    RunRows,
+    RunStatistics,
+    check_entropy,
+    prediction_entropy,
+)
 from polytask.model import build_model
 from tests.conftest import base_spec, make_table
 
@@ -127,10 +132,14 @@ def test_entropy_of_each_task_kind():
     assert torch.isclose(prediction_entropy(segment, uniform), torch.log(torch.tensor(3.0)))
     with pytest.raises(ConfigError, match="regression"):
         prediction_entropy(spend, torch.zeros(2, 1))
+    runs = [RunRows("a", [2], None), RunRows("b", [2], None)]  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="all regressions"):
+        check_entropy(runs, tasks)
+    check_entropy([*runs, RunRows("c", [0], None)], tasks)  # type: ignore[arg-type]
 
 
 def test_sampled_fisher_is_an_unbiased_estimate_of_the_exact_one():
-    model, tasks, features, statistics = setup()
+    _, _, features, statistics = setup()
     repeats = 150  # every row many times: the sampled labels average out
     index = torch.arange(len(features)).repeat(repeats)
     statistics.runs[0]._frames["train"] = features.take(index)

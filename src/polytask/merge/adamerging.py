@@ -3,7 +3,8 @@
 Task arithmetic with one learnt coefficient per task (task-wise, θ = θ_0 + Σ_k λ_k τ_k) or per
 task and tensor (layer-wise, θ = θ_0 + Σ_k λ_k^l τ_k^l, one λ per parameter tensor as in
 FusionBench). The paper's surrogate objective needs no labels: the entropy of the merged
-model's predictions on unlabelled rows of every task, summed over tasks,
+model's predictions on unlabelled rows of every task, summed over tasks (classification
+tasks; a regression has no entropy and does not count),
 min_λ Σ_k Σ_{x ∈ B_k} H(f(x; θ(λ))), since low entropy tracks low error on a task's own rows.
 Adam on λ from λ = ``init``, a fresh batch of each run's rows every step.
 """

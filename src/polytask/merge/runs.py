@@ -55,6 +55,7 @@ from polytask.merge.statistics import (
     RowBatches,
     RunRows,
     RunStatistics,
+    check_entropy,
     load_function_transforms,
 )
 from polytask.merge.task_arithmetic import task_arithmetic
@@ -290,6 +291,7 @@ def _route(
     shapes = {key: value.shape for key, value in model.state_dict().items()}
     state = route_state(rest, [composition({}) | r.state for r in runs], plan, levels, shapes)
     model.load_state_dict(state)
+    check_entropy(statistics.runs, predictor.tasks)
     batches = RowBatches(statistics.runs, options, predictor.preprocessor, options.batch_size)
 
     def loss(network: torch.nn.Module) -> torch.Tensor:

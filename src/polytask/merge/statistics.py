@@ -276,6 +276,7 @@ class RunStatistics:
 
     # ---------------------------------------------------------------- entropy
     def entropy(self, options: RowOptions, batch_size: int) -> Objective:
+        check_entropy(self.runs, self.tasks)
         batches = RowBatches(self.runs, options, self.preprocessor, batch_size)
         model = self.template
 
@@ -314,11 +315,22 @@ class RowBatches:
     def entropy(
         self, tasks: list[Task], logits: list[torch.Tensor], slices: list[slice]
     ) -> torch.Tensor:
+        """Regression tasks have no entropy and do not count (:func:`check_entropy`)."""
         total = torch.zeros(())
         for run, rows in zip(self.runs, slices, strict=True):
             for t in run.tasks:
-                total = total + prediction_entropy(tasks[t], logits[t][rows])
+                if tasks[t].kind is not TaskKind.regression:
+                    total = total + prediction_entropy(tasks[t], logits[t][rows])
         return total
+
+
+def check_entropy(runs: list[RunRows], tasks: list[Task]) -> None:
+    """Entropy minimisation needs at least one classification task among the runs'."""
+    if all(tasks[t].kind is TaskKind.regression for run in runs for t in run.tasks):
+        raise ConfigError(
+            "the runs' tasks are all regressions, whose predictions have no entropy to "
+            "minimise; choose a method that does not adapt on rows"
+        )
 
 
 def _linear_hook(prefix: str, add: Callable[..., None]):
