@@ -71,7 +71,12 @@ METHODS: list[tuple[str, str, dict[str, Any]]] = [
         "adamerging",
         {**ROWS, "granularity": "layer", "steps": 300, "batch_size": 64},
     ),
-    ("routed MoE", "routed_moe", {**ROWS, "steps": 300, "batch_size": 64}),
+    ("routed MoE (each task's gate starts on its run's experts)", "routed_moe", {"steps": 0}),
+    (
+        "routed MoE + 300 entropy steps (lr 1e-3)",
+        "routed_moe",
+        {**ROWS, "steps": 300, "batch_size": 64, "lr": 1e-3},
+    ),
 ]
 SEEDED = ("dare_task_arithmetic", "dare_ties", "adamerging", "routed_moe")
 

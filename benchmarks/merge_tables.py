@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from merge_census import summary as census_summary
 
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 SHORT = {
@@ -116,7 +117,7 @@ def images(results: dict[str, Any]) -> str:
 
 def census(results: dict[str, Any]) -> str:
     tasks = ["income", "never_married", "college"]
-    summary = results["summary"]
+    summary = results.get("summary") or census_summary(results)
     head = ["model", *tasks, "mean", "merge s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = results["base"]

@@ -7,9 +7,11 @@ task arithmetic. Here the chosen layers are levels of the plan: each expert e of
 level becomes K experts, (e, k) = θ_0,e + τ_k,e (run k's fine-tuned expert e), and every gate
 of the level becomes a softmax gate over the copies of the experts it allowed, reading what
 it read. A gate that allowed several experts starts from its own logits for each copy (so
-the mixture starts as the gate's mixture of the runs' average output); an identity gate
-starts uniform. Only the routers train (Adam, the summed prediction entropy of each run's
-tasks on its unlabelled rows); the rest is task arithmetic with ``scaling``.
+the mixture starts as the gate's mixture of the runs' average output), plus ``own_bias`` on
+the copies of the run that alone holds the gate (a task's own gate, as in MMoE, starts
+routing to the experts fine-tuned with it); an identity gate starts uniform. Only the
+routers train (Adam, the summed prediction entropy of each run's tasks on its unlabelled
+rows); the rest is task arithmetic with ``scaling``.
 
 The difference from WEMoE: it mixes task vectors in weight space, θ(x) = θ_TA + Σ_k r_k(x) τ_k
 with an unnormalised two-layer router; this mixes the fine-tuned experts' outputs with a
@@ -84,10 +86,14 @@ def route_state(
     plan: Plan,
     levels: Sequence[int],
     gate_shapes: dict[str, torch.Size],
+    gate_owners: dict[int, list[int | None]] | None = None,
+    own_bias: float = 0.0,
 ) -> StateDict:
     """The routed model's state: routed experts stacked from the runs (expert-major), routed
     gates' logit weights repeated for each copy (zeros for identity gates), the rest as
-    ``merged``. ``gate_shapes``: the new gates' tensor shapes, by name."""
+    ``merged``. ``gate_shapes``: the new gates' tensor shapes, by name. ``gate_owners``: per
+    routed level, the run that alone holds each gate (None where several do); that run's
+    copies start with ``own_bias`` added to their logits."""
     count = len(runs)
     state = dict(merged)
     for number in levels:
@@ -99,6 +105,11 @@ def route_state(
             for name in ("weight", "bias"):
                 key = f"{prefix}gates.{name}"
                 state[key] = merged[key].repeat_interleave(count, dim=-1)
+            owners = (gate_owners or {}).get(number, [])
+            bias = state[f"{prefix}gates.bias"]  # [G, 1, E K]
+            for gate, owner in enumerate(owners):
+                if owner is not None:
+                    bias[gate, 0, owner::count] += own_bias
         else:
             for name in ("weight", "bias"):
                 key = f"{prefix}gates.{name}"
@@ -125,6 +136,11 @@ class RoutedOptions(RowOptions):
         None, description="plan levels to route (default: every level whose experts two runs share)"
     )
     scaling: float = Field(0.3, description="task-arithmetic λ for everything not routed")
+    own_bias: float = Field(
+        5.0,
+        description="added to the starting logits of a task-owned gate for its own run's "
+        "copies (the gate routes to the experts fine-tuned with it)",
+    )
     steps: int = Field(300, ge=0, description="Adam steps training the routers")
     lr: float = Field(1e-2, gt=0.0, description="Adam learning rate")
     batch_size: int = Field(16, ge=1, description="rows per run per step")

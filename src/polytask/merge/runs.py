@@ -289,7 +289,9 @@ def _route(
     routed = route_plan(plan, levels, owners)
     model = _plan_model(predictor, routed)
     shapes = {key: value.shape for key, value in model.state_dict().items()}
-    state = route_state(rest, [composition({}) | r.state for r in runs], plan, levels, shapes)
+    owners_of_gates = {number: _gate_owners(number, runs) for number in levels}
+    full_states = [composition({}) | r.state for r in runs]
+    state = route_state(rest, full_states, plan, levels, shapes, owners_of_gates, options.own_bias)
     model.load_state_dict(state)
     check_entropy(statistics.runs, predictor.tasks)
     batches = RowBatches(statistics.runs, options, predictor.preprocessor, options.batch_size)
@@ -306,6 +308,15 @@ def _route(
         "entropy_last": history[-1] if history else None,
     }
     return routed, {k: v.detach() for k, v in model.state_dict().items()}
+
+
+def _gate_owners(level: int, runs: Sequence[TunedRun]) -> list[int | None]:
+    """Per gate of a level, the one run that holds it (a task's own gate), else None."""
+    key = f"arch.levels.{level}.gates.weight"
+    if key not in runs[0].held:
+        return []
+    holding = torch.stack([r.held[key].flatten(1).any(1) for r in runs])  # [K, G]
+    return [int(column.nonzero()[0]) if int(column.sum()) == 1 else None for column in holding.T]
 
 
 def _plan_spec(spec: RunSpec, plan: Plan) -> RunSpec:
