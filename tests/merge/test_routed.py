@@ -111,3 +111,22 @@ def test_router_training_moves_the_gates_only():
     for key, value in before.items():
         moved = not torch.equal(value, after[key])
         assert moved == key.startswith("arch.levels.0.gates."), key
+
+
+def test_a_task_owned_gate_starts_leaning_to_its_own_runs_copies():
+    spec, model = built("mmoe")
+    runs = [perturbed(model, k) for k in range(2)]
+    plan = route_plan(model.plan, [0], ["task:0", "task:1"])
+    routed = model_from_plan(plan, spec, [1, 1], ["a", "b"], lambda: TabularEncoder([3, 4], 4, 2))
+    shapes = {k: v.shape for k, v in routed.state_dict().items()}
+    bias = float(torch.log(torch.tensor(3.0)))
+    state = route_state(model.state_dict(), runs, model.plan, [0], shapes, {0: [0, None]}, bias)
+    routed.load_state_dict(state)
+    x = routed.encoders[0](rows().categorical, rows().numeric)
+    with torch.no_grad():
+        weights = routed.arch.levels[0].gates(x)  # [G, B, E K], copy e K + k
+    # gate 0 belongs to run 0: its copies weigh 3 times the other run's; gate 1 is shared
+    torch.testing.assert_close(
+        weights[0, :, 0::2] / weights[0, :, 1::2], torch.full((9, 2), 3.0), rtol=1e-5, atol=1e-6
+    )
+    torch.testing.assert_close(weights[1, :, 0::2], weights[1, :, 1::2])
