@@ -180,6 +180,12 @@ METHODS: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = [
         {"algorithm": "adamerging_layer", "steps": STEPS, "lr": 1e-3, "init": 0.3},
     ),
     (
+        "routed MoE, router trained on each row's source run",
+        "routed_moe",
+        {**ROWS, "objective": "source", "steps": STEPS, "lr": 1e-2, "scaling": 0.3},
+        None,
+    ),
+    (
         "routed MoE (WEMoE-style; FusionBench: WEMoE)",
         "routed_moe",
         {**ROWS, "steps": STEPS, "lr": 1e-2, "scaling": 0.3},
@@ -538,6 +544,8 @@ def run_seed(
             flush=True,
         )
         save(results)
+    if args.no_fusionbench:
+        return
     if not args.fusionbench.is_file():
         entry["fusionbench"] = {"error": [f"{args.fusionbench} not found: make fusionbench"]}
         save(results)
@@ -566,6 +574,7 @@ def main() -> None:
     )
     parser.add_argument("--only", nargs="*", default=None, help="method labels to run")
     parser.add_argument("--configs", nargs="*", default=None, help=f"of {list(CONFIGS)}")
+    parser.add_argument("--no-fusionbench", action="store_true", help="polytask's merges only")
     args = parser.parse_args()
     torch.set_num_threads(BUDGET["threads"])
     args.work.mkdir(parents=True, exist_ok=True)

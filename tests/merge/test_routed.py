@@ -130,3 +130,16 @@ def test_a_task_owned_gate_starts_leaning_to_its_own_runs_copies():
         weights[0, :, 0::2] / weights[0, :, 1::2], torch.full((9, 2), 3.0), rtol=1e-5, atol=1e-6
     )
     torch.testing.assert_close(weights[1, :, 0::2], weights[1, :, 1::2])
+
+
+def test_the_source_objective_is_the_cross_entropy_of_each_rows_run():
+    from polytask.merge.routed import source_loss
+
+    count, experts = 2, 3
+    slices = [slice(0, 2), slice(2, 5)]
+    uniform = torch.full((1, 5, experts * count), 1.0 / (experts * count))
+    assert torch.isclose(source_loss(uniform, slices, count), torch.log(torch.tensor(2.0)))
+    right = torch.zeros(1, 5, experts * count)
+    right[0, :2, 0::2] = 1.0 / experts  # run 0's rows on run 0's copies (e K + 0)
+    right[0, 2:, 1::2] = 1.0 / experts
+    assert float(source_loss(right, slices, count)) == 0.0

@@ -178,3 +178,11 @@ def test_entropy_methods_skip_regression_tasks(lineage, tmp_path):
     options = {"steps": 3, "samples": 30, "granularity": "task"}
     record = merge([click, spend], lineage["base"], "adamerging", options, tmp_path / "ok")
     assert record["report"]["entropy_last"] >= 0
+
+
+def test_routers_trained_on_each_rows_source_run(lineage, tmp_path):
+    runs = [lineage["tune"]("click"), lineage["tune"]("segment")]
+    options = {"objective": "source", "steps": 20, "samples": 40, "lr": 0.05}
+    record = merge(runs, lineage["base"], "routed_moe", options, tmp_path / "source")
+    report = record["report"]
+    assert report["objective"] == "source" and report["loss_last"] < report["loss_first"]

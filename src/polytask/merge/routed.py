@@ -25,12 +25,16 @@ level again.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Literal, cast
 
 import torch
 from pydantic import Field
 
 from polytask.errors import ConfigError
+from polytask.features import Features
 from polytask.merge.base import MERGERS, MergeMethod, RowOptions, Split, StateDict
+from polytask.model import MultiTaskModel
+from polytask.nn.executor import LevelModule
 from polytask.plan.schema import Level, Plan, SoftmaxGates
 
 ROUTABLE_GATES = ("identity", "softmax")
@@ -136,6 +140,11 @@ class RoutedOptions(RowOptions):
         None, description="plan levels to route (default: every level whose experts two runs share)"
     )
     scaling: float = Field(0.3, description="task-arithmetic λ for everything not routed")
+    objective: Literal["entropy", "source"] = Field(
+        "entropy",
+        description="what the routers minimise: the prediction entropy of each run's tasks on "
+        "its rows (WEMoE's), or the cross-entropy of routing a row to the run it came from",
+    )
     own_bias: float = Field(
         5.0,
         description="added to the starting logits of a task-owned gate for its own run's "
@@ -154,6 +163,24 @@ class RoutedMoE(MergeMethod):
     Options = RoutedOptions
     reads = ("entropy",)
     kind = "routed"
+
+
+def gate_weights(model: MultiTaskModel, features: Features, level: int) -> torch.Tensor:
+    """Level ``level``'s gate weights [G, B, E] for ``features``, differentiable (the model's
+    own output reports them detached)."""
+    levels = cast(list[LevelModule], list(model.arch.levels))
+    x = model.encode(features)
+    for number in range(level):
+        x = levels[number](x).out
+    return levels[level].gates(levels[level].gate_reader(x))
+
+
+def source_loss(weights: torch.Tensor, slices: Sequence[slice], count: int) -> torch.Tensor:
+    """Mean over gates and runs of -log (the weight a gate puts on the copies of the run each
+    row came from); weights [G, B, E K], copy e K + k, rows of run k at ``slices[k]``."""
+    mass = weights.view(weights.shape[0], weights.shape[1], -1, count).sum(2)  # [G, B, K]
+    losses = [-torch.log(mass[:, rows, k].clamp(min=1e-12)).mean() for k, rows in enumerate(slices)]
+    return torch.stack(losses).mean()
 
 
 def train_routers(

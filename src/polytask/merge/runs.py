@@ -46,9 +46,11 @@ from polytask.merge.methods import MERGERS
 from polytask.merge.routed import (
     RoutedOptions,
     check_routable,
+    gate_weights,
     route_plan,
     route_state,
     shared_levels,
+    source_loss,
     train_routers,
 )
 from polytask.merge.statistics import (
@@ -222,8 +224,8 @@ def merge(
     reading = time.perf_counter()
     split = getattr(merger.options, "split", None)
     if merger.reads and split is not None:  # the merge time is the method's, not the disk's
-        for rows in statistics.runs:
-            rows.features(split, predictor.preprocessor)
+        for run_rows in statistics.runs:
+            run_rows.features(split, predictor.preprocessor)
     if "fisher" in merger.reads:
         load_function_transforms()
     started = time.perf_counter()
@@ -293,19 +295,28 @@ def _route(
     full_states = [composition({}) | r.state for r in runs]
     state = route_state(rest, full_states, plan, levels, shapes, owners_of_gates, options.own_bias)
     model.load_state_dict(state)
-    check_entropy(statistics.runs, predictor.tasks)
+    if options.objective == "entropy":
+        check_entropy(statistics.runs, predictor.tasks)
     batches = RowBatches(statistics.runs, options, predictor.preprocessor, options.batch_size)
 
     def loss(network: torch.nn.Module) -> torch.Tensor:
         rows, slices = batches.draw()
+        if options.objective == "source":
+            assert isinstance(network, MultiTaskModel)
+            losses = [
+                source_loss(gate_weights(network, rows, number), slices, len(runs))
+                for number in levels
+            ]
+            return torch.stack(losses).sum()
         return batches.entropy(predictor.tasks, network(rows).logits, slices)
 
     history = train_routers(model, levels, loss, options.steps, options.lr)
     merger.report = {
         "levels": list(levels),
         "experts": [lv.experts.count for lv in routed.levels],
-        "entropy_first": history[0] if history else None,
-        "entropy_last": history[-1] if history else None,
+        "objective": options.objective,
+        "loss_first": history[0] if history else None,
+        "loss_last": history[-1] if history else None,
     }
     return routed, {k: v.detach() for k, v in model.state_dict().items()}
 
