@@ -103,7 +103,7 @@ def test_refusals_at_the_command_line(lineage, tmp_path):
         ),
         (
             ("merge", click, "--base", lineage["base"], "--method", "average", "-o", click),
-            "own folder",
+            "this command reads",
         ),
         (("finetune", lineage["base"], tmp_path / "missing.yaml", "-o", out), "not found"),
     ]

@@ -9,9 +9,10 @@ from safetensors.torch import load_file
 import polytask
 from polytask.artifacts import run_dir as rd
 from polytask.errors import ConfigError, PolytaskError
-from polytask.merge.finetune import RECORD, finetune
+from polytask.merge.finetune import INIT, RECORD, finetune
 from polytask.merge.layout import weights_hash
 from polytask.slim.extract import task_subnetwork
+from polytask.train.trainer import fit
 
 
 def test_a_fine_tuned_run_predicts_its_task_and_records_its_base(lineage):
@@ -27,10 +28,10 @@ def test_a_fine_tuned_run_predicts_its_task_and_records_its_base(lineage):
     assert tuned.summary()["finetune"] == record
     # it started from the base's part for its task, kept beside it; its config names it
     start, _ = task_subnetwork(base.model, [1])
-    init = load_file(str(run / "init" / rd.WEIGHTS))
+    init = load_file(str(run / INIT))
     for key, value in start.state_dict().items():
         assert torch.equal(init[key], value), key
-    assert tuned.spec.train.init == run / "init"
+    assert tuned.spec.train.init == run / INIT
     predictions = tuned.predict(lineage["frames"]["test"])
     assert "segment" in predictions.columns and "click" not in predictions.columns
 
@@ -62,6 +63,31 @@ def test_bad_specs_are_one_line_and_leave_nothing(lineage, tmp_path):
     for spec, fragment in cases:
         with pytest.raises(ConfigError, match=fragment):
             finetune(lineage["base"], spec, tmp_path / "out")
+    spec = {"tasks": ["click"], "data": data}
+    with pytest.raises(PolytaskError, match="this command reads"):
+        finetune(lineage["base"], spec, lineage["base"].parent)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
     with pytest.raises(PolytaskError, match="already exists"):
-        finetune(lineage["base"], {"tasks": ["click"], "data": data}, lineage["base"].parent)
-    assert list(tmp_path.iterdir()) == []
+        finetune(lineage["base"], spec, mine)
+    with pytest.raises(PolytaskError, match="not a folder polytask wrote"):
+        finetune(lineage["base"], spec, mine, overwrite=True)
+    assert list(tmp_path.iterdir()) == [mine]
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_a_fine_tuned_run_is_replaced_with_overwrite_and_its_config_trains_again(
+    lineage, tmp_path
+):
+    data = {"train": str(lineage["paths"]["train"])}
+    spec = {"tasks": ["spend"], "data": data, "train": {"epochs": 1}}
+    run = finetune(lineage["base"], spec, tmp_path / "spend")
+    with pytest.raises(PolytaskError, match="already exists"):
+        finetune(lineage["base"], spec, run)
+    finetune(lineage["base"], {**spec, "moves": "towers"}, run, overwrite=True)
+    assert rd.load_json(run, RECORD)["moves"] == "towers"
+    # its config starts from init.safetensors with the base's preprocessor beside it
+    again = fit(rd.load_config(run), tmp_path / "again", progress=False)
+    base = (lineage["base"] / rd.PREPROCESSOR).read_text()
+    assert (again / rd.PREPROCESSOR).read_text() == base

@@ -25,6 +25,7 @@ encoders, HoME's normalised experts, several levels, ESMM/AITM's cross-task head
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +34,6 @@ from torch import nn
 from polytask.features import Features
 from polytask.model import ModelOutput, MultiTaskModel
 from polytask.nn.encoders import TabularEncoder
-from polytask.nn.executor import LevelModule
 from polytask.nn.experts import ExpertBank
 from polytask.nn.gates import LeanMixture, softmax_last
 from polytask.nn.towers import Towers
@@ -51,6 +51,12 @@ class FoldedInput(nn.Module):
 
     Shapes: categorical [B, C], numeric [B, N] -> [B, width].
     """
+
+    table: torch.Tensor
+    offsets: torch.Tensor
+    bag_starts: torch.Tensor
+    bias: torch.Tensor | None
+    numeric_weight: torch.Tensor
 
     def __init__(self, encoder: TabularEncoder, weight: torch.Tensor, bias: torch.Tensor) -> None:
         super().__init__()
@@ -91,6 +97,9 @@ class FoldedInput(nn.Module):
 
 class EncodedInput(nn.Module):
     """``encoder(x) @ W + b`` for any other encoder (a CNN, a user's module)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
 
     def __init__(self, encoder: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> None:
         super().__init__()
@@ -147,7 +156,7 @@ class LeanModel(nn.Module):
         self.heads = heads
         self.task_names: list[str] = []
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> LeanModel:
         """Move or cast the plain tensor lists along with the registered ones."""
         super()._apply(fn, recurse)
         self.deeper = [(fn(w), fn(b)) for w, b in self.deeper]
@@ -226,8 +235,7 @@ def _mixtures(model: MultiTaskModel) -> tuple[ExpertBank, list[LeanMixture]] | N
         return None
     if len(plan.levels) != 1 or plan.levels[0].self_gates is not None:
         return None
-    level = model.arch.levels[0]
-    assert isinstance(level, LevelModule)
+    level = model.arch.level_modules[0]
     bank = level.experts
     if not isinstance(bank, ExpertBank) or plan.levels[0].experts.reads is not None:
         return None
@@ -264,8 +272,9 @@ def lean_form(model: MultiTaskModel) -> LeanModel | None:
         assert mixture.logit_weight is not None and mixture.logit_bias is not None
         weights.append(mixture.logit_weight.detach())
         biases.append(mixture.logit_bias.detach())
-        gate_columns.append(slice(width, width + len(mixture.experts)))
-        placed[mixture.gate] = gate_columns[-1]
+        logit_columns = slice(width, width + len(mixture.experts))
+        gate_columns.append(logit_columns)
+        placed[mixture.gate] = logit_columns
         width += len(mixture.experts)
     # Zero columns up to a multiple of 16: the gather-sum kernel runs its vector path then
     # (in a one-off timing on this AVX-512 machine, 96 columns ran faster than 85).
@@ -292,7 +301,9 @@ def lean_form(model: MultiTaskModel) -> LeanModel | None:
     return lean.eval()
 
 
-def _first_layer(encoder: nn.Module, weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+def _first_layer(
+    encoder: nn.Module, weight: torch.Tensor, bias: torch.Tensor
+) -> FoldedInput | EncodedInput:
     if isinstance(encoder, TabularEncoder):
         rows = encoder.embedding.weight.shape[0] if encoder.num_categorical else 0
         if rows * weight.shape[1] <= MAX_FOLDED_TABLE:

@@ -12,9 +12,11 @@ other tasks' owners care about. It trains with the ordinary trainer from the bas
 * ``towers``: only the towers move (a linear probe when towers are one layer).
 
 The run is an ordinary run directory plus ``finetune.json`` (the base's path and a content
-hash of its weights, the tasks, what moved) and ``init/`` (the weights it started from, so
-its ``config.yaml`` trains again as it is). It is built in a hidden folder beside the
-destination and renamed into place when complete.
+hash of its weights, the tasks, what moved) and ``init.safetensors`` (the weights it started
+from, beside the base's preprocessor, so its ``config.yaml`` trains again as it is). It is
+trained in a scratch folder, then written like every polytask folder
+(:class:`~polytask.artifacts.ownership.OutputFolder`: claimed before any work, built in
+``<out>.partial``, swapped into place; ``--overwrite`` replaces only a folder polytask wrote).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from polytask.artifacts import run_dir as rd
+from polytask.artifacts.ownership import OutputFolder
 from polytask.artifacts.weights import save_weights
 from polytask.config import (
     BalanceSpec,
@@ -43,7 +46,9 @@ from polytask.slim.extract import task_subnetwork
 from polytask.train.trainer import fit
 
 RECORD = "finetune.json"
-INIT = "init"
+INIT = "init.safetensors"
+# Every file a fine-tuned run may hold: a run's, its record and its starting weights.
+FILES = rd.RUN_FILES | {RECORD, INIT}
 MOVES: dict[str, list[str]] = {
     "all": [],
     "shared": ["towers.*", "heads.*"],
@@ -132,12 +137,12 @@ def finetune(
 ) -> Path:
     """Fine-tune ``base`` as ``spec`` says into the run directory ``out``; return its path."""
     ft, raw, base_dir = read_spec(spec)
-    target = Path(out).resolve()
+    target = Path(out).absolute()
     predictor = Predictor.load(base)
-    if target == predictor.run.resolve():
-        raise PolytaskError("the fine-tuned run needs its own folder (-o), not the base's")
-    if target.exists() and not overwrite:
-        raise PolytaskError(f"{target} already exists; pass --overwrite to replace it")
+    output = OutputFolder(
+        target, "finetuned_run", FILES, overwrite=overwrite, sources=[predictor.run]
+    )
+    output.claim()
     keep = resolve_tasks(ft.tasks, predictor.task_names)
     start, plan = task_subnetwork(predictor.model, keep)
     names = [name for name, _ in start.named_parameters()]
@@ -153,12 +158,14 @@ def finetune(
         "freeze": frozen,
     }
     target.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".finetune", dir=target.parent))
+    scratch = Path(
+        tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".finetune", dir=target.parent)
+    )
     try:
-        init = temp / INIT
-        init.mkdir()
-        save_weights(init / rd.WEIGHTS, start.state_dict())
-        shutil.copyfile(predictor.run / rd.PREPROCESSOR, init / rd.PREPROCESSOR)
+        init = scratch / INIT
+        save_weights(init, start.state_dict())
+        # train.init's preprocessor is the one beside its weights: the base's
+        shutil.copyfile(predictor.run / rd.PREPROCESSOR, scratch / rd.PREPROCESSOR)
         run_raw = {
             "data": raw["data"],
             "tasks": [base_raw["tasks"][t] for t in keep],
@@ -167,19 +174,26 @@ def finetune(
             "train": {**train, "init": str(init)},
         }
         run_spec = parse_spec(run_raw, base_dir)
-        built = fit(run_spec, temp / "run", progress=progress)
-        init.rename(built / INIT)
+        built = fit(run_spec, scratch / "run", progress=progress)
+        folder = output.create()
+        for file in built.iterdir():
+            if file.name in FILES:
+                file.rename(folder / file.name)
+        init.rename(folder / INIT)
         final = run_spec.model_copy(deep=True)
         final.train.init = target / INIT
-        rd.save_config(built, final)
-        rd.save_json(built, RECORD, record)
-        summary = rd.load_json(built, rd.SUMMARY)
+        rd.save_config(folder, final)
+        rd.save_json(folder, RECORD, record)
+        summary = rd.load_json(folder, rd.SUMMARY)
         summary["finetune"] = record
         summary["init"] = str(target / INIT)
-        rd.save_json(built, rd.SUMMARY, summary)
-        rd.publish(built, target)
+        rd.save_json(folder, rd.SUMMARY, summary)
+        output.publish()
+    except BaseException:
+        output.discard()
+        raise
     finally:
-        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return target
 
 

@@ -11,8 +11,10 @@
    over them (the shared encoder and experts); held by none -> the base's (the towers of
    tasks no run fine-tuned, which the merged run keeps).
 4. Write an ordinary run (the base's config and preprocessor; a routed merge saves its plan
-   as ``arch: plan``), load it back, evaluate it on the base's validation and test rows when
-   they can be read, and rename it into place. ``summary.json`` records the method, its
+   as ``arch: plan``) in ``<out>.partial`` (:class:`~polytask.artifacts.ownership.OutputFolder`,
+   claimed before any work: ``--overwrite`` replaces only a folder polytask wrote), load it
+   back, evaluate it on the base's validation and test rows when they can be read, and swap
+   it into place. ``summary.json`` records the method, its
    options, the runs, where each task came from and the time the merge took (the method
    with its statistics, after the rows it reads are in memory and torch.func is imported;
    that preparation is timed apart).
@@ -21,7 +23,6 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import yaml
 
 from polytask import __version__
 from polytask.artifacts import run_dir as rd
+from polytask.artifacts.ownership import OutputFolder
 from polytask.artifacts.weights import load_weights, save_weights
 from polytask.config import ModelSpec, RunSpec
 from polytask.data.tabular import load_splits
@@ -64,6 +66,9 @@ from polytask.merge.task_arithmetic import task_arithmetic
 from polytask.merge.vectors import layer_depths
 from polytask.model import MultiTaskModel, build_model
 from polytask.plan.schema import Plan
+
+# What a merged run holds: an ordinary run's files (no checkpoint, no epoch log).
+FILES = frozenset({rd.CONFIG, rd.PREPROCESSOR, rd.WEIGHTS, rd.SUMMARY, rd.FINAL_METRICS})
 
 
 @dataclass
@@ -192,15 +197,18 @@ def merge(
     """Merge the fine-tuned ``runs`` of ``base`` with ``method`` into the run ``out``; return
     the summary's merge record."""
     merger = MERGERS.get(method).from_options(options or {})
-    target = Path(out).resolve()
+    target = Path(out).absolute()
     if not runs:
         raise PolytaskError("name the fine-tuned runs to merge")
     predictor = Predictor.load(base)
-    sources = {predictor.run.resolve(), *(Path(r).resolve() for r in runs)}
-    if target in sources:
-        raise PolytaskError("the merged run needs its own folder (-o), not a source run's")
-    if target.exists() and not overwrite:
-        raise PolytaskError(f"{target} already exists; pass --overwrite to replace it")
+    output = OutputFolder(
+        target,
+        "merged_run",
+        FILES,
+        overwrite=overwrite,
+        sources=[predictor.run, *(Path(r) for r in runs)],
+    )
+    output.claim()
     named = [Path(r).resolve() for r in runs]
     twice = sorted({str(path) for path in named if named.count(path) > 1})
     if twice:
@@ -253,7 +261,7 @@ def merge(
         "reading_seconds": started - reading,
         "report": merger.report,
     }
-    _write(predictor, plan, state, record, target, evaluate_splits)
+    _write(predictor, plan, state, record, output, evaluate_splits)
     return record
 
 
@@ -353,18 +361,17 @@ def _write(
     plan: Plan | None,
     state: StateDict,
     record: dict[str, Any],
-    target: Path,
+    output: OutputFolder,
     evaluate_splits: bool,
 ) -> None:
-    """Build the merged run beside ``target``, load it back, evaluate it, rename it."""
+    """Build the merged run in ``output``'s ``.partial`` folder, load it back, evaluate it,
+    swap it into place."""
     spec = predictor.spec if plan is None else _plan_spec(predictor.spec, plan)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".merge", dir=target.parent))
+    folder = output.create()
     try:
-        temp.chmod(0o755)
-        rd.save_config(temp, spec)
-        shutil.copyfile(predictor.run / rd.PREPROCESSOR, temp / rd.PREPROCESSOR)
-        save_weights(temp / rd.WEIGHTS, state)
+        rd.save_config(folder, spec)
+        shutil.copyfile(predictor.run / rd.PREPROCESSOR, folder / rd.PREPROCESSOR)
+        save_weights(folder / rd.WEIGHTS, state)
         summary: dict[str, Any] = {
             "polytask_version": __version__,
             "arch": spec.model.arch,
@@ -373,17 +380,17 @@ def _write(
             "parameters": sum(v.numel() for v in state.values() if v.is_floating_point()),
             "merge": record,
         }
-        rd.save_json(temp, rd.SUMMARY, summary)
-        merged = Predictor.load(temp)
+        rd.save_json(folder, rd.SUMMARY, summary)
+        merged = Predictor.load(folder)
         metrics, scores, notes = _evaluate(merged) if evaluate_splits else ({}, {}, [])
         summary["score"] = scores
         if notes:
             summary["notes"] = notes
-        rd.save_json(temp, rd.FINAL_METRICS, metrics)
-        rd.save_json(temp, rd.SUMMARY, summary)
-        rd.publish(temp, target)
+        rd.save_json(folder, rd.FINAL_METRICS, metrics)
+        rd.save_json(folder, rd.SUMMARY, summary)
+        output.publish()
     except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
+        output.discard()
         raise
 
 
