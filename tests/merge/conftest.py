@@ -11,7 +11,7 @@ import pytest
 from polytask.config import load_spec
 from polytask.merge.finetune import finetune
 from polytask.train.trainer import fit
-from tests.conftest import base_spec, make_table
+from tests.conftest import base_spec, write_splits
 
 TASKS = ["click", "segment", "spend"]
 
@@ -21,15 +21,7 @@ def lineage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """An MMoE base on three tasks (binary, multiclass, regression), trained briefly, and
     ``tune(task, moves)`` -> a run fine-tuned on that task (cached)."""
     folder = tmp_path_factory.mktemp("merge_runs")
-    frames = {
-        "train": make_table(n=320, seed=1),
-        "valid": make_table(n=120, seed=2),
-        "test": make_table(n=120, seed=3),
-    }
-    paths = {}
-    for name, frame in frames.items():
-        paths[name] = folder / f"{name}.csv"
-        frame.to_csv(paths[name], index=False)
+    frames, paths = write_splits(folder, train_rows=320)
     spec = base_spec(
         paths["train"],
         data={"valid": str(paths["valid"]), "test": str(paths["test"])},

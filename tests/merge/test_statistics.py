@@ -15,7 +15,7 @@ from polytask.merge.statistics import (
     check_entropy,
     prediction_entropy,
 )
-from polytask.model import build_model
+from polytask.model import model_for
 from tests.conftest import base_spec, make_table
 
 
@@ -32,13 +32,7 @@ def setup(
     spec = load_spec(raw)
     preprocessor = Preprocessor.fit(frame, spec.data, spec.tasks)
     task_list = preprocessor.build_tasks(spec.tasks)
-    model = build_model(
-        spec.model,
-        preprocessor.cardinalities,
-        preprocessor.numeric_width,
-        [t.out_dim for t in task_list],
-        [t.name for t in task_list],
-    ).eval()
+    model = model_for(spec.model, preprocessor, task_list).eval()
     features = preprocessor.transform(frame)
     state = model.state_dict()
     keys = [k for k, v in state.items() if v.is_floating_point()]

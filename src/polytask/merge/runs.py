@@ -64,7 +64,7 @@ from polytask.merge.statistics import (
 )
 from polytask.merge.task_arithmetic import task_arithmetic
 from polytask.merge.vectors import layer_depths
-from polytask.model import MultiTaskModel, build_model
+from polytask.model import MultiTaskModel, model_for
 from polytask.plan.schema import Plan
 
 # What a merged run holds: an ordinary run's files (no checkpoint, no epoch log).
@@ -346,14 +346,7 @@ def _plan_spec(spec: RunSpec, plan: Plan) -> RunSpec:
 
 def _plan_model(predictor: Predictor, plan: Plan) -> MultiTaskModel:
     spec = _plan_spec(predictor.spec, plan)
-    tasks = predictor.tasks
-    return build_model(
-        spec.model,
-        predictor.preprocessor.cardinalities,
-        predictor.preprocessor.numeric_width,
-        [task.out_dim for task in tasks],
-        [task.name for task in tasks],
-    )
+    return model_for(spec.model, predictor.preprocessor, predictor.tasks)
 
 
 def _write(
