@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info
+from _machine import machine_info, shared_datasets
 
 import polytask
 from polytask.artifacts import run_dir as rd
@@ -39,10 +39,7 @@ from polytask.merge.runs import merge
 from polytask.train.trainer import fit
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = next(
-    (p / "shared" / "datasets" for p in ROOT.parents if (p / "shared" / "datasets").is_dir()),
-    ROOT.parent / "shared" / "datasets",
-)
+SHARED = shared_datasets(ROOT)
 RESULTS = ROOT / "docs" / "results" / "merge_census.json"
 TASKS = ["income", "never_married", "college"]
 BUDGET = {"base_epochs": 2, "finetune_epochs": 3, "batch_size": 1024, "lr": 0.002, "threads": 1}

@@ -33,10 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info
+from _machine import machine_info, shared_datasets
 
 import polytask
 from polytask.artifacts import run_dir as rd
@@ -55,15 +55,11 @@ from polytask.config import load_spec
 from polytask.data.datasets.multimnist import _find, read_idx
 from polytask.data.preprocess import Preprocessor
 from polytask.merge.runs import merge
-from polytask.model import build_model
+from polytask.model import model_for
 from polytask.train.trainer import fit
 
 ROOT = Path(__file__).resolve().parents[1]
-# ../shared/datasets from the main checkout; a worktree sits one level deeper
-SHARED = next(
-    (p / "shared" / "datasets" for p in ROOT.parents if (p / "shared" / "datasets").is_dir()),
-    ROOT.parent / "shared" / "datasets",
-)
+SHARED = shared_datasets(ROOT)
 RESULTS = ROOT / "docs" / "results" / "merge_images.json"
 SOURCES = {"mnist": "mnist", "fashion": "fashion_mnist"}
 TRANSFORMS = ("plain", "rot90", "inverted", "patches")
@@ -350,13 +346,7 @@ def make_base(work: Path, paths: dict[str, Any], pretrained: Path) -> Path:
     table = pd.read_parquet(paths["joint_train"])
     preprocessor = Preprocessor.fit(table, spec.data, spec.tasks)
     tasks = preprocessor.build_tasks(spec.tasks)
-    model = build_model(
-        spec.model,
-        preprocessor.cardinalities,
-        preprocessor.numeric_width,
-        [t.out_dim for t in tasks],
-        [t.name for t in tasks],
-    )
+    model = model_for(spec.model, preprocessor, tasks)
     state = model.state_dict()
     pre = polytask.load(pretrained).model.state_dict()
     for key, value in pre.items():
@@ -420,6 +410,32 @@ def accuracies(run: Path) -> dict[str, float]:
 
 def summarise(per_task: dict[str, float]) -> dict[str, Any]:
     return {"per_task": per_task, "average": float(np.mean([per_task[t] for t in TASKS]))}
+
+
+@dataclass
+class ImageTasks:
+    """The eight-task image benchmark's shared pieces (see :func:`prepare`)."""
+
+    pretrained: Path  # run: the CNN and the bottom pretrained on 20-way MNIST + Fashion-MNIST
+    base: Path  # run: that network frozen, with one fitted linear head per task
+    tables: dict[str, dict[str, str]]  # task -> split -> parquet (p0 ... p783, y_<task>)
+    joint: dict[str, str]  # split -> parquet of every task's rows (other tasks' labels empty)
+    tasks: list[str]
+    model: dict[str, Any]  # the model section of the base's run spec
+
+
+def prepare(work: Path) -> ImageTasks:
+    """The backbone and the eight tasks, built under ``work`` on first use and reused after:
+    the tasks' tables from ``../shared/datasets`` (module docstring: how each is made), the
+    pretrained network, and the base (the pretrained network with eight linear heads), a
+    run that ``polytask finetune`` (or any method that starts from a trained backbone) takes.
+    Other benchmarks import it: ``sys.path`` holding ``benchmarks/``, ``from merge_images
+    import prepare``."""
+    paths = build_tables(work)
+    pretrained = pretrain(work, paths)
+    base = make_base(work, paths, pretrained)
+    joint = {split: paths[f"joint_{split}"] for split in ("train", "valid", "test")}
+    return ImageTasks(pretrained, base, paths["tasks"], joint, list(TASKS), MODEL)
 
 
 # ---------------------------------------------------------------------- FusionBench
@@ -502,8 +518,64 @@ def run_fusionbench(python: Path, job: Path, out: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- main
 def save(results: dict[str, Any]) -> None:
+    results["summary"] = summary(results)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def spread(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation over seeds, in percent, of each task's accuracy and of
+    their average."""
+    keys = [*TASKS, "average"]
+    table = np.array([[r["per_task"][t] for t in TASKS] + [r["average"]] for r in records])
+    return {
+        "seeds": len(records),
+        "mean": dict(zip(keys, (100 * table.mean(0)).tolist(), strict=True)),
+        "std": dict(zip(keys, (100 * table.std(0)).tolist(), strict=True)),
+    }
+
+
+def summary(results: dict[str, Any]) -> dict[str, Any]:
+    """What docs/benchmarks.md quotes, per configuration: every row's accuracy over the seeds
+    (:func:`spread`), FusionBench's beside polytask's, and the median merge time of each."""
+    out: dict[str, Any] = {"pretrained": spread([results["pretrained"]])}
+    for name, block in results.get("configs", {}).items():
+        seeds = [s for s in block.get("seeds", {}).values() if "joint" in s]
+        rows: dict[str, Any] = {
+            "individual fine-tuned": {"polytask": spread([s["individual"] for s in seeds])},
+            "joint multi-task": {"polytask": spread([s["joint"] for s in seeds])},
+        }
+        for label in results["methods"]:
+            ours = [s["polytask"][label] for s in seeds if label in s.get("polytask", {})]
+            theirs = [
+                s["fusionbench"]["methods"][label]
+                for s in seeds
+                if "average" in s.get("fusionbench", {}).get("methods", {}).get(label, {})
+            ]
+            row: dict[str, Any] = {}
+            for side, records in (("polytask", ours), ("fusionbench", theirs)):
+                if records:
+                    row[side] = spread(records)
+                    row[side]["median_seconds"] = float(np.median([r["seconds"] for r in records]))
+            failed = {
+                s["fusionbench"]["methods"][label]["error"]
+                for s in seeds
+                if "error" in s.get("fusionbench", {}).get("methods", {}).get(label, {})
+            }
+            if failed:
+                row["fusionbench_errors"] = sorted(failed)
+            rows[label] = row
+        differences = [
+            record["max_abs_difference_to_polytask"]
+            for s in seeds
+            for record in s.get("fusionbench", {}).get("methods", {}).values()
+            if record.get("max_abs_difference_to_polytask") is not None
+        ]
+        out[name] = {
+            "rows": rows,
+            "max_abs_weight_difference": max(differences) if differences else None,
+        }
+    return out
 
 
 def run_seed(
@@ -528,7 +600,6 @@ def run_seed(
         if args.only is not None and label not in args.only:
             continue
         out = work / f"seed{seed}" / "merged" / f"{number:02d}-{method}"
-        shutil.rmtree(out, ignore_errors=True)
         if method in SEEDED:
             options = {**options, "seed": seed}
         record = merge(list(runs.values()), base, method, options, out, overwrite=True)
@@ -580,13 +651,11 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     paths = build_tables(args.work)
-    pretrained = pretrain(args.work, paths)
-    base = make_base(args.work, paths, pretrained)
+    base = prepare(args.work).base
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     results.update(
         {
-            "command": "nice -n 10 python benchmarks/merge_images.py --seeds "
-            + " ".join(map(str, args.seeds)),
+            "command": "nice -n 10 python benchmarks/merge_images.py " + " ".join(sys.argv[1:]),
             "machine": machine_info("fusion-bench"),
             "budget": BUDGET,
             "model": MODEL,

@@ -9,9 +9,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from merge_census import summary as census_summary
-
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
 SHORT = {
     "mnist_plain": "M",
@@ -25,43 +22,25 @@ SHORT = {
 }
 
 
-def spread(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    if not values:
+def cell(stats: dict[str, Any] | None, key: str) -> str:
+    """Mean ± standard deviation over seeds (percent), as stored in the summary."""
+    if not stats:
         return "-"
-    mean, std = float(np.mean(values)) * scale, float(np.std(values)) * scale
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
+    mean, std = stats["mean"][key], stats["std"][key]
+    return f"{mean:.1f} ± {std:.1f}" if stats["seeds"] > 1 else f"{mean:.1f}"
 
 
-def seconds(values: list[float]) -> str:
-    if not values:
+def seconds(value: float | None) -> str:
+    if value is None:
         return "-"
-    value = float(np.median(values))
     return f"{value:.3f}" if value < 1 else f"{value:.1f}"
 
 
-def row(
-    tasks: list[str],
-    label: str,
-    per_seed: list[dict[str, Any]],
-    theirs: list[dict[str, Any]],
-    ours_s: list[float],
-    theirs_s: list[float],
-) -> str:
-    """One table row: per-task and average accuracy over seeds, FusionBench's, the times."""
-    cells = [label]
-    for task in tasks:
-        cells.append(spread([r["per_task"][task] for r in per_seed]))
-    cells.append(spread([r["average"] for r in per_seed]))
-    cells.append(spread([r["average"] for r in theirs]) if theirs else "-")
-    cells += [seconds(ours_s), seconds(theirs_s)]
-    return "| " + " | ".join(cells) + " |"
-
-
 def images(results: dict[str, Any]) -> str:
-    tasks = results["tasks"]
+    """One table per configuration from the ``summary`` merge_images.py writes."""
+    tasks, summary = results["tasks"], results["summary"]
     lines = []
     for name, block in results["configs"].items():
-        seeds = list(block["seeds"].values())
         head = [
             "method",
             *[SHORT[t] for t in tasks],
@@ -76,40 +55,32 @@ def images(results: dict[str, Any]) -> str:
             "| " + " | ".join(head) + " |",
             "|" + "---|" * len(head),
         ]
-
-        lines.append(row(tasks, "pretrained (linear heads)", [results["pretrained"]], [], [], []))
-        lines.append(
-            row(tasks, "individual fine-tuned", [s["individual"] for s in seeds], [], [], [])
-        )
-        lines.append(row(tasks, "joint multi-task", [s["joint"] for s in seeds], [], [], []))
-        for label in results["methods"]:
-            ours = [s["polytask"][label] for s in seeds if label in s.get("polytask", {})]
-            theirs = [
-                s["fusionbench"]["methods"][label]
-                for s in seeds
-                if label in s.get("fusionbench", {}).get("methods", {})
-                and "average" in s["fusionbench"]["methods"][label]
-            ]
-            ours_s, theirs_s = [r["seconds"] for r in ours], [r["seconds"] for r in theirs]
-            lines.append(row(tasks, label, ours, theirs, ours_s, theirs_s))
-        failures = {
-            label: record["error"]
-            for s in seeds
-            for label, record in s.get("fusionbench", {}).get("methods", {}).items()
-            if "error" in record
-        }
-        for label, error in failures.items():
-            lines.append(f"\nFusionBench, {label}: failed with `{error}`")
-        diffs = [
-            record.get("max_abs_difference_to_polytask")
-            for s in seeds
-            for record in s.get("fusionbench", {}).get("methods", {}).values()
-            if record.get("max_abs_difference_to_polytask") is not None
-        ]
-        if diffs:
+        rows = {"pretrained (linear heads)": {"polytask": summary["pretrained"]}}
+        rows.update(summary[name]["rows"])
+        errors = {}
+        for label, row in rows.items():
+            ours, theirs = row.get("polytask"), row.get("fusionbench")
+            cells = [label, *[cell(ours, t) for t in tasks], cell(ours, "average")]
+            cells.append(
+                cell(theirs, "average")
+                if theirs
+                else "failed"
+                if row.get("fusionbench_errors")
+                else "-"
+            )
+            cells.append(seconds(ours.get("median_seconds")) if ours else "-")
+            cells.append(seconds(theirs.get("median_seconds")) if theirs else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+            if row.get("fusionbench_errors"):
+                errors[label] = row["fusionbench_errors"]
+        lines += ["", "Source: docs/results/merge_images.json", ""]
+        for label, messages in errors.items():
+            lines.append(f"FusionBench, {label}: failed with `{'; '.join(messages)}`.")
+        difference = summary[name]["max_abs_weight_difference"]
+        if difference is not None:
             lines.append(
-                f"\nLargest weight difference between the two libraries' merges where both "
-                f"wrote weights: {max(diffs):.2e}"
+                "Largest weight difference between the two libraries' merges where both wrote "
+                f"weights: {difference:.1e} (docs/results/merge_images.json)."
             )
         lines.append("")
     return "\n".join(lines)
@@ -117,7 +88,7 @@ def images(results: dict[str, Any]) -> str:
 
 def census(results: dict[str, Any]) -> str:
     tasks = ["income", "never_married", "college"]
-    summary = results.get("summary") or census_summary(results)
+    summary = results["summary"]  # written by merge_census.py
     head = ["model", *tasks, "mean", "merge s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = results["base"]
@@ -126,13 +97,14 @@ def census(results: dict[str, Any]) -> str:
         + str(results["budget"]["base_epochs"])
         + " epochs) | "
         + " | ".join(f"{base[t]:.4f}" for t in tasks)
-        + f" | {np.mean([base[t] for t in tasks]):.4f} | - |"
+        + " | - | - |"
     )
     for label, entry in summary.items():
         cells = [label] + [f"{entry['mean'][t]:.4f} ± {entry['std'][t]:.4f}" for t in tasks]
         cells.append(f"{entry['mean']['average']:.4f}")
-        cells.append(seconds([entry["seconds"]]) if "seconds" in entry else "-")
+        cells.append(seconds(entry.get("seconds")))
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Source: docs/results/merge_census.json"]
     return "\n".join(lines)
 
 
