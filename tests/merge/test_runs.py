@@ -66,6 +66,17 @@ def test_one_run_with_task_arithmetic_at_one_is_that_run(lineage, tmp_path):
     )
 
 
+def test_polytask_merge_is_the_api_function_beside_its_subpackage(lineage, tmp_path):
+    """``import polytask.merge.runs`` binds the subpackage to the name; ``polytask.merge``
+    stays the function, as ``polytask.train`` does."""
+    import polytask.merge.runs
+
+    click = lineage["tune"]("click")
+    merged = polytask.merge([click], lineage["base"], "average", tmp_path / "api")
+    assert merged.summary()["merge"]["method"] == "average"
+    assert merged.task_names == polytask.load(lineage["base"]).task_names
+
+
 @pytest.mark.parametrize(
     "method",
     ["average", "ties", "tsv_m", "lines", "pcb", "breadcrumbs", "dare_ties", "regmean", "fisher"],
