@@ -48,6 +48,7 @@ def images(results: dict[str, Any]) -> str:
             "avg FusionBench",
             "merge s polytask",
             "merge s FusionBench",
+            "max abs weight difference",
         ]
         lines += [
             f"### {name}: {block['about']}",
@@ -70,18 +71,16 @@ def images(results: dict[str, Any]) -> str:
             )
             cells.append(seconds(ours.get("median_seconds")) if ours else "-")
             cells.append(seconds(theirs.get("median_seconds")) if theirs else "-")
+            difference = row.get("max_abs_weight_difference")
+            cells.append(
+                "-" if difference is None else "0" if difference == 0 else f"{difference:.1e}"
+            )
             lines.append("| " + " | ".join(cells) + " |")
             if row.get("fusionbench_errors"):
                 errors[label] = row["fusionbench_errors"]
         lines += ["", "Source: docs/results/merge_images.json", ""]
         for label, messages in errors.items():
             lines.append(f"FusionBench, {label}: failed with `{'; '.join(messages)}`.")
-        difference = summary[name]["max_abs_weight_difference"]
-        if difference is not None:
-            lines.append(
-                "Largest weight difference between the two libraries' merges where both wrote "
-                f"weights: {difference:.1e} (docs/results/merge_images.json)."
-            )
         lines.append("")
     return "\n".join(lines)
 
