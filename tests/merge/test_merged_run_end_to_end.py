@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -58,23 +57,14 @@ def test_slimming_one_task_at_threshold_zero_is_exact(merged, rows, tmp_path):
     pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=0, atol=1e-6)
 
 
-def test_the_onnx_export_computes_the_merged_model(merged, rows, tmp_path):
+def test_the_onnx_export_computes_the_merged_model(merged, tmp_path):
     pytest.importorskip("onnx")
-    runtime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxruntime")
+    from tests.slim.test_export import assert_parity
+
     interface = export_onnx(merged, tmp_path / "merged.onnx")
     assert interface["verified"] is True
-    loaded = polytask.load(merged)
-    features = loaded.preprocessor.transform(rows)
-    session = runtime.InferenceSession(
-        str(tmp_path / "merged.onnx"), providers=["CPUExecutionProvider"]
-    )
-    feed = {"categorical": features.categorical.numpy(), "numeric": features.numeric.numpy()}
-    outputs = dict(zip(loaded.task_names, session.run(loaded.task_names, feed), strict=True))
-    predictions = loaded.predict(rows)
-    np.testing.assert_allclose(outputs["click"], predictions["click"], rtol=0, atol=1e-5)
-    np.testing.assert_allclose(outputs["spend"], predictions["spend"], rtol=1e-5, atol=1e-4)
-    classes = [c for c in predictions.columns if c.startswith("segment_p_")]
-    np.testing.assert_allclose(outputs["segment"], predictions[classes], rtol=0, atol=1e-5)
+    assert_parity(merged, tmp_path / "merged.onnx")
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
