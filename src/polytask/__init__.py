@@ -51,26 +51,26 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def _api_function(name: str) -> property:
+    """A module attribute that is always ``polytask.api.<name>``; assigning to it (as the
+    import of a subpackage of the same name does) changes nothing."""
+
+    def get(self: types.ModuleType) -> Any:
+        return getattr(importlib.import_module("polytask.api"), name)
+
+    def ignore(self: types.ModuleType, value: Any) -> None:
+        del value
+
+    return property(get, ignore)
+
+
 class _Polytask(types.ModuleType):
     """``polytask.train`` and ``polytask.merge`` are the functions, although subpackages have
     the same names: importing ``polytask.train.<module>`` makes Python bind the subpackage to
     the attribute, which these properties ignore (the subpackages stay reachable by import)."""
 
-    @property
-    def train(self) -> Any:
-        return importlib.import_module("polytask.api").train
-
-    @train.setter
-    def train(self, value: Any) -> None:
-        del value
-
-    @property
-    def merge(self) -> Any:
-        return importlib.import_module("polytask.api").merge
-
-    @merge.setter
-    def merge(self, value: Any) -> None:
-        del value
+    train = _api_function("train")
+    merge = _api_function("merge")
 
 
 sys.modules[__name__].__class__ = _Polytask
