@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-merge fusionbench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +32,20 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput_archs.py
 	$(BIN)/python benchmarks/balance_speed.py
 
+# FusionBench 0.2.33 (merging) in a venv of its own with the same CPU torch (see
+# ../shared/design/peers.md): benchmarks/merge_images.py calls it as a subprocess.
+FUSIONBENCH := .venv-fusionbench
+$(FUSIONBENCH)/.installed:
+	$(PYTHON) -m venv $(FUSIONBENCH)
+	$(FUSIONBENCH)/bin/pip install --quiet --upgrade pip
+	$(FUSIONBENCH)/bin/pip install --quiet $(TORCH) fusion-bench==0.2.33 safetensors
+	touch $@
+
+fusionbench: $(FUSIONBENCH)/.installed
+
+bench-merge: $(STAMP) $(FUSIONBENCH)/.installed
+	nice -n 10 $(BIN)/python benchmarks/merge_images.py --seeds 0 1 2
+	nice -n 10 $(BIN)/python benchmarks/merge_census.py --seeds 0 1 2
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(FUSIONBENCH) runs

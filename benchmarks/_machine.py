@@ -1,5 +1,6 @@
 """What every benchmark prints about the machine it ran on, so that figures can be compared
-only where the hardware and the software stack are the same."""
+only where the hardware and the software stack are the same; and where the machine keeps the
+shared datasets."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+
+def shared_datasets(root: Path) -> Path:
+    """``shared/datasets`` beside the checkout ``root`` (the main checkout) or above it (a
+    worktree sits deeper); the first place looked when neither exists."""
+    for folder in root.parents:
+        if (folder / "shared" / "datasets").is_dir():
+            return folder / "shared" / "datasets"
+    return root.parent / "shared" / "datasets"
 
 
 def cpu_model() -> str:

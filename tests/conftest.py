@@ -132,6 +132,23 @@ def write_yaml(path: Path, spec: dict[str, Any]) -> Path:
     return path
 
 
+def write_splits(
+    folder: Path, train_rows: int
+) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
+    """Train, valid and test tables (seeds 1, 2, 3; 120 valid and test rows) written as CSV
+    files in ``folder``: the frames and their paths, by split."""
+    frames = {
+        "train": make_table(n=train_rows, seed=1),
+        "valid": make_table(n=120, seed=2),
+        "test": make_table(n=120, seed=3),
+    }
+    paths = {}
+    for name, frame in frames.items():
+        paths[name] = folder / f"{name}.csv"
+        frame.to_csv(paths[name], index=False)
+    return frames, paths
+
+
 @pytest.fixture
 def table() -> pd.DataFrame:
     return make_table()
@@ -156,15 +173,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from polytask.train.trainer import fit
 
     folder = tmp_path_factory.mktemp("trained")
-    frames = {
-        "train": make_table(n=300, seed=1),
-        "valid": make_table(n=120, seed=2),
-        "test": make_table(n=120, seed=3),
-    }
-    paths = {}
-    for name, frame in frames.items():
-        paths[name] = folder / f"{name}.csv"
-        frame.to_csv(paths[name], index=False)
+    frames, paths = write_splits(folder, train_rows=300)
     spec = base_spec(
         paths["train"],
         data={"valid": str(paths["valid"]), "test": str(paths["test"])},

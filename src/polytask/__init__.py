@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 if TYPE_CHECKING:
-    from polytask.api import load, train
+    from polytask.api import finetune, load, merge, train
     from polytask.config import RunSpec, load_spec
     from polytask.errors import ConfigError, DataError, PolytaskError
 
 _HOMES = {
+    "finetune": "polytask.api",
     "load": "polytask.api",
     "RunSpec": "polytask.config",
     "load_spec": "polytask.config",
@@ -33,8 +34,10 @@ __all__ = [
     "PolytaskError",
     "RunSpec",
     "__version__",
+    "finetune",
     "load",
     "load_spec",
+    "merge",
     "train",
 ]
 
@@ -48,18 +51,26 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-class _Polytask(types.ModuleType):
-    """``polytask.train`` is the function, although a subpackage has the same name: importing
-    ``polytask.train.<module>`` makes Python bind the subpackage to the attribute, which this
-    property ignores (the subpackage stays reachable by import, as before)."""
+def _api_function(name: str) -> property:
+    """A module attribute that is always ``polytask.api.<name>``; assigning to it (as the
+    import of a subpackage of the same name does) changes nothing."""
 
-    @property
-    def train(self) -> Any:
-        return importlib.import_module("polytask.api").train
+    def get(self: types.ModuleType) -> Any:
+        return getattr(importlib.import_module("polytask.api"), name)
 
-    @train.setter
-    def train(self, value: Any) -> None:
+    def ignore(self: types.ModuleType, value: Any) -> None:
         del value
+
+    return property(get, ignore)
+
+
+class _Polytask(types.ModuleType):
+    """``polytask.train`` and ``polytask.merge`` are the functions, although subpackages have
+    the same names: importing ``polytask.train.<module>`` makes Python bind the subpackage to
+    the attribute, which these properties ignore (the subpackages stay reachable by import)."""
+
+    train = _api_function("train")
+    merge = _api_function("merge")
 
 
 sys.modules[__name__].__class__ = _Polytask

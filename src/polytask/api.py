@@ -61,3 +61,36 @@ def load(
     ``encoder_factory`` needs the same factory), or a group study's folder (``polytask
     group``) as one model."""
     return Predictor.load(run_dir, encoder_factory=encoder_factory)
+
+
+def finetune(
+    base: str | Path,
+    spec: str | Path | dict[str, Any],
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Predictor:
+    """Fine-tune the run ``base`` on the tasks ``spec`` (a YAML path or dict: tasks, data,
+    moves, train) names, from the base's weights and preprocessor; return the loaded run."""
+    from polytask.merge.finetune import finetune as finetune_run
+
+    return Predictor.load(finetune_run(base, spec, out, overwrite=overwrite, progress=progress))
+
+
+def merge(
+    runs: list[str | Path],
+    base: str | Path,
+    method: str,
+    out: str | Path,
+    *,
+    options: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Predictor:
+    """Merge runs fine-tuned from ``base`` (``polytask.finetune``) with ``method`` and its
+    ``options`` into one run at ``out``; return the loaded run (``summary()["merge"]`` says
+    what was merged and how long it took)."""
+    from polytask.merge.runs import merge as merge_runs
+
+    merge_runs(runs, base, method, options, out, overwrite=overwrite)
+    return Predictor.load(out)

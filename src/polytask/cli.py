@@ -396,29 +396,32 @@ def _default_text(field: Any) -> str:
     return repr(field.get_default(call_default_factory=True))
 
 
+def options_table(title: str, kind: str, entries: list[tuple[str, str, Any]]) -> Any:
+    """A table of named methods, what each is, and its options' defaults and meanings."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column(kind)
+    table.add_column("what it is")
+    table.add_column("options (default): meaning")
+    for name, summary, options_model in entries:
+        options = [
+            f"{key} ({_default_text(field)}): {field.description or ''}".rstrip(": ")
+            for key, field in options_model.model_fields.items()
+        ]
+        table.add_row(name, summary, "\n".join(options) or "-")
+    return table
+
+
 @app.command()
 @user_errors
 def archs() -> None:
     """List the sharing architectures and the options each takes in model.options."""
-    from rich.table import Table
-
     from polytask.arch import ARCHS
 
-    table = Table(title="architectures (model.arch) and their model.options")
-    table.add_column("arch")
-    table.add_column("what it is")
-    table.add_column("options (default): meaning")
-    for name in ARCHS.names():
-        cls = ARCHS.get(name)
-        if not cls.listed:  # internal: what slimming saves
-            continue
-        summary = cls.summary()
-        options = [
-            f"{key} ({_default_text(field)}): {field.description or ''}".rstrip(": ")
-            for key, field in cls.Options.model_fields.items()
-        ]
-        table.add_row(name, summary, "\n".join(options) or "-")
-    out.print(table)
+    listed = [ARCHS.get(name) for name in ARCHS.names()]
+    entries = [(c.registry_name, c.summary(), c.Options) for c in listed if c.listed]
+    out.print(options_table("architectures (model.arch) and their model.options", "arch", entries))
 
 
 @app.command()
@@ -681,6 +684,22 @@ def matrix_table(title: str, names: list[str], matrix: list[list[float | None]])
 
 @app.command()
 @user_errors
+def finetune(
+    base: Annotated[Path, typer.Argument(help="The finished run to start from.")],
+    spec: Annotated[Path, typer.Argument(help="YAML: tasks, data, moves, train.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar or tables.")] = False,
+) -> None:
+    """Fine-tune a run on some of its tasks, from its weights and preprocessor."""
+    from polytask.merge.finetune import describe, finetune, read_record
+
+    run = finetune(base, spec, out_dir, overwrite=overwrite, progress=not quiet)
+    out.print(describe(read_record(run)), highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
 def relations(
     run: Annotated[Path, typer.Argument(help="A run that recorded relations, or a group study.")],
     groups: Annotated[
@@ -839,6 +858,60 @@ def transfer(
         f"{cost['seconds_total']:.0f} s in all; map saved to {folder}",
         highlight=False,
     )
+
+
+@app.command()
+@user_errors
+def merge(
+    runs: Annotated[list[Path], typer.Argument(help="Runs made by `polytask finetune`.")],
+    base: Annotated[Path, typer.Option(help="The run they were fine-tuned from.")],
+    method: Annotated[str, typer.Option(help="Merging method (`polytask merge-methods`).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
+    option: Annotated[
+        list[str] | None, typer.Option(help="A method option as key=value; repeat for more.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+) -> None:
+    """Merge fine-tuned runs of one base into one run that predicts every task."""
+    from polytask.merge.runs import merge as merge_runs
+    from polytask.merge.runs import parse_options
+    from polytask.train.progress import metrics_table
+
+    record = merge_runs(
+        runs, base, method, parse_options(option or []), out_dir, overwrite=overwrite
+    )
+    if as_json:
+        out.print_json(json.dumps(record, default=str))
+        return
+    from polytask.artifacts import run_dir as rd
+
+    metrics = rd.load_json(out_dir, rd.FINAL_METRICS)
+    split = "test" if "test" in metrics else "valid" if "valid" in metrics else None
+    if split is not None:
+        out.print(metrics_table(f"{split} metrics of the merged run", metrics[split]))
+    origins = ", ".join(
+        f"{task} <- {Path(source).name}" for task, source in record["tasks_from"].items()
+    )
+    out.print(
+        f"{method}: merged {record['merged_tensors']} tensors in {record['seconds']:.2f} s; "
+        f"{origins}; saved to {out_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("merge-methods")
+@user_errors
+def merge_methods() -> None:
+    """List the merging methods and the options each takes (--option key=value)."""
+    from polytask.merge.methods import MERGERS
+
+    entries = [
+        (name, MERGERS.get(name).summary(), MERGERS.get(name).Options) for name in MERGERS.names()
+    ]
+    title = "merging methods (--method) and their options (--option key=value)"
+    out.print(options_table(title, "method", entries))
 
 
 @app.command("sweep")

@@ -444,7 +444,7 @@ class TrainSpec(_Section):
     init: Path | None = Field(
         None,
         description="start from these weights: a finished run (same model) or a .safetensors "
-        "file of this model's state",
+        "file of this model's state (with the preprocessor.json beside it, when there is one)",
     )
     freeze: list[str] = Field(
         default_factory=list,
@@ -654,13 +654,14 @@ def load_spec(source: str | Path | dict[str, Any] | RunSpec) -> RunSpec:
     if isinstance(source, dict):
         return parse_spec(source)
     path = Path(source)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     return parse_spec(read_yaml(path, "config"), base_dir=path.parent.resolve())
 
 
 def read_yaml(path: Path, what: str) -> Any:
-    """A YAML file's content, or one line naming the file (and the line) that is not YAML."""
+    """A YAML file's content; a missing file, text that is not UTF-8 or invalid YAML is one
+    line naming the file (and the line)."""
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found: {path}")
     try:
         return yaml.safe_load(path.read_text())
     except UnicodeDecodeError:

@@ -8,8 +8,9 @@ model deep-copies, pickles and runs in several threads without care.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -24,6 +25,10 @@ from polytask.nn.executor import PlanNetwork
 from polytask.nn.heads import ChainHead, TransferHead
 from polytask.nn.towers import Towers
 from polytask.plan.schema import Plan
+
+if TYPE_CHECKING:
+    from polytask.data.preprocess import Preprocessor
+    from polytask.tasks import Task
 
 
 @dataclass
@@ -153,6 +158,24 @@ def build_model(
         out_dims,
         task_names,
         encoder_factory or encoder_from_spec(spec, cardinalities, numeric_width),
+    )
+
+
+def model_for(
+    spec: ModelSpec,
+    preprocessor: Preprocessor,
+    tasks: Sequence[Task],
+    encoder_factory: Callable[[], nn.Module] | None = None,
+) -> MultiTaskModel:
+    """:func:`build_model` for a fitted preprocessor's inputs and its built tasks: what a
+    run's model is, whether trained, loaded or merged."""
+    return build_model(
+        spec,
+        preprocessor.cardinalities,
+        preprocessor.numeric_width,
+        [task.out_dim for task in tasks],
+        [task.name for task in tasks],
+        encoder_factory=encoder_factory,
     )
 
 

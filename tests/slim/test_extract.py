@@ -22,7 +22,7 @@ from polytask.inference.predict import predict_logits
 from polytask.inference.subset import without_unused_experts
 from polytask.model import MultiTaskModel, build_model
 from polytask.slim import SLIM_REPORT, slim
-from polytask.slim.extract import SlimContext, extract
+from polytask.slim.extract import SlimContext, extract, task_subnetwork
 from polytask.slim.report import parameter_count
 from tests.conftest import make_table
 
@@ -112,6 +112,26 @@ def test_threshold_zero_keeps_the_kept_tasks_outputs(arch, options):
     assert parameter_count(extraction.model) < parameter_count(model)
     if arch != "dselect_k":  # softmax gates give every allowed expert some weight
         assert extraction.exact
+
+
+LISTED_ARCHS = [
+    *GATED,
+    ("shared_bottom", {}),
+    ("single", {}),
+    ("cross_stitch", {}),
+    ("task_bottom", {}),
+    ("task_moe", {}),
+    ("task_moe", {"routing": "row"}),
+]
+
+
+@pytest.mark.parametrize(("arch", "options"), LISTED_ARCHS, ids=lambda v: str(v))
+def test_task_subnetwork_keeps_every_allowed_expert_and_is_exact_without_rows(arch, options):
+    model, _ = make_model(arch, **options)
+    for keep in ([0], [1, 2]):
+        sub, plan = task_subnetwork(model, keep)
+        assert plan.num_tasks == len(keep) and sub.plan == plan
+        assert_same_outputs(model, sub, keep, atol=1e-5)  # fewer tasks: another summation order
 
 
 def test_mmoe_pruning_renormalises_the_gates_over_the_kept_experts():

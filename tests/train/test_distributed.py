@@ -38,6 +38,12 @@ CASES: dict[str, dict[str, Any]] = {
     "uw": {"balance": {"method": "uw"}, "train": {"batch_size": 40}},
     # reads the epoch's mean losses
     "dwa": {"balance": {"method": "dwa"}, "train": {"batch_size": 40, "epochs": 4}},
+    # sample weights: the ranks' means combine by their labelled weight, not their counts
+    "weighted": {
+        "balance": {"method": "equal"},
+        "train": {"batch_size": 47},
+        "data": {"weight": "count"},
+    },
     # the Gramian at the shared representation, summed over the ranks
     "mgda": {
         "balance": {"method": "mgda", "options": {"mode": "fast"}},
@@ -48,11 +54,13 @@ CASES: dict[str, dict[str, Any]] = {
 
 def case_spec(table: Path, case: str) -> dict[str, Any]:
     sections = CASES[case]
-    return base_spec(
+    spec = base_spec(
         table,
         balance=sections["balance"],
         train={"epochs": 3, "threads": 1, "lr": 0.01, **sections["train"]},
     )
+    spec["data"].update(sections.get("data", {}))
+    return spec
 
 
 def torchrun(*arguments: str, nproc: int = 2) -> list[str]:

@@ -84,3 +84,26 @@ def test_weights_of_another_model_and_bad_patterns_are_one_line_errors(base, tmp
     with pytest.raises(ConfigError, match=r"train.init: .* is neither"):
         train(missing, tmp_path / "missing")
     assert not any(p.name in ("other", "typo", "all", "missing") for p in tmp_path.iterdir())
+
+
+def test_a_weights_file_brings_the_preprocessor_beside_it(base, tmp_path):
+    """The input layers of train.init's weights were built for a fitted preprocessor: the
+    preprocessor.json in the weights file's folder is used, not one fitted on the new data."""
+    from tests.conftest import make_table
+
+    spec, run = base
+    other = tmp_path / "other.csv"
+    make_table(n=160, seed=6).to_csv(other, index=False)
+    started = copy.deepcopy(spec)
+    started["data"] = {**started["data"], "train": str(other)}
+    started["train"] = {**EPOCHS, "epochs": 1}
+    for beside in (False, True):
+        folder = tmp_path / f"beside-{beside}"
+        folder.mkdir()
+        save_file(weights(run), str(folder / "start.safetensors"))
+        if beside:
+            (folder / rd.PREPROCESSOR).write_text((run / rd.PREPROCESSOR).read_text())
+        started["train"]["init"] = str(folder / "start.safetensors")
+        out = train(started, tmp_path / f"out-{beside}")
+        same = rd.load_json(out, rd.PREPROCESSOR) == rd.load_json(run, rd.PREPROCESSOR)
+        assert same == beside

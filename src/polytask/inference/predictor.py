@@ -22,7 +22,7 @@ from polytask.inference.lean import lean_form
 from polytask.inference.predict import predict_logits
 from polytask.inference.rows import RunRows
 from polytask.inference.subset import task_subset
-from polytask.model import MultiTaskModel, build_model
+from polytask.model import MultiTaskModel, model_for
 
 
 class Predictor(RunRows):
@@ -64,14 +64,7 @@ class Predictor(RunRows):
             )
         preprocessor = Preprocessor(rd.load_json(folder, rd.PREPROCESSOR))
         tasks = preprocessor.build_tasks(spec.tasks)
-        model = build_model(
-            spec.model,
-            preprocessor.cardinalities,
-            preprocessor.numeric_width,
-            [task.out_dim for task in tasks],
-            [task.name for task in tasks],
-            encoder_factory=encoder_factory,
-        )
+        model = model_for(spec.model, preprocessor, tasks, encoder_factory=encoder_factory)
         raw_model = rd.load_raw_config(folder).get("model", {})
         try:
             model.load_state_dict(load_weights(folder / rd.WEIGHTS, raw_model))

@@ -163,6 +163,21 @@ def extract(context: SlimContext) -> Extraction:
     return Extraction(slim.eval(), spec, exact, _record(plan, cuts, chooser, context), notes)
 
 
+def task_subnetwork(model: MultiTaskModel, keep: list[int]) -> tuple[MultiTaskModel, Plan]:
+    """The kept tasks' sub-network keeping every expert their gates may weight, and its plan.
+
+    No rows are needed and nothing is renormalised, so the kept tasks' outputs are exactly the
+    full model's: the part of a run that fine-tuning on those tasks starts from (and that
+    merging maps back into the full model).
+    """
+    model = model.eval()
+    plan = model.plan
+    check_chain(plan, keep, model.task_names)
+    cuts = needed(plan, keep, lambda level, gate, allowed: allowed)
+    cut = cut_plan(plan, cuts, keep)
+    return assemble(model, cut, cuts, keep).eval(), cut
+
+
 def _check_top_k(plan: Plan, cuts: list[LevelCut], threshold: float) -> None:
     """Top-k routing needs at least k experts to route to."""
     for level, cut in zip(plan.levels, cuts, strict=True):

@@ -35,12 +35,14 @@ def initial_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def initial_preprocessor(path: Path | None) -> dict | None:
-    """The fitted preprocessor beside ``train.init``'s weights, which the model's input
-    layers were built for; None when there is none (it is then fitted on the data)."""
-    if path is None or not Path(path).is_dir():
+    """The fitted preprocessor beside ``train.init``'s weights (in the run folder, or in the
+    folder of the .safetensors file), which the model's input layers were built for; None
+    when there is none (it is then fitted on the data)."""
+    if path is None:
         return None
-    file = Path(path) / rd.PREPROCESSOR
-    return rd.load_json(Path(path), rd.PREPROCESSOR) if file.is_file() else None
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    file = folder / rd.PREPROCESSOR
+    return rd.load_json(folder, rd.PREPROCESSOR) if file.is_file() else None
 
 
 def load_initial(model: nn.Module, path: Path) -> None:

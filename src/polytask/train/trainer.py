@@ -35,7 +35,7 @@ from polytask.data import progress
 from polytask.errors import ConfigError, PolytaskError, warn
 from polytask.inference.evaluation import evaluate, overall_score
 from polytask.inference.lean import save_model
-from polytask.model import MultiTaskModel, build_model
+from polytask.model import MultiTaskModel, model_for
 from polytask.train.device import Placement, placement
 from polytask.train.diagnostics import BalanceDiagnostics, plot_balance
 from polytask.train.distributed import (
@@ -176,12 +176,10 @@ class Trainer:
         prepared = prepare(self.spec, state)
         self.baseline = load_baseline(train_spec.baseline)
         try:
-            model = build_model(
+            model = model_for(
                 self.spec.model,
-                prepared.preprocessor.cardinalities,
-                prepared.preprocessor.numeric_width,
-                [task.out_dim for task in prepared.tasks],
-                [task.name for task in prepared.tasks],
+                prepared.preprocessor,
+                prepared.tasks,
                 encoder_factory=self.encoder_factory,
             )
         except MemoryError:

@@ -1,0 +1,120 @@
+"""Markdown tables for docs/benchmarks.md from the merging benchmarks' JSON files.
+
+python benchmarks/merge_tables.py            # prints the tables quoted in the docs
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results"
+SHORT = {
+    "mnist_plain": "M",
+    "mnist_rot90": "M-rot",
+    "mnist_inverted": "M-inv",
+    "mnist_patches": "M-perm",
+    "fashion_plain": "F",
+    "fashion_rot90": "F-rot",
+    "fashion_inverted": "F-inv",
+    "fashion_patches": "F-perm",
+}
+
+
+def cell(stats: dict[str, Any] | None, key: str) -> str:
+    """Mean ± standard deviation over seeds (percent), as stored in the summary."""
+    if not stats:
+        return "-"
+    mean, std = stats["mean"][key], stats["std"][key]
+    return f"{mean:.1f} ± {std:.1f}" if stats["seeds"] > 1 else f"{mean:.1f}"
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if value < 1 else f"{value:.1f}"
+
+
+def images(results: dict[str, Any]) -> str:
+    """One table per configuration from the ``summary`` merge_images.py writes."""
+    tasks, summary = results["tasks"], results["summary"]
+    lines = []
+    for name, block in results["configs"].items():
+        head = [
+            "method",
+            *[SHORT[t] for t in tasks],
+            "avg polytask",
+            "avg FusionBench",
+            "merge s polytask",
+            "merge s FusionBench",
+            "max abs weight difference",
+        ]
+        lines += [
+            f"### {name}: {block['about']}",
+            "",
+            "| " + " | ".join(head) + " |",
+            "|" + "---|" * len(head),
+        ]
+        rows = {"pretrained (linear heads)": {"polytask": summary["pretrained"]}}
+        rows.update(summary[name]["rows"])
+        errors = {}
+        for label, row in rows.items():
+            ours, theirs = row.get("polytask"), row.get("fusionbench")
+            cells = [label, *[cell(ours, t) for t in tasks], cell(ours, "average")]
+            cells.append(
+                cell(theirs, "average")
+                if theirs
+                else "failed"
+                if row.get("fusionbench_errors")
+                else "-"
+            )
+            cells.append(seconds(ours.get("median_seconds")) if ours else "-")
+            cells.append(seconds(theirs.get("median_seconds")) if theirs else "-")
+            difference = row.get("max_abs_weight_difference")
+            cells.append(
+                "-" if difference is None else "0" if difference == 0 else f"{difference:.1e}"
+            )
+            lines.append("| " + " | ".join(cells) + " |")
+            if row.get("fusionbench_errors"):
+                errors[label] = row["fusionbench_errors"]
+        lines += ["", "Source: docs/results/merge_images.json", ""]
+        for label, messages in errors.items():
+            lines.append(f"FusionBench, {label}: failed with `{'; '.join(messages)}`.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def census(results: dict[str, Any]) -> str:
+    tasks = ["income", "never_married", "college"]
+    summary = results["summary"]  # written by merge_census.py
+    head = ["model", *tasks, "mean", "merge s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = results["base"]
+    lines.append(
+        "| base (joint, "
+        + str(results["budget"]["base_epochs"])
+        + " epochs) | "
+        + " | ".join(f"{base[t]:.4f}" for t in tasks)
+        + " | - | - |"
+    )
+    for label, entry in summary.items():
+        cells = [label] + [f"{entry['mean'][t]:.4f} ± {entry['std'][t]:.4f}" for t in tasks]
+        cells.append(f"{entry['mean']['average']:.4f}")
+        cells.append(seconds(entry.get("seconds")))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Source: docs/results/merge_census.json"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    for name, render in (("merge_images.json", images), ("merge_census.json", census)):
+        path = RESULTS / name
+        if path.is_file():
+            print(f"## {name}\n")
+            print(render(json.loads(path.read_text())))
+            print()
+
+
+if __name__ == "__main__":
+    main()

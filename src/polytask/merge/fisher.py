@@ -1,0 +1,71 @@
+"""Fisher merging (Matena & Raffel, NeurIPS 2022): a Fisher-weighted average.
+
+θ = Σ_k F_k ⊙ θ_k / Σ_k F_k, with F_k the diagonal of run k's Fisher information (how much
+each weight matters to the run's predictive distribution; computed by
+:meth:`polytask.merge.base.Statistics.fisher` from a sample of the run's rows, no labels
+needed). ``floor`` is added to every Fisher entry a run holds, so entries no run's data
+reaches fall back to the plain average; ``normalise`` first divides each run's Fisher by its
+norm (as FusionBench does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from polytask.merge.base import MERGERS, MergeInputs, MergeMethod, RowOptions, StateDict
+
+
+def fisher_merge(
+    tuned: Sequence[StateDict],
+    fishers: Sequence[StateDict],
+    held: Sequence[StateDict],
+    floor: float = 1e-6,
+    normalise: bool = False,
+) -> StateDict:
+    """Per element, Σ_k F_k θ_k / Σ_k F_k over the runs that hold it (``floor`` added)."""
+    if normalise:
+        norms = [
+            torch.stack([(f**2).sum() for f in fisher.values()]).sum().sqrt() for fisher in fishers
+        ]
+        fishers = [
+            {k: f / n.clamp(min=1e-30) for k, f in fisher.items()}
+            for fisher, n in zip(fishers, norms, strict=True)
+        ]
+    merged = {}
+    for key in tuned[0]:
+        weights = torch.stack(
+            [(f[key] + floor) * h[key] for f, h in zip(fishers, held, strict=True)]
+        )
+        values = torch.stack([state[key] for state in tuned])
+        total = weights.sum(0)
+        merged[key] = torch.where(
+            total > 0, (weights * values).sum(0) / total.clamp(min=1e-30), values[0]
+        )
+    return merged
+
+
+class FisherOptions(RowOptions):
+    estimate: Literal["exact", "sampled"] = Field(
+        "exact", description="expectation over labels: exact, or one label drawn per row"
+    )
+    floor: float = Field(1e-6, ge=0.0, description="added to every Fisher entry")
+    normalise: bool = Field(False, description="divide each run's Fisher by its L2 norm first")
+
+
+@MERGERS.register("fisher")
+class Fisher(MergeMethod):
+    """Fisher merging: each weight averaged over the runs, weighted by its diagonal Fisher
+    information on the run's rows."""
+
+    Options = FisherOptions
+    reads = ("fisher",)
+
+    def merge(self, inputs: MergeInputs) -> StateDict:
+        o = self.options
+        assert isinstance(o, FisherOptions)
+        fishers = inputs.require_statistics("fisher").fisher(o, o.estimate)
+        return fisher_merge(inputs.tuned, fishers, inputs.held, o.floor, o.normalise)

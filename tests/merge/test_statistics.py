@@ -1,0 +1,149 @@
+"""Fisher information and Gram matrices against brute-force computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from polytask.config import load_spec
+from polytask.data.preprocess import Preprocessor
+from polytask.errors import ConfigError
+from polytask.merge.base import RowOptions
+from polytask.merge.statistics import (
+    RunRows,
+    RunStatistics,
+    check_entropy,
+    prediction_entropy,
+)
+from polytask.model import model_for
+from tests.conftest import base_spec, make_table
+
+
+def setup(
+    arch: str = "mmoe",
+    tasks: tuple[str, ...] = ("click", "segment", "spend"),
+    hidden: list[int] | None = None,
+):
+    torch.manual_seed(0)
+    frame = make_table(n=60, seed=4)
+    model_section = {"arch": arch, "num_experts": 2, "hidden": hidden or [4]}
+    raw = base_spec("unused.csv", model=model_section)
+    raw["tasks"] = [t for t in raw["tasks"] if t["name"] in tasks]
+    spec = load_spec(raw)
+    preprocessor = Preprocessor.fit(frame, spec.data, spec.tasks)
+    task_list = preprocessor.build_tasks(spec.tasks)
+    model = model_for(spec.model, preprocessor, task_list).eval()
+    features = preprocessor.transform(frame)
+    state = model.state_dict()
+    keys = [k for k, v in state.items() if v.is_floating_point()]
+    run = RunRows("run", list(range(len(task_list))), spec)
+    run._frames["train"] = features
+    statistics = RunStatistics(
+        model,
+        task_list,
+        preprocessor,
+        [run],
+        [state],
+        [{k: torch.ones_like(state[k], dtype=torch.bool) for k in keys}],
+        keys,
+        lambda merged: {**state, **merged},
+    )
+    return model, task_list, features, statistics
+
+
+def brute_force_fisher(model, tasks, features):
+    """Σ over rows and every label value y of p(y|x) (∂ log p(y|x) / ∂θ)², one backward each."""
+    params = dict(model.named_parameters())
+    total = {k: torch.zeros_like(v) for k, v in params.items()}
+    for row in range(len(features)):
+        one = features.take(torch.tensor([row]))
+        logits = model(one).logits
+        for task, out in zip(tasks, logits, strict=True):
+            out = out[0]
+            if task.kind.value == "multiclass":
+                outcomes = [
+                    (torch.softmax(out, -1)[y], torch.log_softmax(out, -1)[y])
+                    for y in range(out.shape[0])
+                ]
+            elif task.kind.value == "binary":
+                p = torch.sigmoid(out[0])
+                outcomes = [(p, torch.log(p)), (1 - p, torch.log(1 - p))]
+            else:  # regression: a unit-variance Gaussian, E[(y - f)^2 (∂f)^2] = (∂f)^2
+                outcomes = [(torch.ones(()), out[0])]
+            for prob, log_p in outcomes:
+                grads = torch.autograd.grad(
+                    log_p, list(params.values()), retain_graph=True, allow_unused=True
+                )
+                for (key, _), grad in zip(params.items(), grads, strict=True):
+                    if grad is not None:
+                        total[key] += prob.detach() * grad**2
+    return {k: v / len(features) for k, v in total.items()}
+
+
+def test_fisher_per_row_with_the_exact_label_expectation():
+    model, tasks, features, statistics = setup()
+    fisher = statistics.fisher(RowOptions(samples=60))[0]
+    expected = brute_force_fisher(
+        model,
+        tasks,
+        features.take(torch.randperm(60, generator=torch.Generator().manual_seed(0))[:60]),
+    )
+    for key, value in expected.items():
+        torch.testing.assert_close(fisher[key], value, rtol=1e-4, atol=1e-7)
+
+
+def test_grams_are_the_inner_products_of_each_layers_inputs():
+    model, _, features, statistics = setup("shared_bottom", ("click", "segment"), [4, 3])
+    grams = statistics.grams(RowOptions(samples=60))[0]
+    with torch.no_grad():
+        x = model.encoders[0](features.categorical, features.numeric)  # the bottom's input
+        bank = model.arch.levels[0].experts
+        hidden = torch.relu(x @ bank.weights[0][0] + bank.biases[0][0])  # its second layer's
+    first, second = (
+        grams["arch.levels.0.experts.weights.0"],
+        grams["arch.levels.0.experts.weights.1"],
+    )
+    assert not first.input_last and first.gram.shape == (1, x.shape[1], x.shape[1])
+    torch.testing.assert_close(first.gram[0], x.T @ x / 60)
+    torch.testing.assert_close(second.gram[0], hidden.T @ hidden / 60)
+
+    mmoe, _, features, statistics = setup("mmoe", ("click", "segment"))
+    grams = statistics.grams(RowOptions(samples=60))[0]
+    with torch.no_grad():
+        x = mmoe.encoders[0](features.categorical, features.numeric)
+    gates, experts = grams["arch.levels.0.gates.weight"], grams["arch.levels.0.experts.weights.0"]
+    for member in range(2):  # every gate and every expert reads the encoder output
+        torch.testing.assert_close(gates.gram[member], x.T @ x / 60)
+        torch.testing.assert_close(experts.gram[member], x.T @ x / 60)
+
+
+def test_entropy_of_each_task_kind():
+    _, tasks, _, _ = setup()
+    click, segment, spend = tasks
+    logits = torch.tensor([[0.0], [100.0]])
+    assert torch.isclose(prediction_entropy(click, logits), torch.log(torch.tensor(2.0)) / 2)
+    uniform = torch.zeros(4, 3)
+    assert torch.isclose(prediction_entropy(segment, uniform), torch.log(torch.tensor(3.0)))
+    with pytest.raises(ConfigError, match="regression"):
+        prediction_entropy(spend, torch.zeros(2, 1))
+    runs = [RunRows("a", [2], None), RunRows("b", [2], None)]  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="all regressions"):
+        check_entropy(runs, tasks)
+    check_entropy([*runs, RunRows("c", [0], None)], tasks)  # type: ignore[arg-type]
+
+
+def test_sampled_fisher_is_an_unbiased_estimate_of_the_exact_one():
+    _, _, features, statistics = setup()
+    repeats = 150  # every row many times: the sampled labels average out
+    index = torch.arange(len(features)).repeat(repeats)
+    statistics.runs[0]._frames["train"] = features.take(index)
+    options = RowOptions(samples=len(index))
+    exact = statistics.fisher(options, "exact")[0]
+    sampled = statistics.fisher(options, "sampled")[0]
+    for key, value in exact.items():
+        if float(value.sum()) == 0.0:
+            continue
+        relative = float((sampled[key].sum() - value.sum()).abs() / value.sum())
+        assert relative < 0.1, (key, relative)
+        correlation = torch.corrcoef(torch.stack([sampled[key].flatten(), value.flatten()]))[0, 1]
+        assert float(correlation) > 0.9, key
