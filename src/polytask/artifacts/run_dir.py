@@ -34,8 +34,6 @@ EXPERTS = "experts.json"
 EXPERTS_PLOT = "experts.png"
 BALANCE_PLOT = "balance.png"
 TRACKING = "tracking.json"  # where an MLflow-tracked run was logged (polytask.track)
-RELATIONS = "relations.json"  # task relations recorded while training (train.relations)
-RELATIONS_PLOT = "relations.png"
 # Every file a training run may write (its manifest lists those it did).
 RUN_FILES = frozenset(
     {
@@ -49,8 +47,6 @@ RUN_FILES = frozenset(
         EXPERTS,
         EXPERTS_PLOT,
         BALANCE_PLOT,
-        RELATIONS,
-        RELATIONS_PLOT,
     }
 )
 

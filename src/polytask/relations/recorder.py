@@ -25,8 +25,8 @@ from polytask.model import MultiTaskModel
 from polytask.relations.affinity import measure
 from polytask.tasks import Task
 
-RELATIONS = rd.RELATIONS
-RELATIONS_PLOT = rd.RELATIONS_PLOT
+RELATIONS = "relations.json"
+RELATIONS_PLOT = "relations.png"
 UPDATE_RULE = (
     "Z[i][j] = 1 - L_j(theta_s - lr * g_i) / L_j(theta_s) on the training batch: a plain "
     "gradient step of the shared parameters on task i alone (task parameters unchanged)"
