@@ -11,6 +11,7 @@ HistGradientBoosting; LightGBM is not installed here) on the same spec.
     python benchmarks/qm9_relations.py --seeds 3 --rows 15000 --groups 3 \
         --data ../shared/datasets/qm9/qm9_targets_xyz.csv.gz \
         --json docs/results/qm9_relations.json --figure docs/results/qm9_relations.png
+    python benchmarks/qm9_relations.py --summarise docs/results/qm9_relations.json
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _summary import add_summarise_option, spread, summarised, write_json
 
 from polytask.artifacts import run_dir as rd
 from polytask.baselines.gbdt import train_baseline
@@ -33,6 +35,7 @@ from polytask.data.preprocess import Preprocessor
 from polytask.inference.evaluation import delta_m
 from polytask.relations.study import run_group_study
 
+MODELS = ("single", "all_in_one", "grouped", "gbdt")
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "qm9"
 
 
@@ -56,6 +59,31 @@ def spec_for(path: Path, rows: int, seed: int, epochs: int) -> dict[str, Any]:
     }
 
 
+def summarise(payload: dict[str, Any]) -> dict[str, Any]:
+    """What the docs quote, from the per-seed results: test RMSE and Delta-m (against one
+    network per target) over seeds per model, the model with the lowest mean RMSE per target,
+    and the range of the relations' cost against the all-in-one run's training time."""
+    seeds = payload["per_seed"]
+    rmse = {
+        target: {
+            model: spread([r["test"][model][target]["rmse"] for r in seeds]) for model in MODELS
+        }
+        for target in TARGETS
+    }
+    best = {target: min(MODELS, key=lambda m: rmse[target][m]["mean"]) for target in TARGETS}
+    relations = [r["relations_seconds"] for r in seeds]
+    all_in_one = [r["train_seconds"]["all_in_one"] for r in seeds]
+    return {
+        "seeds": len(seeds),
+        "test_rmse": rmse,
+        "delta_m": {model: spread([r["delta_m"][model] for r in seeds]) for model in MODELS},
+        "best_model": best,
+        "targets_won": {model: sum(m == model for m in best.values()) for model in MODELS},
+        "relations_seconds": {"min": min(relations), "max": max(relations)},
+        "all_in_one_train_seconds": {"min": min(all_in_one), "max": max(all_in_one)},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA / "qm9_targets_xyz.csv.gz")
@@ -67,7 +95,10 @@ def main() -> None:
     parser.add_argument("--figure", type=Path)
     parser.add_argument("--keep", type=Path, help="keep the studies here")
     parser.add_argument("--redraw", type=Path, help="only draw --figure from this JSON")
+    add_summarise_option(parser)
     args = parser.parse_args()
+    if summarised(args, summarise):
+        return
     if args.redraw:
         plot(json.loads(args.redraw.read_text()), args.figure)
         return
@@ -82,9 +113,9 @@ def main() -> None:
         )
         gbdt = train_baseline(spec, root / f"gbdt-{seed}", library="sklearn", overwrite=True)
         manifest = rd.load_json(study, "group.json")
-        tasks = Preprocessor(
-            rd.load_json(study / "runs" / "all_in_one", rd.PREPROCESSOR)
-        ).build_tasks(spec.tasks)
+        tasks = Preprocessor(rd.load_json(study / "all_in_one", rd.PREPROCESSOR)).build_tasks(
+            spec.tasks
+        )
         test = manifest["report"]["splits"]["test"]
         single = {t: test["per_task"][t]["single"] for t in TARGETS}
         boosted = rd.load_json(gbdt, rd.FINAL_METRICS)["test"]
@@ -100,32 +131,31 @@ def main() -> None:
             "serving": manifest["routes"],
             "test": rows,
             "delta_m": {name: delta_m(values, single, tasks) for name, values in rows.items()},
-            "relations": rd.load_json(study / "runs" / "all_in_one", "relations.json")["mean"],
-            "relations_seconds": rd.load_json(study / "runs" / "all_in_one", "relations.json")[
-                "seconds"
-            ],
+            "relations": rd.load_json(study / "all_in_one", "relations.json")["mean"],
+            "relations_seconds": rd.load_json(study / "all_in_one", "relations.json")["seconds"],
             "train_seconds": {
-                name: rd.load_json(study / "runs" / name, rd.SUMMARY)["train_seconds"]
+                name: rd.load_json(study / name, rd.SUMMARY)["train_seconds"]
                 for name in ("all_in_one", "single")
             },
             "gbdt_seconds": rd.load_json(gbdt, rd.SUMMARY)["train_seconds"],
         }
         per_seed.append(result)
         print(json.dumps({k: result[k] for k in ("seed", "groups", "delta_m")}), flush=True)
+    summary = summarise({"per_seed": per_seed})
     print(f"\nTest RMSE per target, mean ± std over {args.seeds} seeds\n")
     print("| target | " + " | ".join(("one per target", "all in one", "grouped", "GBDT")) + " |")
     print("|---|---|---|---|---|")
-    models = ("single", "all_in_one", "grouped", "gbdt")
     for target in TARGETS:
-        cells = []
-        for model in models:
-            values = [r["test"][model][target]["rmse"] for r in per_seed]
-            cells.append(f"{np.mean(values):.4f} ± {np.std(values):.4f}")
-        print(f"| {target} | " + " | ".join(cells) + " |")
-    deltas = {m: [r["delta_m"][m] for r in per_seed] for m in models}
+        cells = summary["test_rmse"][target]
+        print(
+            f"| {target} | "
+            + " | ".join(f"{cells[m]['mean']:.4f} ± {cells[m]['std']:.4f}" for m in MODELS)
+            + " |"
+        )
+    deltas = summary["delta_m"]
     print(
         "| Delta-m vs one per target | "
-        + " | ".join(f"{np.mean(deltas[m]):+.2f} ± {np.std(deltas[m]):.2f} %" for m in models)
+        + " | ".join(f"{deltas[m]['mean']:+.2f} ± {deltas[m]['std']:.2f} %" for m in MODELS)
         + " |"
     )
     elapsed = time.perf_counter() - started
@@ -139,12 +169,12 @@ def main() -> None:
             "spec": spec_for(
                 Path("../shared/datasets/qm9/qm9_targets_xyz.csv.gz"), args.rows, 0, args.epochs
             ),
+            "summary": summary,
             "per_seed": per_seed,
             "seconds": elapsed,
             "machine": machine_info(),
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2))
+        write_json(args.json, payload)
         if args.figure:
             plot(payload, args.figure)
     if args.keep is None:

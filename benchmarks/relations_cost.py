@@ -12,13 +12,13 @@ which counts only the work of the run itself.
 
     python benchmarks/relations_cost.py --rounds 3 --epochs 3 \
         --json docs/results/relations_cost.json
+    python benchmarks/relations_cost.py --summarise docs/results/relations_cost.json
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _summary import add_summarise_option, summarised, write_json
 
 from polytask.artifacts import run_dir as rd
 from polytask.config import parse_spec
@@ -69,12 +70,33 @@ def spec_for(arch: str, relations: dict[str, Any] | None, epochs: int) -> dict[s
     }
 
 
+def summarise(payload: dict[str, Any]) -> dict[str, Any]:
+    """What the docs quote, from each run's seconds: per architecture and variant the median
+    seconds, the extra time of each round (its run against the same round's run without
+    relations, in percent) and the median of those."""
+    summary: dict[str, Any] = {}
+    for arch, by_variant in payload["results"].items():
+        base = np.array(by_variant["off"]["seconds"])
+        summary[arch] = {}
+        for variant, cell in by_variant.items():
+            extra = 100 * (np.array(cell["seconds"]) / base - 1)
+            summary[arch][variant] = {
+                "median_seconds": float(np.median(cell["seconds"])),
+                "extra_percent_per_round": [float(e) for e in extra],
+                "extra_percent": float(np.median(extra)),
+            }
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    add_summarise_option(parser)
     args = parser.parse_args()
+    if summarised(args, summarise):
+        return
     torch.set_num_threads(1)
     trainer_module = importlib.import_module("polytask.train.trainer")
     trainer_module.time = SimpleNamespace(perf_counter=time.process_time)  # CPU seconds
@@ -89,24 +111,17 @@ def main() -> None:
                     value = rd.load_json(run, rd.SUMMARY)["train_seconds"]
                     seconds[arch][variant].append(value)
                     print(f"round {round_} {arch:>14} {variant:>22}: {value:.2f} s", flush=True)
-    results: dict[str, Any] = {}
+    results = {a: {v: {"seconds": values} for v, values in by.items()} for a, by in seconds.items()}
+    summary = summarise({"results": results})
     print(
         "\n| arch | relations | train seconds (median) | extra time (median of per-round ratios) |"
     )
     print("|---|---|---|---|")
-    for arch, by_variant in seconds.items():
-        base = np.array(by_variant["off"])
-        results[arch] = {}
-        for variant, values in by_variant.items():
-            ratios = np.array(values) / base
-            results[arch][variant] = {
-                "seconds": values,
-                "median_seconds": float(np.median(values)),
-                "extra_percent": float(100 * (np.median(ratios) - 1)),
-            }
+    for arch, by_variant in summary.items():
+        for variant, cell in by_variant.items():
             print(
-                f"| {arch} | {variant} | {np.median(values):.2f} | "
-                f"{100 * (np.median(ratios) - 1):+.1f} % |"
+                f"| {arch} | {variant} | {cell['median_seconds']:.2f} | "
+                f"{cell['extra_percent']:+.1f} % |"
             )
     if args.json:
         from _machine import machine_info
@@ -119,11 +134,11 @@ def main() -> None:
             "batch": 1024,
             "archs": ARCHS,
             "results": results,
+            "summary": summary,
             "machine": machine_info(),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2))
+        write_json(args.json, payload)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Recovered: the chosen groups equal the true clusters exactly.
     python benchmarks/relations_synthetic.py --seeds 5 --cluster-sines --width 12 --rows 3000 \
         --json docs/results/relations_synthetic.json \
         --figure docs/results/relations_synthetic.png
+    python benchmarks/relations_synthetic.py --summarise docs/results/relations_synthetic.json
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _summary import add_summarise_option, spread, summarised, write_json
 
 from polytask.artifacts import run_dir as rd
 from polytask.config import parse_spec
@@ -84,6 +86,32 @@ def plot(affinities: list[np.ndarray], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def summarise(payload: dict[str, Any]) -> dict[str, Any]:
+    """What the docs quote, from the per-seed results: seeds with the true clusters found,
+    seeds where grouped beats both all-in-one and one network per task (Delta-m > 0), and
+    Delta-m over seeds."""
+    seeds = payload["per_seed"]
+    return {
+        "seeds": len(seeds),
+        "recovered": sum(r["recovered"] for r in seeds),
+        "grouped_wins": sum(
+            r["delta_m_test"]["grouped"] > max(r["delta_m_test"]["all_in_one"], 0.0) for r in seeds
+        ),
+        "delta_m_test": {
+            name: spread([r["delta_m_test"][name] for r in seeds])
+            for name in ("all_in_one", "grouped")
+        },
+        "mean_affinity_within": {
+            "min": min(r["mean_affinity_within"] for r in seeds),
+            "max": max(r["mean_affinity_within"] for r in seeds),
+        },
+        "mean_affinity_across": {
+            "min": min(r["mean_affinity_across"] for r in seeds),
+            "max": max(r["mean_affinity_across"] for r in seeds),
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
@@ -93,7 +121,10 @@ def main() -> None:
     parser.add_argument("--cluster-sines", action="store_true")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--figure", type=Path)
+    add_summarise_option(parser)
     args = parser.parse_args()
+    if summarised(args, summarise):
+        return
     started = time.perf_counter()
     truth = sorted(sorted(g) for g in true_groups(SIZES, NAMES))
     results = []
@@ -104,7 +135,7 @@ def main() -> None:
         manifest = rd.load_json(study, "group.json")
         found = sorted(sorted(g) for g in manifest["report"]["groups"])
         test = manifest["report"]["splits"]["test"]
-        relations = rd.load_json(study / "runs" / "all_in_one", "relations.json")
+        relations = rd.load_json(study / "all_in_one", "relations.json")
         affinity = np.array(manifest["affinity"], dtype=float)
         labels = np.repeat(np.arange(len(SIZES)), SIZES)
         same = labels[:, None] == labels[None, :]
@@ -135,15 +166,17 @@ def main() -> None:
             flush=True,
         )
         shutil.rmtree(study, ignore_errors=True)
-    recovered = sum(r["recovered"] for r in results)
-    print(f"\ntrue clusters recovered exactly in {recovered} of {args.seeds} seeds")
-    for name in ("all_in_one", "grouped"):
-        values = [r["delta_m_test"][name] for r in results]
-        print(f"Delta-m vs one per task, {name}: {np.mean(values):+.2f} ± {np.std(values):.2f} %")
-    wins = sum(
-        r["delta_m_test"]["grouped"] > max(r["delta_m_test"]["all_in_one"], 0.0) for r in results
+    summary = summarise({"per_seed": results})
+    print(
+        f"\ntrue clusters recovered exactly in {summary['recovered']} of {summary['seeds']} seeds"
     )
-    print(f"grouped beats both all-in-one and one-per-task in {wins} of {args.seeds} seeds")
+    for name in ("all_in_one", "grouped"):
+        cell = summary["delta_m_test"][name]
+        print(f"Delta-m vs one per task, {name}: {cell['mean']:+.2f} ± {cell['std']:.2f} %")
+    print(
+        f"grouped beats both all-in-one and one-per-task in {summary['grouped_wins']} of "
+        f"{summary['seeds']} seeds"
+    )
     elapsed = time.perf_counter() - started
     if args.figure:
         plot(affinities, args.figure)
@@ -155,17 +188,15 @@ def main() -> None:
             + " ".join(
                 f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}")
                 for k, v in vars(args).items()
-                if v not in (None, False) and k not in ("json", "figure")
+                if v not in (None, False) and k not in ("json", "figure", "summarise")
             ),
             "spec": spec_for(0, args),
-            "recovered": recovered,
-            "grouped_wins": wins,
+            "summary": summary,
             "per_seed": results,
             "seconds": elapsed,
             "machine": machine_info(),
         }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2))
+        write_json(args.json, payload)
     shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -462,8 +462,7 @@ def polytask_parameters(model: nn.Module) -> ParameterCount:
     masked = 0
     for module in model.modules():
         if isinstance(module, SoftmaxGates) and module.blocked is not None:
-            in_dim = module.weight.shape[1]
-            masked += int(module.blocked.sum()) * (in_dim + 1)
+            masked += int(module.blocked.sum()) * (module.in_dim + 1)
     total = sum(p.numel() for p in model.parameters())
     return ParameterCount(total, masked, "masked gate weights")
 

@@ -237,3 +237,22 @@ def test_training_refuses_colliding_prediction_columns_before_any_epoch(tmp_path
     raw["tasks"][0]["name"] = "segment_p_high"  # the binary task, beside segment's class high
     with pytest.raises(ConfigError, match="and task 'segment' class 'high'"):
         prepare(parse_spec(raw))
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "multilabel", "regression"])
+def test_outputs_of_arrays_equal_outputs_of_tensors(kind):
+    """The numpy outputs (torch-free prediction) follow the same definitions, including at
+    logits whose naive sigmoid would overflow."""
+    spec = {
+        "binary": {"target": "y"},
+        "multiclass": {"target": "y"},
+        "multilabel": {"targets": ["a", "b", "c"]},
+        "regression": {"target": "y"},
+    }[kind]
+    task = Task(TaskSpec(name="t", kind=kind, **spec), out_dim=3, target_mean=4.0, target_std=2.5)
+    logits = torch.randn(50, 3, generator=torch.Generator().manual_seed(0)) * 5
+    logits[0] = torch.tensor([-200.0, 200.0, 0.0])
+    with np.errstate(over="raise"):
+        got = task.outputs_array(logits.numpy())
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, task.outputs(logits).numpy(), rtol=1e-6, atol=1e-7)

@@ -324,15 +324,15 @@ def predict(
     ] = False,
 ) -> None:
     """Predict every task for raw rows (missing values and unseen categories allowed)."""
-    from polytask.api import load
     from polytask.artifacts.atomic import write_atomic
     from polytask.artifacts.ownership import check_output_file
     from polytask.data import progress
     from polytask.data.tabular import PARQUET_SUFFIXES, read_table
+    from polytask.inference.array_predictor import open_predictor
 
     if output is not None:
         check_output_file(output, overwrite=overwrite, inputs=[data])
-    predictor = load(run)
+    predictor = open_predictor(run)  # torch is not imported where the run has lean arrays
     kept = _kept_columns(keep or [], predictor.output_columns())
     with progress.reporting():
         frame = read_table(data)

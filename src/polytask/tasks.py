@@ -9,13 +9,15 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from polytask.config import TaskKind, TaskSpec
 from polytask.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where tensors are used: predicting from arrays needs none
+    import torch
 
 HIGHER_IS_BETTER = {
     "auc": True,
@@ -53,13 +55,16 @@ class Task:
 
     def present(self, labels: torch.Tensor) -> torch.Tensor:
         """Boolean mask of rows (or row x label cells) that carry a label."""
-        return ~torch.isnan(labels)
+        return ~labels.isnan()
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean loss over labelled entries; exactly 0 (with a graph) when none is labelled.
 
         logits: [B, out_dim]; labels: [B] (or [B, L] for multilabel), NaN where missing.
         """
+        import torch
+        import torch.nn.functional as F
+
         mask = self.present(labels)
         count = mask.sum()
         safe = torch.where(mask, labels, torch.zeros_like(labels))
@@ -82,12 +87,23 @@ class Task:
     def outputs(self, logits: torch.Tensor) -> torch.Tensor:
         """Logits -> user-scale predictions (probabilities, or regression values)."""
         if self.kind is TaskKind.multiclass:
-            return torch.softmax(logits, dim=-1)
+            return logits.softmax(dim=-1)
         if self.kind is TaskKind.binary:
-            return torch.sigmoid(logits[:, 0])
+            return logits[:, 0].sigmoid()
         if self.kind is TaskKind.multilabel:
-            return torch.sigmoid(logits)
+            return logits.sigmoid()
         return logits[:, 0] * self.target_std + self.target_mean
+
+    def outputs_array(self, logits: np.ndarray) -> np.ndarray:
+        """:meth:`outputs` on a numpy array (the torch-free prediction path), in float32."""
+        if self.kind is TaskKind.multiclass:
+            shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            return shifted / shifted.sum(axis=-1, keepdims=True)
+        if self.kind is TaskKind.binary:
+            return _sigmoid(logits[:, 0])
+        if self.kind is TaskKind.multilabel:
+            return _sigmoid(logits)
+        return logits[:, 0] * np.float32(self.target_std) + np.float32(self.target_mean)
 
     def decode_labels(self, labels: np.ndarray) -> np.ndarray:
         """Encoded labels -> the scale the user's metrics are reported in."""
@@ -200,11 +216,19 @@ def task_losses(
     outputs: list[torch.Tensor], labels: dict[str, torch.Tensor], tasks: list[Task]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-task masked losses [T] and whether each task has any label in the batch [T]."""
+    import torch
+
     losses = torch.stack(
         [task.loss(out, labels[task.name]) for task, out in zip(tasks, outputs, strict=True)]
     )
     present = torch.stack([task.present(labels[task.name]).any() for task in tasks])
     return losses, present
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)) without overflow: exp of a non-positive number only."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0, e) / (1.0 + e)
 
 
 def output_columns(tasks: list[Task]) -> dict[str, str]:

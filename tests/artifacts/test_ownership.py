@@ -61,6 +61,7 @@ def test_overwrite_refuses_a_run_holding_a_file_polytask_did_not_write(run, tabl
 
 def test_a_run_from_before_manifests_is_recognised_by_its_files(run: Path, table_csv: Path):
     (run / MANIFEST).unlink()
+    (run / rd.LEAN).unlink()  # written since manifests were
     fit(polytask.load_spec(small_spec(table_csv)), run, overwrite=True, progress=False)
     assert (run / MANIFEST).is_file()
     (run / MANIFEST).unlink()
@@ -265,5 +266,6 @@ def test_the_legacy_recognition_does_not_touch_a_run_copy(trained_run, tmp_path:
     copy = tmp_path / "copy"
     shutil.copytree(trained_run["run"], copy)
     (copy / MANIFEST).unlink()
+    (copy / rd.LEAN).unlink()  # written since manifests were
     names, problem = ownership.owned_names(copy)
     assert problem == "" and names == {p.name for p in copy.iterdir()}

@@ -26,6 +26,7 @@ from polytask.errors import ConfigError, PolytaskError
 CONFIG = "config.yaml"
 PREPROCESSOR = "preprocessor.json"
 WEIGHTS = "model.safetensors"
+LEAN = "lean.safetensors"  # the folded form as arrays: torch-free predictions (inference.arrays)
 EPOCH_LOG = "metrics.jsonl"
 FINAL_METRICS = "metrics.json"
 SUMMARY = "summary.json"
@@ -40,6 +41,7 @@ RUN_FILES = frozenset(
         CONFIG,
         PREPROCESSOR,
         WEIGHTS,
+        LEAN,
         EPOCH_LOG,
         FINAL_METRICS,
         SUMMARY,

@@ -26,17 +26,20 @@ relative brightness (per-pixel standardisation blows up near-constant border pix
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 from pandas.api import types as ptypes
 
 from polytask.config import DataSpec, TaskKind, TaskSpec
 from polytask.errors import DataError, PolytaskError, did_you_mean, warn
-from polytask.features import Features
 from polytask.tasks import Task
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: predicting from arrays needs none
+    import torch
+
+    from polytask.features import Features
 
 # An object column whose non-empty values parse as numbers at least this often is taken to be
 # numeric with a few bad cells (which are then reported by row), not categorical.
@@ -329,6 +332,16 @@ class Preprocessor:
     # ------------------------------------------------------------------ applying
     def transform(self, frame: pd.DataFrame) -> Features:
         """Raw rows -> model inputs. Absent feature columns count as missing values."""
+        import torch
+
+        from polytask.features import Features
+
+        codes, numeric = self.transform_arrays(frame)
+        return Features(torch.from_numpy(codes), torch.from_numpy(numeric))
+
+    def transform_arrays(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Raw rows -> (categorical codes [N, C] int64, numeric [N, 2F] float32), the arrays
+        of :meth:`transform` without torch."""
         n = len(frame)
         codes = np.zeros((n, len(self.categorical)), dtype=np.int64)
         for j, column in enumerate(self.categorical):
@@ -349,14 +362,16 @@ class Preprocessor:
             missing = np.isnan(values)
             numeric[:, j] = np.where(missing, 0.0, scaled)
             numeric[:, width + j] = missing
-        return Features(torch.from_numpy(codes), torch.from_numpy(numeric))
+        return codes, numeric
 
     def encode_labels(self, frame: pd.DataFrame, tasks: list[Task]) -> dict[str, torch.Tensor]:
         """Label columns -> float tensors with NaN where unlabelled; rejects labels that do not
         fit the task's kind, naming the row."""
-        return {task.name: self._encode_task(frame, task) for task in tasks}
+        import torch
 
-    def _encode_task(self, frame: pd.DataFrame, task: Task) -> torch.Tensor:
+        return {task.name: torch.from_numpy(self._encode_task(frame, task)) for task in tasks}
+
+    def _encode_task(self, frame: pd.DataFrame, task: Task) -> np.ndarray:
         for column in task.spec.columns:
             if column not in frame.columns:
                 raise DataError(
@@ -364,16 +379,16 @@ class Preprocessor:
                     f"{did_you_mean(column, frame.columns)}"
                 )
         if task.kind is TaskKind.multiclass:
-            return torch.from_numpy(self._encode_classes(frame[task.spec.target], task))
+            return self._encode_classes(frame[task.spec.target], task)
         if task.kind is TaskKind.regression:
             what = f"task '{task.name}', column '{task.spec.target}'"
             series = frame[task.spec.target]
             values = _to_numeric(series, what)
             scaled = standardise(values, task.target_mean, task.target_std, what, series)
-            return torch.from_numpy(scaled.astype(np.float32))
+            return scaled.astype(np.float32)
         columns = [self._encode_binary(frame[c], task, c) for c in task.spec.columns]
         stacked = np.stack(columns, axis=1) if task.kind is TaskKind.multilabel else columns[0]
-        return torch.from_numpy(stacked.astype(np.float32))
+        return stacked.astype(np.float32)
 
     @staticmethod
     def _encode_binary(series: pd.Series, task: Task, column: str) -> np.ndarray:

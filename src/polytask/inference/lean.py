@@ -27,11 +27,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from polytask.artifacts import run_dir as rd
+from polytask.artifacts.weights import save_weights
 from polytask.features import Features
+from polytask.inference.arrays import ArrayHead, LeanArrays
 from polytask.model import ModelOutput, MultiTaskModel
 from polytask.nn.encoders import TabularEncoder
 from polytask.nn.experts import ExpertBank
@@ -188,6 +192,33 @@ class LeanModel(nn.Module):
             outputs.append(x if x.shape[1] == head.out_dim else x[:, : head.out_dim])
         return ModelOutput(outputs)
 
+    def to_arrays(self) -> LeanArrays | None:
+        """The same form as numpy arrays (:mod:`polytask.inference.arrays`), where the first
+        layer is folded from a tabular encoder (a CNN or a user's encoder needs torch)."""
+        first = self.first
+        if not isinstance(first, FoldedInput):
+            return None
+        categorical = first.num_categorical > 0
+        heads = [
+            ArrayHead(
+                [(w.numpy(), b.numpy()) for w, b in head.layers],
+                None if head.gate_columns is None else _bounds(head.gate_columns),
+                None if head.experts is None else head.experts.numpy(),
+                head.out_dim,
+            )
+            for head in self.heads
+        ]
+        return LeanArrays(
+            table=first.table.numpy() if categorical else None,
+            offsets=first.offsets.numpy() if categorical else None,
+            bias=None if first.bias is None else first.bias.numpy(),
+            numeric_weight=first.numeric_weight.numpy(),
+            num_experts=self.num_experts,
+            expert_width=self.expert_width,
+            deeper=[(w.numpy(), b.numpy()) for w, b in self.deeper],
+            heads=heads,
+        )
+
     def _mix(
         self, logits: torch.Tensor, flat: torch.Tensor, experts: torch.Tensor | None, small: bool
     ) -> torch.Tensor:
@@ -200,6 +231,27 @@ class LeanModel(nn.Module):
             return torch.bmm(gates.unsqueeze(1), stacked).squeeze(1)
         gates = softmax_last(logits)
         return (gates.unsqueeze(-1) * stacked).sum(1)
+
+
+def _bounds(columns: slice) -> tuple[int, int]:
+    return int(columns.start), int(columns.stop)
+
+
+def save_model(folder: Path, model: MultiTaskModel) -> None:
+    """A run's model files: its weights, then (where it has them) its lean arrays."""
+    save_weights(folder / rd.WEIGHTS, model.state_dict())
+    save_lean_arrays(folder, model)
+
+
+def save_lean_arrays(folder: Path, model: MultiTaskModel) -> bool:
+    """Write the run's lean arrays (``lean.safetensors``) after its weights, where the model
+    has a numpy form; say whether it did. Predicting on raw rows then needs no torch."""
+    lean = lean_form(model)
+    arrays = None if lean is None else lean.cpu().to_arrays()
+    if arrays is None:
+        return False
+    arrays.save(folder)
+    return True
 
 
 def _bank_layers(bank: ExpertBank, index: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -6,40 +6,35 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from safetensors import SafetensorError
 from torch import nn
 
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.weights import load_weights
-from polytask.config import RunSpec, TaskKind
-from polytask.data.columns import ignored_columns, refuse_unknown
-from polytask.data.preprocess import Preprocessor, row_label
-from polytask.errors import DataError, PolytaskError
+from polytask.config import RunSpec
+from polytask.data.preprocess import Preprocessor
+from polytask.errors import PolytaskError
 from polytask.inference.evaluation import evaluate, overall_score
 from polytask.inference.lean import lean_form
 from polytask.inference.predict import predict_logits
+from polytask.inference.rows import RunRows
 from polytask.model import MultiTaskModel, build_model
-from polytask.tasks import Task, output_columns
 
 
-class Predictor:
+class Predictor(RunRows):
     """The model, its fitted preprocessor and its tasks, read from a run directory."""
 
     def __init__(
         self, run: Path, spec: RunSpec, preprocessor: Preprocessor, model: MultiTaskModel
     ) -> None:
-        self.run = run
-        self.spec = spec
-        self.preprocessor = preprocessor
+        super().__init__(run, spec, preprocessor)
         self.model: nn.Module = model.eval()
         # What predictions run on: the model's folded form where it has one (the same outputs
         # in fewer operations, see polytask.inference.lean), else the model itself. It is built from
         # the weights at load time: after changing self.model's weights, rebuild it with
         # lean_form(self.model) (or set it to self.model).
         self.serving_model: nn.Module = lean_form(self.model) or self.model
-        self.tasks: list[Task] = preprocessor.build_tasks(spec.tasks)
 
     @classmethod
     def load(
@@ -92,33 +87,6 @@ class Predictor:
             )
         return self.model
 
-    @property
-    def task_names(self) -> list[str]:
-        return [task.name for task in self.tasks]
-
-    @property
-    def ignored_columns(self) -> list[str]:
-        """Columns of the training table that the model does not read (targets, data.drop):
-        accepted in rows to predict, and ignored. Recorded at fit time; for a run fitted
-        before that, the spec's targets and drop list."""
-        recorded = self.preprocessor.state.get("ignored_columns")
-        if recorded is not None:
-            return list(recorded)
-        spec = self.spec
-        targets = [c for task in spec.tasks for c in task.columns]
-        return ignored_columns(self.preprocessor.input_columns, targets, spec.data.drop)
-
-    def check_columns(self, frame: pd.DataFrame) -> None:
-        """Refuse columns the run does not know (see :mod:`polytask.data.columns`)."""
-        refuse_unknown(frame.columns, self.preprocessor.input_columns, self.ignored_columns)
-
-    def output_columns(self) -> dict[str, str]:
-        """The columns :meth:`predict` returns, each with what it holds."""
-        return output_columns(self.tasks)
-
-    def summary(self) -> dict[str, Any]:
-        return rd.load_json(self.run, rd.SUMMARY)
-
     def predict(
         self,
         frame: pd.DataFrame,
@@ -133,28 +101,15 @@ class Predictor:
         A column the run does not know is refused unless ``allow_unknown_columns``; a row whose
         prediction is not a finite number is refused, naming it (never a NaN answer).
         """
-        if len(frame) == 0:
-            raise DataError("no rows to predict")
-        if not allow_unknown_columns:
-            self.check_columns(frame)
-        self.output_columns()  # refuses colliding names before any work
+        self.check_rows(frame, allow_unknown_columns)
         features = self.preprocessor.transform(frame)
         size = batch_size or self.spec.train.eval_batch_size
         logits = predict_logits(self.serving_model, features, size)
-        columns: dict[str, Any] = {}
-        for task, task_logits in zip(self.tasks, logits, strict=True):
-            values = task.outputs(task_logits).numpy()
-            _check_finite(values, task, frame)
-            if task.kind is TaskKind.multiclass:
-                columns[task.name] = np.asarray(task.classes, dtype=object)[values.argmax(axis=1)]
-                for index, label in enumerate(task.classes):
-                    columns[f"{task.name}_p_{label}"] = values[:, index]
-            elif task.kind is TaskKind.multilabel:
-                for index, column in enumerate(task.spec.columns):
-                    columns[f"{task.name}_{column}"] = values[:, index]
-            else:
-                columns[task.name] = values
-        return pd.DataFrame(columns, index=frame.index)
+        values = [
+            task.outputs(task_logits).numpy()
+            for task, task_logits in zip(self.tasks, logits, strict=True)
+        ]
+        return self.prediction_frame(frame, values)
 
     def evaluate(
         self,
@@ -179,13 +134,3 @@ class Predictor:
         arch = self.spec.model.arch
         return f"Predictor(run={str(self.run)!r}, arch={arch!r}, tasks={self.task_names})"
 
-
-def _check_finite(values: np.ndarray, task: Task, frame: pd.DataFrame) -> None:
-    """Refuse, naming the first row, outputs that are not finite numbers."""
-    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-    if bad.any():
-        where = row_label(frame, int(np.flatnonzero(bad)[0]))
-        raise DataError(
-            f"{where}: the prediction for task '{task.name}' is not a finite number "
-            f"({int(bad.sum())} such rows); an input is far outside what the model was trained on"
-        )

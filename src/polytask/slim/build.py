@@ -22,11 +22,11 @@ from torch import nn
 
 from polytask import __version__
 from polytask.artifacts import run_dir as rd
-from polytask.artifacts.weights import save_weights
 from polytask.config import RunSpec, parse_spec
 from polytask.data.tabular import load_splits, read_table
 from polytask.errors import DataError, PolytaskError, did_you_mean
 from polytask.features import Features
+from polytask.inference.lean import save_model
 from polytask.inference.predictor import Predictor
 from polytask.slim.extract import Extraction, SlimContext, extract
 from polytask.slim.report import (
@@ -218,7 +218,7 @@ def _write_run(
     would and check it computes what was extracted."""
     rd.save_config(folder, spec)
     shutil.copyfile(source.predictor.run / rd.PREPROCESSOR, folder / rd.PREPROCESSOR)
-    save_weights(folder / rd.WEIGHTS, extraction.model.state_dict())
+    save_model(folder, extraction.model)
     rd.save_json(folder, rd.SUMMARY, _summary(source.predictor, spec, extraction, threshold))
     return _reload(folder, extraction, source.kept_tasks, source.timing_rows(), encoder_factory)
 

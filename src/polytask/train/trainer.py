@@ -29,12 +29,12 @@ import torch
 from polytask import __version__
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.atomic import write_atomic
-from polytask.artifacts.weights import save_weights
 from polytask.balance import BALANCERS, Balancer
 from polytask.config import EncoderSpec, RunSpec
 from polytask.data import progress
 from polytask.errors import ConfigError, PolytaskError
 from polytask.inference.evaluation import evaluate, overall_score
+from polytask.inference.lean import save_model
 from polytask.model import MultiTaskModel, build_model
 from polytask.train.device import Placement, placement
 from polytask.train.diagnostics import BalanceDiagnostics, plot_balance
@@ -562,7 +562,7 @@ class Trainer:
                 self.partial / rd.BALANCE_PLOT,
                 lambda temp: plot_balance(loop.history, names, temp),
             )
-        save_weights(self.partial / rd.WEIGHTS, model.state_dict())
+        save_model(self.partial, model)
         rd.save_json(self.partial, rd.FINAL_METRICS, final)
         summary = {
             "polytask_version": __version__,
