@@ -150,9 +150,19 @@ def train(
         overrides["baseline"] = baseline.resolve()
     if overrides:
         spec = with_overrides(spec, train=overrides)
-    check_unused(spec, strict=strict)
+    with warnings.catch_warnings():
+        if _other_rank():  # under torchrun, rank 0 alone warns (every rank still refuses)
+            warnings.simplefilter("ignore", PolytaskWarning)
+        check_unused(spec, strict=strict)
     target = out_dir or Path("runs") / config.stem
     fit_tracked(spec, target, overwrite=overwrite, progress=not quiet, mlflow=mlflow)
+
+
+def _other_rank() -> bool:
+    """A process torchrun started other than rank 0."""
+    from polytask.train.distributed import world_from_environment
+
+    return world_from_environment()[0] != 0
 
 
 def _launch_processes(nproc: int, config: Path | None, resume: Path | None, **options: Any) -> None:

@@ -248,3 +248,19 @@ def test_the_launcher_refuses_a_resume_without_a_checkpoint(tmp_path):
     result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "none"), "--nproc", "2"])
     assert result.exit_code == 2
     assert "no checkpoint to resume" in result.output
+
+
+@pytest.mark.parametrize(("rank", "warned"), [("0", True), ("1", False)])
+def test_only_rank_0_prints_spec_warnings(table, tmp_path, monkeypatch, rank, warned):
+    """Every rank checks the spec; the warnings of an unused key come from rank 0 alone. The
+    command then stops before any work: rank 0 at the output folder it may not replace,
+    rank 1 when it finds no torchrun group to join."""
+    spec = base_spec(table, model={"arch": "shared_bottom", "num_experts": 5})
+    config = write_yaml(tmp_path / "spec.yaml", spec)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(app, ["train", str(config), "--out", str(out), "--overwrite"])
+    assert ("model.num_experts is set but not used" in result.output) is warned

@@ -168,8 +168,10 @@ def current_world(backend_device: str | None = None) -> World:
 
 
 def world_from_environment() -> tuple[int, int]:
-    """(rank, size) as torchrun sets them, before any process group exists."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    """(rank, size) as torchrun sets them, before any process group exists; (0, 1) for a
+    world of one process, whatever ``RANK`` says."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), size) if size > 1 else (0, 1)
 
 
 def unlabelled(labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
