@@ -52,7 +52,7 @@ def _setup(table_csv, arch: str = "mmoe", rows: int = 48, double: bool = False):
 
 def _brute_force(model, features, labels, tasks, lr):
     """Z[i, j] and the gradients g_i, one task at a time on copies of the model."""
-    losses, _ = task_losses(model(features), labels, tasks)
+    losses, _ = task_losses(model(features).logits, labels, tasks)
     shared = list(shared_named_parameters(model).values())
     grads = [
         torch.autograd.grad(losses[i], shared, retain_graph=True, allow_unused=True)
@@ -70,7 +70,7 @@ def _brute_force(model, features, labels, tasks, lr):
         with torch.no_grad():
             for param, grad in zip(stepped_shared, grads[i], strict=True):
                 param -= lr * grad
-            after, _ = task_losses(stepped(features), labels, tasks)
+            after, _ = task_losses(stepped(features).logits, labels, tasks)
         rows.append(1.0 - after / before)
     flat = torch.stack([torch.cat([g.flatten() for g in gs]) for gs in grads])
     return torch.stack(rows), flat
@@ -99,7 +99,7 @@ def test_small_steps_follow_the_first_order_expansion(table_csv):
     model, features, labels, tasks = _setup(table_csv, double=True)
     lr = 1e-6
     result = measure(model, features, labels, tasks, lr=lr)
-    losses, _ = task_losses(model(features), labels, tasks)
+    losses, _ = task_losses(model(features).logits, labels, tasks)
     _, flat = _brute_force(model, features, labels, tasks, lr=lr)
     first_order = lr * (flat @ flat.T) / losses.detach().unsqueeze(0)
     torch.testing.assert_close(result.affinity, first_order, rtol=1e-3, atol=1e-12)

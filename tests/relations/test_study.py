@@ -47,11 +47,11 @@ def test_study_layout_and_report(study):
         group = next(g for g in manifest["groups"] if g["run"] == run)
         assert task in group["tasks"]
         assert (folder / run / "summary.json").is_file()
-    assert (folder / "runs" / "all_in_one" / "relations.json").is_file()
+    assert (folder / "all_in_one" / "relations.json").is_file()
     report = study["report"]
     test = report["splits"]["test"]
     assert set(test["per_task"]) == set(names)
-    single = json.loads((folder / "runs" / "single" / "metrics.json").read_text())["test"]
+    single = json.loads((folder / "single" / "metrics.json").read_text())["test"]
     assert test["per_task"]["click"]["single"] == single["click"]
     assert np.isfinite(test["delta_m"]["grouped"]) and np.isfinite(test["delta_m"]["all_in_one"])
 
@@ -61,7 +61,9 @@ def test_group_runs_do_not_read_other_labels(study):
     subset = subset_spec(spec, ["click", "spend"])
     assert [t.name for t in subset.tasks] == ["click", "spend"]
     assert {"segment", "tag_a", "tag_b"} <= set(subset.data.drop)
-    for path in (study["folder"] / "runs").iterdir():
+    runs = [path for path in study["folder"].iterdir() if path.is_dir()]
+    assert {"all_in_one", "single"} <= {path.name for path in runs}
+    for path in runs:
         inputs = json.loads((path / "preprocessor.json").read_text())
         assert "segment" not in inputs["categorical"] and "tag_a" not in inputs["numeric"]
 
@@ -104,7 +106,7 @@ def test_relations_command(study):
     assert report["tasks"] == ["click", "segment", "spend", "tags"]
     assert len(report["affinity"]) == 4
     assert report["suggested"][0]["max_groups"] == 2
-    result = invoke("relations", study["folder"] / "runs" / "all_in_one")
+    result = invoke("relations", study["folder"] / "all_in_one")
     assert result.exit_code == 0, result.output
     assert "lookahead affinity" in result.output and "at most 2 groups" in result.output
 
@@ -115,7 +117,9 @@ def test_user_errors(study, tmp_path, trained_run):
         invoke("group", study["config"], "--groups", 0, "-o", tmp_path / "s"), "--groups"
     )
     (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not polytask's\n")
     assert_user_error(
         invoke("group", study["config"], "--groups", 2, "-o", tmp_path / "mine", "--overwrite"),
-        "not a group study",
+        "not a folder polytask wrote",
     )
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "not polytask's\n"

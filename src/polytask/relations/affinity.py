@@ -69,7 +69,7 @@ def measure(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(MEASUREMENT_SEED)
         with torch.enable_grad():
-            losses, present = task_losses(model(features), labels, tasks)
+            losses, present = task_losses(model(features).logits, labels, tasks)
             grads = task_gradients(losses, list(shared.values()), retain_graph=False)
         before = losses.detach()
         with torch.no_grad():
@@ -96,7 +96,7 @@ def lookahead_losses(
     """[T, T]: row i holds every task's loss with the shared parameters ``stacked[.][i]``."""
 
     def losses_at(params: dict[str, torch.Tensor]) -> torch.Tensor:
-        outputs = functional_call(model, params, (features,), strict=False)
+        outputs = functional_call(model, params, (features,), strict=False).logits
         return task_losses(outputs, labels, tasks)[0]
 
     try:
