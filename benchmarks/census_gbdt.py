@@ -46,6 +46,11 @@ def main() -> None:
         runs.append({"seed": seed, "test": final["test"], "seconds": summary["train_seconds"]})
         aucs = {task: metrics["auc"] for task, metrics in final["test"].items()}
         print(f"seed {seed}: {aucs} ({summary['train_seconds']:.0f} s)", flush=True)
+        if args.json:  # after every seed: a long run stopped early keeps what it measured
+            write(args.json, runs, library, machine_info("scikit-learn", "lightgbm"))
+
+
+def write(path: Path, runs: list[dict[str, Any]], library: str, machine: dict[str, Any]) -> None:
     tasks = list(runs[0]["test"])
     summary_auc = {
         task: {
@@ -54,16 +59,15 @@ def main() -> None:
         }
         for task in tasks
     }
-    print(json.dumps(summary_auc, indent=2))
-    if args.json:
-        payload = {
-            "command": "python benchmarks/census_gbdt.py " + " ".join(sys.argv[1:]),
-            "machine": machine_info("scikit-learn", "lightgbm"),
-            "library": library,
-            "runs": runs,
-            "test_auc": summary_auc,
-        }
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
+    payload = {
+        "command": "python benchmarks/census_gbdt.py " + " ".join(sys.argv[1:]),
+        "machine": machine,
+        "library": library,
+        "seeds_run": len(runs),
+        "runs": runs,
+        "test_auc": summary_auc,
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":
