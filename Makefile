@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench avalanche-venv bench-grow clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,18 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet --no-deps torch-rechub==0.9.0 libmtl==1.1.5 torchjd==0.18.0
 	$(BIN)/python benchmarks/throughput_archs.py
 	$(BIN)/python benchmarks/balance_speed.py
+
+# Avalanche 0.6 (continual-learning peer of `polytask grow` / `stream`) cannot share $(VENV):
+# its torchvision needs the torch build it was compiled with (docs/benchmarks.md, peers).
+# Several GB (CUDA runtime wheels); the benchmark calls it as a subprocess and reads JSON.
+AVALANCHE      := .venv-avalanche
+AVALANCHE_STAMP := $(AVALANCHE)/.installed
+$(AVALANCHE_STAMP):
+	$(PYTHON) -m venv $(AVALANCHE)
+	$(AVALANCHE)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 avalanche-lib==0.6.0
+	touch $(AVALANCHE_STAMP)
+
+avalanche-venv: $(AVALANCHE_STAMP)
 
 clean:
 	rm -rf $(VENV) runs

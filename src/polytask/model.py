@@ -18,6 +18,7 @@ from polytask.arch import ARCHS
 from polytask.config import ModelSpec
 from polytask.errors import PolytaskError
 from polytask.features import Features
+from polytask.nn.blocks import build_towers
 from polytask.nn.cnn import CNNEncoder
 from polytask.nn.encoders import TabularEncoder
 from polytask.nn.executor import PlanNetwork
@@ -68,7 +69,7 @@ class MultiTaskModel(nn.Module):
         self,
         encoders: nn.ModuleList,
         arch: PlanNetwork,
-        towers: Towers,
+        towers: nn.Module,
         task_names: list[str],
         heads: nn.Module | None = None,
     ) -> None:
@@ -170,7 +171,8 @@ def model_from_plan(
     if not isinstance(in_dim, int):
         raise PolytaskError("the encoder_factory's module must have an int attribute out_dim")
     network = PlanNetwork(plan, in_dim)
-    towers = Towers(network.out_dim, spec.tower_hidden, out_dims, dropout=spec.dropout)
+    hidden, blocks = spec.tower_hidden, plan.tower_blocks
+    towers = build_towers(network.out_dim, hidden, out_dims, spec.dropout, blocks, plan.task_gates)
     heads = build_heads(plan, spec.tower_hidden, network.out_dim, out_dims)
     return MultiTaskModel(encoders, network, towers, task_names, heads)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from polytask.nn.blocks import ExpertBlocks, GateBlocks, load_first_blocks
 from polytask.nn.dselect import DSelectKGates
 from polytask.nn.experts import ExpertBank
 from polytask.nn.gates import (
@@ -39,6 +40,10 @@ from polytask.plan.schema import ExpertsSpec, GatesSpec, Level, Plan
 
 def build_experts(spec: ExpertsSpec, in_dim: int) -> nn.Module:
     """The expert bank a level's ``experts`` describes: [B, in] or [E, B, in] -> [E, B, out]."""
+    if spec.blocks is not None:
+        return ExpertBlocks(
+            [ExpertBank(size, in_dim, spec.hidden, dropout=spec.dropout) for size in spec.blocks]
+        )
     if spec.kind == "mlp":
         return ExpertBank(spec.count, in_dim, spec.hidden, dropout=spec.dropout)
     if spec.kind == "normed":
@@ -58,7 +63,22 @@ def build_experts(spec: ExpertsSpec, in_dim: int) -> nn.Module:
 
 
 def build_gates(spec: GatesSpec, num_experts: int, in_dim: int) -> GateBank:
-    """The gate bank a level's ``gates`` describes."""
+    """The gate bank a level's ``gates`` describes (in blocks: one bank per block, over the
+    block's prefix of the experts)."""
+    if spec.blocks is not None:
+        banks, start = [], 0
+        for block in spec.blocks:
+            end = start + block.count
+            part = spec.model_copy(
+                update={
+                    "allowed": spec.allowed[start:end],
+                    "reads": spec.reads[start:end] if spec.reads is not None else None,
+                    "blocks": None,
+                }
+            )
+            banks.append(build_gates(part, block.experts, in_dim))
+            start = end
+        return GateBlocks(banks, [block.experts for block in spec.blocks])
     allowed = spec.allowed
     if spec.kind == "identity":
         return IdentityGates(allowed, num_experts)
@@ -160,6 +180,12 @@ class LevelModule(nn.Module):
             kept = source.self_gates.select(cut.gates, cut.experts)
             self.self_gates.load_state_dict(kept.state_dict())
 
+    def copy_grown(self, source: LevelModule) -> None:
+        """Fill this (freshly built, grown-plan) level's first blocks with ``source``'s
+        experts and gates; the blocks growth added keep their fresh initialisation."""
+        load_first_blocks(self.experts, source.experts)
+        load_first_blocks(self.gates, source.gates)
+
 
 @dataclass
 class ArchOutput:
@@ -247,6 +273,15 @@ class PlanNetwork(nn.Module):
         network = PlanNetwork(plan, self.in_dim)
         for target, source, cut in zip(network.levels, self.levels, cuts, strict=True):
             target.copy_selected(source, cut)
+        return network
+
+    def grow(self, plan: Plan) -> PlanNetwork:
+        """The network of ``plan`` (this network's plan with tasks added, see
+        :func:`polytask.plan.grow.add_tasks`) holding this network's weights as its first
+        blocks; what was added is freshly initialised."""
+        network = PlanNetwork(plan, self.in_dim)
+        for target, source in zip(network.levels, self.levels, strict=True):
+            target.copy_grown(source)
         return network
 
     def extra_repr(self) -> str:

@@ -14,6 +14,7 @@ from polytask.features import Features
 from polytask.model import ModelOutput, MultiTaskModel
 from polytask.nn.towers import Towers
 from polytask.tasks import Task, task_losses
+from polytask.train.hooks import StepHooks
 
 PARAMETER_NEEDS = frozenset({Need.GRAMIAN, Need.SHARED_GRADS})
 
@@ -36,12 +37,22 @@ def train_step(
     static_weights: torch.Tensor,
     step: int,
     measure_gradients: bool = False,
+    hooks: StepHooks | None = None,
 ) -> StepResult:
     """One update. ``measure_gradients`` also forms the task-gradient Gramian at the shared
-    representation (for diagnostics) when the balancer does not compute one itself."""
+    representation (for diagnostics) when the balancer does not compute one itself.
+    ``hooks`` (a continual-learning strategy, fixed entries) act at the points
+    :mod:`polytask.train.hooks` lists: more rows, a penalty, gradient surgery."""
     optimizer.zero_grad(set_to_none=True)
+    if hooks is not None:
+        features, labels = hooks.batch(features, labels)
     output = model(features)
     losses, present = task_losses(output.logits, labels, tasks)
+    extra = output.auxiliary_loss
+    if hooks is not None:
+        penalty = hooks.penalty(model, features, output)
+        if penalty is not None:
+            extra = penalty if extra is None else extra + penalty
     wants_params = bool(balancer.needs & PARAMETER_NEEDS)
     context = StepContext(
         present=present,
@@ -49,7 +60,7 @@ def train_step(
         step=step,
         shared_params=model.shared_parameters() if wants_params else [],
         representation=output.representation,
-        extra_loss=output.auxiliary_loss,
+        extra_loss=extra,
         recompute_losses=lambda: task_losses(model(features).logits, labels, tasks)[0],
         # loss t is computed from output t alone (task_losses): with the model's separable
         # tower inputs, per-task gradients skip a T-batched pass through the towers, and
@@ -63,7 +74,11 @@ def train_step(
     if measure_gradients and context.representation is not None:
         context.gramian(losses, "representation")  # cached: a balancer using it pays nothing
     weights = balancer.backward(losses, context)
+    if hooks is not None:
+        hooks.before_update(model)
     optimizer.step()
+    if hooks is not None:
+        hooks.after_update(model)
     gramian = next((v for k, v in context._cache.items() if k.startswith("gramian:")), None)
     return StepResult(losses.detach(), weights, present, gramian)
 

@@ -30,6 +30,7 @@ from polytask.errors import ConfigError, PolytaskError
 from polytask.inference.evaluation import evaluate, overall_score
 from polytask.model import MultiTaskModel, build_model
 from polytask.train.diagnostics import BalanceDiagnostics, plot_balance
+from polytask.train.hooks import StepHooks
 from polytask.train.insight import expert_utilisation, plot_utilisation
 from polytask.train.optim import build_optimizer, build_scheduler
 from polytask.train.prepare import Prepared, SplitTensors, prepare
@@ -79,7 +80,13 @@ def load_baseline(path: Path | None) -> dict[str, dict[str, dict[str, float]]] |
 
 
 class Trainer:
-    """Trains one run specification into a run directory."""
+    """Trains one run specification into a run directory.
+
+    Growing a run (:mod:`polytask.grow`) trains through this same loop and passes what a
+    specification cannot say: ``prepared`` data (rows of several sources, each labelled
+    for its own tasks), the ``initial_state`` of the grown model, and the strategy's
+    ``hooks``. Such a run cannot be resumed from its checkpoint alone.
+    """
 
     def __init__(
         self,
@@ -91,7 +98,15 @@ class Trainer:
         progress: bool = True,
         callbacks: Iterable[EpochCallback] = (),
         encoder_factory: Callable[[], torch.nn.Module] | None = None,
+        prepared: Prepared | None = None,
+        initial_state: dict[str, torch.Tensor] | None = None,
+        hooks: StepHooks | None = None,
     ) -> None:
+        if resume and (prepared is not None or initial_state is not None or hooks is not None):
+            raise PolytaskError("a run trained with prepared data or hooks cannot be resumed")
+        self.prepared = prepared
+        self.initial_state = initial_state
+        self.hooks = hooks
         self.out = rd.final_path(Path(out).resolve())
         self.partial = rd.partial_path(self.out)
         self.resume = resume
@@ -136,7 +151,7 @@ class Trainer:
             state = rd.load_json(self.partial, rd.PREPROCESSOR)
         else:  # a run started from trained weights keeps the inputs those were trained on
             state = initial_preprocessor(train_spec.init)
-        prepared = prepare(self.spec, state)
+        prepared = self.prepared or prepare(self.spec, state)
         self.baseline = load_baseline(train_spec.baseline)
         model = build_model(
             self.spec.model,
@@ -148,6 +163,8 @@ class Trainer:
         )
         if train_spec.init is not None and not self.resume:  # a resume reads its checkpoint
             load_initial(model, train_spec.init)
+        if self.initial_state is not None:
+            model.load_state_dict(self.initial_state)
         self.frozen = freeze(model, train_spec.freeze)
         return prepared, model
 
@@ -190,6 +207,8 @@ class Trainer:
                     epoch,
                 )
                 balancer.end_epoch()
+                if self.hooks is not None and self.hooks.end_epoch(model, epoch):
+                    loop.best_value = -math.inf  # earlier weights are no longer candidates
                 elapsed = time.perf_counter() - started
                 loop.train_seconds += elapsed
                 loop.rows_seen += len(train)
@@ -240,6 +259,7 @@ class Trainer:
                 static_weights,
                 loop.step,
                 measure_gradients=every is not None and loop.step % every == 0,
+                hooks=self.hooks,
             )
             loss_sum += result.losses * result.present
             present_count += result.present
@@ -384,6 +404,8 @@ class Trainer:
                 str(self.spec.train.baseline) if baseline else None,
             )
         self._save_insight(model, prepared, display)
+        if self.hooks is not None:
+            self.hooks.finish(model, self.partial)
         if loop.history:
             names = [task.name for task in prepared.tasks]
             write_atomic(
@@ -437,8 +459,12 @@ def fit(
     progress: bool = True,
     callbacks: Iterable[EpochCallback] = (),
     encoder_factory: Callable[[], torch.nn.Module] | None = None,
+    prepared: Prepared | None = None,
+    initial_state: dict[str, torch.Tensor] | None = None,
+    hooks: StepHooks | None = None,
 ) -> Path:
-    """Train ``spec`` into the run directory ``out`` and return its path."""
+    """Train ``spec`` into the run directory ``out`` and return its path (see
+    :class:`Trainer` for ``prepared``, ``initial_state`` and ``hooks``)."""
     return Trainer(
         spec,
         out,
@@ -447,6 +473,9 @@ def fit(
         progress=progress,
         callbacks=callbacks,
         encoder_factory=encoder_factory,
+        prepared=prepared,
+        initial_state=initial_state,
+        hooks=hooks,
     ).fit()
 
 
