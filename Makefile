@@ -38,7 +38,7 @@ AVALANCHE      := .venv-avalanche
 AVALANCHE_STAMP := $(AVALANCHE)/.installed
 $(AVALANCHE_STAMP):
 	$(PYTHON) -m venv $(AVALANCHE)
-	$(AVALANCHE)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 avalanche-lib==0.6.0
+	$(AVALANCHE)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 avalanche-lib==0.6.0 quadprog
 	touch $(AVALANCHE_STAMP)
 
 avalanche-venv: $(AVALANCHE_STAMP)

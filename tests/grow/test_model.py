@@ -8,7 +8,7 @@ import torch
 
 from polytask.config import ModelSpec
 from polytask.features import Features
-from polytask.grow.model import add_tasks_to_model, old_entries
+from polytask.grow.model import add_tasks_to_model, origins
 from polytask.model import MultiTaskModel, build_model, encoder_from_spec
 from polytask.plan.grow import add_tasks
 
@@ -94,10 +94,12 @@ def test_row_routed_task_moe_and_a_second_growth_keep_old_outputs():
 def test_training_the_new_task_with_old_weights_frozen_keeps_old_outputs(arch, experts):
     model, spec = trained_like(arch)
     grown = grow(model, spec, experts)
-    masks = old_entries(model, lambda m: grow(m, spec, experts))
-    assert all(bool(mask.all()) or not bool(mask.any()) for mask in masks.values())
+    found = origins(model, lambda m: grow(m, spec, experts))
+    old = dict(model.named_parameters())
+    assert sorted(found.values()) == sorted(old)  # every old tensor survives whole
     for name, parameter in grown.named_parameters():
-        parameter.requires_grad_(not bool(masks[name].any()))
+        assert name not in found or torch.equal(parameter, old[found[name]])
+        parameter.requires_grad_(name not in found)
     optimizer = torch.optim.AdamW(
         [p for p in grown.parameters() if p.requires_grad], lr=0.05, weight_decay=0.1
     )
@@ -108,5 +110,3 @@ def test_training_the_new_task_with_old_weights_frozen_keeps_old_outputs(arch, e
         optimizer.step()
     grown.eval(), model.eval()
     assert same_old_outputs(model, grown, features)
-    old = dict(model.named_parameters())
-    assert sum(masks[name].all() for name in dict(grown.named_parameters())) == len(old)

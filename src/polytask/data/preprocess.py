@@ -132,6 +132,32 @@ class Preprocessor:
         }
         return cls(state)
 
+    def with_tasks(self, frame: pd.DataFrame, tasks: list[TaskSpec]) -> Preprocessor:
+        """This preprocessor with the label encodings of ``tasks`` fitted on ``frame``; its
+        input encodings (columns, vocabularies, scalers) stay exactly as they are, so a model
+        trained on them reads the new rows as it read the old ones (growing a run)."""
+        inputs = set(self.input_columns)
+        for task in tasks:
+            if task.name in self.state["tasks"]:
+                raise DataError(f"task '{task.name}' already has a label encoding")
+            for column in task.columns:
+                if column not in frame.columns:
+                    raise DataError(
+                        f"task '{task.name}': target column '{column}' is not in the table"
+                        f"{did_you_mean(column, frame.columns)}"
+                    )
+                if column in inputs:
+                    raise DataError(
+                        f"task '{task.name}': target column '{column}' is one of the model's "
+                        "input columns; the model would read its own label"
+                    )
+        fitted = {task.name: self._fit_task(frame, task) for task in tasks}
+        return Preprocessor({**self.state, "tasks": {**self.state["tasks"], **fitted}})
+
+    def missing_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """The input columns ``frame`` lacks (read as missing values, as at predict time)."""
+        return [column for column in self.input_columns if column not in frame.columns]
+
     @staticmethod
     def _feature_columns(
         frame: pd.DataFrame, data: DataSpec, targets: set[str]

@@ -3,8 +3,9 @@
 :func:`add_tasks_to_model` is the model-side inverse of slimming: the plan grows
 (:func:`polytask.plan.grow.add_tasks`); every bank, the towers, and (where each task has its
 own) the encoders get a new block beside the old ones, which are kept whole
-(:mod:`polytask.nn.blocks`). :func:`old_entries` says which of the grown model's parameters
-hold old weights: the ones ``expand`` keeps fixed.
+(:mod:`polytask.nn.blocks`). :func:`origins` says which of the grown model's parameters hold
+old weights, and under which name: the ones ``expand`` keeps fixed, and the names
+strategies' state (Fisher diagonals, anchors) is renamed through.
 """
 
 from __future__ import annotations
@@ -48,12 +49,24 @@ def add_tasks_to_model(
     return grown.train(model.training)
 
 
-def old_entries(model: MultiTaskModel, grow: Grow) -> dict[str, torch.Tensor]:
-    """Per parameter of ``grow(model)``: True where the entry is a copy of one of
-    ``model``'s. Found by growing a copy whose parameters are all NaN: growth copies old
-    entries and initialises new ones with finite values, so the NaNs mark the copies."""
+def origins(model: MultiTaskModel, grow: Grow) -> dict[str, str]:
+    """For each parameter of ``grow(model)`` that holds one of ``model``'s parameters whole,
+    that parameter's name in ``model``. Found by growing a copy whose parameter number i is
+    filled with the marker ``-(i + 1) * 1e6`` (growth copies old tensors and initialises new
+    ones with values far smaller), then matching the markers."""
     marked = copy.deepcopy(model)
+    names = [name for name, _ in marked.named_parameters()]
     with torch.no_grad():
-        for parameter in marked.parameters():
-            parameter.fill_(float("nan"))
-    return {name: torch.isnan(p.detach()) for name, p in grow(marked).named_parameters()}
+        for number, parameter in enumerate(marked.parameters()):
+            parameter.fill_(_marker(number))
+    found = {}
+    for name, parameter in grow(marked).named_parameters():
+        value = float(parameter.detach().reshape(-1)[0]) if parameter.numel() else 0.0
+        number = round(-value / 1e6) - 1
+        if 0 <= number < len(names) and bool((parameter == _marker(number)).all()):
+            found[name] = names[number]
+    return found
+
+
+def _marker(number: int) -> float:
+    return -(number + 1) * 1e6

@@ -1,0 +1,47 @@
+"""Expansion: new experts at every level, a new gate and a new tower for each new task;
+every old parameter fixed. The old tasks' outputs stay bit-identical (the new parts are
+blocks of their own, :mod:`polytask.nn.blocks`), so nothing is forgotten, and the new task
+still reads the old shared experts through its gate."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from polytask.grow.strategies.base import (
+    STRATEGIES,
+    ExperienceContext,
+    Strategy,
+    StrategyOptions,
+)
+from polytask.plan.grow import add_tasks
+from polytask.plan.schema import Plan
+
+
+class ExpandOptions(StrategyOptions):
+    experts: int = Field(
+        1,
+        ge=0,
+        description="new experts per level for each new task (identity-gated levels, such as "
+        "shared-bottom or single-task bottoms, take 0 or 1; 0 there reads the shared bottom)",
+    )
+    read: Literal["shared", "all"] = Field(
+        "shared",
+        description="the old experts a new task's gate may weight: the shared ones, or all",
+    )
+
+
+@STRATEGIES.register("expand")
+class Expand(Strategy):
+    """New experts, gate and tower per new task; every old parameter fixed (no forgetting)."""
+
+    Options = ExpandOptions
+    summary = "new experts, gate and tower per task; old parameters fixed (no forgetting)"
+
+    def grow_plan(self, plan: Plan, count: int) -> Plan:
+        assert isinstance(self.options, ExpandOptions)
+        return add_tasks(plan, count, experts=self.options.experts, read=self.options.read)
+
+    def frozen(self, context: ExperienceContext) -> list[str]:
+        return sorted(context.origins)
