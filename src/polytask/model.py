@@ -20,7 +20,7 @@ from polytask.errors import PolytaskError
 from polytask.features import Features
 from polytask.nn.blocks import build_towers
 from polytask.nn.cnn import CNNEncoder
-from polytask.nn.encoders import TabularEncoder
+from polytask.nn.encoders import NumericEncoder, TabularEncoder
 from polytask.nn.executor import PlanNetwork
 from polytask.nn.heads import ChainHead, TransferHead
 from polytask.nn.towers import Towers
@@ -202,6 +202,8 @@ def encoder_from_spec(
             "pass the encoder_factory it was trained with (to polytask.load, or to "
             "polytask.train with resume=True)"
         )
+    if encoder.name == "numeric":
+        return lambda: NumericEncoder(numeric_width)
     if encoder.name == "cnn":
         image_shape = list(encoder.image_shape or [])
         return lambda: CNNEncoder(image_shape, encoder.channels, encoder.out_dim, numeric_width)

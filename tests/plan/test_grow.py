@@ -92,7 +92,7 @@ def test_blocks_are_validated():
     plan = add_tasks(plan_of("mmoe", 2, num_experts=3), 1, experts=2)
     raw = plan.model_dump()
     raw["levels"][0]["gates"]["blocks"] = [{"count": 2, "experts": 4}, {"count": 1, "experts": 5}]
-    with pytest.raises(ValueError, match="end an expert block"):
+    with pytest.raises(ValueError, match="boundaries"):
         Plan.model_validate(raw)
     raw = plan.model_dump()
     raw["tower_blocks"] = [2, 2]

@@ -274,16 +274,49 @@ class Preprocessor:
                 codes[:, j] = positions.astype(np.int64) + 1
         width = len(self.numeric)
         numeric = np.zeros((n, 2 * width), dtype=np.float32)
+        # columns of a numeric dtype in one block (a table of pixels has hundreds); the
+        # others column by column, where a bad cell is reported by row
+        dtypes = frame.dtypes
+        block = [
+            j
+            for j, column in enumerate(self.numeric)
+            if column in dtypes.index
+            and ptypes.is_numeric_dtype(dtypes[column])
+            and not ptypes.is_bool_dtype(dtypes[column])
+        ]
+        if block:
+            columns = [self.numeric[j] for j in block]
+            values = frame[columns].to_numpy(dtype=np.float64, copy=True)
+            values[~np.isfinite(values)] = np.nan
+            self._scale(numeric, block, values, columns)
+        in_block = set(block)
         for j, column in enumerate(self.numeric):
+            if j in in_block:
+                continue
             if column in frame.columns:
                 values = _to_numeric(frame[column], f"column '{column}'")
             else:
                 values = np.full(n, np.nan)
-            mean, std = self.state["numeric_stats"][column]
-            missing = np.isnan(values)
-            numeric[:, j] = np.where(missing, 0.0, (values - mean) / std)
-            numeric[:, width + j] = missing
+            self._scale(numeric, [j], values[:, None], [column])
         return Features(torch.from_numpy(codes), torch.from_numpy(numeric))
+
+    def _scale(
+        self, out: np.ndarray, index: list[int], values: np.ndarray, columns: list[str]
+    ) -> None:
+        """Standardised values and missing flags of ``columns`` ([N, k] raw values, modified)
+        into their places in ``out`` (a slice where the columns are consecutive)."""
+        stats = np.array([self.state["numeric_stats"][c] for c in columns], dtype=np.float64)
+        missing = np.isnan(values)
+        values -= stats[:, 0]
+        values /= stats[:, 1]
+        values[missing] = 0.0
+        width = len(self.numeric)
+        if index == list(range(index[0], index[0] + len(index))):
+            out[:, index[0] : index[0] + len(index)] = values
+            out[:, width + index[0] : width + index[0] + len(index)] = missing
+        else:
+            out[:, index] = values
+            out[:, [width + j for j in index]] = missing
 
     def encode_labels(self, frame: pd.DataFrame, tasks: list[Task]) -> dict[str, torch.Tensor]:
         """Label columns -> float tensors with NaN where unlabelled; rejects labels that do not

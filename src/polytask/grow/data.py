@@ -79,9 +79,7 @@ def concat(parts: list[Rows]) -> Rows:
 def merge(parts: list[Rows], tasks: list[Task]) -> SplitTensors:
     """:func:`concat`, as a training split labelled for exactly ``tasks``."""
     rows = concat(parts)
-    labels = {
-        task.name: rows.labels.get(task.name, unlabelled(task, len(rows))) for task in tasks
-    }
+    labels = {task.name: rows.labels.get(task.name, unlabelled(task, len(rows))) for task in tasks}
     return SplitTensors(rows.features, labels)
 
 

@@ -9,10 +9,10 @@ tasks' outputs bit-identical. Instead each growth adds a block:
 
 - :class:`ExpertBlocks`: the experts of a level as consecutive banks; every block runs on
   its own rows exactly as a bank of its size would;
-- :class:`GateBlocks`: consecutive groups of gates, group b a plain gate bank over the
-  level's first ``pools[b]`` experts (those that existed when it was added), mixing the
-  outputs of exactly those experts. Group 0 receives the very tensor the old level's bank
-  produced, so it repeats the old computation;
+- :class:`GateBlocks`: consecutive groups of gates, group b a plain gate bank over a range
+  of the level's experts (those that existed when it was added; a copy's own, for PackNet's
+  per-task copies), mixing the outputs of exactly those experts. Group 0 receives the very
+  tensor the old level's bank produced, so it repeats the old computation;
 - :class:`TowerBlocks`: the towers as consecutive :class:`~polytask.nn.towers.Towers`; a
   block whose tasks all read one representation reads it once, as the old towers did.
 
@@ -83,11 +83,12 @@ class ExpertBlocks(nn.Module):
             row += count
         return torch.cat(pieces)
 
-    def prefix(self, experts: int) -> nn.Module:
-        """The first ``experts`` experts (a whole number of blocks) as one module."""
-        ends = list(accumulate(self.sizes))
-        count = ends.index(experts) + 1
-        return self.banks[0] if count == 1 else ExpertBlocks(list(self.banks[:count]))
+    def span(self, start: int, end: int) -> nn.Module:
+        """Experts ``start`` to ``end - 1`` (whole blocks) as one module."""
+        bounds = [0, *accumulate(self.sizes)]
+        first, last = bounds.index(start), bounds.index(end)
+        chosen = list(self.banks[first:last])
+        return chosen[0] if len(chosen) == 1 else ExpertBlocks(chosen)
 
     def select(self, experts: Sequence[int]) -> nn.Module:
         """The given experts (ascending), block by block; one bank when one block is left."""
@@ -102,10 +103,11 @@ class ExpertBlocks(nn.Module):
         return f"blocks={self.sizes}"
 
 
-def expert_prefix(experts: nn.Module, count: int) -> nn.Module:
-    """A level's first ``count`` experts as one module (the bank itself when that is all)."""
+def expert_span(experts: nn.Module, start: int, end: int) -> nn.Module:
+    """A level's experts ``start`` to ``end - 1`` as one module (the bank itself when that
+    is all of it)."""
     if isinstance(experts, ExpertBlocks):
-        return experts.prefix(count)
+        return experts.span(start, end)
     return experts
 
 
@@ -130,18 +132,23 @@ class _Given(nn.Module):
 
 
 class GateBlocks(GateBank):
-    """Consecutive gate banks, bank b over the level's first ``pools[b]`` experts (see the
-    module docstring). Dense kinds mix expert outputs computed once per expert block; top-k
-    routing dispatches each block over its own prefix of the experts.
+    """Consecutive gate banks, bank b over the level's experts ``pools[b] = (start, end)``
+    (see the module docstring), its allowed experts numbered from ``start``. Dense kinds mix
+    expert outputs computed once per expert block; top-k routing dispatches each block over
+    its own range of the experts.
 
-    Shapes: as the plain banks; weights reported [G, B, E] (zero beyond a block's pool).
+    Shapes: as the plain banks; weights reported [G, B, E] (zero outside a block's range).
     """
 
-    def __init__(self, banks: Sequence[GateBank], pools: Sequence[int]) -> None:
-        allowed = [members for bank in banks for members in bank.allowed]
-        super().__init__(allowed, max(pools))
+    def __init__(self, banks: Sequence[GateBank], pools: Sequence[tuple[int, int]]) -> None:
+        allowed = [
+            [e + start for e in members]
+            for bank, (start, _) in zip(banks, pools, strict=True)
+            for members in bank.allowed
+        ]
+        super().__init__(allowed, max(end for _, end in pools))
         self.banks = nn.ModuleList(banks)
-        self.pools = list(pools)
+        self.pools = [(int(start), int(end)) for start, end in pools]
         self.counts = [bank.num_gates for bank in banks]
         self.dense = not any(hasattr(bank, "top_k") for bank in banks)
 
@@ -151,15 +158,15 @@ class GateBlocks(GateBank):
         per_gate = gate_input.dim() == 3 and gate_input.shape[0] == self.num_gates
         inputs = gate_input.split(self.counts) if per_gate else [gate_input] * len(self.banks)
         blocks = expert_blocks(experts, expert_input) if self.dense else []
-        ends = list(accumulate(b.shape[0] for b in blocks))
+        bounds = [0, *accumulate(b.shape[0] for b in blocks)]
         mixes = []
-        for bank, pool, part in zip(self.banks, self.pools, inputs, strict=True):
+        for bank, (start, end), part in zip(self.banks, self.pools, inputs, strict=True):
             if self.dense:
-                used = blocks[: ends.index(pool) + 1]
+                used = blocks[bounds.index(start) : bounds.index(end)]
                 given = _Given(used[0] if len(used) == 1 else torch.cat(used))
                 mixes.append(bank.mix(part, expert_input, given))
             else:
-                mixes.append(bank.mix(part, expert_input, expert_prefix(experts, pool)))
+                mixes.append(bank.mix(part, expert_input, expert_span(experts, start, end)))
         return Mixed(
             torch.cat([m.out for m in mixes]),
             (blocks[0] if len(blocks) == 1 else torch.cat(blocks)) if self.dense else None,
@@ -168,12 +175,12 @@ class GateBlocks(GateBank):
         )
 
     def _report(self, mixes: list[Mixed]) -> torch.Tensor | None:
-        """Each block's weights laid over the whole pool, zero beyond its own."""
+        """Each block's weights laid over the whole level, zero outside its range."""
         if any(m.weights is None for m in mixes):
             return None
         padded = [
-            nn.functional.pad(m.weights, (0, self.num_experts - m.weights.shape[-1]))
-            for m in mixes
+            nn.functional.pad(m.weights, (start, self.num_experts - end))
+            for m, (start, end) in zip(mixes, self.pools, strict=True)
             if m.weights is not None
         ]
         return torch.cat(padded)
@@ -188,12 +195,13 @@ class GateBlocks(GateBank):
         """The given gates over the given experts (ascending), block by block."""
         kept, pools = [], []
         chosen = _split(gates, self.counts)
-        for bank, pool, local in zip(self.banks, self.pools, chosen, strict=True):
+        for bank, (start, end), local in zip(self.banks, self.pools, chosen, strict=True):
             if local:
-                inside = [e for e in experts if e < pool]
+                inside = [e - start for e in experts if start <= e < end]
                 kept.append(bank.select(local, inside))
-                pools.append(len(inside))
-        if len(kept) == 1 and pools[0] == len(experts):
+                before = sum(e < start for e in experts)
+                pools.append((before, before + len(inside)))
+        if len(kept) == 1 and pools[0] == (0, len(experts)):
             return kept[0]
         return GateBlocks(kept, pools)
 
@@ -201,13 +209,20 @@ class GateBlocks(GateBank):
         supports = [bank.fixed_support() for bank in self.banks]
         if any(support is None for support in supports):
             return None
-        return [members for support in supports if support for members in support]
+        return [
+            [e + start for e in members]
+            for support, (start, _) in zip(supports, self.pools, strict=True)
+            if support is not None
+            for members in support
+        ]
 
     def lean(self, gate: int) -> LeanMixture | None:
         number, local = self._locate(gate)
         mixture = self.banks[number].lean(local)
         if mixture is not None:
+            start = self.pools[number][0]
             mixture.gate = gate
+            mixture.experts = [e + start for e in mixture.experts]
         return mixture
 
     def extra_repr(self) -> str:

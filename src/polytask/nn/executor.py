@@ -71,14 +71,15 @@ def build_gates(spec: GatesSpec, num_experts: int, in_dim: int) -> GateBank:
             end = start + block.count
             part = spec.model_copy(
                 update={
-                    "allowed": spec.allowed[start:end],
+                    "allowed": [[e - block.start for e in m] for m in spec.allowed[start:end]],
                     "reads": spec.reads[start:end] if spec.reads is not None else None,
                     "blocks": None,
                 }
             )
-            banks.append(build_gates(part, block.experts, in_dim))
+            banks.append(build_gates(part, block.experts - block.start, in_dim))
             start = end
-        return GateBlocks(banks, [block.experts for block in spec.blocks])
+        pools = [(block.start, block.experts) for block in spec.blocks]
+        return GateBlocks(banks, pools)
     allowed = spec.allowed
     if spec.kind == "identity":
         return IdentityGates(allowed, num_experts)

@@ -128,14 +128,15 @@ def cut_gate_blocks(
 ) -> list[GateBlock] | None:
     """Gate blocks after keeping ``gates`` over the kept ``experts``; None when one block
     over every kept expert is left."""
-    kept, start = [], 0
+    kept, first = [], 0
     for block in blocks:
-        count = sum(start <= gate < start + block.count for gate in gates)
+        count = sum(first <= gate < first + block.count for gate in gates)
         if count:
-            pool = sum(expert < block.experts for expert in experts)
-            kept.append(GateBlock(count=count, experts=pool))
-        start += block.count
-    if len(kept) == 1 and kept[0].experts == len(experts):
+            start = sum(expert < block.start for expert in experts)
+            end = sum(expert < block.experts for expert in experts)
+            kept.append(GateBlock(count=count, experts=end, start=start))
+        first += block.count
+    if len(kept) == 1 and kept[0].start == 0 and kept[0].experts == len(experts):
         return None
     return kept
 

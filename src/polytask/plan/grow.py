@@ -154,3 +154,70 @@ def _shared_bottom(level: Level, owners: list[str], where: str) -> int:
             f"{where}: the new task needs a bottom of its own there (strategy expand, experts: 1)"
         )
     return shared[0]
+
+
+def replicate(plan: Plan, copies: int, task_copy: list[int]) -> Plan:
+    """``copies`` side-by-side copies of every level of ``plan`` (block-diagonal: copy c's
+    experts read and its gates weight copy c's only), task t reading copy ``task_copy[t]``;
+    encoders, towers and heads as they are. A model whose tasks each read their own version of
+    the shared network (PackNet's per-task sub-networks) is this plan with each copy's
+    weights; cut it (:mod:`polytask.plan.cut`) to drop what no task reads."""
+    if plan.encoders == "per_task":
+        raise PolytaskError("a plan with one encoder per task has nothing shared to copy")
+    problem = growth_problem(plan)
+    if problem is not None:
+        raise PolytaskError(f"cannot copy this model's levels: {problem}")
+    levels: list[Level] = []
+    below: int | None = None  # outputs of one copy of the level below
+    for level in plan.levels:
+        experts, gates = level.experts, level.gates
+        count, number = experts.count, gates.count
+
+        def shifted(values: list[int] | None, size: int | None) -> list[int] | None:
+            if values is None:
+                return None
+            assert size is not None
+            return [v + c * size for c in range(copies) for v in values]
+
+        gate_blocks = gates.blocks or [GateBlock(count=number, experts=count)]
+        levels.append(
+            Level(
+                experts=experts.model_copy(
+                    update={
+                        "count": copies * count,
+                        "owners": (experts.owners or ["shared"] * count) * copies,
+                        "reads": shifted(experts.reads, below),
+                        "blocks": (experts.blocks or [count]) * copies,
+                    }
+                ),
+                gates=gates.model_copy(
+                    update={
+                        "allowed": [
+                            [e + c * count for e in members]
+                            for c in range(copies)
+                            for members in gates.allowed
+                        ],
+                        "reads": shifted(gates.reads, below),
+                        "blocks": [
+                            GateBlock(
+                                count=b.count,
+                                experts=b.experts + c * count,
+                                start=b.start + c * count,
+                            )
+                            for c in range(copies)
+                            for b in gate_blocks
+                        ],
+                    }
+                ),
+                name=level.name,
+            )
+        )
+        below = number
+    assert below is not None
+    return Plan.model_validate(
+        {
+            **plan.model_dump(),
+            "levels": [level.model_dump() for level in levels],
+            "task_gates": [task_copy[t] * below + g for t, g in enumerate(plan.task_gates)],
+        }
+    )

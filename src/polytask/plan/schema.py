@@ -92,10 +92,12 @@ ExpertsSpec = Annotated[MLPExperts | NormedExperts | TaskBottomExperts, Field(di
 
 # ---------------------------------------------------------------------- gates
 class GateBlock(_Strict):
-    """Consecutive gates computed as one bank over the level's first ``experts`` experts."""
+    """Consecutive gates computed as one bank over the level's experts ``start`` up to (not
+    including) ``experts``."""
 
     count: int = Field(ge=1, description="gates in the block")
-    experts: int = Field(ge=1, description="the block's gates weight among the first this many")
+    experts: int = Field(ge=1, description="the block's gates weight among experts below this")
+    start: int = Field(0, ge=0, description="and from this one on")
 
 
 class _GatesBase(_Strict):
@@ -324,35 +326,36 @@ def _check_level(level: Level, number: int, inputs: int | None, per_task: bool) 
 
 
 def _check_blocks(level: Level, where: str) -> None:
-    """Expert blocks cover the experts; gate blocks cover the gates, each over a prefix of
-    the experts that ends on an expert block's boundary, allowing nothing beyond it."""
+    """Expert blocks cover the experts; gate blocks cover the gates, each over a range of
+    the experts that starts and ends on expert blocks' boundaries, allowing nothing outside."""
     experts, gates = level.experts, level.gates
-    bounds = {experts.count}
+    bounds = {0, experts.count}
     if experts.blocks is not None:
         if experts.kind != "mlp":
             raise ValueError(f"{where}: only mlp experts are computed in blocks")
         if sum(experts.blocks) != experts.count:
             raise ValueError(f"{where}: experts.blocks must add up to {experts.count} experts")
-        bounds = {sum(experts.blocks[: i + 1]) for i in range(len(experts.blocks))}
+        bounds = {0, *(sum(experts.blocks[: i + 1]) for i in range(len(experts.blocks)))}
     if gates.blocks is None:
         return
     if gates.kind == "dselect":
         raise ValueError(f"{where}: dselect gates are computed as one bank")
     if sum(block.count for block in gates.blocks) != gates.count:
         raise ValueError(f"{where}: gates.blocks must add up to {gates.count} gates")
-    start, pool = 0, 0
+    first = 0
     for block in gates.blocks:
-        if block.experts not in bounds or block.experts < pool:
+        if block.experts not in bounds or block.start not in bounds or block.start >= block.experts:
             raise ValueError(
-                f"{where}: a gate block's experts must end an expert block, in growing order"
+                f"{where}: a gate block's experts must start and end on expert blocks' boundaries"
             )
-        for members in gates.allowed[start : start + block.count]:
-            if max(members) >= block.experts:
+        for members in gates.allowed[first : first + block.count]:
+            outside = [e for e in members if not block.start <= e < block.experts]
+            if outside:
                 raise ValueError(
-                    f"{where}: a gate of a block over {block.experts} experts allows expert "
-                    f"{max(members)}"
+                    f"{where}: a gate of a block over experts {block.start}..{block.experts - 1}"
+                    f" allows expert {outside[0]}"
                 )
-        start, pool = start + block.count, block.experts
+        first += block.count
 
 
 def full(count: int) -> Indices:

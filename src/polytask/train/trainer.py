@@ -84,8 +84,9 @@ class Trainer:
 
     Growing a run (:mod:`polytask.grow`) trains through this same loop and passes what a
     specification cannot say: ``prepared`` data (rows of several sources, each labelled
-    for its own tasks), the ``initial_state`` of the grown model, and the strategy's
-    ``hooks``. Such a run cannot be resumed from its checkpoint alone.
+    for its own tasks), the grown ``model`` itself (built for the specification's plan and
+    holding its initial weights; the strategy's hooks refer to its parameters), and the
+    ``hooks``. Such a run keeps no checkpoint and cannot be resumed.
     """
 
     def __init__(
@@ -99,14 +100,17 @@ class Trainer:
         callbacks: Iterable[EpochCallback] = (),
         encoder_factory: Callable[[], torch.nn.Module] | None = None,
         prepared: Prepared | None = None,
-        initial_state: dict[str, torch.Tensor] | None = None,
+        model: MultiTaskModel | None = None,
         hooks: StepHooks | None = None,
     ) -> None:
-        if resume and (prepared is not None or initial_state is not None or hooks is not None):
+        if resume and (prepared is not None or model is not None or hooks is not None):
             raise PolytaskError("a run trained with prepared data or hooks cannot be resumed")
         self.prepared = prepared
-        self.initial_state = initial_state
+        self.given_model = model
         self.hooks = hooks
+        # a run whose data, start or hooks the spec cannot rebuild keeps no checkpoint
+        self.resumable = prepared is None and model is None and hooks is None
+        self.model: MultiTaskModel | None = None  # the trained model, once fit returns
         self.out = rd.final_path(Path(out).resolve())
         self.partial = rd.partial_path(self.out)
         self.resume = resume
@@ -153,7 +157,7 @@ class Trainer:
             state = initial_preprocessor(train_spec.init)
         prepared = self.prepared or prepare(self.spec, state)
         self.baseline = load_baseline(train_spec.baseline)
-        model = build_model(
+        model = self.given_model or build_model(
             self.spec.model,
             prepared.preprocessor.cardinalities,
             prepared.preprocessor.numeric_width,
@@ -163,8 +167,6 @@ class Trainer:
         )
         if train_spec.init is not None and not self.resume:  # a resume reads its checkpoint
             load_initial(model, train_spec.init)
-        if self.initial_state is not None:
-            model.load_state_dict(self.initial_state)
         self.frozen = freeze(model, train_spec.freeze)
         return prepared, model
 
@@ -218,11 +220,13 @@ class Trainer:
                 if scheduler is not None:
                     scheduler.step()
                 loop.epoch = epoch
-                self._checkpoint(model, optimizer, scheduler, balancer, loop)
+                if self.resumable:
+                    self._checkpoint(model, optimizer, scheduler, balancer, loop)
                 rd.write_epoch_log(self.partial, loop.history)
                 display.end_epoch(row, primary)
                 for callback in self.callbacks:
                     callback(row)
+            self.model = model
             return self._finish(model, prepared, loop, display)
 
     def _train_epoch(
@@ -403,10 +407,11 @@ class Trainer:
                 baseline,
                 str(self.spec.train.baseline) if baseline else None,
             )
-        self._save_insight(model, prepared, display)
+        if self.spec.train.figures:
+            self._save_insight(model, prepared, display)
         if self.hooks is not None:
             self.hooks.finish(model, self.partial)
-        if loop.history:
+        if loop.history and self.spec.train.figures:
             names = [task.name for task in prepared.tasks]
             write_atomic(
                 self.partial / rd.BALANCE_PLOT,
@@ -460,11 +465,11 @@ def fit(
     callbacks: Iterable[EpochCallback] = (),
     encoder_factory: Callable[[], torch.nn.Module] | None = None,
     prepared: Prepared | None = None,
-    initial_state: dict[str, torch.Tensor] | None = None,
+    model: MultiTaskModel | None = None,
     hooks: StepHooks | None = None,
 ) -> Path:
     """Train ``spec`` into the run directory ``out`` and return its path (see
-    :class:`Trainer` for ``prepared``, ``initial_state`` and ``hooks``)."""
+    :class:`Trainer` for ``prepared``, ``model`` and ``hooks``)."""
     return Trainer(
         spec,
         out,
@@ -474,7 +479,7 @@ def fit(
         callbacks=callbacks,
         encoder_factory=encoder_factory,
         prepared=prepared,
-        initial_state=initial_state,
+        model=model,
         hooks=hooks,
     ).fit()
 

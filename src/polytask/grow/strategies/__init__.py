@@ -9,6 +9,7 @@ from polytask.grow.strategies import (  # noqa: F401  (importing a module regist
     joint,
     lwf,
     naive,
+    packnet,
     replay,
     si,
 )

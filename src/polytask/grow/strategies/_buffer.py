@@ -41,7 +41,7 @@ class Reservoir:
         rest = torch.arange(free, len(rows))
         if len(rest):
             number = self.seen + rest + 1  # 1-based position among all rows offered
-            slot = (torch.rand(len(rest), generator=generator, dtype=torch.float64) * number)
+            slot = torch.rand(len(rest), generator=generator, dtype=torch.float64) * number
             slot = slot.floor().long()
             chosen = slot < self.capacity
             if bool(chosen.any()):

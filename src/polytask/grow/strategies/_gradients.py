@@ -10,10 +10,7 @@ from torch import nn
 def flat_grad(parameters: list[nn.Parameter]) -> torch.Tensor:
     """The parameters' ``.grad`` as one vector (zeros where there is none)."""
     return torch.cat(
-        [
-            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-            for p in parameters
-        ]
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in parameters]
     )
 
 

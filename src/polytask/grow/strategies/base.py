@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from polytask.config import TrainSpec, format_validation_error
+from polytask.config import ModelSpec, TrainSpec, format_validation_error
 from polytask.errors import ConfigError
 from polytask.grow.data import Rows
 from polytask.model import MultiTaskModel
@@ -82,6 +82,7 @@ class Strategy:
     registry_name: ClassVar[str]
     Options: ClassVar[type[StrategyOptions]] = StrategyOptions
     summary: ClassVar[str] = ""
+    trains_on_old_rows: ClassVar[bool] = False  # joint: the old rows are training rows
 
     def __init__(self, options: StrategyOptions) -> None:
         self.options = options
@@ -122,13 +123,27 @@ class Strategy:
         """Training is over (``model`` holds the selected weights): keep what the next
         experience needs."""
 
+    def export(self, model: MultiTaskModel, context: ExperienceContext) -> MultiTaskModel | None:
+        """The form of the trained model the run saves and serves, when it is not ``model``
+        itself (PackNet: one sub-network per task)."""
+        return None
+
     # ------------------------------------------------------------------ state
     def state(self) -> Tensors:
         """What :meth:`end` kept, as named tensors (saved with a grown run)."""
         return {}
 
-    def load_state(self, state: Tensors) -> None:
-        """Restore :meth:`state` (from a run grown with this strategy)."""
+    def meta(self) -> dict[str, str]:
+        """Text kept beside :meth:`state` (saved with it)."""
+        return {}
+
+    def load_state(self, state: Tensors, meta: dict[str, str]) -> None:
+        """Restore :meth:`state` and :meth:`meta` (from a run grown with this strategy)."""
+
+    def resume(self, model: MultiTaskModel, spec: ModelSpec) -> MultiTaskModel | None:
+        """The model the next growth starts from, when the run's saved model is an exported
+        form of it (see :meth:`export`); None: the run's own model."""
+        return None
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")

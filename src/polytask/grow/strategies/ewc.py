@@ -53,9 +53,7 @@ class EWCOptions(StrategyOptions):
     )
 
 
-def fisher_diagonal(
-    model: MultiTaskModel, rows: Rows, tasks: list[Task], batch: int
-) -> Tensors:
+def fisher_diagonal(model: MultiTaskModel, rows: Rows, tasks: list[Task], batch: int) -> Tensors:
     """Mean over mini-batches of ``batch`` rows of the squared gradient of the summed task
     losses, for every trainable parameter (eval mode: no dropout noise)."""
     parameters = trainable(model)
@@ -136,7 +134,7 @@ class EWC(Strategy):
     def state(self) -> Tensors:
         return {**_prefixed(FISHER, self.fisher), **_prefixed(ANCHOR, self.anchor)}
 
-    def load_state(self, state: Tensors) -> None:
+    def load_state(self, state: Tensors, meta: dict[str, str]) -> None:
         self.fisher = _strip({k: v for k, v in state.items() if k.startswith(FISHER)})
         self.anchor = _strip({k: v for k, v in state.items() if k.startswith(ANCHOR)})
 

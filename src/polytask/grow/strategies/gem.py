@@ -69,8 +69,10 @@ class EpisodicConstraints(StepHooks):
             return
         constraints64 = constraints.double()
         v = gem_dual(
-            constraints64 @ constraints64.T, constraints64 @ gradient.double(),
-            self.options.margin, self.options.eps,
+            constraints64 @ constraints64.T,
+            constraints64 @ gradient.double(),
+            self.options.margin,
+            self.options.eps,
         )
         write_grad(parameters, (constraints64.T @ v + gradient.double()).to(gradient.dtype))
         self.projected += 1

@@ -17,6 +17,7 @@ class Joint(Strategy):
     """Retrain on the old and the new data together (upper bound; needs the old data)."""
 
     summary = "train on old and new data together (upper bound; needs old data)"
+    trains_on_old_rows = True
 
     def training_rows(self, context: ExperienceContext) -> list[Rows]:
         if context.old_tasks and context.old is None:

@@ -96,5 +96,5 @@ class Replay(Strategy):
     def state(self) -> Tensors:
         return self.buffers.state()
 
-    def load_state(self, state: Tensors) -> None:
+    def load_state(self, state: Tensors, meta: dict[str, str]) -> None:
         self.buffers.load_state(state)

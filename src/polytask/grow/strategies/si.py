@@ -113,6 +113,6 @@ class SI(Strategy):
     def state(self) -> Tensors:
         return {**_prefixed(IMPORTANCE, self.importance), **_prefixed(ANCHOR, self.anchor)}
 
-    def load_state(self, state: Tensors) -> None:
+    def load_state(self, state: Tensors, meta: dict[str, str]) -> None:
         self.importance = _strip({k: v for k, v in state.items() if k.startswith(IMPORTANCE)})
         self.anchor = _strip({k: v for k, v in state.items() if k.startswith(ANCHOR)})
