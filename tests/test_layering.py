@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     # 6: training
     ("train",),
     # 7: what works on trained runs
-    ("slim", "serve"),
+    ("slim", "serve", "grow"),
     # 8: the API and the command line
     ("api", "cli", "__init__", "__main__"),
 ]

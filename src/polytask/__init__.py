@@ -24,6 +24,20 @@ def train(*args: Any, **kwargs: Any) -> Any:
     return train_run(*args, **kwargs)
 
 
+def grow(*args: Any, **kwargs: Any) -> Any:
+    """Add tasks to a finished run (see :func:`polytask.api.grow`)."""
+    from polytask.api import grow as grow_run
+
+    return grow_run(*args, **kwargs)
+
+
+def stream(*args: Any, **kwargs: Any) -> Any:
+    """Train a stream of experiences and measure forgetting (see :func:`polytask.api.stream`)."""
+    from polytask.api import stream as run_stream
+
+    return run_stream(*args, **kwargs)
+
+
 def load(*args: Any, **kwargs: Any) -> Any:
     """Load a finished run directory (see :func:`polytask.api.load`)."""
     from polytask.api import load as load_run
@@ -37,7 +51,9 @@ __all__ = [
     "PolytaskError",
     "RunSpec",
     "__version__",
+    "grow",
     "load",
     "load_spec",
+    "stream",
     "train",
 ]

@@ -137,15 +137,11 @@ class Preprocessor:
         input encodings (columns, vocabularies, scalers) stay exactly as they are, so a model
         trained on them reads the new rows as it read the old ones (growing a run)."""
         inputs = set(self.input_columns)
+        self.check_labels(frame, tasks)
         for task in tasks:
             if task.name in self.state["tasks"]:
                 raise DataError(f"task '{task.name}' already has a label encoding")
             for column in task.columns:
-                if column not in frame.columns:
-                    raise DataError(
-                        f"task '{task.name}': target column '{column}' is not in the table"
-                        f"{did_you_mean(column, frame.columns)}"
-                    )
                 if column in inputs:
                     raise DataError(
                         f"task '{task.name}': target column '{column}' is one of the model's "
@@ -153,6 +149,20 @@ class Preprocessor:
                     )
         fitted = {task.name: self._fit_task(frame, task) for task in tasks}
         return Preprocessor({**self.state, "tasks": {**self.state["tasks"], **fitted}})
+
+    @classmethod
+    def check_labels(cls, frame: pd.DataFrame, tasks: list[TaskSpec]) -> None:
+        """Raise the error fitting ``tasks``' label encodings on ``frame`` would raise (a
+        missing column, no labels, labels that do not fit the kind), without keeping them:
+        to check every experience of a stream before training the first."""
+        for task in tasks:
+            for column in task.columns:
+                if column not in frame.columns:
+                    raise DataError(
+                        f"task '{task.name}': target column '{column}' is not in the table"
+                        f"{did_you_mean(column, frame.columns)}"
+                    )
+            cls._fit_task(frame, task)
 
     def missing_inputs(self, frame: pd.DataFrame) -> list[str]:
         """The input columns ``frame`` lacks (read as missing values, as at predict time)."""

@@ -62,9 +62,11 @@ def grow(
             base = Base(compact.train(), spec, base.preprocessor)
     frames = load_splits(grow_spec.data)
     missing = _check_inputs(base, frames)
+    base.preprocessor.with_tasks(frames.train, grow_spec.tasks)  # labels checked up front
     history = read_history(source, base)
     old = _old_rows(grow_spec, base, history)
     experience = Experience(grow_spec.tasks, frames, grow_spec.data, old=old)
+    created = _missing_parents(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".grow", dir=target.parent))
     try:
@@ -92,10 +94,24 @@ def grow(
         }
         rd.save_json(outcome.run, HISTORY, {"history": [*history, entry]})
         rd.publish(outcome.run, target.resolve())
-    finally:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # parents made for the destination, left empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
     final = rd.load_json(target, rd.FINAL_METRICS)
     return {**entry, "run": str(target), "metrics": final}
+
+
+def _missing_parents(target: Path) -> list[Path]:
+    """The folders above ``target`` that do not exist yet, innermost first."""
+    missing, folder = [], target.resolve().parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 # ---------------------------------------------------------------------- checks

@@ -23,6 +23,7 @@ import torch
 
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.atomic import write_atomic
+from polytask.data.preprocess import Preprocessor
 from polytask.data.tabular import load_splits
 from polytask.errors import PolytaskError
 from polytask.grow.data import Rows, concat
@@ -67,6 +68,8 @@ def stream(
     if target.exists() and not overwrite:
         raise PolytaskError(f"{target} already exists; pass --overwrite to replace it")
     frames = [load_splits(experience.data) for experience in stream_spec.experiences]
+    for experience, splits in zip(stream_spec.experiences, frames, strict=True):
+        Preprocessor.check_labels(splits.train, experience.tasks)  # before training any
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".stream", dir=target.parent))
     try:

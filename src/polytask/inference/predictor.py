@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from polytask.artifacts import run_dir as rd
@@ -102,14 +103,27 @@ class Predictor:
         baseline: dict[str, dict[str, float]] | None = None,
         baseline_path: str | None = None,
     ) -> dict[str, Any]:
-        """Per-task metrics on labelled raw rows, plus the overall score."""
+        """Per-task metrics on labelled raw rows, plus the overall score. Tasks whose label
+        columns the rows do not hold at all (a grown run's old tasks, on the new data) are
+        left out and named under ``skipped``; rows labelling none of the tasks are an error."""
+        present = [t for t in self.tasks if any(c in frame.columns for c in t.spec.columns)]
+        if not present:
+            wanted = sorted({c for t in self.tasks for c in t.spec.columns})
+            raise DataError(f"the rows hold none of the tasks' label columns ({', '.join(wanted)})")
         features = self.preprocessor.transform(frame)
-        labels = self.preprocessor.encode_labels(frame, self.tasks)
+        labels = self.preprocessor.encode_labels(frame, present)
+        for task in self.tasks:
+            if task not in present:
+                width = len(task.spec.columns) if task.kind is TaskKind.multilabel else None
+                shape = (len(frame),) if width is None else (len(frame), width)
+                labels[task.name] = torch.full(shape, float("nan"))
         results = evaluate(
             self.model, features, labels, self.tasks, self.spec.train.eval_batch_size
         )
-        score = overall_score(results, labels, self.tasks, baseline, baseline_path)
-        return {"metrics": results, "score": score}
+        results = {task.name: results[task.name] for task in present}
+        score = overall_score(results, labels, present, baseline, baseline_path)
+        skipped = [task.name for task in self.tasks if task not in present]
+        return {"metrics": results, "score": score, "skipped": skipped}
 
     def __repr__(self) -> str:
         arch = self.spec.model.arch

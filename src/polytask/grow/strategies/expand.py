@@ -9,14 +9,27 @@ from typing import Literal
 
 from pydantic import Field
 
+from polytask.arch import ARCHS
+from polytask.config import ModelSpec
+from polytask.errors import PolytaskError
 from polytask.grow.strategies.base import (
     STRATEGIES,
     ExperienceContext,
     Strategy,
     StrategyOptions,
 )
-from polytask.plan.grow import add_tasks
+from polytask.plan.grow import add_tasks, growth_problem
 from polytask.plan.schema import Plan
+
+
+def growable_archs() -> list[str]:
+    """The listed architectures whose plans expansion can grow."""
+    names = []
+    for name in ARCHS.names():
+        cls = ARCHS.get(name)
+        if cls.listed and growth_problem(cls.plan(2, ModelSpec(arch=name))) is None:
+            names.append(name)
+    return names
 
 
 class ExpandOptions(StrategyOptions):
@@ -41,6 +54,12 @@ class Expand(Strategy):
 
     def grow_plan(self, plan: Plan, count: int) -> Plan:
         assert isinstance(self.options, ExpandOptions)
+        problem = growth_problem(plan)
+        if problem is not None:
+            raise PolytaskError(
+                f"expand cannot grow this model ({plan.source or 'plan'}: {problem}); it grows "
+                f"{', '.join(growable_archs())}"
+            )
         return add_tasks(plan, count, experts=self.options.experts, read=self.options.read)
 
     def frozen(self, context: ExperienceContext) -> list[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from polytask.balance._linalg import gramian_root, nnls
+from polytask.balance._linalg import nnls
 from polytask.grow.data import Rows
 from polytask.grow.strategies._buffer import MemoryOptions
 from polytask.grow.strategies._gradients import flat_grad, loss_grad, write_grad
@@ -35,6 +35,8 @@ from polytask.model import MultiTaskModel
 from polytask.tasks import Task
 from polytask.train.hooks import StepHooks
 
+ZERO_EIGENVALUE = 1e-12  # relative: directions of the Gramian no memory gradient spans
+
 
 class GEMOptions(MemoryOptions):
     margin: float = Field(0.5, ge=0.0, description="the dual's lower bound (memory_strength)")
@@ -43,13 +45,22 @@ class GEMOptions(MemoryOptions):
 
 def gem_dual(gramian: torch.Tensor, products: torch.Tensor, margin: float, eps: float):
     """``argmin_{v >= margin} v^T (M + eps I) v / 2 + b^T v`` exactly (float64 [K]), for
-    ``M`` = G G^T [K, K] and ``b`` = G g [K]."""
+    ``M`` = G G^T [K, K] and ``b`` = G g [K].
+
+    With ``P = M + eps I = V diag(l) V^T`` and ``u = v - margin`` the objective is
+    ``u^T P u / 2 + c^T u`` (``c = b + margin P 1``, in the range of P since b = G g is),
+    which is ``|R u - t|^2 / 2`` up to a constant for ``R = diag(sqrt l) V^T`` and
+    ``t = -diag(1 / sqrt l) V^T c`` over the non-zero eigenvalues: one NNLS.
+    """
     matrix = gramian.double() + eps * torch.eye(gramian.shape[0], dtype=torch.float64)
     matrix = (matrix + matrix.T) / 2
-    linear = products.double() + margin * matrix.sum(1)  # the linear term in u = v - margin
-    root = gramian_root(matrix)  # root^T root = matrix
-    # |root u - t|^2 = u^T matrix u - 2 t^T root u + |t|^2: take root^T t = -linear
-    target = -torch.linalg.lstsq(root.T, linear.unsqueeze(1)).solution.squeeze(1)
+    linear = products.double() + margin * matrix.sum(1)
+    eigenvalues, vectors = torch.linalg.eigh(matrix)
+    keep = eigenvalues > ZERO_EIGENVALUE * max(float(eigenvalues.max()), 0.0)
+    roots = eigenvalues[keep].sqrt()
+    basis = vectors[:, keep]
+    root = roots.unsqueeze(1) * basis.T  # [r, K]: root^T root = matrix
+    target = -(basis.T @ linear) / roots
     return nnls(root, target) + margin
 
 

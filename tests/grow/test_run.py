@@ -1,0 +1,149 @@
+"""polytask grow end to end: the grown run is an ordinary run directory (predict, evaluate,
+slim, export and serve work on it), its old tasks predict exactly as before, it records its
+history and grows again; bad input is one line, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from polytask.artifacts import run_dir as rd
+from polytask.data.tabular import read_table
+from polytask.errors import PolytaskError
+from polytask.grow import grow
+from polytask.inference.predictor import Predictor
+from tests.cli_helpers import assert_user_error, invoke
+from tests.grow.conftest import grow_spec
+
+
+def old_logits(run: Path, frame) -> torch.Tensor:
+    predictor = Predictor.load(run)
+    with torch.no_grad():
+        return predictor.model(predictor.preprocessor.transform(frame)).logits[0]
+
+
+@pytest.fixture(scope="module")
+def grown(base_run, tables, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("grown") / "grown"
+    grow(base_run, grow_spec(tables, "expand", options={"experts": 2}), out)
+    return out
+
+
+def test_expand_keeps_old_predictions_and_records_history(base_run, grown, tables):
+    frame = read_table(tables["all"])
+    assert torch.equal(old_logits(base_run, frame), old_logits(grown, frame))
+    history = rd.load_json(grown, "grow.json")["history"]
+    assert [entry["tasks"] for entry in history] == [["click"], ["segment"]]
+    assert history[1]["strategy"]["name"] == "expand" and history[1]["missing_inputs"] == []
+    config = yaml.safe_load((grown / rd.CONFIG).read_text())
+    assert config["model"]["arch"] == "plan"
+    assert any(pattern.startswith("arch.") for pattern in config["train"]["freeze"])
+    before = Predictor.load(base_run).evaluate(frame)["metrics"]["click"]
+    after = Predictor.load(grown).evaluate(frame)["metrics"]["click"]
+    assert before == after  # every metric, to the last digit
+
+
+def test_grown_run_predicts_evaluates_slims_exports_and_serves(grown, tables, tmp_path):
+    frame = read_table(tables["all"]).iloc[:30]
+    predictor = Predictor.load(grown)
+    predictions = predictor.predict(frame)
+    assert {"click", "segment"} <= set(predictions.columns)
+    report = predictor.evaluate(read_table(tables["new"]))
+    assert report["skipped"] == ["click"] and "segment" in report["metrics"]
+    result = invoke("slim", grown, "--tasks", "segment", "-o", tmp_path / "slim", "--repeats", 1)
+    assert result.exit_code == 0, result.output
+    assert Predictor.load(tmp_path / "slim").task_names == ["segment"]
+    pytest.importorskip("onnxruntime")
+    result = invoke("export", grown, "-o", tmp_path / "grown.onnx")
+    assert result.exit_code == 0, result.output
+    from fastapi.testclient import TestClient
+
+    from polytask.serve.app import create_app
+
+    with TestClient(create_app(predictor)) as client:
+        response = client.post("/v1/predict", json={"rows": [{"color": "red", "x1": 0.5}]})
+    assert response.status_code == 200 and "segment" in response.json()["tasks"]
+
+
+def test_a_grown_run_grows_again_with_its_strategy_state(grown, tables, tmp_path):
+    spec = grow_spec(tables, "ewc", old_data="run", options={"fisher_rows": 50})
+    spec["tasks"] = [{"name": "spend", "kind": "regression", "target": "spend"}]
+    spec["data"] = {"train": str(tables["all"])}
+    out = tmp_path / "twice"
+    report = grow(grown, spec, out)
+    assert report["step"] == 2
+    history = rd.load_json(out, "grow.json")["history"]
+    assert [entry["tasks"] for entry in history] == [["click"], ["segment"], ["spend"]]
+    assert (out / "grow_state.safetensors").is_file()
+    assert Predictor.load(out).task_names == ["click", "segment", "spend"]
+
+
+def test_missing_input_columns_are_read_as_missing_and_reported(base_run, tables, tmp_path):
+    frame = read_table(tables["new"]).drop(columns=["city"])
+    path = tmp_path / "no_city.csv"
+    frame.to_csv(path, index=False)
+    spec = grow_spec(tables, "naive")
+    spec["data"] = {"train": str(path)}
+    report = grow(base_run, spec, tmp_path / "out")
+    assert report["missing_inputs"] == ["city"]
+
+
+def write(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "fragments"),
+    [
+        (
+            lambda s, t: s["tasks"][0].update(name="click", kind="binary", target="segment"),
+            ["task 'click' already exists"],
+        ),
+        (lambda s, t: s["tasks"][0].update(name="click"), ["is a binary task", "multiclass"]),
+        (lambda s, t: s.update(strategy={"name": "ewc"}), ["needs rows", "old_data"]),
+        (lambda s, t: s.update(strategy={"name": "expnd"}), ["unknown strategy", "expand"]),
+        (lambda s, t: s.update(strategy={"name": "ewc", "options": {"lamda": 1}}), ["lamda"]),
+        (lambda s, t: s["data"].update(train=str(t["no_inputs"])), ["none of the model's input"]),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    base_run, tables, tmp_path, change, fragments
+):
+    table = read_table(tables["new"])[["segment"]]
+    no_inputs = tmp_path / "labels_only.csv"
+    table.to_csv(no_inputs, index=False)
+    spec = grow_spec(tables, "naive")
+    change(spec, {**tables, "no_inputs": no_inputs})
+    out = tmp_path / "deep" / "grown"
+    result = invoke("grow", base_run, write(tmp_path / "grow.yaml", spec), "-o", out)
+    assert_user_error(result, *fragments)
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_growing_a_slim_run_is_refused(base_run, tables, tmp_path):
+    result = invoke("slim", base_run, "--tasks", "click", "-o", tmp_path / "slim", "--repeats", 1)
+    assert result.exit_code == 0, result.output
+    spec = write(tmp_path / "grow.yaml", grow_spec(tables, "naive"))
+    result = invoke("grow", tmp_path / "slim", spec, "-o", tmp_path / "out")
+    assert_user_error(result, "is a slim run")
+    assert not (tmp_path / "out").exists()
+
+
+def test_expand_refuses_architectures_it_cannot_grow_and_names_those_it_can(tables, tmp_path):
+    from polytask.config import load_spec
+    from polytask.train.trainer import fit
+
+    spec = {
+        "data": {"train": str(tables["base"])},
+        "tasks": [{"name": "click", "kind": "binary", "target": "clicked"}],
+        "model": {"arch": "dselect_k", "num_experts": 3, "hidden": [4]},
+        "train": {"epochs": 1, "figures": False},
+    }
+    run = fit(load_spec(spec), tmp_path / "dselect", progress=False)
+    with pytest.raises(PolytaskError, match="it grows cgc, cross_stitch, esmm, mmoe"):
+        grow(run, grow_spec(tables, "expand"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
