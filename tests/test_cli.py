@@ -243,3 +243,14 @@ def test_predict_to_stdout_parquet_and_keep(trained_run, tmp_path: Path):
     assert_user_error(
         invoke("predict", trained_run["run"], tmp_path / "none.csv"), "data file not found"
     )
+
+
+def test_strategies_lists_every_strategy_and_its_options():
+    from polytask.grow.strategies import STRATEGIES
+    from tests.cli_helpers import invoke
+
+    result = invoke("strategies")
+    assert result.exit_code == 0, result.output
+    for name in STRATEGIES.names():
+        assert name in result.output
+    assert "lambda" in result.output and "rows_per_task" in result.output

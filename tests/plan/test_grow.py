@@ -112,3 +112,26 @@ def test_cutting_a_grown_plan_keeps_consistent_blocks(keep, towers):
         assert [b.experts for b in level.gates.blocks] == [3, 5]
     else:
         assert level.gates.blocks is None
+
+
+def test_replicate_makes_block_diagonal_copies_read_by_their_tasks():
+    from polytask.plan.grow import replicate
+
+    plan = add_tasks(plan_of("ple", 2, options={"levels": 2}), 1, experts=0)
+    copies = replicate(plan, 2, [0, 1, 1])
+    first, second = copies.levels
+    assert first.experts.count == 2 * plan.levels[0].experts.count
+    # copy 1's gates weight copy 1's experts only, each gate block over its copy's range
+    count = plan.levels[0].experts.count
+    gates = plan.levels[0].gates.count
+    for members in first.gates.allowed[gates:]:
+        assert min(members) >= count
+    assert [b.start for b in first.gates.blocks] == [0, 0, count, count]
+    # the second level's copy-1 experts read copy 1's outputs below
+    assert second.experts.reads[len(plan.levels[1].experts.reads) :] == [
+        r + gates for r in plan.levels[1].experts.reads
+    ]
+    last = plan.levels[1].gates.count
+    assert copies.task_gates == [0, last + 1, last + 2]
+    with pytest.raises(PolytaskError, match="one encoder per task"):
+        replicate(plan_of("single", 2), 2, [0, 1])
