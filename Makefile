@@ -43,5 +43,10 @@ $(AVALANCHE_STAMP):
 
 avalanche-venv: $(AVALANCHE_STAMP)
 
+# Continual learning beside Avalanche (its own venv) and growing Census-Income (docs/benchmarks.md)
+bench-grow: $(STAMP) $(AVALANCHE_STAMP)
+	nice -n 10 $(BIN)/python benchmarks/continual.py
+	nice -n 10 $(BIN)/python benchmarks/census_grow.py
+
 clean:
 	rm -rf $(VENV) runs
