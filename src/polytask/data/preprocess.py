@@ -79,6 +79,15 @@ def _as_text(series: pd.Series) -> pd.Series:
     return text.mask(text == "")
 
 
+def _require_targets(frame: pd.DataFrame, task: TaskSpec) -> None:
+    for column in task.columns:
+        if column not in frame.columns:
+            raise DataError(
+                f"task '{task.name}': target column '{column}' is not in the table"
+                f"{did_you_mean(column, frame.columns)}"
+            )
+
+
 def _check_columns(frame: pd.DataFrame, columns: list[str], where: str) -> None:
     for column in columns:
         if column not in frame.columns:
@@ -100,12 +109,7 @@ class Preprocessor:
     def fit(cls, frame: pd.DataFrame, data: DataSpec, tasks: list[TaskSpec]) -> Preprocessor:
         targets = [column for task in tasks for column in task.columns]
         for task in tasks:
-            for column in task.columns:
-                if column not in frame.columns:
-                    raise DataError(
-                        f"task '{task.name}': target column '{column}' is not in the table"
-                        f"{did_you_mean(column, frame.columns)}"
-                    )
+            _require_targets(frame, task)
         _check_columns(frame, data.drop, "data.drop")
         categorical, numeric = cls._feature_columns(frame, data, set(targets))
         numeric_stats = {}
@@ -156,12 +160,7 @@ class Preprocessor:
         missing column, no labels, labels that do not fit the kind), without keeping them:
         to check every experience of a stream before training the first."""
         for task in tasks:
-            for column in task.columns:
-                if column not in frame.columns:
-                    raise DataError(
-                        f"task '{task.name}': target column '{column}' is not in the table"
-                        f"{did_you_mean(column, frame.columns)}"
-                    )
+            _require_targets(frame, task)
             cls._fit_task(frame, task)
 
     def missing_inputs(self, frame: pd.DataFrame) -> list[str]:
@@ -334,12 +333,7 @@ class Preprocessor:
         return {task.name: self._encode_task(frame, task) for task in tasks}
 
     def _encode_task(self, frame: pd.DataFrame, task: Task) -> torch.Tensor:
-        for column in task.spec.columns:
-            if column not in frame.columns:
-                raise DataError(
-                    f"task '{task.name}': target column '{column}' is not in the table"
-                    f"{did_you_mean(column, frame.columns)}"
-                )
+        _require_targets(frame, task.spec)
         if task.kind is TaskKind.multiclass:
             return torch.from_numpy(self._encode_classes(frame[task.spec.target], task))
         if task.kind is TaskKind.regression:

@@ -97,15 +97,20 @@ def _parse(cls: type[BaseModel], raw: Any, what: str) -> Any:
         raise ConfigError(f"{what}: {error}") from None
 
 
+def _read(source: str | Path | dict[str, Any]) -> tuple[Any, Path | None]:
+    """A spec's raw content and the folder its relative paths resolve against (None for a
+    dict)."""
+    if isinstance(source, dict):
+        return source, None
+    return read_yaml(source), Path(source).parent.resolve()
+
+
 def load_grow_spec(source: str | Path | dict[str, Any] | GrowSpec) -> GrowSpec:
     """A grow spec from YAML (paths relative to its folder), a dict or itself."""
     if isinstance(source, GrowSpec):
         return source
-    base_dir = None
-    if not isinstance(source, dict):
-        base_dir = Path(source).parent.resolve()
-        source = read_yaml(source)
-    spec: GrowSpec = _parse(GrowSpec, source, "grow spec")
+    raw, base_dir = _read(source)
+    spec: GrowSpec = _parse(GrowSpec, raw, "grow spec")
     if base_dir is not None:
         resolve_data_paths(spec.data, base_dir)
         if isinstance(spec.old_data, DataSpec):
@@ -118,11 +123,8 @@ def load_stream_spec(source: str | Path | dict[str, Any] | StreamSpec) -> Stream
     unique over the whole stream."""
     if isinstance(source, StreamSpec):
         return source
-    base_dir = None
-    if not isinstance(source, dict):
-        base_dir = Path(source).parent.resolve()
-        source = read_yaml(source)
-    spec: StreamSpec = _parse(StreamSpec, source, "stream spec")
+    raw, base_dir = _read(source)
+    spec: StreamSpec = _parse(StreamSpec, raw, "stream spec")
     names = spec.task_names()
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:

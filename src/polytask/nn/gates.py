@@ -53,6 +53,13 @@ def allowed_mask(allowed: Sequence[Sequence[int]], num_experts: int) -> torch.Te
     return mask
 
 
+def blocked_mask(allowed: Sequence[Sequence[int]], num_experts: int) -> torch.Tensor | None:
+    """[G, 1, E] bool, True where a gate may not weight an expert; None when every gate may
+    weight every expert (nothing to mask)."""
+    mask = allowed_mask(allowed, num_experts)
+    return None if bool(mask.all()) else ~mask.unsqueeze(1)
+
+
 def renumber_allowed(
     allowed: Sequence[Sequence[int]], gates: Sequence[int], experts: Sequence[int]
 ) -> list[list[int]]:
@@ -172,9 +179,7 @@ class SoftmaxGates(GateBank):
         self.in_dim, self.per_gate_input = in_dim, per_gate_input
         self.weight = nn.Parameter(torch.empty(self.num_gates, in_dim, num_experts))
         self.bias = nn.Parameter(torch.empty(self.num_gates, 1, num_experts))
-        mask = allowed_mask(self.allowed, num_experts)
-        blocked = None if bool(mask.all()) else ~mask.unsqueeze(1)  # [G, 1, E]
-        self.register_buffer("blocked", blocked, persistent=False)
+        self.register_buffer("blocked", blocked_mask(self.allowed, num_experts), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

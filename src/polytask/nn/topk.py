@@ -42,7 +42,7 @@ from polytask.nn.gates import (
     GateBank,
     LeanMixture,
     Mixed,
-    allowed_mask,
+    blocked_mask,
     mix_experts,
     renumber_allowed,
 )
@@ -161,9 +161,7 @@ class TopKGates(GateBank):
         super().__init__(allowed, num_experts)
         self.in_dim, self.top_k, self.routing, self.noise = in_dim, top_k, routing, noise
         self.balance_weight, self.mi_weight = balance_weight, mi_weight
-        mask = allowed_mask(self.allowed, num_experts)
-        blocked = None if bool(mask.all()) else ~mask.unsqueeze(1)  # [G, 1, E]
-        self.register_buffer("blocked", blocked, persistent=False)
+        self.register_buffer("blocked", blocked_mask(self.allowed, num_experts), persistent=False)
         self.task_logits: nn.Parameter | None = None
         self.router: nn.Linear | None = None
         if routing == "task":

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from polytask.data.datasets.multimnist import PARTS, SOURCES, _download, _find, read_idx
+from polytask.data.datasets.multimnist import _find, idx_folder, read_idx
 from polytask.errors import DataError
 
 PIXELS = 28 * 28
@@ -70,15 +70,9 @@ def load_digits(
     ``~/.cache/polytask/<source>``, downloaded if missing)."""
     if tasks is not None:
         return _multi_task(tasks, path, source, train_rows, test_rows, seed, download)
-    if source not in SOURCES:
-        raise DataError(f"digits: source must be one of {', '.join(SOURCES)} (got {source!r})")
     if classes is not None and (not classes or any(not 0 <= c <= 9 for c in classes)):
         raise DataError(f"digits: classes must be class numbers 0..9 (got {classes!r})")
-    folder = Path(path) if path is not None else Path.home() / ".cache" / "polytask" / source
-    if any(_find(folder, s, k) is None for s, k in PARTS):
-        if path is not None or not download:
-            raise DataError(f"digits: the four idx files are not all in {folder}")
-        _download(folder, source)
+    folder = idx_folder("digits", path, source, download)
     order = None if permutation is None else np.random.default_rng(permutation).permutation(PIXELS)
     frames = []
     for split, rows, offset in (("train", train_rows, 0), ("test", test_rows, 1)):
