@@ -206,10 +206,7 @@ def run_avalanche(name: str, strategy: str, seed: int, arrays: Path, folder: Pat
         return None
     out = folder / f"avalanche-{name}-{strategy}-{seed}.json"
     command = [
-        "nice",
-        "-n",
-        "10",
-        str(AVALANCHE),
+        str(AVALANCHE),  # at the parent's niceness, as the polytask runs
         str(ROOT / "benchmarks" / "avalanche_stream.py"),
         "--data",
         str(arrays),

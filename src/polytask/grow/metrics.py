@@ -37,7 +37,8 @@ def summarise(
     last = len(matrix) - 1
     final = matrix[last]
     average = _mean([v for v in final if v is not None])
-    backward, forgetting = [], []
+    backward: list[float] = []
+    forgetting: list[float | None] = []
     for task, seen in enumerate(experience_of):
         if seen == last:
             forgetting.append(None)

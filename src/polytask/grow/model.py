@@ -35,7 +35,7 @@ def add_tasks_to_model(
     """``model`` (built from ``spec``) with tasks ``names`` (``out_dims`` outputs each) added
     as ``plan``, its plan grown, says. The result shares no module with ``model``."""
     old = copy.deepcopy(model)
-    encoders = nn.ModuleList(old.encoders)
+    encoders = nn.ModuleList(list(old.encoders))
     if plan.encoders == "per_task":
         for _ in names:
             encoders.append(make_encoder())

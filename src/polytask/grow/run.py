@@ -56,10 +56,9 @@ def grow(
             model_spec = base.spec.model.model_copy(
                 update={"arch": "plan", "options": compact.plan.model_dump(mode="json")}
             )
-            spec = base.spec.model_copy(
-                update={"model": ModelSpec.model_validate(model_spec.model_dump())}
-            )
-            base = Base(compact.train(), spec, base.preprocessor)
+            model = ModelSpec.model_validate(model_spec.model_dump())
+            run_spec = base.spec.model_copy(update={"model": model})
+            base = Base(compact.train(), run_spec, base.preprocessor)
     frames = load_splits(grow_spec.data)
     missing = _check_inputs(base, frames)
     base.preprocessor.with_tasks(frames.train, grow_spec.tasks)  # labels checked up front

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from itertools import accumulate
+from typing import cast
 
 import torch
 from torch import nn
@@ -52,6 +53,8 @@ class ExpertBlocks(nn.Module):
 
     Shapes: [B, in] (every expert reads it) or [E, B, in] -> [E, B, out], block by block.
     """
+
+    banks: nn.ModuleList
 
     def __init__(self, banks: Sequence[ExpertBank]) -> None:
         super().__init__()
@@ -87,7 +90,7 @@ class ExpertBlocks(nn.Module):
         """Experts ``start`` to ``end - 1`` (whole blocks) as one module."""
         bounds = [0, *accumulate(self.sizes)]
         first, last = bounds.index(start), bounds.index(end)
-        chosen = list(self.banks[first:last])
+        chosen = [cast(ExpertBank, bank) for bank in self.banks[first:last]]
         return chosen[0] if len(chosen) == 1 else ExpertBlocks(chosen)
 
     def select(self, experts: Sequence[int]) -> nn.Module:
@@ -139,6 +142,8 @@ class GateBlocks(GateBank):
 
     Shapes: as the plain banks; weights reported [G, B, E] (zero outside a block's range).
     """
+
+    banks: nn.ModuleList
 
     def __init__(self, banks: Sequence[GateBank], pools: Sequence[tuple[int, int]]) -> None:
         allowed = [
@@ -250,6 +255,8 @@ class TowerBlocks(nn.Module):
     Shapes: x [T, B, in] (tower t reads slice t) or [B, in] -> list of T [B, out_t].
     """
 
+    blocks: nn.ModuleList
+
     def __init__(self, blocks: Sequence[Towers], task_gates: Sequence[int]) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
@@ -263,7 +270,7 @@ class TowerBlocks(nn.Module):
     @property
     def hidden(self) -> ExpertBank | None:
         """The hidden layers' bank of the first block (its widths are every block's)."""
-        return self.blocks[0].hidden
+        return cast(Towers, self.blocks[0]).hidden
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outputs: list[torch.Tensor] = []

@@ -31,7 +31,9 @@ PIXELS = 28 * 28
 @lru_cache(maxsize=8)
 def _arrays(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """One split's images and labels, read once per process (a stream reads them per task)."""
-    return read_idx(_find(folder, split, "images")), read_idx(_find(folder, split, "labels"))
+    images, labels = _find(folder, split, "images"), _find(folder, split, "labels")
+    assert images is not None and labels is not None  # idx_folder checked all four
+    return read_idx(images), read_idx(labels)
 
 
 def _frame(images: np.ndarray, labels: np.ndarray, order: np.ndarray | None) -> pd.DataFrame:

@@ -14,8 +14,11 @@ memories' loss to first order.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from pydantic import Field
+from torch import nn
 
 from polytask.grow.data import Rows
 from polytask.grow.strategies._buffer import MemoryOptions, TaskBuffers
@@ -57,7 +60,8 @@ class AveragedProjection(StepHooks):
         self.memory, self.tasks, self.sample, self.generator = memory, tasks, sample, generator
         self.projected = 0
 
-    def before_update(self, model: MultiTaskModel) -> None:
+    def before_update(self, model: nn.Module) -> None:
+        assert isinstance(model, MultiTaskModel)
         parameters = [p for p in model.parameters() if p.requires_grad]
         count = min(self.sample, len(self.memory))
         index = torch.randperm(len(self.memory), generator=self.generator)[:count]
@@ -73,7 +77,7 @@ class AveragedProjection(StepHooks):
 class AGEM(Strategy):
     """A-GEM: project the gradient when it conflicts with the old tasks' memory gradient."""
 
-    Options = AGEMOptions
+    Options: ClassVar[type[StrategyOptions]] = AGEMOptions
     summary = "A-GEM: project conflicting gradients against an episodic memory's"
 
     def __init__(self, options: StrategyOptions) -> None:

@@ -88,7 +88,7 @@ class EWCPenalty(StepHooks):
     def penalty(self, model, features, output) -> torch.Tensor | None:
         if not self.terms or self.strength == 0:
             return None
-        total = sum(((p - a).square() * f).sum() for p, f, a in self.terms)
+        total = torch.stack([((p - a).square() * f).sum() for p, f, a in self.terms]).sum()
         return 0.5 * self.strength * total
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from polytask.balance._linalg import nnls
 from polytask.grow.data import Rows
@@ -69,7 +70,8 @@ class EpisodicConstraints(StepHooks):
         self.memories, self.options = memories, options
         self.projected = 0
 
-    def before_update(self, model: MultiTaskModel) -> None:
+    def before_update(self, model: nn.Module) -> None:
+        assert isinstance(model, MultiTaskModel)
         parameters = [p for p in model.parameters() if p.requires_grad]
         constraints = torch.stack(
             [loss_grad(rows_loss(model, rows, [task]), parameters) for task, rows in self.memories]

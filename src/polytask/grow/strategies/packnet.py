@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import cast
 
 import torch
 from pydantic import Field
+from torch import nn
 
 from polytask.config import ModelSpec
 from polytask.errors import ConfigError
@@ -213,7 +215,8 @@ def materialise(model: MultiTaskModel, owners: Tensors, experience_of: list[int]
                 if owner is not None:
                     parameter.mul_(((owner >= 1) & (owner <= experience)).to(parameter.dtype))
         for target, source in zip(network.levels, masked.levels, strict=True):
-            for new, old in ((target.experts, source.experts), (target.gates, source.gates)):
+            pairs = [(target.experts, source.experts), (target.gates, source.gates)]
+            for new, old in cast(list[tuple[nn.Module, nn.Module]], pairs):
                 blocks = parts(old)
                 for index, block in enumerate(blocks):
                     parts(new)[(experience - 1) * len(blocks) + index].load_state_dict(
