@@ -249,7 +249,13 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, default=None, help="folder of mnist/ and fashion_mnist/"
     )
+    parser.add_argument(
+        "--table", action="store_true", help="print the Markdown tables of --out and stop"
+    )
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.out.read_text())))
+        return
     if args.data is not None:
         global DATA
         DATA = args.data
@@ -340,6 +346,37 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
             )
         out.setdefault(bench, {})[strategy] = entry
     return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """One table per benchmark: mean +- std over seeds of average accuracy, BWT and seconds,
+    polytask beside Avalanche, and the ratio of their mean times."""
+
+    def cell(entry: dict[str, Any] | None, metric: str, digits: int) -> str:
+        if not entry or entry[metric]["mean"] is None:
+            return "-"
+        return f"{entry[metric]['mean']:.{digits}f} ± {entry[metric]['std']:.{digits}f}"
+
+    lines = []
+    for bench, strategies in report["summary"].items():
+        lines += [
+            f"\n{bench}\n",
+            "| strategy | seeds | avg acc polytask | avg acc Avalanche | BWT polytask | "
+            "BWT Avalanche | seconds polytask | seconds Avalanche | time ratio |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for strategy in STRATEGIES:
+            entry = strategies.get(strategy)
+            if entry is None:
+                continue
+            mine, theirs = entry.get("polytask"), entry.get("avalanche")
+            ratio = f"{entry['time_ratio']:.2f}" if "time_ratio" in entry else "-"
+            lines.append(
+                f"| {strategy} | {entry['seeds']} | {cell(mine, 'average', 4)} | "
+                f"{cell(theirs, 'average', 4)} | {cell(mine, 'bwt', 4)} | {cell(theirs, 'bwt', 4)}"
+                f" | {cell(mine, 'seconds', 1)} | {cell(theirs, 'seconds', 1)} | {ratio} |"
+            )
+    return "\n".join(lines)
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:

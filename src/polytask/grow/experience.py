@@ -5,12 +5,12 @@ Shared by ``polytask grow`` (one experience on a finished run) and ``polytask st
 sequence, the first from scratch). Steps: fit the new tasks' label encodings on the new
 rows (inputs keep the base's encodings), let the strategy grow the plan, build the grown
 model holding the old weights, encode each source's rows for its own tasks, and hand the
-trainer the prepared rows, the grown model's initial state and the strategy's hooks.
+trainer the prepared rows, the grown model (at its initial weights) and the strategy's hooks.
 """
 
 from __future__ import annotations
 
-import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,7 +231,7 @@ def train_experience(
     if before_training is not None:
         before_training(model, prepared)
     chain = HookChain([h for h in (hooks, _Finish(strategy, context)) if h is not None])
-    started = _clock()
+    started = time.perf_counter()
     trainer = Trainer(
         spec,
         out,
@@ -248,14 +248,8 @@ def train_experience(
         _rewrite(run, trainer.spec, served, prepared)
     trained = Base(trainer.model, trainer.spec, preprocessor)
     missing = preprocessor.missing_inputs(frames.train)
-    seconds = _clock() - started
+    seconds = time.perf_counter() - started
     return Outcome(run, trained, served or trainer.model, context, rows, missing, seconds)
-
-
-def _clock() -> float:
-    import time
-
-    return time.perf_counter()
 
 
 def compact_patterns(model: torch.nn.Module, names: list[str]) -> list[str]:
@@ -284,7 +278,3 @@ def old_rows(
         for split, frame in frames.items()
         if frame is not None and len(frame)
     }
-
-
-def finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
