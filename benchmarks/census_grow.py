@@ -45,15 +45,17 @@ def run_spec(data: Path, group: int | None, tasks: list[str], seed: int) -> dict
     return raw
 
 
-def grow_spec(data: Path, seed: int, experts: int, epochs: int, patience: int) -> dict[str, Any]:
+def grow_spec(
+    data: Path, seed: int, experts: int, epochs: int, patience: int, batch: int, lr: float
+) -> dict[str, Any]:
     return {
         "tasks": [{"name": "college", "kind": "binary", "target": "college"}],
         "data": {"dataset": "census_income", "dataset_options": {"path": str(data), "group": 2}},
         "strategy": {"name": "expand", "options": {"experts": experts}},
         "train": {
             "epochs": epochs,
-            "batch_size": 1024,
-            "lr": 0.002,
+            "batch_size": batch,
+            "lr": lr,
             "seed": seed,
             "threads": 1,
             "figures": False,
@@ -83,9 +85,11 @@ def main() -> None:
         "--data", type=Path, default=ROOT.parent / "shared/datasets/census_income_kdd"
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--experts", type=int, default=2, help="new experts for the new task")
-    parser.add_argument("--epochs", type=int, default=8, help="growth's epoch budget")
-    parser.add_argument("--patience", type=int, default=2)
+    parser.add_argument("--experts", type=int, default=8, help="new experts for the new task")
+    parser.add_argument("--epochs", type=int, default=20, help="growth's epoch budget")
+    parser.add_argument("--patience", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=4096, help="growth's batch size")
+    parser.add_argument("--lr", type=float, default=0.01, help="growth's learning rate")
     parser.add_argument("--json", type=Path, default=ROOT / "docs/results/census_grow.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -102,7 +106,10 @@ def main() -> None:
                 progress=False,
             )
             grown = folder / f"grown-{seed}"
-            grow(base, grow_spec(data, seed, args.experts, args.epochs, args.patience), grown)
+            spec = grow_spec(
+                data, seed, args.experts, args.epochs, args.patience, args.batch, args.lr
+            )
+            grow(base, spec, grown)
             joint = fit(
                 parse_spec(run_spec(data, None, ["income", "never_married", "college"], seed)),
                 folder / f"joint-{seed}",

@@ -250,11 +250,14 @@ def main() -> None:
         "--data", type=Path, default=None, help="folder of mnist/ and fashion_mnist/"
     )
     parser.add_argument(
-        "--table", action="store_true", help="print the Markdown tables of --out and stop"
+        "--table", action="store_true", help="summarise --out again, print its tables, stop"
     )
     args = parser.parse_args()
-    if args.table:
-        print(markdown(json.loads(args.out.read_text())))
+    if args.table:  # the summary recomputed from the runs (and saved), as tables
+        report = json.loads(args.out.read_text())
+        report["summary"] = summarise_runs(report["runs"])
+        args.out.write_text(json.dumps(report, indent=1))
+        print(markdown(report))
         return
     if args.data is not None:
         global DATA
@@ -326,7 +329,9 @@ def _show(result: dict[str, Any] | None) -> str:
 
 
 def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and std over seeds per benchmark, strategy and library; time ratio."""
+    """Mean and std over seeds per benchmark, strategy and library; the time ratio is the
+    geometric mean over seeds of polytask's seconds over Avalanche's in the same seed (the
+    two run back to back, so a change in the shared machine's load hits both)."""
     out: dict[str, Any] = {}
     keys = sorted({(r["benchmark"], r["strategy"]) for r in runs})
     for bench, strategy in keys:
@@ -340,10 +345,14 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 metric: _stats([res[metric] for res in results if res.get(metric) is not None])
                 for metric in ("average", "bwt", "seconds")
             }
-        if "polytask" in entry and "avalanche" in entry:
-            entry["time_ratio"] = (
-                entry["polytask"]["seconds"]["mean"] / entry["avalanche"]["seconds"]["mean"]
-            )
+        pairs = [
+            r["polytask"]["seconds"] / r["avalanche"]["seconds"]
+            for r in group
+            if r["avalanche"] and "error" not in r["avalanche"]
+        ]
+        if pairs:  # each polytask run is timed right before its Avalanche run: pair them
+            entry["time_ratio"] = float(np.exp(np.mean(np.log(pairs))))
+            entry["time_ratio_range"] = [float(min(pairs)), float(max(pairs))]
         out.setdefault(bench, {})[strategy] = entry
     return out
 
@@ -362,7 +371,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             f"\n{bench}\n",
             "| strategy | seeds | avg acc polytask | avg acc Avalanche | BWT polytask | "
-            "BWT Avalanche | seconds polytask | seconds Avalanche | time ratio |",
+            "BWT Avalanche | seconds polytask | seconds Avalanche | time ratio (range) |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for strategy in STRATEGIES:
@@ -370,7 +379,10 @@ def markdown(report: dict[str, Any]) -> str:
             if entry is None:
                 continue
             mine, theirs = entry.get("polytask"), entry.get("avalanche")
-            ratio = f"{entry['time_ratio']:.2f}" if "time_ratio" in entry else "-"
+            ratio = "-"
+            if "time_ratio" in entry:
+                low, high = entry["time_ratio_range"]
+                ratio = f"{entry['time_ratio']:.2f} ({low:.2f}-{high:.2f})"
             lines.append(
                 f"| {strategy} | {entry['seeds']} | {cell(mine, 'average', 4)} | "
                 f"{cell(theirs, 'average', 4)} | {cell(mine, 'bwt', 4)} | {cell(theirs, 'bwt', 4)}"
