@@ -7,6 +7,14 @@ Reads the original UCI files from ``../shared/datasets/census_income_kdd`` (over
 report Delta-m against the single-task run of the same seed.
 
     python benchmarks/census_paper.py --seeds 5 --group 1 --json docs/results/census_g1.json
+
+The JSON holds every run and a ``summary`` per method (best, mean and standard deviation of
+each task's test AUC over the seeds, the paper's best and mean, the mean Delta-m): what
+docs/benchmarks.md quotes. Per run, ``train_seconds`` is the run's own training time (from its
+summary) and ``wall_seconds`` the time this invocation spent on it, null for a run reused from
+``--runs`` (reading it is not training it). ``--summarise FILE`` recomputes the summary of an
+existing JSON from its runs (and marks as reused the runs of older JSONs whose recorded time is
+under a second: the time to read a finished run, not to train one).
 """
 
 from __future__ import annotations
@@ -73,10 +81,8 @@ def run_one(
     if baseline is not None:
         spec_dict["train"]["baseline"] = str(baseline)
     started = time.perf_counter()
-    if rd.is_complete(out):  # kept from an earlier invocation with the same --runs folder
-        run = out
-    else:
-        run = fit(parse_spec(spec_dict), out, overwrite=True, progress=False)
+    reused = rd.is_complete(out)  # kept from an earlier invocation with the same --runs folder
+    run = out if reused else fit(parse_spec(spec_dict), out, overwrite=True, progress=False)
     summary = rd.load_json(run, rd.SUMMARY)
     metrics = rd.load_json(run, rd.FINAL_METRICS)["test"]
     return {
@@ -85,8 +91,53 @@ def run_one(
         "auc": {task: metrics[task]["auc"] for task in metrics},
         "score": summary["score"]["test"],
         "best_epoch": summary["best_epoch"],
-        "seconds": time.perf_counter() - started,
+        "reused": reused,
+        "train_seconds": summary["train_seconds"],
+        "wall_seconds": None if reused else time.perf_counter() - started,
     }
+
+
+# An older JSON recorded only "seconds", the wall time of this script per run: under this, the
+# run was read from --runs, not trained.
+REUSED_UNDER_SECONDS = 1.0
+
+
+def normalised_run(run: dict[str, Any]) -> dict[str, Any]:
+    """A run record of an older JSON in today's form (see the module docstring)."""
+    if "seconds" not in run:
+        return run
+    run = dict(run)
+    seconds = run.pop("seconds")
+    run["reused"] = seconds < REUSED_UNDER_SECONDS
+    run.setdefault("train_seconds", None)  # not recorded then
+    run["wall_seconds"] = None if run["reused"] else seconds
+    return run
+
+
+def summarise(results: list[dict], group: int) -> dict[str, Any]:
+    """Per method: best / mean / std of each task's test AUC, the paper's values, and the
+    mean Delta-m over the seeds (the figures docs/benchmarks.md quotes)."""
+    methods: dict[str, Any] = {}
+    for arch in dict.fromkeys(r["arch"] for r in results):
+        rows = [r for r in results if r["arch"] == arch]
+        tasks = {}
+        for task in GROUPS[group]:
+            aucs = np.array([r["auc"][task] for r in rows])
+            paper = PAPER.get((arch, group), {}).get(task)
+            tasks[task] = {
+                "best": float(aucs.max()),
+                "mean": float(aucs.mean()),
+                "std": float(aucs.std()),
+                "paper_best": paper[0] if paper else None,
+                "paper_mean": paper[1] if paper else None,
+            }
+        deltas = [r["score"]["value"] for r in rows if r["score"]["name"] == "delta_m"]
+        methods[arch] = {
+            "seeds": sorted(r["seed"] for r in rows),
+            "auc": tasks,
+            "delta_m_mean_percent": float(np.mean(deltas)) if deltas else None,
+        }
+    return methods
 
 
 def run_seed(
@@ -100,7 +151,8 @@ def run_seed(
         result = run_one(raw, arch, seed, scratch / f"{arch}-{seed}", baseline, threads)
         results.append(result)
         aucs = "  ".join(f"{t} {v:.4f}" for t, v in result["auc"].items())
-        print(f"{arch:>14} seed {seed}: {aucs}  ({result['seconds']:.0f} s)", flush=True)
+        spent = "reused" if result["reused"] else f"{result['train_seconds']:.0f} s"
+        print(f"{arch:>14} seed {seed}: {aucs}  ({spent})", flush=True)
     return results
 
 
@@ -140,7 +192,19 @@ def main() -> None:
         "--runs", type=Path, help="keep run directories here; finished ones are reused"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    parser.add_argument(
+        "--summarise", type=Path, help="recompute the summary of this JSON from its runs"
+    )
     args = parser.parse_args()
+    if args.summarise is not None:
+        report = json.loads(args.summarise.read_text())
+        runs = [normalised_run(run) for run in report["runs"]]
+        archs = list(dict.fromkeys(r["arch"] for r in runs))
+        print(table(runs, archs, report["group"]))
+        report = {"group": report["group"], "runs": runs}
+        report["summary"] = summarise(runs, report["group"])
+        args.summarise.write_text(json.dumps(report, indent=2) + "\n")
+        return
     raw = base_spec(args.data, args.group)
     threads = args.threads or max(1, (torch.get_num_threads()) // args.jobs)
     with tempfile.TemporaryDirectory() as scratch, ProcessPoolExecutor(args.jobs) as pool:
@@ -157,7 +221,9 @@ def main() -> None:
     print(table(results, args.archs, args.group))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"group": args.group, "runs": results}, indent=2))
+        report = {"group": args.group, "runs": results}
+        report["summary"] = summarise(results, args.group)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

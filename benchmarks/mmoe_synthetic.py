@@ -90,6 +90,21 @@ def plot(panels: dict[str, dict[str, dict[float, list[float]]]], path: Path) -> 
     figure.savefig(path, dpi=110)
 
 
+def summary(measures: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, Any]:
+    """Mean and (population) standard deviation over seeds, per measure, model and
+    correlation: the figures of the tables printed above and of docs/benchmarks.md."""
+    return {
+        measure: {
+            arch: {
+                corr: {"mean": float(np.mean(values)), "std": float(np.std(values))}
+                for corr, values in by_corr.items()
+            }
+            for arch, by_corr in by_arch.items()
+        }
+        for measure, by_arch in measures.items()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
@@ -97,7 +112,15 @@ def main() -> None:
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (1 thread each)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--summarise", type=Path, help="add the mean / std summary to this results JSON"
+    )
     args = parser.parse_args()
+    if args.summarise is not None:
+        payload = json.loads(args.summarise.read_text())
+        payload["summary"] = summary({k: payload[k] for k in ("test_mse", "train_loss")})
+        args.summarise.write_text(json.dumps(payload, indent=2) + "\n")
+        return
     results: dict[str, dict[float, list[float]]] = {a: {c: [] for c in CORRELATIONS} for a in ARCHS}
     train_results: dict[str, dict[float, list[float]]] = {
         a: {c: [] for c in CORRELATIONS} for a in ARCHS
@@ -137,7 +160,8 @@ def main() -> None:
             "test_mse": {a: {str(c): v for c, v in r.items()} for a, r in results.items()},
             "train_loss": {a: {str(c): v for c, v in r.items()} for a, r in train_results.items()},
         }
-        args.json.write_text(json.dumps(payload, indent=2))
+        payload["summary"] = summary(payload)
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -108,23 +108,45 @@ def run_one(source: str, variant: str, seed: int, epochs: int, rows: int | None,
     }
 
 
+def summary(results: list[dict], datasets: list[str], variants: list[str]) -> dict[str, Any]:
+    """Per variant and dataset: mean and sample standard deviation of the seeds' mean test
+    accuracy, the seeds, and each seed's accuracy; with the published MultiMNIST values."""
+    table: dict[str, Any] = {}
+    for variant in variants:
+        table[variant] = {}
+        for source in datasets:
+            runs = [r for r in results if (r["method"], r["source"]) == (variant, source)]
+            if not runs:
+                continue
+            accs = [r["accuracy"] for r in runs]
+            table[variant][source] = {
+                "mean": float(np.mean(accs)),
+                "std": float(np.std(accs, ddof=1)) if len(accs) > 1 else None,
+                "seeds": [r["seed"] for r in runs],
+                "per_seed": accs,
+            }
+        table[variant]["published_multimnist"] = PUBLISHED.get(
+            variant.split(",")[0].partition("@")[0]
+        )
+    return table
+
+
 def table(results: list[dict], datasets: list[str], variants: list[str]) -> str:
     """Markdown: mean +- std of the seeds' mean test accuracy per variant and dataset."""
     lines = [
         "| method | " + " | ".join(datasets) + " | published (MultiMNIST, 100 ep) |",
         "|---|" + "---|" * (len(datasets) + 1),
     ]
-    for variant in variants:
+    for variant, figures in summary(results, datasets, variants).items():
         cells = []
         for source in datasets:
-            key = (variant, source)
-            accs = [r["accuracy"] for r in results if (r["method"], r["source"]) == key]
-            if not accs:
+            cell = figures.get(source)
+            if cell is None:
                 cells.append("-")
                 continue
-            spread = f" +- {np.std(accs, ddof=1):.4f}" if len(accs) > 1 else ""
-            cells.append(f"{np.mean(accs):.4f}{spread} (n={len(accs)})")
-        published = PUBLISHED.get(variant.split(",")[0].partition("@")[0])
+            spread = f" +- {cell['std']:.4f}" if cell["std"] is not None else ""
+            cells.append(f"{cell['mean']:.4f}{spread} (n={len(cell['seeds'])})")
+        published = figures["published_multimnist"]
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {published or '-'} |")
     return "\n".join(lines)
 
@@ -142,6 +164,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--json", type=Path, help="results, one JSON line per run, appended")
     parser.add_argument("--table-only", action="store_true", help="print the table from --json")
+    parser.add_argument("--summary", type=Path, help="also write the table's figures here")
     args = parser.parse_args()
     results: list[dict] = []
     if args.json and args.json.exists():
@@ -170,6 +193,10 @@ def main() -> None:
     schedules = sorted({(r["epochs"], r["train_rows"]) for r in results if "epochs" in r}, key=str)
     print(f"\nMean test accuracy over seeds; schedules (epochs, training pairs): {schedules}\n")
     print(table(results, args.datasets, args.methods))
+    if args.summary:
+        figures = summary(results, args.datasets, args.methods)
+        payload = {"results": str(args.json), "schedules": [list(s) for s in schedules]}
+        args.summary.write_text(json.dumps({**payload, "table": figures}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,19 @@ Without ``--run`` it first trains a tiny run on the shipped census sample
 
     python benchmarks/serve_load.py --run runs/demo --clients 8 --seconds 5
     python benchmarks/serve_load.py --run runs/demo --slim runs/demo-slim --batch-sizes 1 32 --json
+
+``--pressure`` measures the server under pressure instead (``polytask serve`` in a child
+process, server defaults): its capacity in closed loop with ``--pressure-rows``-row requests,
+then an open loop offering ``--overload`` times that rate for ``--seconds`` (accepted and
+refused requests per second, latency percentiles of each), then ``--bodies`` concurrent bodies
+of ``--body-mib`` MiB each (statuses and the server process's peak resident memory, measured
+from a reset of its high-water mark). ``--baseline-src DIR`` repeats all of it with the server
+of another source tree (``PYTHONPATH=DIR``; e.g. ``git archive main src`` unpacked), so that
+before and after are measured in one run on the same machine. ``--output FILE`` writes the
+JSON (with the command and the machine) there.
+
+    python benchmarks/serve_load.py --pressure --run runs/demo --seconds 20 \\
+        --output docs/results/serve_pressure.json
 """
 
 from __future__ import annotations
@@ -35,6 +48,8 @@ import asyncio
 import contextlib
 import json
 import math
+import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -48,6 +63,14 @@ import httpx
 import numpy as np
 import uvicorn
 import yaml
+from _machine import machine_info
+from _pressure import (
+    concurrent_bodies,
+    large_body,
+    open_loop,
+    reset_peak,
+    rss_bytes,
+)
 
 import polytask
 from polytask.data.tabular import load_splits
@@ -57,6 +80,17 @@ from polytask.serve import ServeConfig, create_app
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "census_income_demo.yaml"
 MAX_SECONDS = 600.0
+PRESSURE_SETTINGS = (
+    "clients",
+    "seconds",
+    "pressure_rows",
+    "capacity_seconds",
+    "overload",
+    "max_in_flight",
+    "bodies",
+    "body_mib",
+    "threads",
+)
 WARMUP_REQUESTS = 20
 
 
@@ -118,9 +152,11 @@ class BackgroundServer:
 
 
 class ServerProcess:
-    """``polytask serve`` in a child process on 127.0.0.1, stopped on exit."""
+    """``polytask serve`` in a child process on 127.0.0.1, stopped on exit; ``src`` runs the
+    polytask of another source tree (put first on PYTHONPATH) instead of this one."""
 
-    def __init__(self, run: Path, config: ServeConfig) -> None:
+    def __init__(self, run: Path, config: ServeConfig, src: Path | None = None) -> None:
+        self.src = src
         with socket.socket() as probe:  # a free port, released for the child to take
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -150,8 +186,18 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     def __enter__(self) -> ServerProcess:
-        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL)
+        env = dict(os.environ)
+        if self.src is not None:
+            env["PYTHONPATH"] = os.pathsep.join(
+                [str(self.src.resolve()), *filter(None, [env.get("PYTHONPATH")])]
+            )
+        self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -335,6 +381,86 @@ def load_test(run: Path, label: str, args: argparse.Namespace) -> list[dict[str,
     return results
 
 
+def train_tiny_with(src: Path, folder: Path, epochs: int) -> Path:
+    """The tiny run, trained by the polytask of another source tree (a run's files are read
+    by the code that wrote them)."""
+    spec = yaml.safe_load(DEMO.read_text())
+    spec["train"].update(epochs=epochs, early_stopping={"patience": None})
+    spec["train"].pop("diagnostics_every", None)
+    config = folder / "baseline.yaml"
+    config.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "PYTHONPATH": str(src.resolve())}
+    command = "from polytask.cli import app; app()"
+    out = folder / "baseline-run"
+    print(f"training the tiny run with {src} ...", file=sys.stderr)
+    subprocess.run(
+        [sys.executable, "-c", command, "train", str(config), "--out", str(out), "--quiet"],
+        env=env,
+        check=True,
+        timeout=1800,
+    )
+    return out
+
+
+def pressure_test(
+    run: Path, args: argparse.Namespace, src: Path | None, predictor: Predictor
+) -> dict[str, Any]:
+    """Capacity, then an open loop at ``--overload`` times it, then concurrent large bodies,
+    against ``polytask serve`` (of ``src`` when given) with its default limits. The request
+    bodies come from ``predictor`` (this tree's load of the run), the same for every server."""
+    rows = sample_rows(predictor)
+    body = bodies_for(rows, args.pressure_rows, count=1)[0]
+    config = ServeConfig(threads=args.threads)
+    column = (predictor.preprocessor.categorical or predictor.preprocessor.numeric)[0]
+    large = large_body(column, rows=1000, size=round(args.body_mib * 1024 * 1024))
+    result: dict[str, Any] = {"server_source": str(src) if src else "this tree", "run": str(run)}
+    with ServerProcess(run, config, src) as server:
+        capacity = asyncio.run(
+            run_phase(server.url, [body], args.clients, args.capacity_seconds, args.max_requests)
+        )
+        result["capacity"] = {
+            key: capacity[key] for key in ("requests", "errors", "requests_per_s", "p50_ms")
+        }
+        rate = args.overload * capacity["requests_per_s"]
+        result["overload"] = asyncio.run(
+            open_loop("127.0.0.1", server.port, body, rate, args.seconds, args.max_in_flight)
+        )
+        reset_peak(server.pid)
+        before = rss_bytes(server.pid)
+        memory = asyncio.run(concurrent_bodies("127.0.0.1", server.port, large, args.bodies))
+        after = rss_bytes(server.pid)
+        result["memory"] = {
+            **memory,
+            "rss_before_mib": before["rss"] / 2**20,
+            "peak_rss_mib": after["peak_rss"] / 2**20,
+            "peak_growth_mib": (after["peak_rss"] - before["rss"]) / 2**20,
+        }
+        after_all = asyncio.run(run_phase(server.url, [body], 1, 1.0, 20))
+        result["answers_afterwards"] = after_all["errors"] == 0 and after_all["requests"] > 0
+    return result
+
+
+def print_pressure(report: dict[str, Any]) -> None:
+    for label, result in report["servers"].items():
+        capacity, overload, memory = result["capacity"], result["overload"], result["memory"]
+        accepted, refused = overload["accepted_latency"], overload["refused_latency"]
+
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value:.0f}"
+
+        print(
+            f"{label}: capacity {capacity['requests_per_s']:.1f} req/s; offered "
+            f"{overload['offered_per_s']:.1f}/s -> accepted {overload['accepted_per_s']:.1f}/s "
+            f"(p50 {ms(accepted['p50_ms'])} ms, p99 {ms(accepted['p99_ms'])} ms), refused "
+            f"{overload['refused_per_s']:.1f}/s (p50 {ms(refused['p50_ms'])} ms), other "
+            f"{overload['other']}, not sent {overload['not_sent_client_saturated']}; "
+            f"{memory['bodies']} x {memory['body_bytes'] / 2**20:.0f} MiB bodies: "
+            f"{memory['statuses']}, peak RSS {memory['peak_rss_mib']:.0f} MiB "
+            f"(+{memory['peak_growth_mib']:.0f}); answers afterwards: "
+            f"{result['answers_afterwards']}"
+        )
+
+
 def print_table(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     header = (
         f"{'model':<8} {'arch':<14} {'params':>8} {'batch':>5} {'requests':>8} {'req/s':>8} "
@@ -374,21 +500,57 @@ def main() -> None:
         help="polytask serve in a child process, or uvicorn in a thread of this one.",
     )
     parser.add_argument("--json", action="store_true", help="Print JSON instead of a table.")
+    parser.add_argument("--output", type=Path, help="Also write the JSON here.")
+    pressure = parser.add_argument_group("--pressure")
+    pressure.add_argument("--pressure", action="store_true", help="Overload and memory test.")
+    pressure.add_argument("--pressure-rows", type=int, default=1024, help="Rows per request.")
+    pressure.add_argument("--capacity-seconds", type=float, default=10.0)
+    pressure.add_argument("--overload", type=float, default=2.0, help="Times the capacity.")
+    pressure.add_argument("--max-in-flight", type=int, default=256)
+    pressure.add_argument("--bodies", type=int, default=64, help="Concurrent large bodies.")
+    pressure.add_argument("--body-mib", type=float, default=32.0)
+    pressure.add_argument("--baseline-src", type=Path, help="Also test this source tree.")
     args = parser.parse_args()
-    if not 0 < args.seconds <= MAX_SECONDS:
-        parser.error(f"--seconds must be in (0, {MAX_SECONDS:g}]")
+    if not 0 < args.seconds <= MAX_SECONDS or not 0 < args.capacity_seconds <= MAX_SECONDS:
+        parser.error(f"--seconds and --capacity-seconds must be in (0, {MAX_SECONDS:g}]")
     if args.clients < 1 or min(args.batch_sizes) < 1 or args.max_requests < 1:
         parser.error("--clients, --batch-sizes and --max-requests must be at least 1")
+    if not (0 < args.overload <= 100 and 1 <= args.bodies <= 1024 and 0 < args.body_mib <= 1024):
+        parser.error("--overload in (0, 100], --bodies 1..1024, --body-mib in (0, 1024]")
 
+    report: Any
+    machine = machine_info("fastapi", "uvicorn")  # the load average at the start
     with tempfile.TemporaryDirectory(prefix="polytask-serve-load-") as temp:
         run = args.run or train_tiny(Path(temp), args.train_epochs)
-        results = load_test(run, "full" if args.slim else "model", args)
-        if args.slim:
-            results += load_test(args.slim, "slim", args)
+        if args.pressure:
+            predictor = polytask.load(run)
+            servers = {"this tree": pressure_test(run, args, None, predictor)}
+            if args.baseline_src:
+                baseline_run = train_tiny_with(args.baseline_src, Path(temp), args.train_epochs)
+                servers[f"baseline ({args.baseline_src})"] = pressure_test(
+                    baseline_run, args, args.baseline_src, predictor
+                )
+            report = {
+                "benchmark": "serve_pressure",
+                "command": "python " + shlex.join(["benchmarks/serve_load.py", *sys.argv[1:]]),
+                "machine": machine,
+                "run": str(args.run) if args.run else "a tiny run of the census demo",
+                "settings": {key: getattr(args, key) for key in PRESSURE_SETTINGS},
+                "servers": servers,
+            }
+            report["machine"]["load_average_1m_end"] = os.getloadavg()[0]
+        else:
+            report = load_test(run, "full" if args.slim else "model", args)
+            if args.slim:
+                report += load_test(args.slim, "slim", args)
+    if args.output:
+        args.output.write_text(json.dumps(report, indent=2, default=lambda v: None) + "\n")
     if args.json:
-        print(json.dumps(results, indent=2, default=lambda v: None))
+        print(json.dumps(report, indent=2, default=lambda v: None))
+    elif args.pressure:
+        print_pressure(report)
     else:
-        print_table(results, args)
+        print_table(report, args)
 
 
 if __name__ == "__main__":

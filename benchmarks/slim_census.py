@@ -72,6 +72,19 @@ def slim_task(
     return row
 
 
+def with_speedups(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with the speed-ups docs/benchmarks.md quotes: full model as trained (eager)
+    and as served, each over the slim model as served, per batch size."""
+    speedups = {}
+    for batch in ("batch_1", "batch_1024"):
+        t = row[batch]
+        speedups[batch] = {
+            "full_eager_over_slim_served": t["full_eager_ms"] / t["slim_served_ms"],
+            "full_served_over_slim_served": t["full_served_ms"] / t["slim_served_ms"],
+        }
+    return {**row, "speedups": speedups}
+
+
 def print_rows(rows: list[dict[str, Any]]) -> None:
     print(
         "| run | task | threshold | experts kept | parameters | weights (bytes) | "
@@ -100,14 +113,22 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, nargs="+", required=True)
+    parser.add_argument("--runs", type=Path, nargs="+")
     parser.add_argument("--tasks", nargs="+", default=["income", "never_married"])
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.01, 0.05, 0.1, 0.15, 0.2])
     parser.add_argument("--max-drop", type=float, default=0.002)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--summarise", type=Path, help="add the speed-ups to this results JSON")
     args = parser.parse_args()
+    if args.summarise is not None:
+        payload = json.loads(args.summarise.read_text())
+        payload["rows"] = [with_speedups(row) for row in payload["rows"]]
+        args.summarise.write_text(json.dumps(payload, indent=2) + "\n")
+        return
+    if not args.runs:
+        parser.error("--runs is required (unless --summarise)")
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -122,8 +143,12 @@ def main() -> None:
     print_rows(rows)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"machine": machine_info(), "threads": args.threads, "rows": rows}
-        args.json.write_text(json.dumps(payload, indent=2))
+        payload = {
+            "machine": machine_info(),
+            "threads": args.threads,
+            "rows": [with_speedups(row) for row in rows],
+        }
+        args.json.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 if __name__ == "__main__":

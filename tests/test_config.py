@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from polytask.config import load_spec, parse_spec
-from polytask.errors import ConfigError, PolytaskError
+from polytask.config import (
+    check_unused,
+    load_spec,
+    parse_spec,
+    unused_spec_fields,
+    with_overrides,
+)
+from polytask.errors import ConfigError, PolytaskError, PolytaskWarning
 from tests.conftest import base_spec, write_yaml
 
 
@@ -215,3 +221,123 @@ def test_load_spec_rejects_a_non_mapping(tmp_path: Path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_spec(path)
+
+
+# ---------------------------------------------------------------------- hardening
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (lambda raw: raw["train"].update(lr=float("inf")), "train.lr: Input should be a finite"),
+        (lambda raw: raw["train"].update(lr=float("nan")), "train.lr: Input should be a finite"),
+        (lambda raw: raw["tasks"][0].update(weight=float("inf")), "tasks.0.weight"),
+        (lambda raw: raw["train"].update(epochs=True), "train.epochs: expected a number"),
+        (lambda raw: raw["train"].update(lr=True), "train.lr: expected a number"),
+        (lambda raw: raw["model"].update(hidden=[8, False]), "model.hidden.1"),
+        (lambda raw: raw["train"].update(seed=2**70), "train.seed"),
+        (lambda raw: raw["train"].update(seed=-1), "train.seed"),
+        (lambda raw: raw["data"]["split"].update(seed=-1), "data.split.seed"),
+        (lambda raw: raw["data"]["split"].update(seed=2**32), "data.split.seed"),
+    ],
+    ids=[
+        "lr-inf", "lr-nan", "weight-inf", "epochs-true", "lr-true", "hidden-bool",
+        "seed-2**70", "seed-negative", "split-seed-negative", "split-seed-2**32",
+    ],
+)  # fmt: skip
+def test_numbers_are_finite_never_booleans_and_seeds_fit_the_generators(change, fragment):
+    raw = base_spec("t.csv")
+    change(raw)
+    assert fragment in _error(raw)
+
+
+def test_yaml_numbers_written_as_text_still_work():
+    raw = base_spec("t.csv")
+    raw["train"]["lr"] = "1e-3"  # PyYAML reads 1e-3 (no dot) as text
+    assert parse_spec(raw).train.lr == 0.001
+    raw["train"]["seed"] = 2**32 - 1
+    assert parse_spec(raw).train.seed == 2**32 - 1
+
+
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", "../up", "a/b", "a\\b", "-dash", ".hidden", "sp ace", "x" * 101, "a:b"]
+)
+def test_task_names_that_are_not_words_are_refused(name):
+    raw = base_spec("t.csv")
+    raw["tasks"][0]["name"] = name
+    assert "tasks.0.name" in _error(raw) and "names files and columns" in _error(raw)
+
+
+@pytest.mark.parametrize("name", ["click", "Click_2", "ctr.v2", "a-b", "ünïcode", "x" * 100])
+def test_task_names_that_are_words_are_fine(name):
+    raw = base_spec("t.csv")
+    raw["tasks"][0]["name"] = name
+    assert parse_spec(raw).tasks[0].name == name
+
+
+def test_a_whole_spec_problem_says_config_once():
+    raw = base_spec("t.csv")
+    raw["tasks"].append(dict(raw["tasks"][0]))
+    message = _error(raw)
+    assert message.startswith("config: task names must be unique")
+    assert "config: config:" not in message
+
+
+def test_overrides_are_validated_like_the_file():
+    spec = parse_spec(base_spec("t.csv"))
+    assert with_overrides(spec, train={"seed": 7}).train.seed == 7
+    with pytest.raises(ConfigError, match=r"train.seed"):
+        with_overrides(spec, train={"seed": 2**70})
+    assert spec.train.seed == 0  # the original is left as it was
+
+
+@pytest.mark.parametrize(
+    ("arch", "model", "train", "unused"),
+    [
+        ("ple", {"num_experts": 4}, {}, ["model.num_experts"]),
+        ("cgc", {"num_experts": 4}, {}, ["model.num_experts"]),
+        ("home", {"num_experts": 4}, {}, ["model.num_experts"]),
+        ("ple", {}, {}, []),  # left at its default: not the user's doing
+        ("mmoe", {"num_experts": 4}, {}, []),
+        ("mmoe", {}, {"momentum": 0.5}, ["train.momentum"]),
+        ("mmoe", {}, {"optimizer": "sgd", "momentum": 0.5}, []),
+        ("mmoe", {}, {"schedule": {"name": "cosine", "gamma": 0.9}}, ["train.schedule.gamma"]),
+        ("mmoe", {"encoder": {"out_dim": 8}}, {}, ["model.encoder.out_dim"]),
+    ],
+)
+def test_spec_fields_the_run_does_not_read_are_named(arch, model, train, unused):
+    raw = base_spec("t.csv", model={"arch": arch, **model}, train=train)
+    if "num_experts" not in model:
+        del raw["model"]["num_experts"]  # the base spec sets it; these cases leave it unset
+    spec = parse_spec(raw)
+    assert unused_spec_fields(spec) == unused
+
+
+def test_unused_fields_warn_or_refuse_under_strict():
+    spec = parse_spec(base_spec("t.csv", model={"arch": "ple", "num_experts": 4}))
+    with pytest.warns(PolytaskWarning, match=r"model.num_experts is set but not used.*arch ple"):
+        check_unused(spec)
+    with pytest.raises(ConfigError, match=r"model.num_experts is set but not used.*remove it"):
+        check_unused(spec, strict=True)
+def test_track_section():
+    from polytask.config import TrackSpec
+
+    assert TrackSpec().enabled is False
+    assert TrackSpec(mlflow=True).enabled
+    assert TrackSpec(mlflow="sqlite:///m.db").mlflow == "sqlite:///m.db"
+    assert TrackSpec(mlflow="runs/m.db").mlflow == "runs/m.db"
+    assert TrackSpec(mlflow="http://host:5000").mlflow == "http://host:5000"
+    assert TrackSpec(mlflow="databricks").mlflow == "databricks"
+
+
+@pytest.mark.parametrize(
+    ("track", "fragment"),
+    [
+        ({"mlflow": "somewhere"}, "track.mlflow: expected true, false or an MLflow tracking URI"),
+        ({"mlfow": True}, "track.mlfow: unknown key (did you mean 'mlflow'?)"),
+        ({"experiment": ""}, "track.experiment"),
+    ],
+)
+def test_track_mistakes_are_one_line(spec_dict, track, fragment):
+    spec_dict["track"] = track
+    with pytest.raises(ConfigError) as error:
+        parse_spec(spec_dict)
+    assert fragment in str(error.value)

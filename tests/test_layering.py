@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "polytask"
 
 LAYERS: list[tuple[str, ...]] = [
     # 0: the specification: errors, registries, configs, plans, architectures (no torch)
-    ("errors", "registry", "config", "plan", "arch", "features"),
+    ("errors", "registry", "config", "plan", "arch", "features", "console", "optional"),
     # 1: data and tasks
     ("data", "tasks"),
     # 2: the network
@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     # 6: training
     ("train",),
     # 7: what works on trained runs
-    ("slim", "serve", "grow"),
+    ("slim", "serve", "grow", "track", "sweep", "report"),
     # 8: the API and the command line
     ("api", "cli", "__init__", "__main__"),
 ]

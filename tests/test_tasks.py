@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from sklearn import metrics as skm
 
 from polytask.config import TaskSpec
-from polytask.tasks import Task
+from polytask.errors import ConfigError
+from polytask.tasks import Task, output_columns
 
 NAN = float("nan")
 
@@ -207,3 +208,32 @@ def test_normalised_logloss_against_base_rate():
     base = skm.log_loss(y, np.full(4, 0.25))
     assert task.normalised("logloss", base, y) == pytest.approx(0.0)
     assert task.normalised("logloss", base / 4, y) == pytest.approx(0.75)
+
+
+def test_prediction_columns_that_would_collide_are_refused_naming_both():
+    """A task 'genre' with class 'action' writes genre_p_action: a task of that name would
+    have overwritten it without a word."""
+    genre = Task(TaskSpec(name="genre", kind="multiclass", target="g"), 2, classes=["action", "x"])
+    clash = Task(TaskSpec(name="genre_p_action", kind="binary", target="b"), 1)
+    tags = Task(TaskSpec(name="t", kind="multilabel", targets=["a", "b"]), 2)
+    assert list(output_columns([genre, tags])) == [
+        "genre",
+        "genre_p_action",
+        "genre_p_x",
+        "t_a",
+        "t_b",
+    ]
+    with pytest.raises(ConfigError, match=r"'genre_p_action' would hold both task 'genre' class"):
+        output_columns([genre, clash])
+
+
+def test_training_refuses_colliding_prediction_columns_before_any_epoch(tmp_path):
+    from polytask.config import parse_spec
+    from polytask.train.prepare import prepare
+    from tests.conftest import base_spec, make_table
+
+    make_table().to_csv(tmp_path / "t.csv", index=False)
+    raw = base_spec(tmp_path / "t.csv")
+    raw["tasks"][0]["name"] = "segment_p_high"  # the binary task, beside segment's class high
+    with pytest.raises(ConfigError, match="and task 'segment' class 'high'"):
+        prepare(parse_spec(raw))

@@ -1,49 +1,32 @@
 """polytask: one PyTorch model for many tasks.
 
-``train`` and ``load`` import the training and inference stacks (and torch) on first use, so
-that importing polytask, reading a config or listing architectures stays fast.
+The public names are imported on first use, so that ``import polytask`` (and the command
+line's ``--help``) do not pay for torch and pandas until something needs them.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-# The subpackage polytask.train is imported first (its __init__ is empty), so that importing
-# its modules later does not rebind the name ``train`` below to the subpackage.
-import polytask.train as _training  # noqa: F401
-from polytask.config import RunSpec, load_spec
-from polytask.errors import ConfigError, DataError, PolytaskError
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.2.0"
 
+if TYPE_CHECKING:
+    from polytask.api import grow, load, stream, train
+    from polytask.config import RunSpec, load_spec
+    from polytask.errors import ConfigError, DataError, PolytaskError
 
-def train(*args: Any, **kwargs: Any) -> Any:
-    """Train a run specification and return the loaded run (see :func:`polytask.api.train`)."""
-    from polytask.api import train as train_run
-
-    return train_run(*args, **kwargs)
-
-
-def grow(*args: Any, **kwargs: Any) -> Any:
-    """Add tasks to a finished run (see :func:`polytask.api.grow`)."""
-    from polytask.api import grow as grow_run
-
-    return grow_run(*args, **kwargs)
-
-
-def stream(*args: Any, **kwargs: Any) -> Any:
-    """Train a stream of experiences and measure forgetting (see :func:`polytask.api.stream`)."""
-    from polytask.api import stream as run_stream
-
-    return run_stream(*args, **kwargs)
-
-
-def load(*args: Any, **kwargs: Any) -> Any:
-    """Load a finished run directory (see :func:`polytask.api.load`)."""
-    from polytask.api import load as load_run
-
-    return load_run(*args, **kwargs)
-
+_HOMES = {
+    "load": "polytask.api",
+    "stream": "polytask.api",
+    "RunSpec": "polytask.config",
+    "load_spec": "polytask.config",
+    "ConfigError": "polytask.errors",
+    "DataError": "polytask.errors",
+    "PolytaskError": "polytask.errors",
+}
 
 __all__ = [
     "ConfigError",
@@ -57,3 +40,37 @@ __all__ = [
     "stream",
     "train",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'polytask' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+class _Polytask(types.ModuleType):
+    """``polytask.train`` and ``polytask.grow`` are the functions, although subpackages have
+    the same names: importing ``polytask.train.<module>`` makes Python bind the subpackage to
+    the attribute, which these properties ignore (the subpackages stay reachable by import)."""
+
+    @property
+    def train(self) -> Any:
+        return importlib.import_module("polytask.api").train
+
+    @train.setter
+    def train(self, value: Any) -> None:
+        del value
+
+    @property
+    def grow(self) -> Any:
+        return importlib.import_module("polytask.api").grow
+
+    @grow.setter
+    def grow(self, value: Any) -> None:
+        del value
+
+
+sys.modules[__name__].__class__ = _Polytask

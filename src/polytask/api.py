@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
-
-from polytask.config import RunSpec, load_spec
+from polytask.config import RunSpec, check_unused, load_spec
 from polytask.inference.predictor import Predictor
-from polytask.train.trainer import EpochCallback, fit
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from polytask.train.trainer import EpochCallback
 
 
 def train(
@@ -22,20 +24,32 @@ def train(
     progress: bool = False,
     callbacks: list[EpochCallback] | None = None,
     encoder_factory: Callable[[], nn.Module] | None = None,
+    strict: bool = False,
+    mlflow: str | bool | None = None,
 ) -> Predictor:
     """Train a run specification (object, dict or YAML path) and return the loaded run.
 
     ``encoder_factory`` builds your own input encoder (a module taking ``(categorical,
     numeric)`` with an ``out_dim`` attribute) instead of the one ``model.encoder`` names.
+    Keys the run would not use are a :class:`~polytask.errors.PolytaskWarning` (an error with
+    ``strict``). ``overwrite`` replaces only a run that polytask wrote
+    (:mod:`polytask.artifacts.ownership`). ``mlflow`` (True or a tracking URI) tracks the run in
+    MLflow, as ``track.mlflow`` does.
     """
-    run = fit(
-        load_spec(spec),
+    from polytask.track import fit_tracked  # training code only when training
+
+    spec = load_spec(spec)
+    if not resume:
+        check_unused(spec, strict=strict)
+    run = fit_tracked(
+        spec,
         out,
         resume=resume,
         overwrite=overwrite,
         progress=progress,
         callbacks=callbacks or (),
         encoder_factory=encoder_factory,
+        mlflow=mlflow,
     )
     return Predictor.load(run, encoder_factory=encoder_factory)
 

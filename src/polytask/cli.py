@@ -1,6 +1,8 @@
 """The ``polytask`` command: each subcommand parses its options and calls the Python API.
 
-User mistakes (a bad config, bad data, a missing run) print one line and exit with code 2.
+User mistakes (a bad config, bad data, a missing run) print one line and exit with code 2;
+warnings print one line each. Heavy modules (torch, pandas, the model) are imported inside
+the commands that need them, so that ``polytask --help`` and ``polytask info`` start fast.
 """
 
 from __future__ import annotations
@@ -8,14 +10,15 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import typer
-from rich.console import Console
 
-from polytask.errors import PolytaskError
+from polytask.console import make_console
+from polytask.errors import PolytaskError, PolytaskWarning
 
 app = typer.Typer(
     add_completion=False,
@@ -23,34 +26,53 @@ app = typer.Typer(
     help="Train one model for many tasks; evaluate and predict on raw rows.",
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+err = make_console(stderr=True)
+out = make_console()
 F = TypeVar("F", bound=Callable[..., Any])
+MIB = 1024 * 1024
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
+def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """polytask's warnings as one line on stderr; any other warning as Python shows it."""
+    if issubclass(category, PolytaskWarning):
+        err.print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+    else:
+        _PYTHON_SHOWWARNING(message, category, *args, **kwargs)
 
 
 def user_errors(command: F) -> F:
-    """Report PolytaskError as one line with exit code 2, never a traceback."""
+    """Report PolytaskError as one line with exit code 2, never a traceback; print
+    PolytaskWarning as one line."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except PolytaskError as error:
-            err.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            raise typer.Exit(code=130) from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", PolytaskWarning)
+            warnings.showwarning = _show_warning
+            try:
+                return command(*args, **kwargs)
+            except PolytaskError as error:
+                err.print(f"[bold red]error:[/bold red] {error}", highlight=False, soft_wrap=True)
+                raise typer.Exit(code=2) from None
+            except KeyboardInterrupt as error:
+                detail = f": {error}" if str(error) else ""
+                err.print(f"interrupted{detail}", highlight=False, soft_wrap=True)
+                raise typer.Exit(code=130) from None
 
-    return wrapper  # type: ignore[return-value]
+    return cast(F, wrapper)
 
 
 def labelled_rows(spec: Any, data: Path | None, split: str | None) -> Any:
     """The rows ``--data FILE`` names, or the run's own ``--split valid|test``."""
+    from polytask.data import progress
     from polytask.data.tabular import load_splits, read_table
 
     if data is not None:
-        return read_table(data)
+        with progress.reporting():
+            return read_table(data)
     if split not in ("valid", "test"):
         raise PolytaskError(f"--split must be 'valid' or 'test' (got '{split}')")
     frame = getattr(load_splits(spec.data), split)
@@ -69,29 +91,45 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="Continue a killed run from its last checkpoint.")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a run directory that polytask wrote.")
+    ] = False,
     baseline: Annotated[Path | None, typer.Option(help="Single-task run for Delta-m.")] = None,
     seed: Annotated[int | None, typer.Option(help="Override train.seed.")] = None,
+    strict: Annotated[
+        bool, typer.Option(help="Refuse spec keys this run would not use (else: a warning).")
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar or tables.")] = False,
+    mlflow: Annotated[
+        str | None,
+        typer.Option(
+            "--mlflow",
+            help="Track in MLflow: a tracking URI (sqlite:///mlflow.db, http://host:5000).",
+        ),
+    ] = None,
 ) -> None:
     """Train a multi-task model into a run directory."""
-    from polytask.config import load_spec
-    from polytask.train.trainer import fit
+    from polytask.config import check_unused, load_spec, with_overrides
+    from polytask.track import fit_tracked
 
     if resume is not None:
         if config is not None:
             raise PolytaskError("--resume continues a run with its saved config; give no CONFIG")
-        fit(None, resume, resume=True, progress=not quiet)
+        fit_tracked(None, resume, resume=True, progress=not quiet, mlflow=mlflow)
         return
     if config is None:
         raise PolytaskError("give a CONFIG file (or --resume RUN)")
     spec = load_spec(config)
+    overrides: dict[str, Any] = {}
     if seed is not None:
-        spec.train.seed = seed
+        overrides["seed"] = seed
     if baseline is not None:
-        spec.train.baseline = baseline.resolve()
+        overrides["baseline"] = baseline.resolve()
+    if overrides:
+        spec = with_overrides(spec, train=overrides)
+    check_unused(spec, strict=strict)
     target = out_dir or Path("runs") / config.stem
-    fit(spec, target, overwrite=overwrite, progress=not quiet)
+    fit_tracked(spec, target, overwrite=overwrite, progress=not quiet, mlflow=mlflow)
 
 
 @app.command()
@@ -103,6 +141,9 @@ def evaluate(
         str | None, typer.Option(help="Or: the run's own 'valid' or 'test' split.")
     ] = None,
     baseline: Annotated[Path | None, typer.Option(help="Single-task run for Delta-m.")] = None,
+    allow_unknown_columns: Annotated[
+        bool, typer.Option(help="Ignore columns the run does not know (else: refused).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Per-task metrics and the overall score of a run on labelled rows."""
@@ -121,6 +162,7 @@ def evaluate(
         frame,
         baseline_metrics.get(split_name) if baseline_metrics else None,
         str(baseline_path) if baseline_metrics else None,
+        allow_unknown_columns=allow_unknown_columns,
     )
     if as_json:
         out.print_json(json.dumps(report, default=str))
@@ -143,19 +185,29 @@ def predict(
     keep: Annotated[
         list[str] | None, typer.Option(help="Input columns to copy into the output.")
     ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    allow_unknown_columns: Annotated[
+        bool, typer.Option(help="Ignore columns the run does not know (else: refused).")
+    ] = False,
 ) -> None:
     """Predict every task for raw rows (missing values and unseen categories allowed)."""
     from polytask.api import load
     from polytask.artifacts.atomic import write_atomic
+    from polytask.artifacts.ownership import check_output_file
+    from polytask.data import progress
     from polytask.data.tabular import PARQUET_SUFFIXES, read_table
-    from polytask.errors import DataError
 
+    if output is not None:
+        check_output_file(output, overwrite=overwrite, inputs=[data])
     predictor = load(run)
-    frame = read_table(data)
-    predictions = predictor.predict(frame)
-    for column in reversed(keep or []):
+    kept = _kept_columns(keep or [], predictor.output_columns())
+    with progress.reporting():
+        frame = read_table(data)
+        with progress.step(f"predicting {len(frame):,} rows"):
+            predictions = predictor.predict(frame, allow_unknown_columns=allow_unknown_columns)
+    for column in reversed(kept):
         if column not in frame.columns:
-            raise DataError(f"--keep names column '{column}', which is not in {data}")
+            raise PolytaskError(f"--keep names column '{column}', which is not in {data}")
         predictions.insert(0, column, frame[column].to_numpy())
     if output is None:
         predictions.to_csv(sys.stdout, index=False)
@@ -167,28 +219,26 @@ def predict(
     err.print(f"{len(predictions)} rows of predictions written to {output}")
 
 
+def _kept_columns(keep: list[str], outputs: dict[str, str]) -> list[str]:
+    """``--keep`` columns, once each, none named like an output column (which would then be
+    in the table twice, one of them silently shadowing the other)."""
+    kept = list(dict.fromkeys(keep))
+    for column in kept:
+        if column in outputs:
+            raise PolytaskError(
+                f"--keep column '{column}' has the name of the output column '{column}' "
+                f"({outputs[column]}); rename it in the input or leave it out of --keep"
+            )
+    return kept
+
+
 @app.command()
 @user_errors
 def info(run: Annotated[Path, typer.Argument(help="A finished run directory.")]) -> None:
-    """Show a run's tasks, architecture, input columns and summary."""
-    from polytask.api import load
+    """Show a run's tasks, architecture, balancing method (options resolved), inputs and summary."""
+    from polytask.artifacts.run_dir import describe
 
-    predictor = load(run)
-    summary = predictor.summary()
-    out.print_json(
-        json.dumps(
-            {
-                "run": str(predictor.run),
-                "tasks": {t.name: t.kind.value for t in predictor.tasks},
-                "inputs": {
-                    "categorical": predictor.preprocessor.categorical,
-                    "numeric": predictor.preprocessor.numeric,
-                },
-                "summary": summary,
-            },
-            default=str,
-        )
-    )
+    out.print_json(json.dumps(describe(run), default=str))
 
 
 def _default_text(field: Any) -> str:
@@ -225,6 +275,46 @@ def archs() -> None:
 
 @app.command()
 @user_errors
+def balancers(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the balancing methods and the options each takes in balance.options."""
+    from rich.table import Table
+
+    from polytask.balance.options import OPTIONS, accepted
+
+    listing: dict[str, dict[str, Any]] = {
+        name: {
+            "summary": OPTIONS.get(name).summary(),
+            "options": {
+                key: {
+                    "default": field.default,
+                    "accepts": accepted(field),
+                    "description": field.description,
+                }
+                for key, field in OPTIONS.get(name).model_fields.items()
+            },
+        }
+        for name in OPTIONS.names()
+    }
+    if as_json:
+        out.print_json(json.dumps(listing))
+        return
+    table = Table(title="balancing methods (balance.method) and their balance.options")
+    table.add_column("method")
+    table.add_column("what it is")
+    table.add_column("options = default (accepts): meaning")
+    for name, entry in listing.items():
+        options = [
+            f"{key} = {option['default']!r} ({option['accepts']}): {option['description']}"
+            for key, option in entry["options"].items()
+        ]
+        table.add_row(name, entry["summary"], "\n".join(options) or "-")
+    out.print(table)
+
+
+@app.command()
+@user_errors
 def serve(
     run: Annotated[Path, typer.Argument(help="A finished run directory.")],
     tasks: Annotated[
@@ -241,14 +331,24 @@ def serve(
     max_queue_rows: Annotated[
         int, typer.Option(help="Most rows waiting for the model (else 503).")
     ] = 16384,
+    max_body_mib: Annotated[
+        float, typer.Option(help="Largest request body in MiB (else 413).")
+    ] = 32.0,
     threads: Annotated[
         int, typer.Option(help="torch intra-op threads; 1 suits small micro-batches best.")
     ] = 1,
+    allow_unknown_columns: Annotated[
+        bool, typer.Option(help="Ignore columns the run does not know (else: 400).")
+    ] = False,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
 ) -> None:
     """Serve a run over HTTP: POST /v1/predict, GET /v1/tasks, GET /healthz."""
+    import math
+
     from polytask.serve import run_server
 
+    if not (math.isfinite(max_body_mib) and max_body_mib > 0):
+        raise PolytaskError(f"--max-body-mib must be a positive number (got {max_body_mib:g})")
     names = [name.strip() for item in tasks or [] for name in item.split(",") if name.strip()]
     run_server(
         run,
@@ -259,7 +359,9 @@ def serve(
         batch_window_ms=batch_window_ms,
         max_batch_rows=max_batch_rows,
         max_queue_rows=max_queue_rows,
+        max_body_bytes=max(1, round(max_body_mib * MIB)),
         threads=threads,
+        allow_unknown_columns=allow_unknown_columns,
         access_log=access_log,
     )
 
@@ -281,10 +383,15 @@ def cascade(
     low: Annotated[float, typer.Option(help="Lowest confidence threshold.")] = 0.5,
     high: Annotated[float, typer.Option(help="Highest confidence threshold.")] = 1.0,
     steps: Annotated[int, typer.Option(help="Number of thresholds.")] = 21,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the folder of an earlier cascade.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Slim run answers, full run takes the rows the slim one is unsure of: metric vs share
     deferred, across confidence thresholds."""
+    import math
+
     import numpy as np
     from rich.table import Table
 
@@ -293,13 +400,21 @@ def cascade(
 
     if (data is None) == (split is None):
         raise PolytaskError("give exactly one of --data FILE or --split valid|test")
-    if steps < 1 or not low <= high:
-        raise PolytaskError("--steps must be at least 1 and --low at most --high")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise PolytaskError("--low and --high must be finite numbers")
+    if steps < 1 or steps > 10_000 or not low <= high:
+        raise PolytaskError("--steps must be 1..10000 and --low at most --high")
     full = load(full_run)
     frame = labelled_rows(full.spec, data, split)
     thresholds = [float(t) for t in np.linspace(low, high, steps)]
     report = run_cascade(
-        slim_run, full, task, frame, out_dir or Path(f"cascade-{task}"), thresholds
+        slim_run,
+        full,
+        task,
+        frame,
+        out_dir or Path(f"cascade-{task}"),
+        thresholds,
+        overwrite=overwrite,
     )
     if as_json:
         out.print_json(json.dumps(report))
@@ -347,7 +462,9 @@ def slim(
     data: Annotated[
         Path | None, typer.Option(help="Labelled rows to measure on (default: validation rows).")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace a run directory that polytask wrote.")
+    ] = False,
     repeats: Annotated[
         int, typer.Option(min=1, help="Timed predictions per model and batch size.")
     ] = 20,
@@ -384,11 +501,14 @@ def export_command(
     verify: Annotated[
         bool, typer.Option(help="Check the graph against PyTorch with onnxruntime.")
     ] = True,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing graph and its JSON file.")
+    ] = False,
 ) -> None:
     """Export a run as ONNX: preprocessed inputs in, one output per task (with a JSON sidecar)."""
     from polytask.slim.export import export_onnx, sidecar_path
 
-    interface = export_onnx(run, output, opset=opset, verify=verify)
+    interface = export_onnx(run, output, opset=opset, verify=verify, overwrite=overwrite)
     difference = interface["max_abs_difference"]
     if difference is not None:
         checked = f"matches PyTorch within {difference:.1e}"
@@ -486,6 +606,68 @@ def strategies() -> None:
         ]
         table.add_row(name, cls.summary, "\n".join(options) or "-")
     out.print(table)
+
+
+@app.command("sweep")
+@user_errors
+def sweep_command(
+    config: Annotated[Path, typer.Argument(help="Sweep file: base run spec, space, objectives.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Study folder (resumed when it exists).")
+    ],
+    trials: Annotated[int | None, typer.Option(min=1, help="Override the sweep's trials.")] = None,
+    parallel: Annotated[
+        int | None, typer.Option(min=1, help="Override the sweep's parallel processes.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print study.json.")] = False,
+) -> None:
+    """Optuna study over run-spec keys: trials as run directories, Pareto front printed,
+    plotted and saved; a killed sweep resumes where it stopped."""
+    from polytask.sweep import load_sweep, run_sweep
+    from polytask.sweep.summary import pareto_table, state_counts
+
+    sweep = load_sweep(config, {"trials": trials, "parallel": parallel})
+    summary = run_sweep(sweep, out_dir)
+    if as_json:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(pareto_table(summary))
+    out.print(state_counts(summary), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    paths: Annotated[
+        list[Path], typer.Argument(help="Run directories, study folders, cascade folders.")
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write.")],
+    split: Annotated[
+        str | None, typer.Option(help="'valid' or 'test' (default: test when all runs have it).")
+    ] = None,
+    baseline: Annotated[
+        Path | None, typer.Option(help="A run to compute every run's Delta-m against.")
+    ] = None,
+    title: Annotated[str | None, typer.Option(help="The page's title.")] = None,
+    screenshot: Annotated[
+        Path | None,
+        typer.Option(help="Also save a PNG of the rendered page (needs playwright, Chromium)."),
+    ] = None,
+) -> None:
+    """One self-contained HTML page comparing runs and studies: specs, per-task metrics with
+    Delta-m, Pareto front, learning curves, task weights, conflicts, experts, slim, cascade."""
+    from polytask.report import write_report
+
+    page = write_report(paths, output, split=split, baseline=baseline, title=title)
+    size = page.stat().st_size / 1e6
+    out.print(f"report written to {page} ({size:.1f} MB, opens offline)", highlight=False)
+    if screenshot is not None:
+        from polytask.report.browser import screenshot as take
+
+        log = take(page, screenshot)
+        for problem in log.problems:
+            err.print(f"[yellow]warning:[/yellow] {problem}", highlight=False, markup=True)
+        out.print(f"screenshot written to {screenshot}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

@@ -6,18 +6,50 @@ what is allowed and the closest allowed word, instead of being silently ignored.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
 from polytask.errors import ConfigError, did_you_mean
 
+if TYPE_CHECKING:
+    from polytask.balance.options import BalanceOptions
+
+
+def _not_a_boolean(value: Any) -> Any:
+    """YAML reads ``true`` as a boolean, which pydantic would take as the number 1."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, not the boolean {str(value).lower()}")
+    return value
+
+
+# Numbers in a spec: never a boolean; floats never NaN or infinite (``allow_inf_nan`` below).
+Int = Annotated[int, BeforeValidator(_not_a_boolean)]
+Float = Annotated[float, BeforeValidator(_not_a_boolean)]
+# Seeds feed numpy and torch generators (torch takes at most 64 bits, and the trainer derives
+# per-epoch seeds from this one): 32 bits, as numpy's legacy seeding allows.
+SEED_LIMIT = 2**32
+Seed = Annotated[Int, Field(ge=0, lt=SEED_LIMIT)]
+MAX_THREADS = 1024
+# A task name becomes part of file names (plots, cascade folders) and output columns: a word.
+TASK_NAME = re.compile(r"\w[\w.-]{0,99}\Z")
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TaskKind(str, Enum):
@@ -30,9 +62,9 @@ class TaskKind(str, Enum):
 class SplitSpec(_Section):
     """How to carve validation and test rows out of ``train`` when their paths are not given."""
 
-    valid: float = Field(0.1, ge=0.0, lt=1.0)
-    test: float = Field(0.1, ge=0.0, lt=1.0)
-    seed: int = 0
+    valid: Float = Field(0.1, ge=0.0, lt=1.0)
+    test: Float = Field(0.1, ge=0.0, lt=1.0)
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> SplitSpec:
@@ -53,8 +85,13 @@ class DataSpec(_Section):
     categorical: list[str] | None = None
     numeric: list[str] | None = None
     drop: list[str] = Field(default_factory=list)
-    min_frequency: int = Field(1, ge=1)
-    scaling: Literal["standard", "none"] = "standard"
+    min_frequency: Int = Field(1, ge=1)
+    # a categorical column keeps at most this many values (the most frequent; see
+    # polytask.data.preprocess); null: no cap
+    max_categories: Int | None = Field(10_000, ge=1)
+    # standard: per column; block: one mean and std over all numeric columns (pixels);
+    # none: raw values; auto: block for the cnn encoder's pixels, standard otherwise
+    scaling: Literal["auto", "standard", "block", "none"] = "auto"
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -85,8 +122,20 @@ class TaskSpec(_Section):
     target: str | None = None
     targets: list[str] | None = None
     loss: str | None = None
-    metrics: list[str] | None = None
-    weight: float = Field(1.0, ge=0.0)
+    metrics: list[str] = Field(
+        default_factory=list, description="metrics to report; default: every one of the kind"
+    )
+    weight: Float = Field(1.0, ge=0.0)
+
+    @field_validator("name")
+    @classmethod
+    def _a_name(cls, name: str) -> str:
+        if not TASK_NAME.match(name) or name in (".", ".."):
+            raise ValueError(
+                f"task name {name!r} must start with a letter, digit or underscore and hold "
+                "only those, '.' and '-' (at most 100 characters): it names files and columns"
+            )
+        return name
 
     @model_validator(mode="after")
     def _targets_and_defaults(self) -> TaskSpec:
@@ -109,7 +158,7 @@ class TaskSpec(_Section):
                 f"{did_you_mean(self.loss, allowed_losses)}; allowed: {', '.join(allowed_losses)}"
             )
         allowed_metrics = METRICS[self.kind]
-        if self.metrics is None:
+        if "metrics" not in self.model_fields_set:
             self.metrics = list(allowed_metrics)
         for metric in self.metrics:
             if metric not in allowed_metrics:
@@ -146,9 +195,9 @@ class EncoderSpec(_Section):
     """
 
     name: Literal["tabular", "numeric", "cnn", "custom"] = "tabular"
-    image_shape: list[int] | None = None
-    channels: list[int] = Field(default_factory=lambda: [10, 20], min_length=2, max_length=2)
-    out_dim: int = Field(50, ge=1)
+    image_shape: list[Int] | None = None
+    channels: list[Int] = Field(default_factory=lambda: [10, 20], min_length=2, max_length=2)
+    out_dim: Int = Field(50, ge=1)
 
     @field_validator("channels")
     @classmethod
@@ -178,11 +227,11 @@ class ModelSpec(_Section):
     """The network: input encoder -> sharing architecture -> one tower per task."""
 
     arch: str = "mmoe"
-    embedding_dim: int = Field(8, ge=1)
-    hidden: list[int] = Field(default_factory=lambda: [16], min_length=1)
-    num_experts: int = Field(8, ge=1)
-    tower_hidden: list[int] = Field(default_factory=lambda: [8])
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    embedding_dim: Int = Field(8, ge=1)
+    hidden: list[Int] = Field(default_factory=lambda: [16], min_length=1)
+    num_experts: Int = Field(8, ge=1)
+    tower_hidden: list[Int] = Field(default_factory=lambda: [8])
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     options: dict[str, Any] = Field(default_factory=dict)
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
 
@@ -225,40 +274,59 @@ class BalanceSpec(_Section):
     @field_validator("method")
     @classmethod
     def _known_method(cls, name: str) -> str:
-        from polytask.balance import BALANCERS
+        from polytask.balance.options import OPTIONS
 
         try:
-            BALANCERS.get(name)
+            OPTIONS.get(name)
         except ConfigError as error:
             raise ValueError(str(error)) from None
         return name
 
+    @model_validator(mode="after")
+    def _valid_options(self) -> BalanceSpec:
+        """Check ``options`` against the method's declaration (no torch, no balancer built),
+        so a bad option fails at load, not mid-run."""
+        self.resolved_options()
+        return self
+
+    def resolved_options(self) -> BalanceOptions:
+        """The method's options: those given, validated, and the declared defaults for the
+        rest (what the method runs with)."""
+        from polytask.balance.options import parse_options
+
+        try:
+            return parse_options(self.method, self.options)
+        except ConfigError as error:
+            # a plain ConfigError: pydantic would wrap an OptionError, which is a ValueError too
+            raise ConfigError(str(error)) from None
+
 
 class EarlyStoppingSpec(_Section):
-    patience: int | None = Field(5, ge=1)
+    patience: Int | None = Field(5, ge=1)
     monitor: Literal["metric", "loss"] = "metric"
 
 
 class ScheduleSpec(_Section):
     name: Literal["none", "cosine", "step", "exponential"] = "none"
-    step_size: int = Field(10, ge=1)
-    gamma: float = Field(0.5, gt=0.0, le=1.0)
+    step_size: Int = Field(10, ge=1)
+    gamma: Float = Field(0.5, gt=0.0, le=1.0)
 
 
 class TrainSpec(_Section):
-    epochs: int = Field(20, ge=1)
-    batch_size: int = Field(1024, ge=1)
-    eval_batch_size: int = Field(16384, ge=1)
+    epochs: Int = Field(20, ge=1)
+    batch_size: Int = Field(1024, ge=1)
+    eval_batch_size: Int = Field(16384, ge=1)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    lr: Float = Field(1e-3, gt=0.0)
+    weight_decay: Float = Field(0.0, ge=0.0)
+    momentum: Float = Field(0.9, ge=0.0, lt=1.0)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     early_stopping: EarlyStoppingSpec = Field(default_factory=EarlyStoppingSpec)
-    seed: int = 0
-    threads: int | None = Field(None, ge=1)
+    seed: Seed = 0
+    # torch intra-op threads; bounded, as torch crashes (segfault) on absurd counts
+    threads: Int | None = Field(None, ge=1, le=MAX_THREADS)
     baseline: Path | None = None
-    diagnostics_every: int | None = Field(None, ge=1)
+    diagnostics_every: Int | None = Field(None, ge=1)
     init: Path | None = Field(
         None,
         description="start from these weights: a finished run (same model) or a .safetensors "
@@ -275,14 +343,50 @@ class TrainSpec(_Section):
     )
 
 
+# An MLflow tracking URI names its store by scheme (sqlite:///, http://, databricks, ...); a bare
+# path to a ``.db`` file is taken as a SQLite store.
+TRACKING_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
+
+class TrackSpec(_Section):
+    """Experiment tracking, off unless asked: ``mlflow: true`` logs to MLflow's local store
+    (``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` under the working directory); a
+    string names the store (a tracking URI, or a path to a ``.db`` file)."""
+
+    mlflow: bool | str = False
+    experiment: str = Field("polytask", min_length=1)
+    run_name: str | None = None
+    log_model: bool = True
+    log_artifacts: bool = True
+
+    @field_validator("mlflow")
+    @classmethod
+    def _tracking_uri(cls, value: bool | str) -> bool | str:
+        if isinstance(value, bool):
+            return value
+        text = value.strip()
+        scheme = text.split(":", 1)[0].split("+", 1)[0].lower()
+        if scheme in TRACKING_SCHEMES or text.endswith(".db"):
+            return text
+        raise ValueError(
+            "expected true, false or an MLflow tracking URI such as sqlite:///mlflow.db or "
+            f"http://host:5000 (schemes: {', '.join(TRACKING_SCHEMES)})"
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.mlflow is not False
+
+
 class RunSpec(_Section):
-    """A whole run: data, tasks, model, balancing and training."""
+    """A whole run: data, tasks, model, balancing, training and (optional) tracking."""
 
     data: DataSpec
     tasks: list[TaskSpec] = Field(min_length=1)
     model: ModelSpec = Field(default_factory=ModelSpec)
     balance: BalanceSpec = Field(default_factory=BalanceSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    track: TrackSpec = Field(default_factory=TrackSpec)
 
     @model_validator(mode="after")
     def _unique_names_and_columns(self) -> RunSpec:
@@ -290,18 +394,6 @@ class RunSpec(_Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"task names must be unique; repeated: {', '.join(duplicates)}")
-        return self
-
-    @model_validator(mode="after")
-    def _balance_options(self) -> RunSpec:
-        """Build the balancing method once, so a bad option fails at load, not mid-run."""
-        from polytask.balance import BALANCERS
-
-        method = self.balance.method
-        try:
-            BALANCERS.get(method)(len(self.tasks), **self.balance.options)
-        except (TypeError, ValueError) as error:  # ConfigError passes through parse_spec
-            raise ConfigError(f"balance.options ({method}): {error}") from None
         return self
 
     @property
@@ -313,7 +405,7 @@ class RunSpec(_Section):
 
 
 def _location(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "config"
+    return ".".join(str(part) for part in loc)
 
 
 def _allowed_keys(spec_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -338,27 +430,33 @@ def _allowed_keys(spec_cls: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 def format_validation_error(error: ValidationError, spec_cls: type[BaseModel] = RunSpec) -> str:
     """Turn pydantic's report into one line per problem, naming the key and what is allowed."""
-    lines = []
-    for item in error.errors():
-        loc = tuple(item["loc"])
-        where = _location(loc)
-        if item["type"] == "extra_forbidden":
-            allowed = _allowed_keys(spec_cls, loc)
-            hint = did_you_mean(str(loc[-1]), allowed)
-            listed = ", ".join(allowed) if allowed else "none"
-            lines.append(f"{where}: unknown key{hint}; allowed: {listed}")
-        elif item["type"] == "missing":
-            lines.append(f"{where}: required key is missing")
-        else:
-            message = item["msg"].removeprefix("Value error, ")
-            got = item.get("input")
-            shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-            if item["type"] == "enum" or item["type"] == "literal_error":
-                expected = item.get("ctx", {}).get("expected", "")
-                hint = did_you_mean(str(got), [e.strip(" '") for e in expected.split(",")])
-                message = f"{message}{hint}"
-            lines.append(f"{where}: {message}{shown}")
-    return "; ".join(lines)
+    return "; ".join(describe_problem(item, spec_cls) for item in error.errors())
+
+
+def describe_problem(
+    item: ErrorDetails, spec_cls: type[BaseModel] = RunSpec, where: str | None = None
+) -> str:
+    """One problem of a pydantic report as ``where: what is wrong``; ``where`` defaults to the
+    dotted location (a caller that knows a better name for it, e.g. ``balance.options.c``,
+    passes it)."""
+    loc = tuple(item["loc"])
+    where = where or _location(loc)
+    if item["type"] == "extra_forbidden":
+        allowed = _allowed_keys(spec_cls, loc)
+        hint = did_you_mean(str(loc[-1]), allowed)
+        listed = ", ".join(allowed) if allowed else "none"
+        return f"{where}: unknown key{hint}; allowed: {listed}"
+    if item["type"] == "missing":
+        return f"{where}: required key is missing"
+    message = item["msg"].removeprefix("Value error, ")
+    got = item.get("input")
+    shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    if item["type"] == "enum" or item["type"] == "literal_error":
+        expected = item.get("ctx", {}).get("expected", "")
+        hint = did_you_mean(str(got), [e.strip(" '") for e in expected.split(",")])
+        message = f"{message}{hint}"
+    prefix = f"{where}: " if where else ""
+    return f"{prefix}{message}{shown}"
 
 
 def parse_spec(raw: dict[str, Any], base_dir: Path | None = None) -> RunSpec:
@@ -396,19 +494,6 @@ def resolve_data_paths(data: DataSpec, base_dir: Path) -> None:
         data.dataset_options["path"] = str((base_dir / raw_path).resolve())
 
 
-def read_yaml(path: str | Path) -> Any:
-    """A YAML file's content; one line naming the file (and line) where it cannot be read."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config {path}: not valid YAML{where}") from None
-
-
 def load_spec(source: str | Path | dict[str, Any] | RunSpec) -> RunSpec:
     """Read a run specification from a YAML path, a dict, or pass a RunSpec through.
 
@@ -420,4 +505,85 @@ def load_spec(source: str | Path | dict[str, Any] | RunSpec) -> RunSpec:
     if isinstance(source, dict):
         return parse_spec(source)
     path = Path(source)
-    return parse_spec(read_yaml(path), base_dir=path.parent.resolve())
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    return parse_spec(read_yaml(path, "config"), base_dir=path.parent.resolve())
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's content, or one line naming the file (and the line) that is not YAML."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path}: not UTF-8 text") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{what} {path}: not valid YAML{where}") from None
+
+
+def with_overrides(spec: RunSpec, **sections: dict[str, Any]) -> RunSpec:
+    """A copy of ``spec`` with some keys of some sections replaced (``train={"seed": 3}``),
+    validated like a config file, so that a command-line override cannot slip past a check."""
+    raw = spec.model_dump(mode="json", exclude_unset=True)
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(
+            {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}
+        )
+    return parse_spec(raw)
+
+
+def _is_set(model: BaseModel, path: str) -> bool:
+    """Whether the user wrote the key at ``path`` (``tasks.0.weight``); defaults are not."""
+    *parents, last = path.split(".")
+    node: Any = model
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else getattr(node, part, None)
+        if not isinstance(node, BaseModel | list):
+            return False
+    return isinstance(node, BaseModel) and last in node.model_fields_set
+
+
+def unused_spec_fields(spec: RunSpec) -> list[str]:
+    """The keys the user set that this run will never read, as dotted paths
+    (``model.num_experts`` under ``arch: ple``): the architecture and the balancing method say
+    which of their fields they ignore (``unused_spec_fields`` on their classes), and the
+    optimizer, schedule and encoder settings that only some choices read are checked here.
+    Keys left at their defaults are never reported."""
+    from polytask.arch import ARCHS
+    from polytask.balance import BALANCERS
+
+    model, train = spec.model, spec.train
+    paths = [f"model.{name}" for name in ARCHS.get(model.arch).unused_spec_fields(model)]
+    paths += BALANCERS.get(spec.balance.method).unused_spec_fields(spec)
+    if model.encoder.name == "cnn":
+        paths.append("model.embedding_dim")  # the cnn encoder reads no categorical column
+    else:
+        paths += ["model.encoder.channels", "model.encoder.out_dim"]
+    if train.optimizer != "sgd":
+        paths.append("train.momentum")
+    if train.schedule.name != "step":
+        paths.append("train.schedule.step_size")
+    if train.schedule.name not in ("step", "exponential"):
+        paths.append("train.schedule.gamma")
+    return [path for path in dict.fromkeys(paths) if _is_set(spec, path)]
+
+
+def check_unused(spec: RunSpec, strict: bool = False) -> list[str]:
+    """Warn about (or, ``strict``, refuse) keys set in ``spec`` that the run does not read."""
+    from polytask.errors import warn
+
+    unused = unused_spec_fields(spec)
+    if unused:
+        choices = (
+            f"arch {spec.model.arch}, balance {spec.balance.method}, "
+            f"optimizer {spec.train.optimizer}, schedule {spec.train.schedule.name}, "
+            f"encoder {spec.model.encoder.name}"
+        )
+        keys = ", ".join(unused)
+        verb = "is" if len(unused) == 1 else "are"
+        message = f"config: {keys} {verb} set but not used by this run ({choices})"
+        if strict:
+            raise ConfigError(f"{message}; remove {'it' if len(unused) == 1 else 'them'}")
+        warn(message)
+    return unused

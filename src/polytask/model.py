@@ -18,7 +18,7 @@ from polytask.arch import ARCHS
 from polytask.config import ModelSpec
 from polytask.errors import PolytaskError
 from polytask.features import Features
-from polytask.nn.blocks import build_towers
+from polytask.nn.blocks import TowerBlocks, build_towers
 from polytask.nn.cnn import CNNEncoder
 from polytask.nn.encoders import NumericEncoder, TabularEncoder
 from polytask.nn.executor import PlanNetwork
@@ -69,7 +69,7 @@ class MultiTaskModel(nn.Module):
         self,
         encoders: nn.ModuleList,
         arch: PlanNetwork,
-        towers: nn.Module,
+        towers: Towers | TowerBlocks,
         task_names: list[str],
         heads: nn.Module | None = None,
     ) -> None:

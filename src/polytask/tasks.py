@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn import metrics as skm
 
 from polytask.config import TaskKind, TaskSpec
+from polytask.errors import ConfigError
 
 HIGHER_IS_BETTER = {
     "auc": True,
@@ -49,7 +49,7 @@ class Task:
 
     @property
     def primary_metric(self) -> str:
-        return self.spec.metrics[0]  # type: ignore[index]
+        return self.spec.metrics[0]
 
     def present(self, labels: torch.Tensor) -> torch.Tensor:
         """Boolean mask of rows (or row x label cells) that carry a label."""
@@ -107,12 +107,12 @@ class Task:
             ]
             valid = [a for a in aucs if not math.isnan(a)]
             results["mean_auc"] = float(np.mean(valid)) if valid else math.nan
-            return {m: results[m] for m in self.spec.metrics}  # type: ignore[union-attr]
+            return {m: results[m] for m in self.spec.metrics}
         mask = ~np.isnan(labels)
         y, p = labels[mask], predictions[mask]
         if len(y) == 0:
-            return {m: math.nan for m in self.spec.metrics}  # type: ignore[union-attr]
-        for metric in self.spec.metrics:  # type: ignore[union-attr]
+            return {m: math.nan for m in self.spec.metrics}
+        for metric in self.spec.metrics:
             results[metric] = self._metric(metric, y, p)
         return results
 
@@ -120,11 +120,13 @@ class Task:
         if metric == "auc":
             return _auc(y, p)
         if metric == "logloss":
-            return float(skm.log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1]))
+            return _log_loss(y, p)
         if metric == "accuracy":
             predicted = p.argmax(axis=1) if p.ndim == 2 else (p >= 0.5)
-            return float(skm.accuracy_score(y.astype(int), predicted.astype(int)))
+            return float(np.mean(y.astype(int) == predicted.astype(int)))
         if metric == "macro_f1":
+            from sklearn import metrics as skm  # imported when used: it costs ~1 s
+
             return float(
                 skm.f1_score(
                     y.astype(int),
@@ -139,36 +141,59 @@ class Task:
         if metric == "mae":
             return float(np.mean(np.abs(p - y)))
         if metric == "r2":
-            return float(skm.r2_score(y, p)) if len(y) > 1 else math.nan
+            if len(y) < 2:
+                return math.nan
+            total = float(np.sum((y - y.mean()) ** 2))
+            residual = float(np.sum((y - p) ** 2))
+            if total == 0.0:  # as scikit-learn: 1 for a perfect fit, 0 otherwise
+                return 1.0 if residual == 0.0 else 0.0
+            return 1.0 - residual / total
         raise ValueError(f"unknown metric {metric}")
 
     def normalised(self, metric: str, value: float, labels: np.ndarray) -> float:
-        """A metric as a skill score in which 1 is perfect and 0 is a constant predictor.
+        """A metric as a skill score: 1 is perfect, 0 is what the best constant predictor
+        scores on these labels, below 0 is worse than it. So tasks whose metrics have
+        different units and baselines can be averaged (``mean_normalised``). The mapping:
 
-        Bounded higher-is-better metrics (AUC, accuracy, F1, R2) are used as they are; an error
-        metric is turned into ``1 - error / error_of_predicting_the_label_mean`` so that tasks
-        with different units can be averaged.
+        ============  ==========================  ==========================================
+        metric        skill score                 the constant predictor's value
+        ============  ==========================  ==========================================
+        auc,          ``2 * value - 1``           0.5 (any constant ranks nothing)
+        mean_auc
+        accuracy      ``(v - a0) / (1 - a0)``     a0: the share of the most frequent label
+        macro_f1      ``(v - f0) / (1 - f0)``     f0 = (2 s / (1 + s)) / K: always the most
+                                                  frequent class (share s) of K classes
+        r2            ``value``                   0 (the label mean)
+        logloss       ``1 - v / l0``              l0: log-loss of the label base rate
+        rmse          ``1 - v / std(y)``          std(y): RMSE of the label mean
+        mae           ``1 - v / mean|y - med|``   the MAE of the label median
+        ============  ==========================  ==========================================
+
+        NaN where the labels leave no room above the constant (a single class, no spread).
         """
-        if HIGHER_IS_BETTER[metric]:
+        if metric in ("auc", "mean_auc"):
+            return 2.0 * value - 1.0
+        if metric == "r2":
             return value
         y = labels[~np.isnan(labels)]
-        if len(y) == 0:
+        if len(y) == 0 or math.isnan(value):
             return math.nan
+        if metric in ("accuracy", "macro_f1"):
+            share = float(np.unique(y, return_counts=True)[1].max() / len(y))
+            if metric == "accuracy":
+                constant = share
+            else:
+                classes = self.out_dim if self.kind is TaskKind.multiclass else 2
+                constant = 2.0 * share / (1.0 + share) / classes
+            return (value - constant) / (1.0 - constant) if constant < 1.0 else math.nan
         if metric == "logloss":
             base_rate = float(np.clip(y.mean(), 1e-7, 1 - 1e-7))
-            reference = float(skm.log_loss(y, np.full(len(y), base_rate), labels=[0, 1]))
+            reference = _log_loss(y, np.full(len(y), base_rate))
         elif metric == "rmse":
             reference = float(np.std(y))
         else:
-            reference = float(np.mean(np.abs(y - y.mean())))
+            reference = float(np.mean(np.abs(y - np.median(y))))
         return 1.0 - value / reference if reference > 0 else math.nan
-
-
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    if len(y) == 0 or len(np.unique(y)) < 2:
-        warnings.warn("AUC is undefined where only one class is labelled", stacklevel=3)
-        return math.nan
-    return float(skm.roc_auc_score(y, p))
 
 
 def task_losses(
@@ -180,3 +205,47 @@ def task_losses(
     )
     present = torch.stack([task.present(labels[task.name]).any() for task in tasks])
     return losses, present
+
+
+def output_columns(tasks: list[Task]) -> dict[str, str]:
+    """The prediction table's columns, each with what it holds, in order: binary and
+    regression ``<task>``; multiclass ``<task>`` (the class) and ``<task>_p_<class>``;
+    multilabel ``<task>_<column>``. Two tasks whose columns would share a name (task ``a``
+    with class ``b`` and a task ``a_p_b``) are refused, naming both, rather than one silently
+    overwriting the other."""
+    columns: dict[str, str] = {}
+
+    def add(column: str, meaning: str) -> None:
+        if column in columns:
+            raise ConfigError(
+                f"output column '{column}' would hold both {columns[column]} and {meaning}; "
+                "rename one of the tasks"
+            )
+        columns[column] = meaning
+
+    for task in tasks:
+        if task.kind is TaskKind.multiclass:
+            add(task.name, f"task '{task.name}' (its class)")
+            for label in task.classes:
+                add(f"{task.name}_p_{label}", f"task '{task.name}' class '{label}'")
+        elif task.kind is TaskKind.multilabel:
+            for column in task.spec.columns:
+                add(f"{task.name}_{column}", f"task '{task.name}' label '{column}'")
+        else:
+            add(task.name, f"task '{task.name}'")
+    return columns
+
+
+def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean binary cross-entropy of probabilities ``p`` (clipped to [1e-7, 1 - 1e-7])."""
+    p = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def _auc(y: np.ndarray, p: np.ndarray) -> float:
+    if len(y) == 0 or len(np.unique(y)) < 2:
+        warnings.warn("AUC is undefined where only one class is labelled", stacklevel=3)
+        return math.nan
+    from sklearn import metrics as skm  # imported when used: it costs ~1 s
+
+    return float(skm.roc_auc_score(y, p))

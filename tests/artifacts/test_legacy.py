@@ -31,7 +31,10 @@ def test_a_format_1_run_predicts_what_it_predicted(name):
     rows = pd.read_csv(RUNS / rows_file)
     expected = pd.read_csv(RUNS / name / "expected.csv")
     predictor = polytask.load(RUNS / name)
-    got = predictor.predict(rows).reset_index(drop=True)
+    # a slim run of that version did not record the dropped tasks' target columns, which the
+    # rows hold: they are unknown to it now
+    legacy_slim = name.startswith("slim_")
+    got = predictor.predict(rows, allow_unknown_columns=legacy_slim).reset_index(drop=True)
     assert list(got.columns) == list(expected.columns)
     for column in expected.columns:
         if expected[column].dtype.kind == "f":

@@ -35,5 +35,5 @@ def test_edge_cases():
     assert AlignedMTL(1).weights_from_gramian(torch.eye(1) * 4, torch.ones(1)).tolist() == [1.0]
     zero = AlignedMTL(3).weights_from_gramian(torch.zeros(3, 3), torch.ones(3))
     assert zero.tolist() == [1.0, 1.0, 1.0]
-    with pytest.raises(TypeError, match="unexpected option"):
+    with pytest.raises(ValueError, match=r"balance\.options\.weights \(aligned_mtl\): unknown"):
         AlignedMTL(2, weights=[1, 2])

@@ -66,7 +66,14 @@ def test_rescale_and_limits():
 
 
 def test_options_are_validated():
-    for bad in ({"c": 1.0}, {"c": -0.1}, {"c": "0.4"}, {"rescale": 3}, {"rescale": True}):
-        with pytest.raises(TypeError, match=next(iter(bad))):
+    for bad, accepted in (
+        ({"c": 1.0}, r"a number in \[0, 1\)"),
+        ({"c": -0.1}, r"a number in \[0, 1\)"),
+        ({"c": "0.4"}, r"a number in \[0, 1\)"),
+        ({"rescale": 3}, r"an integer in \[0, 2\]"),
+        ({"rescale": True}, r"an integer in \[0, 2\]"),
+    ):
+        key = next(iter(bad))
+        with pytest.raises(ValueError, match=rf"balance\.options\.{key} .*expected {accepted}"):
             CAGrad(2, **bad)
     assert CAGrad(2).describe()["c"] == 0.4 and CAGrad(2).describe()["rescale"] == 1

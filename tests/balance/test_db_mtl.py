@@ -121,11 +121,11 @@ def test_state_round_trip():
 
 def test_registry_and_options():
     assert BALANCERS.get("db_mtl") is DBMTL
-    with pytest.raises(TypeError, match=r"beta must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"options\.beta \(db_mtl\): expected a number in \[0, 1"):
         DBMTL(2, beta=1.0)
-    with pytest.raises(TypeError, match="beta_sigma must be non-negative"):
+    with pytest.raises(ValueError, match=r"options\.beta_sigma .*expected a number >= 0, got -0.5"):
         DBMTL(2, beta_sigma=-0.5)
-    with pytest.raises(TypeError, match="beta must be finite"):
+    with pytest.raises(ValueError, match=r"options\.beta .*got nan"):
         DBMTL(2, beta=math.nan)
 
 

@@ -102,7 +102,7 @@ def test_state_round_trip():
 def test_registry_and_options():
     assert BALANCERS.get("dwa") is DynamicWeightAverage
     for bad in (0, -1.0, "2", float("inf"), True):
-        with pytest.raises(TypeError, match="temperature must be a positive number"):
+        with pytest.raises(ValueError, match=r"options\.temperature .*expected a number > 0"):
             DynamicWeightAverage(2, temperature=bad)
 
 

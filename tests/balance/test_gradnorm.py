@@ -103,10 +103,10 @@ def test_state_round_trip():
 
 def test_registry_and_options():
     assert BALANCERS.get("gradnorm") is GradNorm
-    assert GradNorm(2).alpha == 1.5
-    with pytest.raises(TypeError, match="alpha must be non-negative"):
+    assert GradNorm(2).options.alpha == 1.5
+    with pytest.raises(ValueError, match=r"options\.alpha .*expected a number >= 0, got -1"):
         GradNorm(2, alpha=-1)
-    with pytest.raises(TypeError, match="lr must be positive"):
+    with pytest.raises(ValueError, match=r"options\.lr .*expected a number > 0, got 0.0"):
         GradNorm(2, lr=0.0)
 
 

@@ -136,7 +136,7 @@ BAD_OPTIONS = [
     ("mgda_ub", {"mode": "slow"}, "mode"),
     ("pcgrad", {"seed": -1}, "seed"),
     ("gradvac", {"beta": 2}, "beta"),
-    ("cagrad", {"c": 1.5}, "c must"),
+    ("cagrad", {"c": 1.5}, "c"),
     ("imtl", {"variant": "x"}, "variant"),
     ("nash_mtl", {"max_norm": 1.0}, "max_norm"),
     ("aligned_mtl", {"bogus": 1}, "bogus"),
@@ -147,14 +147,14 @@ BAD_OPTIONS = [
 @pytest.mark.parametrize(("method", "options", "word"), BAD_OPTIONS)
 def test_bad_options_are_rejected_when_the_config_loads(method, options, word):
     raw = base_spec("t.csv", balance={"method": method, "options": options})
-    with pytest.raises(ConfigError, match=rf"balance\.options \({method}\).*{word}"):
+    with pytest.raises(ConfigError, match=rf"^config: balance\.options\.{word} \({method}\): "):
         parse_spec(raw)
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_unknown_option_is_rejected_for_every_method(method):
     raw = base_spec("t.csv", balance={"method": method, "options": {"colour": "red"}})
-    with pytest.raises(ConfigError, match=r"balance\.options.*colour"):
+    with pytest.raises(ConfigError, match=r"balance\.options\.colour .*unknown key"):
         parse_spec(raw)
     good = base_spec("t.csv", balance={"method": method, "options": {"mode": "fast"}})
     assert parse_spec(good).balance.options == {"mode": "fast"}

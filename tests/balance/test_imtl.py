@@ -87,5 +87,5 @@ def test_edge_cases_and_options():
     assert bool(torch.isfinite(imtl_g_weights(same)).all())
     assert imtl_g_weights(torch.eye(1)).tolist() == [1.0]
     for bad in ({"variant": "gl"}, {"lr": 0}, {"lr": "fast"}):
-        with pytest.raises(TypeError, match=next(iter(bad))):
+        with pytest.raises(ValueError, match=rf"balance\.options\.{next(iter(bad))} \(imtl\)"):
             IMTL(2, **bad)

@@ -78,5 +78,5 @@ def test_registry_modes_and_edge_cases():
     assert MGDA(2, normalize="l2").describe()["normalize"] == "l2"
     one = MGDA(1).weights_from_gramian(torch.tensor([[4.0]]), torch.ones(1))
     assert one.tolist() == [1.0]
-    with pytest.raises(TypeError, match="normalize"):
-        MGDA(2, normalize="l1")
+    with pytest.raises(ValueError, match=r"normalize .*got 'los' \(did you mean 'loss'\?\)"):
+        MGDA(2, normalize="los")

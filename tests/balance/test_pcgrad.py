@@ -71,8 +71,14 @@ def test_orders_are_deterministic_per_step_and_seed():
     assert all(torch.equal(a, b) for a, b in same)
     draws = {tuple(torch.cat(task_orders(5, step, 1)).tolist()) for step in range(5)}
     assert len(draws) > 1  # a new order at each step
+    by_seed = {tuple(torch.cat(task_orders(5, 3, seed)).tolist()) for seed in range(5)}
+    assert len(by_seed) > 1  # the seed matters (the generator reads only 32 bits of a seed)
+    assert (
+        task_orders(5, 3, 0)[0].tolist()
+        == torch.randperm(5, generator=torch.Generator().manual_seed(3)).tolist()
+    )  # seed 0: the orders of runs made before the seed was mixed in
     assert PCGrad(2, seed=4).describe()["seed"] == 4
-    with pytest.raises(TypeError, match="seed"):
+    with pytest.raises(ValueError, match=r"options\.seed .*expected an integer >= 0, got -1"):
         PCGrad(2, seed=-1)
-    with pytest.raises(TypeError, match="seed"):
+    with pytest.raises(ValueError, match=r"options\.seed .*expected an integer >= 0, got 1.5"):
         PCGrad(2, seed=1.5)

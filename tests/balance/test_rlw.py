@@ -63,10 +63,10 @@ def test_state_round_trip_continues_the_stream():
 
 def test_registry_and_options():
     assert BALANCERS.get("rlw") is RandomLossWeighting
-    with pytest.raises(TypeError, match="distribution must be one of normal, dirichlet"):
+    with pytest.raises(ValueError, match=r"distribution .*one of 'normal', 'dirichlet'"):
         RandomLossWeighting(2, distribution="uniform")
     for bad in (-1, 1.5, "0", True):
-        with pytest.raises(TypeError, match="seed must be a non-negative integer"):
+        with pytest.raises(ValueError, match=r"options\.seed .*expected an integer >= 0"):
             RandomLossWeighting(2, seed=bad)
 
 

@@ -112,7 +112,7 @@ def test_toy_parameters_are_restored_and_state_is_empty():
 def test_registry_and_options():
     assert BALANCERS.get("sam_task") is TaskSAM
     for bad in (0, -0.1, "big", float("nan")):
-        with pytest.raises(TypeError, match="rho must be a positive number"):
+        with pytest.raises(ValueError, match=r"options\.rho \(sam_task\): expected a number > 0"):
             TaskSAM(2, rho=bad)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,18 @@ import torch
 
 from polytask.config import DataSpec, TaskSpec, parse_spec
 from polytask.data.preprocess import Preprocessor
-from polytask.errors import DataError
+from polytask.errors import DataError, PolytaskError, PolytaskWarning
 from tests.conftest import base_spec, make_table
+
+
+def winsorised(values: pd.Series) -> tuple[float, float]:
+    """Mean and std of the present values clipped to their 0.5 % / 99.5 % order statistics,
+    as the module docstring defines the robust fit (numpy's own quantile methods)."""
+    x = values.dropna().to_numpy(dtype=float)
+    clipped = np.clip(
+        x, np.quantile(x, 0.005, method="higher"), np.quantile(x, 0.995, method="lower")
+    )
+    return float(clipped.mean()), float(clipped.std())
 
 
 def fit(frame: pd.DataFrame, **data) -> tuple[Preprocessor, list]:
@@ -123,6 +134,42 @@ def test_rare_categories_below_min_frequency_are_unknown():
     assert preprocessor.cardinalities == [3]
 
 
+def test_a_huge_vocabulary_is_capped_with_a_frequency_floor_and_a_warning():
+    """An ID-like column (a million levels in the report) no longer grows the embedding table
+    without a word: at most data.max_categories values, each seen at least twice."""
+    ids = [f"id{i}" for i in range(50)] + ["common"] * 30 + ["rare"] * 2 + ["pair"] * 2
+    frame = pd.DataFrame({"c": ids, "x": np.arange(84.0), "y": [0, 1] * 42})
+    data, tasks = small_spec_parts([{"name": "y", "kind": "binary", "target": "y"}])
+    data.max_categories = 10
+    with pytest.warns(PolytaskWarning, match=r"column 'c' has 53 distinct values; kept the 3"):
+        preprocessor = Preprocessor.fit(frame, data, tasks)
+    assert preprocessor.state["vocabularies"]["c"] == ["common", "pair", "rare"]
+    data.max_categories = 60  # under the cap: every value, as before, and no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(Preprocessor.fit(frame, data, tasks).state["vocabularies"]["c"]) == 53
+
+
+def test_the_default_vocabulary_cap_is_stated():
+    data, _ = small_spec_parts([{"name": "y", "kind": "binary", "target": "y"}])
+    assert data.max_categories == 10_000
+
+
+def test_image_pixels_are_scaled_as_one_block_by_default():
+    """With the cnn encoder (image=True), data.scaling auto shares one mean and std over all
+    pixel values: relative brightness survives, near-constant border pixels do not blow up."""
+    rng = np.random.default_rng(0)
+    pixels = rng.random((50, 4)) * np.array([0.0, 0.01, 0.5, 1.0])  # a dark border pixel
+    frame = pd.DataFrame(pixels, columns=["p0", "p1", "p2", "p3"]).assign(y=[0, 1] * 25)
+    data, tasks = small_spec_parts([{"name": "y", "kind": "binary", "target": "y"}])
+    stats = Preprocessor.fit(frame, data, tasks, image=True).state["numeric_stats"]
+    block = winsorised(pd.Series(pixels.ravel()))
+    for column in ("p0", "p1", "p2", "p3"):
+        assert stats[column] == pytest.approx(list(block))
+    per_column = Preprocessor.fit(frame, data, tasks).state["numeric_stats"]  # tabular: auto
+    assert per_column["p1"][1] < 0.01 < per_column["p3"][1]  # standard, per column
+
+
 # ---------------------------------------------------------------------- numeric
 def test_numeric_columns_are_standardised_on_training_rows():
     frame = make_table(n=200)
@@ -133,9 +180,10 @@ def test_numeric_columns_are_standardised_on_training_rows():
     j = preprocessor.numeric.index("x2")
     present = ~np.isnan(frame["x2"].to_numpy())
     values = numeric[present, j]
-    assert values.mean().item() == pytest.approx(0.0, abs=1e-6)
-    assert values.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
-    expected = (frame["x2"][present] - frame["x2"].mean()) / frame["x2"].std(ddof=0)
+    mean, std = winsorised(frame["x2"])
+    assert values.mean().item() == pytest.approx(0.0, abs=0.02)  # winsorised: near, not at
+    assert values.std(unbiased=False).item() == pytest.approx(1.0, abs=0.03)
+    expected = (frame["x2"][present] - mean) / std
     np.testing.assert_allclose(values.numpy(), expected.to_numpy(), rtol=1e-5, atol=1e-5)
     flags = numeric[:, width + j]
     assert flags[~present].tolist() == [1.0, 1.0, 1.0]
@@ -157,14 +205,46 @@ def test_missing_and_absent_numerics_get_flag_one_and_value_zero(table):
     assert preprocessor.transform(raw).categorical[:, 1].tolist() == [0, 0]
 
 
-def test_infinite_values_count_as_missing(table):
+@pytest.mark.parametrize("value", [np.inf, -np.inf, 1e300, -1e300])
+def test_infinite_or_huge_values_at_predict_time_are_refused_naming_row_and_column(
+    table, value
+):
+    """Never a NaN answer: a value the model cannot read is one error naming where it is."""
     preprocessor, _ = fit(table)
-    raw = table.head(2).copy()
-    raw.loc[raw.index[0], "x1"] = np.inf
-    numeric = preprocessor.transform(raw).numeric
-    j = preprocessor.numeric.index("x1")
-    assert numeric[0, j].item() == 0.0
-    assert numeric[0, len(preprocessor.numeric) + j].item() == 1.0
+    raw = table.head(3).copy()
+    raw.loc[raw.index[1], "x1"] = value
+    with pytest.raises(DataError, match=r"column 'x1', row 2: .* is out of range"):
+        preprocessor.transform(raw)
+
+
+def test_an_extreme_training_value_cannot_blow_up_the_scaler(table):
+    """Winsorised fit: one extreme (but not absurd) value moves the scaler as little as the
+    second-largest value would; without winsorising the std would grow ~60-fold."""
+    extreme = table.copy()
+    extreme.loc[5, "x2"] = 1e4
+    capped = table.copy()
+    capped.loc[5, "x2"] = table["x2"].drop(index=5).max()  # the value it is clipped to
+    got = fit(extreme)[0].state["numeric_stats"]["x2"]
+    assert got == pytest.approx(list(winsorised(capped["x2"])), rel=1e-9)
+    assert got[1] < 2 * table["x2"].std(ddof=0)
+
+
+@pytest.mark.parametrize("column", ["x1", "spend"])
+def test_an_absurd_training_value_is_refused_naming_row_and_column(table, column):
+    """1e300 in a numeric input (or a regression target) used to publish a null standard
+    deviation, after which every prediction crashed; now the fit refuses it."""
+    table.loc[7, column] = 1e300
+    with pytest.raises(DataError, match=rf"column '{column}', row 8: 1e\+300 is out of range"):
+        fit(table)
+
+
+def test_a_saved_null_scale_is_refused_on_load(table):
+    """Runs written by the old code with a null std load with a clear message."""
+    preprocessor, _ = fit(table)
+    state = json.loads(json.dumps(preprocessor.state))
+    state["numeric_stats"]["x1"] = [0.5, None]
+    with pytest.raises(PolytaskError, match=r"column 'x1' has no usable scale"):
+        Preprocessor(state)
 
 
 def test_declared_numeric_with_a_bad_value_names_the_row(table):
@@ -215,8 +295,9 @@ def test_regression_labels_are_standardised_with_training_statistics(table):
     preprocessor, tasks = fit(table)
     spend = next(t for t in tasks if t.name == "spend")
     present = table["spend"].dropna()
-    assert spend.target_mean == pytest.approx(present.mean())
-    assert spend.target_std == pytest.approx(present.std(ddof=0))
+    mean, std = winsorised(table["spend"])
+    assert spend.target_mean == pytest.approx(mean)
+    assert spend.target_std == pytest.approx(std)
     encoded = preprocessor.encode_labels(table, tasks)["spend"].numpy()
     decoded = spend.decode_labels(encoded.astype(np.float64))
     np.testing.assert_allclose(decoded[table["spend"].notna()], present, rtol=1e-5)

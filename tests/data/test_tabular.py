@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from rich.console import Console
 
 from polytask.config import parse_spec
+from polytask.data import progress
 from polytask.data.tabular import load_splits, read_table, split_frame
 from polytask.errors import DataError
 from polytask.train.prepare import prepare
@@ -121,3 +124,33 @@ def test_parquet_training_table(tmp_path: Path):
     prepared = prepare(parse_spec(base_spec(tmp_path / "t.parquet")))
     assert sum(len(split) for split in prepared.splits.values()) == 80
     assert prepared.preprocessor.categorical == ["color", "city"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz"])
+def test_reading_with_progress_gives_the_same_table(
+    tmp_path: Path, table: pd.DataFrame, monkeypatch, suffix
+):
+    """Progress for large files reads the same bytes with the same reader: same table."""
+    path = tmp_path / f"table{suffix}"
+    table.assign(code=["007", "8", "x", "9.0"] * 60).to_csv(path, index=False)
+    plain = read_table(path)
+    monkeypatch.setattr(progress, "PROGRESS_MIN_BYTES", 0)
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100)
+    with progress.reporting(console=console):
+        shown = read_table(path)
+    pd.testing.assert_frame_equal(shown, plain)
+    assert f"reading table{suffix}" in screen.getvalue()
+
+
+def test_preparation_steps_are_shown_only_when_asked(tmp_path: Path, table_csv: Path):
+    spec = parse_spec(base_spec(table_csv))
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100)
+    with progress.reporting(console=console):
+        prepare(spec)
+    assert "fitting the preprocessor on 144 rows" in screen.getvalue()
+    quiet = io.StringIO()
+    with progress.reporting(enabled=False, console=Console(file=quiet, force_terminal=True)):
+        prepare(spec)
+    assert quiet.getvalue() == ""

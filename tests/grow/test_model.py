@@ -110,3 +110,24 @@ def test_training_the_new_task_with_old_weights_frozen_keeps_old_outputs(arch, e
         optimizer.step()
     grown.eval(), model.eval()
     assert same_old_outputs(model, grown, features)
+
+
+@pytest.mark.parametrize(("arch", "experts"), GROWABLE)
+def test_the_lean_form_of_a_grown_model_equals_its_eager_form(arch, experts):
+    """Grown one-level models keep the folded serving form (expert blocks side by side,
+    towers block by block); others fall back to the eager model, as before growing."""
+    from polytask.inference.lean import lean_form
+
+    model, spec = trained_like(arch)
+    grown = grow(grow(model, spec, experts).eval(), spec, experts, names=("d",), dims=(2,))
+    grown.eval()
+    lean = lean_form(grown)
+    assert (lean is None) == (lean_form(model.eval()) is None)
+    if lean is None:
+        return
+    features = rows(seed=9)
+    with torch.no_grad():
+        eager, folded = grown(features).logits, lean(features).logits
+    assert len(folded) == 4
+    for mine, theirs in zip(folded, eager, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)

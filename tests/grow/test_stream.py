@@ -3,6 +3,7 @@ the metrics are those of the matrix; a bad spec writes nothing."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 from polytask.errors import ConfigError
 from polytask.grow.metrics import summarise
 from polytask.grow.stream import stream
+from polytask.inference.predictor import Predictor
 from tests.cli_helpers import assert_user_error, invoke
 
 
@@ -42,13 +44,11 @@ def test_matrix_metrics_and_files(tables, tmp_path, strategy):
     assert result["bwt"] == again["bwt"] and result["average"] == again["average"]
     assert result["fwt"] == pytest.approx(result["before"][1] - result["random"][1])
     assert result["metrics"] == {"click": "auc", "segment": "accuracy"}
-    for name in (
-        "stream.json",
-        "stream.png",
-        "runs/0/model.safetensors",
-        "runs/1/grow_state.safetensors",
-    ):
+    for name in ("stream.json", "stream.png", "model.safetensors", "grow_state.safetensors"):
         assert (tmp_path / "out" / name).is_file()
+    history = json.loads((tmp_path / "out" / "grow.json").read_text())["history"]
+    assert [entry["tasks"] for entry in history] == [["click"], ["segment"]]
+    assert Predictor.load(tmp_path / "out").task_names == ["click", "segment"]
     if strategy == "expand":
         assert result["bwt"] == 0.0
 
@@ -68,7 +68,7 @@ def test_cli_prints_the_matrix_and_bad_specs_write_nothing(tables, tmp_path):
     spec.write_text(yaml.safe_dump(raw))
     assert_user_error(invoke("stream", spec, "-o", tmp_path / "bad"), "nope")
     assert not (tmp_path / "bad").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("bad")]
 
 
 def test_unknown_keys_are_named(tables):

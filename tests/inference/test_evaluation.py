@@ -72,12 +72,57 @@ def test_mean_normalised_is_the_mean_primary_skill():
     y = np.array([1.0, 2.0, 3.0, 5.0])
     labels = {"c": torch.tensor([0.0, 1.0]), "s": torch.from_numpy(y)}
     results = {"c": {"auc": 0.8}, "s": {"rmse": float(np.std(y)) / 2}}
-    assert mean_normalised(results, labels, tasks) == pytest.approx((0.8 + 0.5) / 2)
+    # auc 0.8 -> 2 * 0.8 - 1 = 0.6 (a constant scores 0.5 -> 0); rmse at half the std -> 0.5
+    assert mean_normalised(results, labels, tasks) == pytest.approx((0.6 + 0.5) / 2)
     score = overall_score(results, labels, tasks, baseline=None)
     assert score["name"] == "mean_normalised" and score["baseline"] is None
     with_base = overall_score(results, labels, tasks, baseline=results, baseline_path="b")
     assert with_base["name"] == "delta_m" and with_base["value"] == 0.0
     assert with_base["unit"] == "percent" and with_base["baseline"] == "b"
+
+
+def test_skill_scores_match_hand_computed_values():
+    """Every metric on one scale where the best constant predictor scores 0 and a perfect
+    one 1 (the table in Task.normalised), computed by hand on small label sets."""
+    binary = task("c", "binary", ["accuracy", "auc", "logloss"])
+    y = np.array([0.0, 0.0, 0.0, 1.0, np.nan])  # majority share 3/4
+    # accuracy 0.875: (0.875 - 0.75) / (1 - 0.75) = 0.5
+    assert binary.normalised("accuracy", 0.875, y) == pytest.approx(0.5)
+    assert binary.normalised("accuracy", 0.75, y) == pytest.approx(0.0)  # the constant
+    assert binary.normalised("auc", 0.5, y) == 0.0 and binary.normalised("auc", 1.0, y) == 1.0
+    # logloss of the base rate 1/4: -(3 ln 0.75 + ln 0.25) / 4
+    base = -(3 * math.log(0.75) + math.log(0.25)) / 4
+    assert binary.normalised("logloss", base / 4, y) == pytest.approx(0.75)
+    multi = Task(TaskSpec(name="m", kind="multiclass", target="m"), out_dim=3, classes=[0, 1, 2])
+    labels = np.array([0.0, 0.0, 1.0, 2.0])  # share of class 0: s = 1/2, K = 3
+    constant_f1 = (2 * 0.5 / 1.5) / 3  # F1 of class 0 when always predicted, others 0
+    assert multi.normalised("macro_f1", constant_f1, labels) == pytest.approx(0.0)
+    assert multi.normalised("macro_f1", 1.0, labels) == pytest.approx(1.0)
+    expected = (0.6 - constant_f1) / (1 - constant_f1)
+    assert multi.normalised("macro_f1", 0.6, labels) == pytest.approx(expected)
+    regression = task("r", "regression", ["mae"])
+    values = np.array([1.0, 2.0, 4.0, 10.0])  # median 3: mean |y - 3| = (2 + 1 + 1 + 7) / 4
+    assert regression.normalised("mae", 2.75 / 2, values) == pytest.approx(0.5)
+    assert regression.normalised("r2", -0.2, values) == -0.2
+    assert math.isnan(binary.normalised("accuracy", 1.0, np.array([1.0, 1.0])))  # one class
+
+
+def test_constant_predictor_scores_zero_on_every_metric():
+    """From predictions, through Task.metrics: a constant predictor is 0 whatever the metric,
+    which is what lets early stopping average AUC with RMSE."""
+    rng = np.random.default_rng(0)
+    y = (rng.random(200) < 0.3).astype(float)
+    binary = task("c", "binary", ["auc", "accuracy", "logloss"])
+    constant = np.full(len(y), y.mean())
+    for metric, value in binary.metrics(constant, y).items():
+        assert binary.normalised(metric, value, y) == pytest.approx(0.0, abs=1e-9), metric
+    target = rng.normal(size=200)
+    regression = task("r", "regression", ["rmse", "r2"])
+    for metric, value in regression.metrics(np.full(200, target.mean()), target).items():
+        assert regression.normalised(metric, value, target) == pytest.approx(0.0, abs=1e-9)
+    mae = task("r", "regression", ["mae"])
+    value = mae.metrics(np.full(200, np.median(target)), target)["mae"]
+    assert mae.normalised("mae", value, target) == pytest.approx(0.0, abs=1e-9)
 
 
 # ---------------------------------------------------------------------- evaluate

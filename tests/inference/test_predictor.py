@@ -29,7 +29,6 @@ def raw_rows() -> pd.DataFrame:
             "city": ["rome", "paris", "atlantis", "oslo", np.nan, ""],
             "x1": [0.5, np.nan, -1.0, 2.0, np.nan, 0.0],
             "count": [3, 7, np.nan, 1, 0, 9],
-            "unrelated": ["a", "b", "c", "d", "e", "f"],
         },
         index=[10, 11, 12, 13, 14, 15],
     )
@@ -125,10 +124,21 @@ def test_load_refuses_an_unfinished_run(tmp_path: Path, trained_run):
     partial = tmp_path / "run.partial"
     shutil.copytree(trained_run["run"], partial)
     (partial / rd.SUMMARY).unlink()
+    (partial / rd.CHECKPOINT).write_bytes(b"stands for an epoch checkpoint")
     with pytest.raises(PolytaskError, match=r"did not finish.*--resume"):
         polytask.load(tmp_path / "run")
     with pytest.raises(PolytaskError, match="--resume"):
         polytask.load(partial)
+
+
+def test_no_resume_advice_before_the_first_checkpoint(tmp_path: Path, trained_run):
+    """A run killed during its first epoch has nothing to resume: say so, not --resume."""
+    partial = tmp_path / "run.partial"
+    shutil.copytree(trained_run["run"], partial)
+    (partial / rd.SUMMARY).unlink()
+    with pytest.raises(PolytaskError, match="nothing to resume") as caught:
+        polytask.load(tmp_path / "run")
+    assert "--resume" not in str(caught.value)
 
 
 def test_load_of_nothing(tmp_path: Path):

@@ -5,6 +5,7 @@ mixing answers, and one real uvicorn server on 127.0.0.1 starts, answers and sto
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -19,6 +20,7 @@ import torch
 import polytask
 from polytask.errors import PolytaskError
 from polytask.serve import ServeConfig, create_app
+from polytask.serve.batching import Overloaded
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -86,7 +88,7 @@ ENCODER_ROWS = [
     {"color": " red ", "city": "rome", "x1": 0.25, "x2": -1, "count": 3},
     {"color": "", "city": "atlantis", "x1": None, "count": " 7 "},
     {"color": 5, "city": 2.0, "x2": "-1.5e1", "count": ""},
-    {"color": float("nan"), "x1": float("inf"), "x2": 10**30},
+    {"color": float("nan"), "x1": float("nan"), "x2": 10**3},
     {},
 ]
 
@@ -101,6 +103,17 @@ def test_fast_row_encoder_equals_the_preprocessor(predictor):
     torch.testing.assert_close(fast.numeric, slow.numeric)
     for declined in ({"x1": True}, {"x1": "1_000"}, {"x1": "nan"}, {"color": 1.5}):
         assert served.encoder.encode([*ENCODER_ROWS, declined]) is None
+
+
+@pytest.mark.parametrize("value", [float("inf"), 1e300, -(10**30)])
+def test_both_encoding_paths_refuse_an_out_of_range_number_naming_it(predictor, value):
+    """Never NaN with success: the fast path names rows[i]['x'], the preprocessor the row."""
+    served = create_app(predictor).state.served
+    rows = [{"x1": 0.5}, {"x2": value}]
+    with pytest.raises(PolytaskError, match=r"rows\[1\]\['x2'\].* is out of range"):
+        served.encoder.encode(rows)
+    with pytest.raises(PolytaskError, match=r"column 'x2', row 2: .* is out of range"):
+        predictor.preprocessor.transform(served.frame(rows))
 
 
 @pytest.mark.parametrize("extra", [{}, {"count": True}], ids=["fast path", "preprocessor path"])
@@ -197,6 +210,30 @@ BAD_REQUESTS = [
     ),
     ("too many rows", {"json": {"rows": [{"x1": 1}] * 51}}, 413, "51 rows in one request"),
     ("body too large", {"json": {"rows": [{"color": "x" * 300_000}]}}, 413, "limit"),
+    (
+        "number out of range",
+        {"json": {"rows": [{"x1": 1}, {"x1": 1e300}]}},
+        400,
+        "rows[1]['x1'] (column 'x1'): 1e+300 is out of range",
+    ),
+    (
+        "infinite number",
+        {"content": b'{"rows": [{"x2": Infinity}]}'},
+        400,
+        "rows[0]['x2'] (column 'x2'): inf is out of range",
+    ),
+    (
+        "deeply nested JSON",
+        {"content": b'{"rows": [{"x1": ' + b"[" * 50_000 + b"]" * 50_000 + b"}]}"},
+        400,
+        "nested too deeply",
+    ),
+    (
+        "deeply nested, not in rows",
+        {"content": b"[" * 50_000 + b"]" * 50_000},
+        400,
+        "nested too deeply",
+    ),
 ]
 
 
@@ -239,36 +276,91 @@ def test_concurrent_requests_are_batched_and_not_mixed(client, predictor, traine
     assert after["batches"] - before["batches"] < 20  # rows of several requests shared a call
 
 
-def test_overload_is_503_and_the_server_recovers(predictor):
+def wait_until(condition, timeout: float = 60.0) -> bool:
+    """Poll ``condition``; the timeout only matters when the test is failing anyway."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_overload_is_503_before_the_body_is_read_and_the_server_recovers(predictor):
+    """Deterministic: the worker is held on the first request, the second fills the queue,
+    and only then is the third sent. It is refused by admission (before its body is read),
+    not by the batcher after parsing; every wait is on an event, never on elapsed time."""
     config = ServeConfig(max_rows=2, max_batch_rows=2, max_queue_rows=2, batch_window_ms=0)
     app = create_app(predictor, config)
-    release = threading.Event()
-    holding = threading.Event()
-    batcher = app.state.batcher
+    release, holding = threading.Event(), threading.Event()
+    batcher, admission = app.state.batcher, app.state.admission
     real = batcher.process
 
     def held(payloads):
         holding.set()
-        release.wait(timeout=5)
+        release.wait(timeout=120)
         return real(payloads)
 
-    batcher.process = held
     row = {"rows": [{"x1": 1.0}, {"x1": 2.0}]}
-    with TestClient(app) as test_client, ThreadPoolExecutor(max_workers=4) as pool:
-        futures = [pool.submit(test_client.post, "/v1/predict", json=row) for _ in range(2)]
-        assert holding.wait(timeout=5)  # the worker holds one request ...
-        deadline = time.monotonic() + 5
-        while batcher.stats.pending_rows < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)  # one request held by the worker, one waiting: the queue is full
-        refused = test_client.post("/v1/predict", json=row)
-        release.set()
-        statuses = [future.result(timeout=10).status_code for future in futures]
+    with TestClient(app) as test_client, ThreadPoolExecutor(max_workers=2) as pool:
+        batcher.process = held
+        try:
+            first = pool.submit(test_client.post, "/v1/predict", json=row)
+            assert holding.wait(timeout=60)  # the worker holds the first request
+            second = pool.submit(test_client.post, "/v1/predict", json=row)
+            assert wait_until(lambda: batcher.stats.pending_rows == 2)  # the queue is full
+            refused = test_client.post("/v1/predict", json=row)
+        finally:
+            release.set()
+        statuses = [first.result(timeout=60).status_code, second.result(timeout=60).status_code]
         batcher.process = real
         assert refused.status_code == 503, refused.text
         assert "overloaded" in refused.json()["detail"]
         assert refused.headers["retry-after"] == "1"
+        assert (admission.refused, batcher.stats.rejected) == (1, 0)  # before reading it
         assert statuses == [200, 200]
         assert test_client.post("/v1/predict", json=row).status_code == 200
+        health = test_client.get("/healthz").json()
+        assert health["admission"] == {
+            "refused": 1,
+            "requests_being_read": 0,
+            "body_bytes_in_flight": 0,
+        }
+
+
+def test_large_bodies_are_refused_before_reading_once_their_budget_is_spent(predictor):
+    """Memory stays bounded: the bodies of admitted requests may hold at most
+    max_body_bytes_in_flight; a request beyond it is 503 from its headers alone."""
+    config = ServeConfig(max_body_bytes=1000, max_body_bytes_in_flight=2500)
+    admission = create_app(predictor, config).state.admission
+    tickets = [admission.admit(1000), admission.admit(1000)]
+    with pytest.raises(Overloaded, match="bytes of request bodies"):
+        admission.admit(1000)
+    small = admission.admit(400)  # a small body still fits
+    assert admission.bytes_in_flight == 2400
+    with pytest.raises(Overloaded):
+        admission.admit(None)  # an undeclared size counts as the body limit
+    for ticket in [*tickets, small]:
+        admission.release(ticket)
+    assert (admission.bytes_in_flight, admission.unqueued, admission.refused) == (0, 0, 2)
+
+
+def test_admission_counts_requests_being_read_at_the_mean_request_size(predictor):
+    """Rows budget before reading: rows waiting plus unqueued requests at the mean size."""
+    config = ServeConfig(max_rows=10, max_queue_rows=30)
+    app = create_app(predictor, config)
+    admission, stats = app.state.admission, app.state.batcher.stats
+    stats.requests, stats.rows = 4, 40  # 10 rows per request so far
+    stats.pending_rows = 5
+    first = admission.admit(10)  # expected 5 + 0 * 10 rows
+    second = admission.admit(10)  # 5 + 1 * 10
+    third = admission.admit(10)  # 5 + 2 * 10 = 25 < 30
+    with pytest.raises(Overloaded, match="3 requests are being read"):
+        admission.admit(10)  # 5 + 3 * 10 = 35 >= 30
+    admission.queued(first)  # its rows are counted by the batcher from now on
+    assert admission.admit(10).unqueued
+    for ticket in (first, second, third):
+        admission.release(ticket)
 
 
 def test_a_batch_that_fails_on_data_fails_only_the_culprit(predictor):
@@ -317,3 +409,36 @@ def test_config_limits_are_checked():
     with pytest.raises(PolytaskError, match="batch_window_ms"):
         ServeConfig(batch_window_ms=-1)
     assert np.isfinite(ServeConfig().batch_window_ms)
+
+
+def test_an_address_that_cannot_be_listened_on_is_one_line(predictor, trained_run):
+    from polytask.serve.app import listening_socket
+    from tests.cli_helpers import assert_user_error, invoke
+
+    taken = listening_socket("127.0.0.1", 0)
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(PolytaskError, match=rf"cannot listen on 127.0.0.1:{port}: .*in use"):
+            listening_socket("127.0.0.1", port)
+        assert_user_error(
+            invoke("serve", trained_run["run"], "--port", port), "cannot listen", "in use"
+        )
+    finally:
+        taken.close()
+    with pytest.raises(PolytaskError, match=r"--host 'no such host\.invalid'"):
+        listening_socket("no such host.invalid", 8000)
+    with pytest.raises(PolytaskError, match=r"--port must be 0..65535 \(got -1\)"):
+        listening_socket("127.0.0.1", -1)
+
+
+def test_a_large_body_is_parsed_off_the_event_loop_and_answered(client, predictor):
+    """A body over THREADED_PARSE_BYTES goes through the parse thread: same answers."""
+    from polytask.serve.app import THREADED_PARSE_BYTES
+
+    rows = [{"color": "x" * 3000, "x1": float(i)} for i in range(40)]
+    body = json.dumps({"rows": rows}).encode()
+    assert THREADED_PARSE_BYTES <= len(body) <= 200_000
+    response = client.post("/v1/predict", content=body)
+    assert response.status_code == 200, response.text
+    assert_matches(response.json()["predictions"], predictor.predict(pd.DataFrame(rows)))

@@ -81,6 +81,7 @@ def test_slim_refuses_an_unfinished_run_and_an_existing_folder(train_run, tmp_pa
     unfinished = tmp_path / "run.partial"
     shutil.copytree(train_run("shared_bottom"), unfinished)
     (unfinished / rd.SUMMARY).unlink()
+    (unfinished / rd.CHECKPOINT).write_bytes(b"stands for an epoch checkpoint")
     assert_user_error(
         invoke("slim", tmp_path / "run", "--tasks", "click", "-o", tmp_path / "slim"),
         "did not finish",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -19,10 +18,18 @@ from typer.testing import CliRunner
 
 import polytask
 from polytask.cli import app
-from polytask.config import load_spec, parse_spec
+from polytask.config import load_spec
 from polytask.errors import PolytaskError
-from polytask.train.trainer import fit
+from polytask.train import trainer as trainer_module
+from polytask.train.trainer import TrainingDiverged, fit
 from tests.conftest import base_spec, make_table, write_yaml
+from tests.train.helpers import (
+    assert_same_weights,
+    epoch_rows,
+    read_json,
+    train,
+    without_timing,
+)
 
 RUN_FILES = [
     "config.yaml",
@@ -32,31 +39,6 @@ RUN_FILES = [
     "metrics.json",
     "summary.json",
 ]
-TIMING_KEYS = {"seconds", "rows_per_second"}
-
-
-def train(spec: dict, out: Path, **options) -> Path:
-    return fit(parse_spec(spec), out, progress=False, **options)
-
-
-def epoch_rows(run: Path) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
-
-
-def without_timing(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
-
-
-def read_json(path: Path):
-    return json.loads(path.read_text())
-
-
-def assert_same_weights(first: Path, second: Path) -> None:
-    a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 # ---------------------------------------------------------------------- the run directory
@@ -284,3 +266,68 @@ def test_sigkill_mid_training_then_resume_from_the_cli(tmp_path):
     assert not checkpoint.parent.exists()
     assert read_json(out / "summary.json")["epochs_run"] == 12
     assert [row["epoch"] for row in epoch_rows(out)] == list(range(1, 13))
+
+
+# ---------------------------------------------------------------------- divergence
+def test_a_diverging_run_stops_with_a_clear_message_and_leaves_nothing(tmp_path, spec_dict):
+    """lr 1e8 used to finish with exit 0 and "best epoch 0"; now the first non-finite loss
+    stops training, and with no checkpoint yet nothing is kept."""
+    spec_dict["train"]["lr"] = 1e8
+    with pytest.raises(TrainingDiverged, match=r"training diverged: task '\w+' loss is nan") as e:
+        fit(load_spec(spec_dict), tmp_path / "run", progress=False)
+    assert "train.lr is 1e+08" in str(e.value) and "nothing was kept" in str(e.value)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_divergence_after_a_checkpoint_keeps_the_last_finite_one(
+    tmp_path, spec_dict, monkeypatch
+):
+    real = trainer_module.train_step
+    calls = {"steps": 0}
+    steps_per_epoch = 3  # 144 training rows, batch 64
+
+    def nan_in_epoch_two(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls["steps"] += 1
+        if calls["steps"] > steps_per_epoch:
+            result.losses[1] = float("nan")  # the second task's loss
+        return result
+
+    monkeypatch.setattr(trainer_module, "train_step", nan_in_epoch_two)
+    with pytest.raises(TrainingDiverged, match=r"task 'segment' loss is nan at epoch 2") as e:
+        fit(load_spec(spec_dict), tmp_path / "run", progress=False)
+    assert "kept in" in str(e.value) and "for inspection" in str(e.value)
+    partial = tmp_path / "run.partial"
+    checkpoint = torch.load(partial / "checkpoint.pt", weights_only=False)
+    assert checkpoint["loop"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values())
+    assert not (tmp_path / "run").exists()
+
+
+def test_non_finite_weights_after_an_epoch_stop_training(tmp_path, spec_dict, monkeypatch):
+    real = trainer_module.train_step
+
+    def poison(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)
+        with torch.no_grad():
+            next(model.parameters()).view(-1)[0] = float("inf")
+        return result
+
+    monkeypatch.setattr(trainer_module, "train_step", poison)
+    with pytest.raises(TrainingDiverged, match=r"weight '.+' is not finite after epoch 1"):
+        fit(load_spec(spec_dict), tmp_path / "run", progress=False)
+def test_a_callback_returning_true_ends_training_as_a_finished_run(tmp_path, spec_dict):
+    spec_dict["train"]["epochs"] = 5
+    seen = []
+
+    def stop_after_two(row: dict) -> bool:
+        seen.append(row["epoch"])
+        return row["epoch"] == 2
+
+    run = train(spec_dict, tmp_path / "run", callbacks=[stop_after_two, lambda row: None])
+    assert seen == [1, 2]
+    summary = read_json(run / "summary.json")
+    assert summary["epochs_run"] == 2
+    assert summary["stopped_early"] is True
+    assert [row["epoch"] for row in epoch_rows(run)] == [1, 2]
+    assert (run / "model.safetensors").is_file()

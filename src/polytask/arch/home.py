@@ -71,14 +71,17 @@ def group_of_tasks(options: HoMEOptions, num_tasks: int, arch: str) -> list[int]
     return group_of
 
 
-def _experts(count: int, spec: ModelSpec, options: HoMEOptions, **layout: object) -> NormedExperts:
+def _experts(
+    owners: list[str], spec: ModelSpec, options: HoMEOptions, reads: list[int] | None = None
+) -> NormedExperts:
     return NormedExperts(
-        count=count,
+        count=len(owners),
         hidden=spec.hidden,
         dropout=spec.dropout,
         norm=options.expert_norm,
         feature_gate_rank=options.feature_gate_rank,
-        **layout,  # type: ignore[arg-type]
+        owners=owners,
+        reads=reads,
     )
 
 
@@ -114,7 +117,7 @@ class HoME(Architecture):
         allowed = [full(s + num_groups * k)]
         allowed += [full(s) + list(range(s + g * k, s + (g + 1) * k)) for g in range(num_groups)]
         return Level(
-            experts=_experts(s + num_groups * k, spec, options, owners=owners),
+            experts=_experts(owners, spec, options),
             gates=SoftmaxGates(allowed=allowed),
             name="meta",
         )
@@ -145,7 +148,7 @@ class HoME(Architecture):
             for task, group in enumerate(group_of)
         ]
         return Level(
-            experts=_experts(len(owners), spec, options, owners=owners, reads=reads),
+            experts=_experts(owners, spec, options, reads),
             gates=SoftmaxGates(allowed=allowed, reads=[1 + g for g in group_of]),
             self_gates=own,
             name="task",

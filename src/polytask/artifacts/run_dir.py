@@ -2,22 +2,26 @@
 
 While training, everything lives in ``<out>.partial/``; only a finished run is renamed to
 ``<out>``. A killed run therefore never leaves a directory that looks complete, and
-``--resume`` finds its checkpoint in the ``.partial`` folder.
+``--resume`` finds its checkpoint in the ``.partial`` folder. What may be created, replaced
+or cleaned up is decided by :mod:`polytask.artifacts.ownership`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from polytask.artifacts.atomic import write_json, write_text
+from polytask.artifacts.ownership import PARTIAL_SUFFIX as PARTIAL_SUFFIX
+from polytask.artifacts.ownership import OutputFolder
+from polytask.artifacts.ownership import partial_path as partial_path
 from polytask.config import RunSpec, parse_spec
-from polytask.errors import PolytaskError
+from polytask.errors import ConfigError, PolytaskError
 
 CONFIG = "config.yaml"
 PREPROCESSOR = "preprocessor.json"
@@ -29,11 +33,42 @@ CHECKPOINT = "checkpoint.pt"
 EXPERTS = "experts.json"
 EXPERTS_PLOT = "experts.png"
 BALANCE_PLOT = "balance.png"
-PARTIAL_SUFFIX = ".partial"
+TRACKING = "tracking.json"  # where an MLflow-tracked run was logged (polytask.track)
+# Every file a training run may write (its manifest lists those it did).
+RUN_FILES = frozenset(
+    {
+        CONFIG,
+        PREPROCESSOR,
+        WEIGHTS,
+        EPOCH_LOG,
+        FINAL_METRICS,
+        SUMMARY,
+        CHECKPOINT,
+        EXPERTS,
+        EXPERTS_PLOT,
+        BALANCE_PLOT,
+    }
+)
+
+def has_checkpoint(partial: Path) -> bool:
+    return (partial / CHECKPOINT).is_file()
 
 
-def partial_path(out: Path) -> Path:
-    return out.with_name(out.name + PARTIAL_SUFFIX)
+def run_folder(
+    out: Path,
+    *,
+    overwrite: bool = False,
+    sources: Sequence[Path] = (),
+    resume: bool = False,
+    files: frozenset[str] = RUN_FILES,
+    kind: str = "run",
+) -> OutputFolder:
+    """The output folder of a run being trained (or slimmed): built in ``<out>.partial``."""
+    if resume:
+        return OutputFolder.resume(out, kind, files)
+    return OutputFolder(
+        out, kind, files, overwrite=overwrite, sources=sources, resumable=has_checkpoint
+    )
 
 
 def final_path(path: Path) -> Path:
@@ -50,11 +85,16 @@ def require_complete(run: Path) -> Path:
     run = Path(run)
     if is_complete(run):
         return run
-    partial = partial_path(final_path(run))
+    final = final_path(run)
+    partial = partial_path(final)
+    if has_checkpoint(partial):
+        raise PolytaskError(
+            f"run {final} did not finish; continue it with `polytask train --resume {final}`"
+        )
     if partial.is_dir():
         raise PolytaskError(
-            f"run {final_path(run)} did not finish; continue it with "
-            f"`polytask train --resume {final_path(run)}`"
+            f"run {final} did not finish and stopped before its first checkpoint, so there "
+            f"is nothing to resume; train it again (that removes {partial.name})"
         )
     raise PolytaskError(f"no finished run at {run} (expected {SUMMARY} there)")
 
@@ -70,13 +110,19 @@ def load_raw_config(folder: Path) -> dict[str, Any]:
 
 def load_config(folder: Path) -> RunSpec:
     """The run's specification; a slim run of an older polytask gets its model as a plan."""
-    raw = load_raw_config(folder)
+    try:
+        raw = load_raw_config(folder)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raise PolytaskError(f"run {folder}: {CONFIG} could not be read") from None
     model = raw.get("model") if isinstance(raw, dict) else None
     if isinstance(model, dict) and model.get("arch") in ("slim_moe", "task_subset"):
         from polytask.artifacts.legacy import upgrade_model_section
 
         raw["model"] = upgrade_model_section(model)
-    return parse_spec(raw)
+    try:
+        return parse_spec(raw)
+    except ConfigError as error:
+        raise ConfigError(f"run {folder}: {CONFIG}: {error}") from None
 
 
 def save_json(folder: Path, name: str, payload: Any) -> None:
@@ -84,7 +130,10 @@ def save_json(folder: Path, name: str, payload: Any) -> None:
 
 
 def load_json(folder: Path, name: str) -> Any:
-    return json.loads((folder / name).read_text())
+    try:
+        return json.loads((folder / name).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise PolytaskError(f"run {folder}: {name} could not be read ({error})") from None
 
 
 def write_epoch_log(folder: Path, history: list[dict[str, Any]]) -> None:
@@ -94,17 +143,10 @@ def write_epoch_log(folder: Path, history: list[dict[str, Any]]) -> None:
     write_text(folder / EPOCH_LOG, "\n".join(lines) + ("\n" if lines else ""))
 
 
-def publish(partial: Path, out: Path) -> None:
-    """Move a finished ``.partial`` folder into place, replacing an older run at ``out``."""
-    (partial / CHECKPOINT).unlink(missing_ok=True)
-    if out.exists():
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        partial.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        partial.rename(out)
+def publish(folder: OutputFolder) -> Path:
+    """Swap a finished run into place (its checkpoint is only for resuming: dropped)."""
+    (folder.partial / CHECKPOINT).unlink(missing_ok=True)
+    return folder.publish()
 
 
 def _finite(value: Any) -> Any:
@@ -116,3 +158,27 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+def describe(run: str | Path) -> dict[str, Any]:
+    """What ``polytask info`` shows: tasks, architecture, balancing method (options resolved),
+    inputs and summary, read from the run's files alone (no model is built, so no torch: the
+    command answers at once)."""
+    folder = require_complete(Path(run))
+    balance = load_config(folder).balance
+    try:
+        config = yaml.safe_load((folder / CONFIG).read_text())
+        inputs = load_json(folder, PREPROCESSOR)
+        summary = load_json(folder, SUMMARY)
+        tasks = {task["name"]: task["kind"] for task in config["tasks"]}
+        columns = {"categorical": inputs["categorical"], "numeric": inputs["numeric"]}
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:
+        raise PolytaskError(f"run {folder} could not be read ({type(error).__name__})") from None
+    return {
+        "run": str(folder),
+        "arch": config.get("model", {}).get("arch"),
+        "tasks": tasks,
+        "balance": {"method": balance.method, "options": balance.resolved_options().model_dump()},
+        "inputs": columns,
+        "summary": summary,
+    }

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import nnls as _scipy_nnls
 
 # A task whose squared gradient norm is below this fraction of the largest one is treated as
 # having a zero gradient (1e-16 on squared norms is 1e-8 on norms: float32 noise level).
@@ -56,7 +55,9 @@ def nnls(matrix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
     matrix: [m, P]; target: [m] -> [P] float64.
     """
-    solution, _ = _scipy_nnls(
+    from scipy.optimize import nnls  # imported when used: scipy.optimize costs ~1 s
+
+    solution, _ = nnls(
         np.asarray(matrix, dtype=np.float64), np.asarray(target, dtype=np.float64)
     )
     return torch.from_numpy(np.asarray(solution, dtype=np.float64))

@@ -18,6 +18,7 @@ import torch
 
 from polytask.balance._linalg import as_float64, like
 from polytask.balance.base import BALANCERS, GramianWeighting
+from polytask.balance.options import AlignedMTLOptions
 
 
 def balance_transformation(gramian: torch.Tensor, eps: float | None = None) -> torch.Tensor:
@@ -48,6 +49,8 @@ class AlignedMTL(GramianWeighting):
     elementwise (``(B 1) * w_static``), not inside as ``B w_static``: the same with the
     default static weights of 1. No options besides the base's ``mode`` and ``every``.
     """
+
+    Options = AlignedMTLOptions
 
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         if gramian.shape[0] == 1:

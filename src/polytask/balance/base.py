@@ -27,6 +27,7 @@ from polytask.balance.jacobian import (
     task_gradients_or_none,
     zeros_for_unused,
 )
+from polytask.balance.options import BalanceOptions, GramianOptions
 from polytask.errors import PolytaskError
 from polytask.registry import Registry
 
@@ -83,12 +84,13 @@ class StepContext:
         representation (the MGDA-UB estimate), computed once per step."""
         key = f"gradients:{source}"
         if key not in self._cache:
+            representation: torch.Tensor | None
             if source == "representation":
                 representation = self._trainable_representation()
                 inputs: list[torch.Tensor] = [representation]
             else:
                 representation = self.representation
-                inputs = self._trained_shared_params()
+                inputs = list(self._trained_shared_params())
             raw = self._task_gradients(losses, inputs, representation)
             if source == "parameters":  # what weighted_backward needs to write .grad directly
                 self._cache["jacobian_losses"] = losses
@@ -111,8 +113,8 @@ class StepContext:
             common = self.common_input
             at_common = common_input_gradients(delta, self.tower_weight.detach())
             below = [x for x in inputs if x is not common]
-            grads = iter(batched_vjp(common, below, at_common) if below else [])
-            return [at_common if x is common else next(grads) for x in inputs]
+            below_grads = iter(batched_vjp(common, below, at_common) if below else [])
+            return [at_common if x is common else next(below_grads) for x in inputs]
         if self.task_inputs is not None and self.task_inputs.requires_grad:
             grads = separable_task_gradients(losses, self.task_inputs, inputs, representation)
             if grads is not None:
@@ -234,23 +236,39 @@ def _accumulate_grad(param: torch.nn.Parameter, grad: torch.Tensor) -> None:
 
 
 class Balancer:
-    """Base class: turns per-task losses [T] into one backward pass."""
+    """Base class: turns per-task losses [T] into one backward pass.
 
-    needs: ClassVar[frozenset[Need]] = frozenset({Need.LOSSES})
+    A method's options are declared once, as the pydantic model ``Options`` (see
+    :mod:`polytask.balance.options`); the constructor validates its keyword arguments against
+    it (an :class:`~polytask.errors.OptionError` otherwise) and the method reads the values
+    from ``self.options``.
+    """
+
+    # what the method asks the step for; a class default that an instance may narrow (IMTL-L
+    # needs only the losses)
+    needs: frozenset[Need] = frozenset({Need.LOSSES})
     registry_name: ClassVar[str]
+    Options: ClassVar[type[BalanceOptions]] = BalanceOptions
+    options: BalanceOptions
 
     def __init__(self, num_tasks: int, **options: Any) -> None:
-        if options:
-            raise TypeError(f"unexpected option(s): {', '.join(sorted(options))}")
+        self.options = self.Options(**options)
         self.num_tasks = num_tasks
 
     def backward(self, losses: torch.Tensor, context: StepContext) -> torch.Tensor:
         """Accumulate the combined gradient; return the [T] weights used (detached)."""
         raise NotImplementedError
 
+    @classmethod
+    def unused_spec_fields(cls, spec: Any) -> list[str]:
+        """Dotted paths of run-spec fields this method does not read (``tasks.0.weight``), so
+        that setting one is a warning. Every method here honours the task weights: none."""
+        del spec
+        return []
+
     def describe(self) -> dict[str, Any]:
-        """What ran, for the run summary (method, and mode where the method has modes)."""
-        return {"method": self.registry_name}
+        """What ran, for the run summary: the method and its options (all of them, resolved)."""
+        return {"method": self.registry_name, **self.options.model_dump()}
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """The method's own learnable parameters (e.g. uncertainty weighting's log-variances).
@@ -272,7 +290,13 @@ class Balancer:
         del state
 
 
-BALANCERS: Registry[Balancer] = Registry("balancing method")
+def _load_methods() -> None:
+    from polytask.balance import load_methods
+
+    load_methods()
+
+
+BALANCERS: Registry[Balancer] = Registry("balancing method", load=_load_methods)
 
 
 class GramianWeighting(Balancer):
@@ -294,24 +318,20 @@ class GramianWeighting(Balancer):
     """
 
     needs = frozenset({Need.GRAMIAN})
-    default_mode: ClassVar[Literal["exact", "fast"]] = "fast"
+    Options = GramianOptions
+    options: GramianOptions
 
-    def __init__(
-        self,
-        num_tasks: int,
-        mode: Literal["exact", "fast"] | None = None,
-        every: int = 1,
-        **options: Any,
-    ) -> None:
+    def __init__(self, num_tasks: int, **options: Any) -> None:
         super().__init__(num_tasks, **options)
-        mode = mode or self.default_mode
-        if mode not in ("exact", "fast"):
-            raise TypeError(f"mode must be 'exact' or 'fast', got {mode!r}")
-        if every < 1:
-            raise TypeError(f"every must be a positive integer, got {every!r}")
-        self.mode: Literal["exact", "fast"] = mode
-        self.every = every
         self._last_weights: torch.Tensor | None = None
+
+    @property
+    def mode(self) -> Literal["exact", "fast"]:
+        return self.options.mode
+
+    @property
+    def every(self) -> int:
+        return self.options.every
 
     @property
     def source(self) -> GradientSource:
@@ -332,17 +352,13 @@ class GramianWeighting(Balancer):
                 sub = full[index][:, index]
                 weights[index] = self.weights_from_gramian(sub, losses.detach()[index])
             self._last_weights = weights
-        weights = self._last_weights * present * context.static_weights  # type: ignore[operator]
+        assert self._last_weights is not None
+        weights = self._last_weights * present * context.static_weights
         context.weighted_backward(weights, losses)
         return weights.detach()
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "method": self.registry_name,
-            "mode": self.mode,
-            "gradients": self.source,
-            "every": self.every,
-        }
+        return {**super().describe(), "gradients": self.source}
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_weights": self._last_weights}

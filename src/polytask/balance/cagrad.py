@@ -18,14 +18,12 @@ is ``sum_t (1/P + lambda w_t) g_t`` with ``lambda = c |g0| / |g_w|``.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
-from scipy.optimize import brentq
 
-from polytask.balance import _options
 from polytask.balance._linalg import as_float64, gramian_root, hull_min_norm, like, normalised
 from polytask.balance.base import BALANCERS, GramianWeighting
+from polytask.balance.options import CAGradOptions
 
 # |g_w| below this (relative to the largest gradient) counts as 0: then 0 is in the hull,
 # the direction of g_w is undefined, and d = g0 is kept instead of dividing by ~0.
@@ -58,6 +56,8 @@ def cagrad_dual_weights(gramian: torch.Tensor, radius: float) -> torch.Tensor:
     if start <= 0.0:
         return weights_at(0.0)
     beyond = float(root.norm(dim=0).max()) * (1.0 + 1e-9) + 1e-300
+    from scipy.optimize import brentq  # imported when used: scipy.optimize costs ~1 s
+
     solution = brentq(excess, 0.0, beyond, xtol=1e-15, rtol=1e-13, maxiter=200)
     return weights_at(solution)
 
@@ -80,26 +80,19 @@ def cagrad_weights(gramian: torch.Tensor, c: float) -> torch.Tensor:
 
 @BALANCERS.register("cagrad")
 class CAGrad(GramianWeighting):
-    """Options: ``c`` in [0, 1) (default 0.4; 0 gives the mean gradient); ``rescale``
-    0 | 1 | 2 (default 1) as in the authors' code: 0 returns ``d``, 1 returns
-    ``d / (1 + c^2)``, 2 returns ``d / (1 + c)``.
+    """Options ``c`` (0 gives the mean gradient) and ``rescale``, as in the authors' code:
+    0 returns ``d``, 1 returns ``d / (1 + c^2)``, 2 returns ``d / (1 + c)``.
 
     With P = 1 the weight is 1 (the update is the task's own gradient).
     """
 
-    def __init__(self, num_tasks: int, c: float = 0.4, rescale: int = 1, **options: Any) -> None:
-        super().__init__(num_tasks, **options)
-        self.c = _options.real("c", c, low=0.0, high=1.0, high_open=True)
-        self.rescale = _options.integer("rescale", rescale, low=0)
-        if self.rescale > 2:
-            raise TypeError(f"rescale must be 0, 1 or 2, got {rescale!r}")
+    Options = CAGradOptions
+    options: CAGradOptions
 
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         if gramian.shape[0] == 1:
             return torch.ones(1, dtype=gramian.dtype, device=gramian.device)
-        weights = cagrad_weights(gramian, self.c)
-        divisor = {0: 1.0, 1: 1.0 + self.c**2, 2: 1.0 + self.c}[self.rescale]
+        c = self.options.c
+        weights = cagrad_weights(gramian, c)
+        divisor = {0: 1.0, 1: 1.0 + c**2, 2: 1.0 + c}[self.options.rescale]
         return like(weights / divisor, gramian)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "c": self.c, "rescale": self.rescale}

@@ -28,13 +28,14 @@ EMA and step count are not updated.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from polytask.balance.base import BALANCERS, Balancer, Need, StepContext
 from polytask.balance.jacobian import combine
+from polytask.balance.options import DBMTLOptions
 
 EPS = 1e-8
 
@@ -61,7 +62,9 @@ def graph_leaves(output: torch.Tensor) -> list[torch.Tensor]:
     return leaves
 
 
-def non_shared_leaves(losses: torch.Tensor, shared: list[torch.Tensor]) -> list[torch.Tensor]:
+def non_shared_leaves(
+    losses: torch.Tensor, shared: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
     """The parameters ``losses`` reach other than ``shared``: task towers and the like."""
     shared_ids = {id(p) for p in shared}
     return [leaf for leaf in graph_leaves(losses) if id(leaf) not in shared_ids]
@@ -77,29 +80,18 @@ def rescale_to_max_norm(averages: list[torch.Tensor], index: torch.Tensor) -> to
 
 @BALANCERS.register("db_mtl")
 class DBMTL(Balancer):
-    """Options: ``beta`` (in [0, 1), default 0.9), ``beta_sigma`` (>= 0, default 0.5).
+    """Log losses, averaged gradients rescaled to the largest norm.
 
     Returns ``w_t alpha_t`` [T]: the static weight times the factor on the task's averaged
     log-loss gradient (not a weight on the raw loss).
     """
 
     needs = frozenset({Need.SHARED_GRADS})
+    Options = DBMTLOptions
+    options: DBMTLOptions
 
-    def __init__(
-        self, num_tasks: int, beta: float = 0.9, beta_sigma: float = 0.5, **options: Any
-    ) -> None:
+    def __init__(self, num_tasks: int, **options: Any) -> None:
         super().__init__(num_tasks, **options)
-        for name, value in (("beta", beta), ("beta_sigma", beta_sigma)):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"{name} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise TypeError(f"{name} must be finite, got {value!r}")
-        if not 0 <= beta < 1:
-            raise TypeError(f"beta must be in [0, 1), got {beta!r}")
-        if beta_sigma < 0:
-            raise TypeError(f"beta_sigma must be non-negative, got {beta_sigma!r}")
-        self.beta = float(beta)
-        self.beta_sigma = float(beta_sigma)
         self.steps = torch.zeros(num_tasks, dtype=torch.long)
         self.averages: list[torch.Tensor] | None = None  # per shared tensor: [T, *shape]
 
@@ -129,7 +121,8 @@ class DBMTL(Balancer):
             self.averages = [torch.zeros_like(block) for block in grads]
         inverse = 1.0 / (losses.detach() + EPS)  # grad log(L + eps) = grad L / (L + eps)
         self.steps[index.cpu()] += 1
-        rates = self.beta / self.steps.to(torch.float64) ** self.beta_sigma  # [T]
+        beta, sigma = self.options.beta, self.options.beta_sigma
+        rates = beta / self.steps.to(torch.float64) ** sigma  # [T]
         for average, block in zip(self.averages, grads, strict=True):
             log_grad = block[index] * inverse[index].view(-1, *[1] * (block.dim() - 1))
             rate = rates[index.cpu()].to(block.dtype).to(block.device)
@@ -156,12 +149,7 @@ class DBMTL(Balancer):
             extra.backward()
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "method": self.registry_name,
-            "beta": self.beta,
-            "beta_sigma": self.beta_sigma,
-            "gradients": "parameters",
-        }
+        return {**super().describe(), "gradients": "parameters"}
 
     def state_dict(self) -> dict[str, Any]:
         averages = None if self.averages is None else [a.clone() for a in self.averages]

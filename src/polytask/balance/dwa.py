@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from polytask.balance.base import BALANCERS, Balancer, StepContext
+from polytask.balance.options import DWAOptions
 
 
 def dwa_weights(ratios: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -32,15 +33,13 @@ def dwa_weights(ratios: torch.Tensor, temperature: float) -> torch.Tensor:
 
 @BALANCERS.register("dwa")
 class DynamicWeightAverage(Balancer):
-    """Options: ``temperature`` (float > 0, default 2.0 as in the paper)."""
+    """Loss-ratio weights, recomputed from the last two epochs' mean losses."""
 
-    def __init__(self, num_tasks: int, temperature: float = 2.0, **options: Any) -> None:
+    Options = DWAOptions
+    options: DWAOptions
+
+    def __init__(self, num_tasks: int, **options: Any) -> None:
         super().__init__(num_tasks, **options)
-        if isinstance(temperature, bool) or not isinstance(temperature, int | float):
-            raise TypeError(f"temperature must be a positive number, got {temperature!r}")
-        if not math.isfinite(temperature) or temperature <= 0:
-            raise TypeError(f"temperature must be a positive number, got {temperature!r}")
-        self.temperature = float(temperature)
         # running sums of the current epoch, and the last two epoch means (NaN: unknown)
         self.loss_sum = torch.zeros(num_tasks, dtype=torch.float64)
         self.loss_count = torch.zeros(num_tasks, dtype=torch.float64)
@@ -59,7 +58,7 @@ class DynamicWeightAverage(Balancer):
         index = present.nonzero().flatten()
         weights = torch.zeros(self.num_tasks, dtype=torch.float64)
         if index.numel():
-            weights[index] = dwa_weights(self.ratios()[index], self.temperature)
+            weights[index] = dwa_weights(self.ratios()[index], self.options.temperature)
         weights = weights.to(losses.dtype) * context.static_weights * present
         context.objective(weights, losses).backward()
         detached = losses.detach().to(torch.float64)
@@ -76,9 +75,6 @@ class DynamicWeightAverage(Balancer):
         self.last = torch.where(seen, mean, self.last)
         self.loss_sum.zero_()
         self.loss_count.zero_()
-
-    def describe(self) -> dict[str, Any]:
-        return {"method": self.registry_name, "temperature": self.temperature}
 
     def state_dict(self) -> dict[str, Any]:
         return {

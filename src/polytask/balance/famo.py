@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from polytask.balance.base import BALANCERS, Balancer, StepContext
+from polytask.balance.options import FAMOOptions
 
 EPS = 1e-8
 BETAS = (0.9, 0.999)
@@ -85,31 +86,18 @@ def famo_coefficients(z: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
     return z / (z / (losses + EPS)).sum()
 
 
-def positive_number(name: str, value: Any, allow_zero: bool = False) -> float:
-    """A validated option: a finite number > 0 (>= 0 with ``allow_zero``); TypeError
-    otherwise, which the trainer reports as a config error."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = "non-negative" if allow_zero else "positive"
-        raise TypeError(f"{name} must be {bound}, got {value!r}")
-    return float(value)
-
-
 @BALANCERS.register("famo")
 class FAMO(Balancer):
-    """Options: ``lr`` (float > 0, default 0.025) and ``weight_decay`` (float >= 0, default
-    1e-3) for the logits' Adam, as in the authors' code.
+    """Weight logits learned by their own Adam (the authors' ``lr`` and ``weight_decay``).
 
     Returns the effective weights on the raw losses, ``w_t c_t / L_t`` [T] (w: static weights).
     """
 
-    def __init__(
-        self, num_tasks: int, lr: float = 0.025, weight_decay: float = 1e-3, **options: Any
-    ) -> None:
+    Options = FAMOOptions
+    options: FAMOOptions
+
+    def __init__(self, num_tasks: int, **options: Any) -> None:
         super().__init__(num_tasks, **options)
-        self.lr = positive_number("lr", lr)
-        self.weight_decay = positive_number("weight_decay", weight_decay, allow_zero=True)
         self.logits = torch.zeros(num_tasks)
         self.adam = new_adam_state(num_tasks)
         self.prev_log_losses = torch.full((num_tasks,), math.nan)  # NaN: absent last call
@@ -124,7 +112,8 @@ class FAMO(Balancer):
         decrease = self.prev_log_losses[index] - log_losses[index]
         grad = torch.zeros(self.num_tasks)
         grad[index] = softmax_vjp(self.logits[index], decrease)
-        masked_adam_step(self.logits, grad, self.adam, both, self.lr, self.weight_decay)
+        lr, decay = self.options.lr, self.options.weight_decay
+        masked_adam_step(self.logits, grad, self.adam, both, lr, decay)
 
     def backward(self, losses: torch.Tensor, context: StepContext) -> torch.Tensor:
         present = context.present.bool().cpu()
@@ -150,9 +139,6 @@ class FAMO(Balancer):
             total.backward()
         safe = torch.where(present.to(losses.device), losses.detach(), torch.ones_like(losses))
         return (coefficients / (safe + EPS)).detach()
-
-    def describe(self) -> dict[str, Any]:
-        return {"method": self.registry_name, "lr": self.lr, "weight_decay": self.weight_decay}
 
     def state_dict(self) -> dict[str, Any]:
         return {

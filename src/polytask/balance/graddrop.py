@@ -22,12 +22,12 @@ have no gradient and take no part in P. The noise comes from the balancer's own 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from polytask.balance.base import BALANCERS, Balancer, Need, StepContext
+from polytask.balance.options import GradDropOptions
 
 EPS = 1e-12
 
@@ -71,24 +71,19 @@ def graddrop_gradient(
 
 @BALANCERS.register("graddrop")
 class GradDrop(Balancer):
-    """Options: ``leak`` (in [0, 1], default 0: pure GradDrop), ``seed`` (int, default 0).
+    """Sign-dropped gradients at the shared representation (option ``leak``: how much of a
+    dropped gradient is kept).
 
     Returns the static weights of the present tasks [T] (the weights of the plain sum).
     """
 
     needs = frozenset({Need.REPRESENTATION_GRADS})
+    Options = GradDropOptions
+    options: GradDropOptions
 
-    def __init__(self, num_tasks: int, leak: float = 0.0, seed: int = 0, **options: Any) -> None:
+    def __init__(self, num_tasks: int, **options: Any) -> None:
         super().__init__(num_tasks, **options)
-        if isinstance(leak, bool) or not isinstance(leak, int | float) or not math.isfinite(leak):
-            raise TypeError(f"leak must be a number in [0, 1], got {leak!r}")
-        if not 0 <= leak <= 1:
-            raise TypeError(f"leak must be a number in [0, 1], got {leak!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise TypeError(f"seed must be a non-negative integer, got {seed!r}")
-        self.leak = float(leak)
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(self.options.seed)
 
     def backward(self, losses: torch.Tensor, context: StepContext) -> torch.Tensor:
         weights = (context.static_weights * context.present).to(losses.dtype)
@@ -100,7 +95,8 @@ class GradDrop(Balancer):
         batch_dim = batch_dimension(representation)
         shape = [n for i, n in enumerate(representation.shape) if i != batch_dim]
         noise = torch.rand(shape, generator=self.generator, dtype=grads.dtype)
-        new = graddrop_gradient(grads, representation.detach(), noise, self.leak, batch_dim)
+        leak = self.options.leak
+        new = graddrop_gradient(grads, representation.detach(), noise, leak, batch_dim)
         extra = context.extra_loss
         if extra is not None and extra.requires_grad:
             (extra_grad,) = torch.autograd.grad(
@@ -116,12 +112,7 @@ class GradDrop(Balancer):
         return weights.detach()
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "method": self.registry_name,
-            "leak": self.leak,
-            "seed": self.seed,
-            "gradients": "representation",
-        }
+        return {**super().describe(), "gradients": "representation"}
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

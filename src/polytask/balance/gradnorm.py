@@ -33,7 +33,8 @@ from typing import Any
 import torch
 
 from polytask.balance.base import BALANCERS, Balancer, Need, StepContext
-from polytask.balance.famo import masked_adam_step, new_adam_state, positive_number
+from polytask.balance.famo import masked_adam_step, new_adam_state
+from polytask.balance.options import GradNormOptions
 
 MIN_WEIGHT = 1e-4
 
@@ -53,20 +54,17 @@ def gradnorm_weight_gradient(
 
 @BALANCERS.register("gradnorm")
 class GradNorm(Balancer):
-    """Options: ``alpha`` (float >= 0, default 1.5: the restoring force), ``lr`` (float > 0,
-    default 0.025: the weights' Adam learning rate).
+    """Learned weights (start 1), one GradNorm step per training step.
 
     Returns the weights used for the network's gradient, times the static weights [T].
     """
 
     needs = frozenset({Need.REPRESENTATION_GRADS})
+    Options = GradNormOptions
+    options: GradNormOptions
 
-    def __init__(
-        self, num_tasks: int, alpha: float = 1.5, lr: float = 0.025, **options: Any
-    ) -> None:
+    def __init__(self, num_tasks: int, **options: Any) -> None:
         super().__init__(num_tasks, **options)
-        self.alpha = positive_number("alpha", alpha, allow_zero=True)
-        self.lr = positive_number("lr", lr)
         self.weights = torch.ones(num_tasks)
         self.adam = new_adam_state(num_tasks)
         self.initial_losses = torch.full((num_tasks,), math.nan)
@@ -94,18 +92,16 @@ class GradNorm(Balancer):
         relative = detached[index] / self.initial_losses[index].clamp(min=1e-12)
         gradient = torch.zeros(self.num_tasks)
         gradient[index] = gradnorm_weight_gradient(
-            self.weights[index], grad_norms, relative, self.alpha
+            self.weights[index], grad_norms, relative, self.options.alpha
         )
         before = self.weights[index].sum()
-        masked_adam_step(self.weights, gradient, self.adam, present, self.lr, 0.0)
+        masked_adam_step(self.weights, gradient, self.adam, present, self.options.lr, 0.0)
         self.weights.clamp_(min=MIN_WEIGHT)
         self.weights[index] *= before / self.weights[index].sum()
 
     def describe(self) -> dict[str, Any]:
         return {
-            "method": self.registry_name,
-            "alpha": self.alpha,
-            "lr": self.lr,
+            **super().describe(),
             "gradients": "representation",
             "weights": self.weights.tolist(),
         }

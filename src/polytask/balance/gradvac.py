@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from polytask.balance import _options
 from polytask.balance._linalg import as_float64, like
 from polytask.balance.base import BALANCERS, GramianWeighting, StepContext
+from polytask.balance.options import GradVacOptions
 from polytask.balance.pcgrad import task_orders, visit_stages
 
 # Targets are kept below 1 so that sqrt(1 - phi_hat^2) in eq. 2 never divides by zero.
@@ -71,17 +71,18 @@ def gradvac_coefficients(
 
 @BALANCERS.register("gradvac")
 class GradVac(GramianWeighting):
-    """Options: ``beta`` (EMA rate in [0, 1], default 0.01, the paper's value); ``seed``
-    (int >= 0, default 0) for the random orders, as in PCGrad.
+    """Options ``beta`` (the EMA rate; 0.01, the paper's value) and ``seed`` (the random
+    orders, as in PCGrad).
 
     The EMA targets [T, T] start at 0 (so GradVac starts as PCGrad) and are saved in
     :meth:`state_dict`; only pairs of tasks present in the batch are updated.
     """
 
-    def __init__(self, num_tasks: int, beta: float = 0.01, seed: int = 0, **options: Any) -> None:
+    Options = GradVacOptions
+    options: GradVacOptions
+
+    def __init__(self, num_tasks: int, **options: Any) -> None:
         super().__init__(num_tasks, **options)
-        self.beta = _options.real("beta", beta, low=0.0, high=1.0)
-        self.seed = _options.integer("seed", seed, low=0)
         self.targets = torch.zeros(num_tasks, num_tasks, dtype=torch.float64)
         self._step = 0
         self._index = torch.arange(num_tasks)
@@ -94,14 +95,13 @@ class GradVac(GramianWeighting):
 
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         index = self._index
-        orders = task_orders(gramian.shape[0], self._step, self.seed)
+        orders = task_orders(gramian.shape[0], self._step, self.options.seed)
         sub_targets = self.targets[index][:, index]
-        coefficients, updated = gradvac_coefficients(gramian, orders, sub_targets, self.beta)
+        coefficients, updated = gradvac_coefficients(
+            gramian, orders, sub_targets, self.options.beta
+        )
         self.targets[index.unsqueeze(1), index.unsqueeze(0)] = updated
         return like(coefficients.sum(dim=0), gramian)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "beta": self.beta, "seed": self.seed}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "targets": self.targets.clone()}

@@ -21,12 +21,9 @@ from typing import Any, Literal
 
 import torch
 
-from polytask.balance import _options
 from polytask.balance._linalg import as_float64, like, normalised, zero_gradient_tasks
 from polytask.balance.base import BALANCERS, GramianWeighting, Need, StepContext
-
-Variant = Literal["g", "l", "both"]
-VARIANTS: tuple[str, ...] = ("g", "l", "both")
+from polytask.balance.options import IMTLOptions
 
 
 def imtl_g_weights(gramian: torch.Tensor) -> torch.Tensor:
@@ -65,7 +62,7 @@ def _imtl_g_closed_form(gramian: torch.Tensor) -> torch.Tensor:
 
 @BALANCERS.register("imtl")
 class IMTL(GramianWeighting):
-    """Options: ``variant`` ``g`` | ``l`` | ``both`` (default); ``lr`` (default 1e-2).
+    """IMTL-G, IMTL-L or both (option ``variant``).
 
     The log-scales ``s`` [T] (start 0) are learned here by plain SGD on the IMTL-L
     objective, after each backward: ``s_t -= lr (e^{s_t} L_t - 1)`` for present tasks (the
@@ -75,16 +72,19 @@ class IMTL(GramianWeighting):
     ``alpha_t e^{s_t}`` times its gradient (the paper gives it ``e^{s_t}``).
     """
 
-    def __init__(
-        self, num_tasks: int, variant: str = "both", lr: float = 1e-2, **options: Any
-    ) -> None:
+    Options = IMTLOptions
+    options: IMTLOptions
+
+    def __init__(self, num_tasks: int, **options: Any) -> None:
         super().__init__(num_tasks, **options)
-        self.variant: Variant = _options.choice("variant", variant, VARIANTS)  # type: ignore[assignment]
-        self.lr = _options.real("lr", lr, low=0.0, low_open=True)
         self.log_scales = torch.zeros(num_tasks, dtype=torch.float64)
         self._index = torch.arange(num_tasks)
         if self.variant == "l":  # a loss weighting: no Gramian, no shared parameters needed
-            self.needs = frozenset({Need.LOSSES})  # type: ignore[misc]
+            self.needs = frozenset({Need.LOSSES})
+
+    @property
+    def variant(self) -> Literal["g", "l", "both"]:
+        return self.options.variant
 
     def backward(self, losses: torch.Tensor, context: StepContext) -> torch.Tensor:
         present = context.present.detach().cpu()
@@ -103,7 +103,7 @@ class IMTL(GramianWeighting):
     def _learn_scales(self, losses: torch.Tensor, present: torch.Tensor) -> None:
         """One SGD step on ``sum_t e^{s_t} L_t - s_t``: gradient ``e^{s_t} L_t - 1``."""
         gradient = self.log_scales.exp() * losses.to(torch.float64) - 1.0
-        self.log_scales = self.log_scales - self.lr * gradient * present
+        self.log_scales = self.log_scales - self.options.lr * gradient * present
 
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         if self.variant == "g":
@@ -113,9 +113,9 @@ class IMTL(GramianWeighting):
         return like(alpha * scales, gramian)
 
     def describe(self) -> dict[str, Any]:
-        described = {**super().describe(), "variant": self.variant}
-        if self.variant == "l":  # no gradients are used: mode does not apply
-            described = {"method": self.registry_name, "variant": "l"}
+        described = super().describe()
+        if self.variant == "l":  # no gradients are used: mode and every do not apply
+            described = {"method": self.registry_name, "variant": "l", "lr": self.options.lr}
         if self.variant != "g":
             described["log_scales"] = [float(s) for s in self.log_scales]
         return described

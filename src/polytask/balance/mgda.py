@@ -10,16 +10,15 @@ registered as ``mgda_ub`` with fast as its default.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 
-from polytask.balance import _options
 from polytask.balance._linalg import as_float64, gramian_root, hull_min_norm, like, normalised
 from polytask.balance.base import BALANCERS, GramianWeighting
+from polytask.balance.options import MGDAOptions, MGDAUBOptions
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
-NORMALIZATIONS: tuple[str, ...] = ("none", "l2", "loss", "loss+")
 
 
 def min_norm_weights(gramian: torch.Tensor) -> torch.Tensor:
@@ -66,28 +65,20 @@ def gradient_normalizers(
 class MGDA(GramianWeighting):
     """Min-norm weights on the simplex (exact by default: the paper's MGDA).
 
-    Options: ``normalize``: ``none`` (default) | ``l2`` | ``loss`` | ``loss+``. The Gramian of
+    Option ``normalize``: ``none`` (default) | ``l2`` | ``loss`` | ``loss+``. The Gramian of
     the normalised gradients ``g_t / n_t`` is ``G_st / (n_s n_t)``; as in the authors' code,
     the min-norm weights found for the normalised gradients are then applied to the ORIGINAL
     losses (LibMTL instead combines the normalised gradients, i.e. divides by ``n_t`` too).
     """
 
-    default_mode = "exact"
-
-    def __init__(self, num_tasks: int, normalize: str = "none", **options: Any) -> None:
-        super().__init__(num_tasks, **options)
-        self.normalize: Normalization = _options.choice(  # type: ignore[assignment]
-            "normalize", normalize, NORMALIZATIONS
-        )
+    Options = MGDAOptions
+    options: MGDAOptions
 
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         matrix = as_float64(gramian)
-        scales = gradient_normalizers(matrix, losses, self.normalize)
+        scales = gradient_normalizers(matrix, losses, self.options.normalize)
         weights = min_norm_weights(matrix / torch.outer(scales, scales))
         return like(weights, gramian)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "normalize": self.normalize}
 
 
 @BALANCERS.register("mgda_ub")
@@ -96,4 +87,4 @@ class MGDAUB(MGDA):
     representation, one backward pass through the towers only. Same options as ``mgda``;
     ``mode: exact`` turns it back into MGDA."""
 
-    default_mode = "fast"
+    Options = MGDAUBOptions

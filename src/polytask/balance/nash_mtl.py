@@ -19,13 +19,12 @@ convex approximations (which only approximates the same point).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
-from polytask.balance import _options
 from polytask.balance._linalg import as_float64, like, zero_gradient_tasks
 from polytask.balance.base import BALANCERS, GramianWeighting
+from polytask.balance.options import NashMTLOptions
 
 # A tiny ridge (relative to the mean squared gradient norm) makes the solution exist also
 # when some non-negative combination of gradients cancels exactly (no bargaining point then).
@@ -91,20 +90,16 @@ def nash_weights(gramian: torch.Tensor, normalize_gramian: bool = False) -> torc
 
 @BALANCERS.register("nash_mtl")
 class NashMTL(GramianWeighting):
-    """Options: ``normalize_gramian`` (bool, default false; true reproduces the authors'
-    scaling, see :func:`nash_weights`) and the base's ``every`` (default 1: solve every step;
+    """Options ``normalize_gramian`` (true reproduces the authors' scaling, see
+    :func:`nash_weights`) and the base's ``every`` (default 1: solve every step;
     the authors' ``update_weights_every`` is 1 by default and 25 in some of their
     experiments, to save solver time). The authors' ``max_norm`` (clipping the shared
     parameters' gradient norm after the update) is not an option here: it is optimizer-level
     clipping, not part of the weighting.
     """
 
-    def __init__(self, num_tasks: int, normalize_gramian: bool = False, **options: Any) -> None:
-        super().__init__(num_tasks, **options)
-        self.normalize_gramian = _options.boolean("normalize_gramian", normalize_gramian)
+    Options = NashMTLOptions
+    options: NashMTLOptions
 
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        return like(nash_weights(gramian, self.normalize_gramian), gramian)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "normalize_gramian": self.normalize_gramian}
+        return like(nash_weights(gramian, self.options.normalize_gramian), gramian)

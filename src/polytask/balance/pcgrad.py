@@ -17,16 +17,24 @@ from typing import Any
 
 import torch
 
-from polytask.balance import _options
 from polytask.balance._linalg import as_float64, like
 from polytask.balance.base import BALANCERS, GramianWeighting, StepContext
+from polytask.balance.options import PCGradOptions
+
+SEED_STRIDE = 0x9E3779B9  # 2^32 / golden ratio
 
 
 def task_orders(num_tasks: int, step: int, seed: int) -> list[torch.Tensor]:
     """One random permutation of ``range(num_tasks)`` per task (the order in which task i
     visits the others), from a generator seeded by ``(seed, step)``: a run, and a resumed
-    run, draw the same orders at the same step."""
-    generator = torch.Generator().manual_seed(((seed & 0xFFFFFFFF) << 32) | (step & 0xFFFFFFFF))
+    run, draw the same orders at the same step.
+
+    torch's CPU generator seeds its Mersenne Twister from the low 32 bits of the seed only, so
+    ``seed`` and ``step`` are mixed within 32 bits: seed 0 gives the generator seed ``step``
+    (the orders of earlier runs), another seed shifts it by a multiple of the golden-ratio
+    constant, which takes the streams of nearby seeds far apart.
+    """
+    generator = torch.Generator().manual_seed((step + seed * SEED_STRIDE) & 0xFFFFFFFF)
     return [torch.randperm(num_tasks, generator=generator) for _ in range(num_tasks)]
 
 
@@ -70,12 +78,14 @@ def visit_stages(orders: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor
 
 @BALANCERS.register("pcgrad")
 class PCGrad(GramianWeighting):
-    """Options: ``seed`` (int >= 0, default 0): with the step number, seeds the random task
-    orders, so runs are deterministic."""
+    """Projected gradients, summed; the random task orders come from the option ``seed`` and
+    the step number, so runs are deterministic."""
 
-    def __init__(self, num_tasks: int, seed: int = 0, **options: Any) -> None:
+    Options = PCGradOptions
+    options: PCGradOptions
+
+    def __init__(self, num_tasks: int, **options: Any) -> None:
         super().__init__(num_tasks, **options)
-        self.seed = _options.integer("seed", seed, low=0)
         self._step = 0
 
     def backward(self, losses: torch.Tensor, context: StepContext) -> torch.Tensor:
@@ -83,8 +93,5 @@ class PCGrad(GramianWeighting):
         return super().backward(losses, context)
 
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        orders = task_orders(gramian.shape[0], self._step, self.seed)
+        orders = task_orders(gramian.shape[0], self._step, self.options.seed)
         return like(pcgrad_coefficients(gramian, orders).sum(dim=0), gramian)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "seed": self.seed}

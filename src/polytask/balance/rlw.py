@@ -21,8 +21,7 @@ from typing import Any
 import torch
 
 from polytask.balance.base import BALANCERS, Balancer, StepContext
-
-DISTRIBUTIONS = ("normal", "dirichlet")
+from polytask.balance.options import RLWOptions
 
 
 def sample_weights(
@@ -43,32 +42,21 @@ def sample_weights(
 
 @BALANCERS.register("rlw")
 class RandomLossWeighting(Balancer):
-    """Options: ``distribution`` (``normal`` | ``dirichlet``, default ``normal``), ``seed``
-    (int, default 0)."""
+    """Fresh weights on the simplex of the present tasks every step."""
 
-    def __init__(
-        self, num_tasks: int, distribution: str = "normal", seed: int = 0, **options: Any
-    ) -> None:
+    Options = RLWOptions
+    options: RLWOptions
+
+    def __init__(self, num_tasks: int, **options: Any) -> None:
         super().__init__(num_tasks, **options)
-        if distribution not in DISTRIBUTIONS:
-            raise TypeError(
-                f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}"
-            )
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise TypeError(f"seed must be a non-negative integer, got {seed!r}")
-        self.distribution = distribution
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(self.options.seed)
 
     def backward(self, losses: torch.Tensor, context: StepContext) -> torch.Tensor:
         present = context.present.bool().cpu()
-        drawn = sample_weights(self.num_tasks, self.distribution, self.generator, present)
+        drawn = sample_weights(self.num_tasks, self.options.distribution, self.generator, present)
         weights = drawn.to(losses.dtype) * context.static_weights * context.present
         context.objective(weights, losses).backward()
         return weights.detach()
-
-    def describe(self) -> dict[str, Any]:
-        return {"method": self.registry_name, "distribution": self.distribution, "seed": self.seed}
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

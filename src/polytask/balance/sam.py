@@ -32,6 +32,7 @@ import torch
 from polytask.balance.base import BALANCERS, Balancer, Need, StepContext
 from polytask.balance.db_mtl import non_shared_leaves
 from polytask.balance.jacobian import task_gradients
+from polytask.balance.options import TaskSAMOptions
 
 EPS = 1e-12
 
@@ -45,20 +46,14 @@ def perturbation(blocks: list[torch.Tensor], rho: float) -> list[torch.Tensor]:
 
 @BALANCERS.register("sam_task")
 class TaskSAM(Balancer):
-    """Options: ``rho`` (float > 0, default 0.05): the radius of every task's perturbation.
+    """A SAM step per task (option ``rho``: the perturbation's radius), summed.
 
     Returns the static weights of the present tasks [T].
     """
 
     needs = frozenset({Need.SHARED_GRADS})
-
-    def __init__(self, num_tasks: int, rho: float = 0.05, **options: Any) -> None:
-        super().__init__(num_tasks, **options)
-        if isinstance(rho, bool) or not isinstance(rho, int | float) or not math.isfinite(rho):
-            raise TypeError(f"rho must be a positive number, got {rho!r}")
-        if rho <= 0:
-            raise TypeError(f"rho must be a positive number, got {rho!r}")
-        self.rho = float(rho)
+    Options = TaskSAMOptions
+    options: TaskSAMOptions
 
     def backward(self, losses: torch.Tensor, context: StepContext) -> torch.Tensor:
         if context.recompute_losses is None:
@@ -73,8 +68,8 @@ class TaskSAM(Balancer):
         params = [*shared, *own]
         for t in context.present.nonzero().flatten().tolist():
             shift = [
-                *perturbation([g[t] for g in shared_grads], self.rho),
-                *perturbation([h[t] for h in own_grads], self.rho),
+                *perturbation([g[t] for g in shared_grads], self.options.rho),
+                *perturbation([h[t] for h in own_grads], self.options.rho),
             ]
             self._perturbed_backward(params, shift, t, weights[t], context)
         return weights.detach()
@@ -103,8 +98,7 @@ class TaskSAM(Balancer):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "method": self.registry_name,
-            "rho": self.rho,
+            **super().describe(),
             "aggregation": "equal",
             "gradients": "parameters",
         }

@@ -20,13 +20,12 @@ from typing import Any
 import torch
 
 from polytask.balance.base import BALANCERS, Balancer, StepContext
+from polytask.balance.options import UncertaintyOptions
 
 
 @BALANCERS.register("uw")
 class UncertaintyWeighting(Balancer):
     """Learned log-variances, one scalar ``nn.Parameter`` per task.
-
-    Options: ``init`` (float, default 0.0): the starting log-variance of every task.
 
     The log-variances are separate scalar parameters so that a task absent from a batch has no
     gradient (``.grad`` stays ``None``) and the optimizer leaves its log-variance and its
@@ -34,11 +33,13 @@ class UncertaintyWeighting(Balancer):
     :meth:`Balancer.parameters`), without weight decay, which would pull them to 0.
     """
 
-    def __init__(self, num_tasks: int, init: float = 0.0, **options: Any) -> None:
+    Options = UncertaintyOptions
+    options: UncertaintyOptions
+
+    def __init__(self, num_tasks: int, **options: Any) -> None:
         super().__init__(num_tasks, **options)
-        if isinstance(init, bool) or not isinstance(init, int | float):
-            raise TypeError(f"init must be a number (a starting log-variance), got {init!r}")
-        self.log_vars = [torch.nn.Parameter(torch.tensor(float(init))) for _ in range(num_tasks)]
+        init = self.options.init
+        self.log_vars = [torch.nn.Parameter(torch.tensor(init)) for _ in range(num_tasks)]
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.log_vars)
@@ -65,7 +66,7 @@ class UncertaintyWeighting(Balancer):
 
     def describe(self) -> dict[str, Any]:
         return {
-            "method": self.registry_name,
+            **super().describe(),
             "log_variances": [float(s.detach()) for s in self.log_vars],
         }
 

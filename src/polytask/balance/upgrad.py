@@ -18,6 +18,7 @@ import torch
 
 from polytask.balance._linalg import as_float64, gramian_root, like, nnls, normalised
 from polytask.balance.base import BALANCERS, GramianWeighting
+from polytask.balance.options import UPGradOptions
 
 
 def dual_cone_solutions(gramian: torch.Tensor) -> torch.Tensor:
@@ -39,6 +40,8 @@ def dual_cone_solutions(gramian: torch.Tensor) -> torch.Tensor:
 class UPGrad(GramianWeighting):
     """Weights: the mean of the per-task dual-cone solutions (equal preferences, as
     TorchJD's default). No options besides the base's ``mode`` and ``every``."""
+
+    Options = UPGradOptions
 
     def weights_from_gramian(self, gramian: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         if gramian.shape[0] == 1:

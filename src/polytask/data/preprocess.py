@@ -4,6 +4,23 @@ It is saved with the model (as JSON) so that a run directory predicts on raw row
 columns map through vocabularies with index 0 for unknown or missing values; numeric columns
 are standardised with missing values set to the mean and flagged in an extra input.
 All mapping is vectorised (pandas / numpy), never a Python loop over rows.
+
+Extreme values, stated: a scaler (and a regression target's scale) is fitted on the column's
+values winsorised at their 0.5 % and 99.5 % order statistics (at least the single most extreme
+value at each end is clipped for the fit), so that a few extreme values cannot dominate it.
+A value farther than :data:`RANGE_LIMIT` fitted standard deviations from the fitted mean, or
+an infinite one, is refused, at fit time and at predict time alike, with the column and the
+row: it is a sentinel or a corrupt cell, and the model could only answer nonsense (or NaN) for
+it. An empty cell (or NaN) is a missing value, as always.
+
+Categorical vocabularies are capped (``data.max_categories``, 10,000 by default): a column with
+more distinct values keeps its most frequent values among those seen at least twice, warns, and
+maps the rest to the unknown bucket. An ID-like column would otherwise grow the embedding table
+(and every prediction's start-up) with values that cannot be learnt from one row each.
+
+Image inputs (``model.encoder: cnn``) are scaled as one block by default (``data.scaling:
+auto``): one mean and standard deviation over all pixel values, so that pixels keep their
+relative brightness (per-pixel standardisation blows up near-constant border pixels).
 """
 
 from __future__ import annotations
@@ -17,16 +34,22 @@ import torch
 from pandas.api import types as ptypes
 
 from polytask.config import DataSpec, TaskKind, TaskSpec
-from polytask.errors import DataError, did_you_mean
+from polytask.errors import DataError, PolytaskError, did_you_mean, warn
 from polytask.features import Features
 from polytask.tasks import Task
 
 # An object column whose non-empty values parse as numbers at least this often is taken to be
 # numeric with a few bad cells (which are then reported by row), not categorical.
 NUMERIC_LIKE_SHARE = 0.95
+# Scalers are fitted on values winsorised at these order statistics (see the module docstring).
+WINSOR_SHARE = 0.005
+# Farther than this many fitted standard deviations from the fitted mean: refused.
+RANGE_LIMIT = 1e6
+# A column over data.max_categories keeps only values seen at least this often.
+CAPPED_MIN_FREQUENCY = 2
 
 
-def _row_label(frame: pd.DataFrame | pd.Series, position: int) -> str:
+def row_label(frame: pd.DataFrame | pd.Series, position: int) -> str:
     """Name a row as the user counts it: a table read from a file keeps its 0-based row
     number as the index (also after a split), so that is reported 1-based."""
     label = frame.index[position]
@@ -36,7 +59,9 @@ def _row_label(frame: pd.DataFrame | pd.Series, position: int) -> str:
 
 
 def _to_numeric(series: pd.Series, what: str) -> np.ndarray:
-    """Parse a column as float; name the first row holding something that is not a number."""
+    """Parse a column as float (NaN where missing; infinities kept, for
+    :func:`standardise` to refuse); name the first row holding something that is not a
+    number."""
     if ptypes.is_bool_dtype(series):
         return series.astype("float64").to_numpy()
     if ptypes.is_numeric_dtype(series):
@@ -47,12 +72,58 @@ def _to_numeric(series: pd.Series, what: str) -> np.ndarray:
         if bad.any():
             position = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(
-                f"{what}, {_row_label(series, position)}: {series.iloc[position]!r} is not a number"
+                f"{what}, {row_label(series, position)}: {series.iloc[position]!r} is not a number"
             )
         values = parsed.astype("float64").to_numpy()
-    values = values.copy()
-    values[~np.isfinite(values)] = np.nan
-    return values
+    return values.copy()
+
+
+def fit_scale(values: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of the finite ``values`` winsorised at their
+    :data:`WINSOR_SHARE` order statistics (at least one value clipped at each end). Where both
+    order statistics are one value (a column constant but for a few values): that value and
+    the standard deviation of all finite values. A standard deviation of (nearly) 0 is 1."""
+    present = values[np.isfinite(values)]  # a copy: partitioned and clipped in place below
+    n = len(present)
+    if n == 0:
+        return 0.0, 1.0
+    k = min(math.ceil(WINSOR_SHARE * (n - 1)), (n - 1) // 2)
+    present.partition([k, n - 1 - k])  # the two order statistics, in linear time
+    low, high = float(present[k]), float(present[n - 1 - k])
+    if low == high:  # constant but for a few values: centred there, scaled by their spread
+        size = float(np.abs(present).max())
+        std = float((present / size).std()) * size if size > 0 else 0.0
+        return low, std if math.isfinite(std) and std > 1e-12 else 1.0
+    np.clip(present, low, high, out=present)
+    mean, std = float(present.mean()), float(present.std())
+    return mean, std if math.isfinite(std) and std > 1e-12 else 1.0
+
+
+def standardise(
+    values: np.ndarray, mean: float, std: float, what: str, series: pd.Series
+) -> np.ndarray:
+    """``(values - mean) / std``, NaN where missing; refuses an infinite value or one farther
+    than :data:`RANGE_LIMIT` standard deviations, naming the column and the row."""
+    scaled = (values - mean) / std
+    bad = out_of_range(values, scaled)
+    if bad.any():
+        position = int(np.flatnonzero(bad)[0])
+        where = f"{what}, {row_label(series, position)}"
+        raise DataError(out_of_range_message(where, values[position], mean, std))
+    return scaled
+
+
+def out_of_range(values: np.ndarray, scaled: np.ndarray) -> np.ndarray:
+    """Where a present value is infinite or beyond :data:`RANGE_LIMIT` once scaled."""
+    return ~np.isnan(values) & ~(np.abs(scaled) <= RANGE_LIMIT)
+
+
+def out_of_range_message(where: str, value: float, mean: float, std: float) -> str:
+    return (
+        f"{where}: {value:g} is out of range (the model reads (value - {mean:.6g}) / "
+        f"{std:.6g}, which must be at most {RANGE_LIMIT:g} in size); leave the cell empty if "
+        "the value is unknown"
+    )
 
 
 def _numeric_like(series: pd.Series) -> bool:
@@ -101,45 +172,43 @@ class Preprocessor:
     """Fits vocabularies, scalers and label encodings on training rows; applies them anywhere."""
 
     def __init__(self, state: dict[str, Any]) -> None:
+        _check_state(state)
         self.state = state
         self._categories = {c: pd.Index(v) for c, v in state["vocabularies"].items()}
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def fit(cls, frame: pd.DataFrame, data: DataSpec, tasks: list[TaskSpec]) -> Preprocessor:
+    def fit(
+        cls, frame: pd.DataFrame, data: DataSpec, tasks: list[TaskSpec], *, image: bool = False
+    ) -> Preprocessor:
+        """Fit on training rows. ``image``: the numeric columns are an image's pixels (the
+        cnn encoder), which ``data.scaling: auto`` scales as one block."""
         targets = [column for task in tasks for column in task.columns]
         for task in tasks:
             _require_targets(frame, task)
         _check_columns(frame, data.drop, "data.drop")
         categorical, numeric = cls._feature_columns(frame, data, set(targets))
-        numeric_stats = {}
-        for column in numeric:
-            values = _to_numeric(frame[column], f"column '{column}'")
-            present = values[~np.isnan(values)]
-            mean = float(present.mean()) if len(present) else 0.0
-            std = float(present.std()) if len(present) > 1 else 1.0
-            if data.scaling == "none":  # e.g. pixels: per-column scaling would blow up
-                mean, std = 0.0, 1.0  # near-constant border pixels; missing still flagged
-            numeric_stats[column] = [mean, std if std > 1e-12 else 1.0]
-        vocabularies = {}
-        for column in categorical:
-            counts = _as_text(frame[column]).value_counts(dropna=True)
-            kept = counts[counts >= data.min_frequency]
-            vocabularies[column] = sorted(kept.index.tolist(), key=lambda v: (-counts[v], v))
+        numeric_stats = cls._fit_scalers(frame, numeric, data, image)
+        vocabularies = {column: _vocabulary(frame[column], column, data) for column in categorical}
         task_state = {task.name: cls._fit_task(frame, task) for task in tasks}
+        inputs = set(categorical) | set(numeric)
         state = {
             "categorical": categorical,
             "numeric": numeric,
             "numeric_stats": numeric_stats,
             "vocabularies": vocabularies,
             "tasks": task_state,
+            # the training table's other columns (targets, data.drop): rows to predict may
+            # hold them, and they are ignored (also by a slim run, whose spec has fewer tasks)
+            "ignored_columns": [str(c) for c in frame.columns if c not in inputs],
         }
         return cls(state)
 
     def with_tasks(self, frame: pd.DataFrame, tasks: list[TaskSpec]) -> Preprocessor:
         """This preprocessor with the label encodings of ``tasks`` fitted on ``frame``; its
         input encodings (columns, vocabularies, scalers) stay exactly as they are, so a model
-        trained on them reads the new rows as it read the old ones (growing a run)."""
+        trained on them reads the new rows as it read the old ones (growing a run). The new
+        table's columns that are not inputs join the columns the run knows and ignores."""
         inputs = set(self.input_columns)
         self.check_labels(frame, tasks)
         for task in tasks:
@@ -152,7 +221,11 @@ class Preprocessor:
                         "input columns; the model would read its own label"
                     )
         fitted = {task.name: self._fit_task(frame, task) for task in tasks}
-        return Preprocessor({**self.state, "tasks": {**self.state["tasks"], **fitted}})
+        state = {**self.state, "tasks": {**self.state["tasks"], **fitted}}
+        if "ignored_columns" in state:  # the new table's other columns are known, not unknown
+            new = [str(c) for c in frame.columns if c not in inputs]
+            state["ignored_columns"] = list(dict.fromkeys([*state["ignored_columns"], *new]))
+        return Preprocessor(state)
 
     @classmethod
     def check_labels(cls, frame: pd.DataFrame, tasks: list[TaskSpec]) -> None:
@@ -166,6 +239,27 @@ class Preprocessor:
     def missing_inputs(self, frame: pd.DataFrame) -> list[str]:
         """The input columns ``frame`` lacks (read as missing values, as at predict time)."""
         return [column for column in self.input_columns if column not in frame.columns]
+
+    @staticmethod
+    def _fit_scalers(
+        frame: pd.DataFrame, numeric: list[str], data: DataSpec, image: bool
+    ) -> dict[str, list[float]]:
+        """Per numeric column [mean, std]; one pair for all of them when scaled as a block.
+        Every training value is checked against the fitted range."""
+        values = {c: _to_numeric(frame[c], f"column '{c}'") for c in numeric}
+        scaling = data.scaling
+        if scaling == "auto":
+            scaling = "block" if image else "standard"
+        if scaling == "none":
+            stats = {c: (0.0, 1.0) for c in numeric}
+        elif scaling == "block" and numeric:
+            block = fit_scale(np.concatenate(list(values.values())))
+            stats = dict.fromkeys(numeric, block)
+        else:
+            stats = {c: fit_scale(v) for c, v in values.items()}
+        for column in numeric:
+            standardise(values[column], *stats[column], f"column '{column}'", frame[column])
+        return {c: [float(mean), float(std)] for c, (mean, std) in stats.items()}
 
     @staticmethod
     def _feature_columns(
@@ -229,10 +323,11 @@ class Preprocessor:
                 )
             return {"classes": classes}
         if task.kind is TaskKind.regression:
-            values = _to_numeric(frame[task.target], f"task '{task.name}', column '{task.target}'")
-            present = values[~np.isnan(values)]
-            std = float(present.std()) if len(present) > 1 else 1.0
-            return {"mean": float(present.mean()), "std": std if std > 1e-12 else 1.0}
+            what = f"task '{task.name}', column '{task.target}'"
+            values = _to_numeric(frame[task.target], what)
+            mean, std = fit_scale(values)
+            standardise(values, mean, std, what, frame[task.target])
+            return {"mean": mean, "std": std}
         return {}
 
     # ------------------------------------------------------------------ facts
@@ -296,8 +391,7 @@ class Preprocessor:
         if block:
             columns = [self.numeric[j] for j in block]
             values = frame[columns].to_numpy(dtype=np.float64, copy=True)
-            values[~np.isfinite(values)] = np.nan
-            self._scale(numeric, block, values, columns)
+            self._scale(numeric, block, values, columns, frame)
         in_block = set(block)
         for j, column in enumerate(self.numeric):
             if j in in_block:
@@ -306,18 +400,30 @@ class Preprocessor:
                 values = _to_numeric(frame[column], f"column '{column}'")
             else:
                 values = np.full(n, np.nan)
-            self._scale(numeric, [j], values[:, None], [column])
+            self._scale(numeric, [j], values[:, None], [column], frame)
         return Features(torch.from_numpy(codes), torch.from_numpy(numeric))
 
     def _scale(
-        self, out: np.ndarray, index: list[int], values: np.ndarray, columns: list[str]
+        self,
+        out: np.ndarray,
+        index: list[int],
+        values: np.ndarray,
+        columns: list[str],
+        frame: pd.DataFrame,
     ) -> None:
         """Standardised values and missing flags of ``columns`` ([N, k] raw values, modified)
-        into their places in ``out`` (a slice where the columns are consecutive)."""
+        into their places in ``out`` (a slice where the columns are consecutive); an infinite
+        or out-of-range value is refused with its column and row, as :func:`standardise` does."""
         stats = np.array([self.state["numeric_stats"][c] for c in columns], dtype=np.float64)
         missing = np.isnan(values)
+        raw = values.copy()
         values -= stats[:, 0]
         values /= stats[:, 1]
+        bad = out_of_range(raw, values)
+        if bad.any():
+            row, k = (int(i) for i in np.argwhere(bad)[0])
+            where = f"column '{columns[k]}', {row_label(frame, row)}"
+            raise DataError(out_of_range_message(where, raw[row, k], *stats[k]))
         values[missing] = 0.0
         width = len(self.numeric)
         if index == list(range(index[0], index[0] + len(index))):
@@ -337,12 +443,11 @@ class Preprocessor:
         if task.kind is TaskKind.multiclass:
             return torch.from_numpy(self._encode_classes(frame[task.spec.target], task))
         if task.kind is TaskKind.regression:
-            values = _to_numeric(
-                frame[task.spec.target], f"task '{task.name}', column '{task.spec.target}'"
-            )
-            return torch.from_numpy(
-                ((values - task.target_mean) / task.target_std).astype(np.float32)
-            )
+            what = f"task '{task.name}', column '{task.spec.target}'"
+            series = frame[task.spec.target]
+            values = _to_numeric(series, what)
+            scaled = standardise(values, task.target_mean, task.target_std, what, series)
+            return torch.from_numpy(scaled.astype(np.float32))
         columns = [self._encode_binary(frame[c], task, c) for c in task.spec.columns]
         stacked = np.stack(columns, axis=1) if task.kind is TaskKind.multilabel else columns[0]
         return torch.from_numpy(stacked.astype(np.float32))
@@ -359,7 +464,7 @@ class Preprocessor:
             position = int(np.flatnonzero(bad)[0])
             raise DataError(
                 f"task '{task.name}' ({task.kind.value}): column '{column}' holds "
-                f"{_format_number(values[position])} at {_row_label(series, position)}; "
+                f"{_format_number(values[position])} at {row_label(series, position)}; "
                 "labels must be 0 or 1"
             )
         return values
@@ -380,10 +485,50 @@ class Preprocessor:
             position = int(np.flatnonzero(unknown)[0])
             raise DataError(
                 f"task '{task.name}' (multiclass): column '{task.spec.target}' holds class "
-                f"{series.iloc[position]!r} at {_row_label(series, position)}, unseen in training; "
+                f"{series.iloc[position]!r} at {row_label(series, position)}, unseen in training; "
                 f"known classes: {', '.join(map(str, classes[:20]))}"
             )
         return codes.astype(np.float32)
+
+
+def _vocabulary(series: pd.Series, column: str, data: DataSpec) -> list[Any]:
+    """The values of a categorical column that get their own embedding row, most frequent
+    first: seen at least ``data.min_frequency`` times, and at most ``data.max_categories`` of
+    them (a column over the cap also needs :data:`CAPPED_MIN_FREQUENCY` sightings; warned)."""
+    counts = _as_text(series).value_counts(dropna=True)
+    kept = counts[counts >= data.min_frequency]
+    cap = data.max_categories
+    if cap is not None and len(kept) > cap:
+        floor = max(data.min_frequency, CAPPED_MIN_FREQUENCY)
+        kept = kept[kept >= floor].iloc[:cap]
+        share = 1.0 - kept.sum() / max(counts.sum(), 1)
+        warn(
+            f"column '{column}' has {len(counts):,} distinct values; kept the {len(kept):,} "
+            f"most frequent seen at least {floor} times (data.max_categories: {cap:,}); "
+            f"the other values ({share:.1%} of its training rows) map to the unknown bucket"
+        )
+    return sorted(kept.index.tolist(), key=lambda v: (-counts[v], v))
+
+
+def _check_state(state: dict[str, Any]) -> None:
+    """A saved preprocessor must have usable scales: an older polytask could save a null
+    standard deviation for a column holding an extreme value."""
+    scales = {f"column '{c}'": pair for c, pair in state.get("numeric_stats", {}).items()}
+    for task, fitted in state.get("tasks", {}).items():
+        if "std" in fitted:
+            scales[f"task '{task}'"] = [fitted.get("mean"), fitted.get("std")]
+    for what, pair in scales.items():
+        usable = (
+            isinstance(pair, list | tuple)
+            and len(pair) == 2
+            and all(isinstance(v, int | float) and math.isfinite(v) for v in pair)
+            and pair[1] > 0
+        )
+        if not usable:
+            raise PolytaskError(
+                f"preprocessor.json: {what} has no usable scale {pair!r} (an older polytask "
+                "wrote it from a column holding an extreme value); train the run again"
+            )
 
 
 def _format_number(value: float) -> str:

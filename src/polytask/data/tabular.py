@@ -4,14 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from polytask.config import DataSpec
+from polytask.data import progress
 from polytask.errors import DataError
 
 PARQUET_SUFFIXES = {".parquet", ".pq"}
+
+
+# What pandas infers from a path's suffix, given explicitly when it reads an open handle.
+Compression = Literal["gzip", "bz2", "zip", "xz", "zstd"]
+COMPRESSION: dict[str, Compression] = {
+    ".gz": "gzip",
+    ".bz2": "bz2",
+    ".zip": "zip",
+    ".xz": "xz",
+    ".zst": "zstd",
+}
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -21,9 +34,15 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"data file not found: {path}")
     try:
         if path.suffix.lower() in PARQUET_SUFFIXES:
-            frame = pd.read_parquet(path)
+            with progress.step(f"reading {path.name}"):
+                frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, low_memory=False)
+            with progress.counted(path) as handle:
+                if handle is None:
+                    frame = pd.read_csv(path, low_memory=False)
+                else:  # the same reader on the same bytes, counted for a progress bar
+                    compression = COMPRESSION.get(path.suffix.lower())
+                    frame = pd.read_csv(handle, low_memory=False, compression=compression)
     except pd.errors.EmptyDataError:
         raise DataError(f"data file {path} is empty") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as error:
@@ -67,7 +86,8 @@ def load_splits(spec: DataSpec) -> Splits:
     if spec.dataset is not None:
         from polytask.data.datasets import load_dataset
 
-        train, valid, test = load_dataset(spec.dataset, **spec.dataset_options)
+        with progress.step(f"loading the {spec.dataset} dataset"):
+            train, valid, test = load_dataset(spec.dataset, **spec.dataset_options)
         return Splits(train, valid, test)
     assert spec.train is not None
     train = read_table(spec.train)

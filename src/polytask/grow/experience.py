@@ -10,8 +10,9 @@ trainer the prepared rows, the grown model (at its initial weights) and the stra
 
 from __future__ import annotations
 
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.atomic import write_atomic
+from polytask.artifacts.ownership import MANIFEST, OutputFolder
 from polytask.artifacts.weights import save_weights
 from polytask.config import BalanceSpec, DataSpec, ModelSpec, RunSpec, TaskSpec, TrainSpec
 from polytask.data.preprocess import Preprocessor
@@ -37,6 +39,7 @@ from polytask.train.prepare import Prepared
 from polytask.train.trainer import Trainer
 
 STATE = "grow_state.safetensors"
+HISTORY = "grow.json"  # which tasks were added when, from which data, with which strategy
 SPLITS = ("train", "valid", "test")
 
 
@@ -83,6 +86,37 @@ class _Finish(StepHooks):
     def finish(self, model, folder: Path) -> None:
         self.strategy.end(model, self.context)
         save_state(folder, self.strategy)
+
+
+def run_output(
+    target: Path,
+    *,
+    overwrite: bool,
+    sources: Sequence[Path] = (),
+    extra: frozenset[str] = frozenset(),
+) -> OutputFolder:
+    """The folder a grown run (or a stream's last run, with ``extra`` files) is published
+    into, claimed now: refused in one line before any work where the policy forbids it."""
+    output = rd.run_folder(
+        target, overwrite=overwrite, sources=sources, files=rd.RUN_FILES | {STATE, HISTORY} | extra
+    )
+    output.claim()
+    return output
+
+
+def publish_run(run: Path, output: OutputFolder, write: Callable[[Path], None]) -> Path:
+    """Move the finished run ``run`` (in a temporary folder of polytask's) into ``output``'s
+    ``.partial`` folder, let ``write`` add its own files there, and swap it into place."""
+    partial = output.create()
+    try:
+        for path in sorted(run.iterdir()):
+            if path.name != MANIFEST:  # the output's own manifest lists what it holds
+                shutil.move(path, partial / path.name)
+        write(partial)
+        return rd.publish(output)
+    except BaseException:
+        output.discard()
+        raise
 
 
 def save_state(folder: Path, strategy: Strategy) -> None:
@@ -221,8 +255,12 @@ def train_experience(
         if parts:
             splits[split] = merge(parts, tasks)
     prepared = Prepared(preprocessor, tasks, splits)
+    data = experience.data
+    if base is not None:  # the old data's dropped columns stay known (not "unknown") to the run
+        drop = list(dict.fromkeys([*base.spec.data.drop, *data.drop]))
+        data = data.model_copy(update={"drop": drop})
     spec = RunSpec(
-        data=experience.data,
+        data=data,
         tasks=specs,
         model=run_model_spec,
         balance=balance,

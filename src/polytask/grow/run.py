@@ -2,8 +2,10 @@
 
 Everything the user can get wrong is checked before anything is written (task names and
 kinds, the new data's columns, a slim run, a strategy that needs old rows none were given
-for). The grown run is trained in a hidden folder beside the destination and renamed into
-place once complete. It is an ordinary run directory (``arch: plan`` with the grown plan), so
+for, the output folder). The grown run is trained in a temporary folder of polytask's own,
+then moved into ``<out>.partial`` and swapped into place once complete, under the one
+ownership policy (:mod:`polytask.artifacts.ownership`: ``--overwrite`` replaces only a folder
+polytask wrote). It is an ordinary run directory (``arch: plan`` with the grown plan), so
 predict, evaluate, slim, export and serve work on it, plus ``grow.json``: the history of the
 run (which tasks were added when, from which data, with which strategy) and
 ``grow_state.safetensors``: what the strategy keeps for growing it again.
@@ -12,7 +14,6 @@ run (which tasks were added when, from which data, with which strategy) and
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,20 @@ from polytask.config import DataSpec, ModelSpec, TaskSpec
 from polytask.data.tabular import Splits, load_splits
 from polytask.errors import ConfigError, DataError, PolytaskError
 from polytask.grow.data import Rows, sample
-from polytask.grow.experience import Base, Experience, load_state, old_rows, train_experience
+from polytask.grow.experience import (
+    HISTORY,
+    Base,
+    Experience,
+    load_state,
+    old_rows,
+    publish_run,
+    run_output,
+    train_experience,
+)
 from polytask.grow.spec import GrowSpec, load_grow_spec
 from polytask.grow.strategies import STRATEGIES
 from polytask.inference.predictor import Predictor
 
-HISTORY = "grow.json"
 SLIM_REPORT = "slim.json"  # written by polytask slim beside a slim run's weights
 
 
@@ -45,8 +54,7 @@ def grow(
     the last entry of ``out/grow.json``'s history)."""
     grow_spec = load_grow_spec(spec)
     source = rd.require_complete(Path(run))
-    target = Path(out)
-    _check_target(source, target, overwrite)
+    output = run_output(Path(out), overwrite=overwrite, sources=[source])
     base = _load_base(source)
     _check_tasks(base, grow_spec.tasks, source)
     strategy = STRATEGIES.get(grow_spec.strategy.name).from_options(grow_spec.strategy.options)
@@ -65,10 +73,7 @@ def grow(
     history = read_history(source, base)
     old = _old_rows(grow_spec, base, history)
     experience = Experience(grow_spec.tasks, frames, grow_spec.data, old=old)
-    created = _missing_parents(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".grow", dir=target.parent))
-    try:
+    with tempfile.TemporaryDirectory(prefix="polytask-grow-") as temp:
         outcome = train_experience(
             strategy,
             base,
@@ -76,7 +81,7 @@ def grow(
             base.spec.model,
             grow_spec.train,
             grow_spec.balance,
-            staging / "run",
+            Path(temp) / "run",
             index=len(history),
             progress=progress,
         )
@@ -91,36 +96,15 @@ def grow(
             "missing_inputs": missing,
             "train_seconds": outcome.seconds,
         }
-        rd.save_json(outcome.run, HISTORY, {"history": [*history, entry]})
-        rd.publish(outcome.run, target.resolve())
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in created:  # parents made for the destination, left empty
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
+        history_file = {"history": [*history, entry]}
+        target = publish_run(
+            outcome.run, output, lambda folder: rd.save_json(folder, HISTORY, history_file)
+        )
     final = rd.load_json(target, rd.FINAL_METRICS)
     return {**entry, "run": str(target), "metrics": final}
 
 
-def _missing_parents(target: Path) -> list[Path]:
-    """The folders above ``target`` that do not exist yet, innermost first."""
-    missing, folder = [], target.resolve().parent
-    while not folder.exists():
-        missing.append(folder)
-        folder = folder.parent
-    return missing
-
-
 # ---------------------------------------------------------------------- checks
-def _check_target(source: Path, target: Path, overwrite: bool) -> None:
-    if target.resolve() == source.resolve():
-        raise PolytaskError("the grown run needs its own folder (-o), not the source run's")
-    if target.exists() and not overwrite:
-        raise PolytaskError(f"{target} already exists; pass --overwrite to replace it")
-
-
 def _load_base(source: Path) -> Base:
     if (source / SLIM_REPORT).is_file():
         origin = rd.load_json(source, SLIM_REPORT).get("source_run", "the full run")

@@ -97,19 +97,22 @@ def _parse(cls: type[BaseModel], raw: Any, what: str) -> Any:
         raise ConfigError(f"{what}: {error}") from None
 
 
-def _read(source: str | Path | dict[str, Any]) -> tuple[Any, Path | None]:
+def _read(source: str | Path | dict[str, Any], what: str) -> tuple[Any, Path | None]:
     """A spec's raw content and the folder its relative paths resolve against (None for a
     dict)."""
     if isinstance(source, dict):
         return source, None
-    return read_yaml(source), Path(source).parent.resolve()
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    return read_yaml(path, what), path.parent.resolve()
 
 
 def load_grow_spec(source: str | Path | dict[str, Any] | GrowSpec) -> GrowSpec:
     """A grow spec from YAML (paths relative to its folder), a dict or itself."""
     if isinstance(source, GrowSpec):
         return source
-    raw, base_dir = _read(source)
+    raw, base_dir = _read(source, "grow spec")
     spec: GrowSpec = _parse(GrowSpec, raw, "grow spec")
     if base_dir is not None:
         resolve_data_paths(spec.data, base_dir)
@@ -123,7 +126,7 @@ def load_stream_spec(source: str | Path | dict[str, Any] | StreamSpec) -> Stream
     unique over the whole stream."""
     if isinstance(source, StreamSpec):
         return source
-    raw, base_dir = _read(source)
+    raw, base_dir = _read(source, "stream spec")
     spec: StreamSpec = _parse(StreamSpec, raw, "stream spec")
     names = spec.task_names()
     repeated = sorted({name for name in names if names.count(name) > 1})

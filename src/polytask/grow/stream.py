@@ -3,17 +3,17 @@ strategy, every seen task evaluated after each, and what was kept and forgotten.
 
 The first experience trains the stream's model from scratch; each later one grows the run
 the previous one wrote (:func:`polytask.grow.experience.train_experience`), so every step is
-an ordinary run directory (``DIR/runs/<i>``). After each experience every task seen so far
-is evaluated on its own experience's test rows (valid or training rows where there are
-none), giving the accuracy matrix ``R[i][j]``; the new tasks are also evaluated just before
-their experience trains, and a randomly initialised model on every task, for forward
-transfer. ``DIR/stream.json`` holds the matrix and :func:`polytask.grow.metrics.summarise`'s
-metrics; ``DIR/stream.png`` the heat map.
+an ordinary run directory; the last one is published as ``DIR``, which predicts, serves and
+grows again like any run (its ``grow.json`` names every experience). After each experience
+every task seen so far is evaluated on its own experience's test rows (valid or training
+rows where there are none), giving the accuracy matrix ``R[i][j]``; the new tasks are also
+evaluated just before their experience trains, and a randomly initialised model on every
+task, for forward transfer. ``DIR/stream.json`` holds the matrix and the metrics of
+:func:`polytask.grow.metrics.summarise`; ``DIR/stream.png`` the heat map.
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +27,14 @@ from polytask.data.preprocess import Preprocessor
 from polytask.data.tabular import load_splits
 from polytask.errors import PolytaskError
 from polytask.grow.data import Rows, concat
-from polytask.grow.experience import Base, Experience, train_experience
+from polytask.grow.experience import (
+    HISTORY,
+    Base,
+    Experience,
+    publish_run,
+    run_output,
+    train_experience,
+)
 from polytask.grow.metrics import plot_matrix, summarise
 from polytask.grow.spec import StreamSpec, load_stream_spec
 from polytask.grow.strategies import STRATEGIES
@@ -64,34 +71,39 @@ def stream(
     """Run the stream ``spec`` into ``out`` and return what ``stream.json`` holds."""
     stream_spec = load_stream_spec(spec)
     strategy = STRATEGIES.get(stream_spec.strategy.name).from_options(stream_spec.strategy.options)
-    target = Path(out)
-    if target.exists() and not overwrite:
-        raise PolytaskError(f"{target} already exists; pass --overwrite to replace it")
+    output = run_output(Path(out), overwrite=overwrite, extra=frozenset({RESULT, PLOT}))
     frames = [load_splits(experience.data) for experience in stream_spec.experiences]
     for experience, splits in zip(stream_spec.experiences, frames, strict=True):
         Preprocessor.check_labels(splits.train, experience.tasks)  # before training any
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".stream", dir=target.parent))
-    try:
-        result = _run(stream_spec, strategy, frames, staging, progress)
-        rd.save_json(staging, RESULT, result)
-        names = [name for names in result["experience_tasks"] for name in names]
-        write_atomic(
-            staging / PLOT,
-            lambda temp: plot_matrix(
-                result["matrix"],
-                names,
-                result["experiences"],
-                f"{result['strategy']['name']}: {result['metric_names']}",
-                temp,
-            ),
-        )
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="polytask-stream-") as temp:
+        result = _run(stream_spec, strategy, frames, Path(temp), progress)
+        last = Path(temp) / RUNS / str(len(stream_spec.experiences) - 1)
+        publish_run(last, output, lambda folder: _write_results(folder, stream_spec, result))
     return result
+
+
+def _write_results(folder: Path, spec: StreamSpec, result: dict[str, Any]) -> None:
+    """stream.json, the heat map, and the last run's history: one entry per experience."""
+    rd.save_json(folder, RESULT, result)
+    names = [name for names in result["experience_tasks"] for name in names]
+    title = f"{result['strategy']['name']}: {result['metric_names']}"
+    write_atomic(
+        folder / PLOT,
+        lambda temp: plot_matrix(result["matrix"], names, result["experiences"], title, temp),
+    )
+    history = [
+        {
+            "step": index,
+            "tasks": tasks,
+            "data": experience.data.model_dump(mode="json"),
+            "strategy": result["strategy"] if index else None,
+            "stream": result["experiences"][index],
+        }
+        for index, (experience, tasks) in enumerate(
+            zip(spec.experiences, result["experience_tasks"], strict=True)
+        )
+    ]
+    rd.save_json(folder, HISTORY, {"history": history})
 
 
 def _run(spec: StreamSpec, strategy, frames, staging: Path, progress: bool) -> dict[str, Any]:
@@ -172,7 +184,6 @@ def _run(spec: StreamSpec, strategy, frames, staging: Path, progress: bool) -> d
         "random": random,
         **summary,
         "seconds": {"total": time.perf_counter() - started, "train": train_seconds},
-        "runs": [f"{RUNS}/{i}" for i in range(len(spec.experiences))],
     }
 
 

@@ -62,7 +62,7 @@ def delta_m(
     per_task = []
     for task in tasks:
         gains = []
-        for metric in task.spec.metrics:  # type: ignore[union-attr]
+        for metric in task.spec.metrics:
             ours = results[task.name].get(metric)
             theirs = baseline.get(task.name, {}).get(metric)
             if (

@@ -67,11 +67,15 @@ class ExpertBlocks(nn.Module):
     def out_dim(self) -> int:
         return self.hidden[-1]
 
+    @property
+    def parts(self) -> list[ExpertBank]:
+        return cast(list[ExpertBank], list(self.banks))
+
     def forward_blocks(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each block's output [E_b, B, out], each computed as by a bank of its own."""
         if x.dim() == 2:
-            return [bank(x) for bank in self.banks]
-        return [bank(part) for bank, part in zip(self.banks, x.split(self.sizes), strict=True)]
+            return [bank(x) for bank in self.parts]
+        return [bank(part) for bank, part in zip(self.parts, x.split(self.sizes), strict=True)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat(self.forward_blocks(x))
@@ -80,7 +84,7 @@ class ExpertBlocks(nn.Module):
         """Rows sorted by expert (segment e: ``sizes[e]`` rows) through their experts: each
         block runs its own experts' segments (sparse dispatch over several blocks)."""
         pieces, row = [], 0
-        for bank, (start, end) in zip(self.banks, _spans(self.sizes), strict=True):
+        for bank, (start, end) in zip(self.parts, _spans(self.sizes), strict=True):
             count = sum(sizes[start:end])
             pieces.append(bank.forward_segments(x[row : row + count], sizes[start:end]))
             row += count
@@ -90,14 +94,14 @@ class ExpertBlocks(nn.Module):
         """Experts ``start`` to ``end - 1`` (whole blocks) as one module."""
         bounds = [0, *accumulate(self.sizes)]
         first, last = bounds.index(start), bounds.index(end)
-        chosen = [cast(ExpertBank, bank) for bank in self.banks[first:last]]
+        chosen = self.parts[first:last]
         return chosen[0] if len(chosen) == 1 else ExpertBlocks(chosen)
 
     def select(self, experts: Sequence[int]) -> nn.Module:
         """The given experts (ascending), block by block; one bank when one block is left."""
         kept = [
             bank.select(local)
-            for bank, local in zip(self.banks, _split(experts, self.sizes), strict=True)
+            for bank, local in zip(self.parts, _split(experts, self.sizes), strict=True)
             if local
         ]
         return kept[0] if len(kept) == 1 else ExpertBlocks(kept)
@@ -157,6 +161,10 @@ class GateBlocks(GateBank):
         self.counts = [bank.num_gates for bank in banks]
         self.dense = not any(hasattr(bank, "top_k") for bank in banks)
 
+    @property
+    def parts(self) -> list[GateBank]:
+        return cast(list[GateBank], list(self.banks))
+
     def mix(
         self, gate_input: torch.Tensor, expert_input: torch.Tensor, experts: nn.Module
     ) -> Mixed:
@@ -165,7 +173,7 @@ class GateBlocks(GateBank):
         blocks = expert_blocks(experts, expert_input) if self.dense else []
         bounds = [0, *accumulate(b.shape[0] for b in blocks)]
         mixes = []
-        for bank, (start, end), part in zip(self.banks, self.pools, inputs, strict=True):
+        for bank, (start, end), part in zip(self.parts, self.pools, inputs, strict=True):
             if self.dense:
                 used = blocks[bounds.index(start) : bounds.index(end)]
                 given = _Given(used[0] if len(used) == 1 else torch.cat(used))
@@ -200,7 +208,7 @@ class GateBlocks(GateBank):
         """The given gates over the given experts (ascending), block by block."""
         kept, pools = [], []
         chosen = _split(gates, self.counts)
-        for bank, (start, end), local in zip(self.banks, self.pools, chosen, strict=True):
+        for bank, (start, end), local in zip(self.parts, self.pools, chosen, strict=True):
             if local:
                 inside = [e - start for e in experts if start <= e < end]
                 kept.append(bank.select(local, inside))
@@ -211,7 +219,7 @@ class GateBlocks(GateBank):
         return GateBlocks(kept, pools)
 
     def fixed_support(self) -> list[list[int]] | None:
-        supports = [bank.fixed_support() for bank in self.banks]
+        supports = [bank.fixed_support() for bank in self.parts]
         if any(support is None for support in supports):
             return None
         return [
@@ -223,7 +231,7 @@ class GateBlocks(GateBank):
 
     def lean(self, gate: int) -> LeanMixture | None:
         number, local = self._locate(gate)
-        mixture = self.banks[number].lean(local)
+        mixture = self.parts[number].lean(local)
         if mixture is not None:
             start = self.pools[number][0]
             mixture.gate = gate
@@ -268,14 +276,18 @@ class TowerBlocks(nn.Module):
         ]
 
     @property
+    def parts(self) -> list[Towers]:
+        return cast(list[Towers], list(self.blocks))
+
+    @property
     def hidden(self) -> ExpertBank | None:
         """The hidden layers' bank of the first block (its widths are every block's)."""
-        return cast(Towers, self.blocks[0]).hidden
+        return self.parts[0].hidden
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outputs: list[torch.Tensor] = []
         spans = _spans(self.sizes)
-        for block, common, (start, end) in zip(self.blocks, self.common, spans, strict=True):
+        for block, common, (start, end) in zip(self.parts, self.common, spans, strict=True):
             if x.dim() == 2:
                 outputs += block.forward_common(x)[0]
             elif common:
@@ -284,12 +296,12 @@ class TowerBlocks(nn.Module):
                 outputs += block(x[start:end])
         return outputs
 
-    def select(self, keep: Sequence[int]) -> nn.Module:
+    def select(self, keep: Sequence[int]) -> Towers | TowerBlocks:
         """The kept tasks' towers (ascending), block by block; plain towers when one block
         is left."""
         kept, gates = [], []
         for block, local, (start, _) in zip(
-            self.blocks, _split(keep, self.sizes), _spans(self.sizes), strict=True
+            self.parts, _split(keep, self.sizes), _spans(self.sizes), strict=True
         ):
             if local:
                 kept.append(block.select(local))
@@ -310,7 +322,7 @@ def build_towers(
     dropout: float,
     blocks: list[int] | None,
     task_gates: list[int],
-) -> nn.Module:
+) -> Towers | TowerBlocks:
     """Plain fused towers, or towers in ``blocks`` (a grown plan's ``tower_blocks``)."""
     if blocks is None:
         return Towers(in_dim, hidden, out_dims, dropout=dropout)

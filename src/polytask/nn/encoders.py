@@ -15,6 +15,8 @@ class TabularEncoder(nn.Module):
     Shapes: categorical [B, C] (int64), numeric [B, N] -> [B, C * embedding_dim + N].
     """
 
+    offsets: torch.Tensor
+
     def __init__(self, cardinalities: list[int], numeric_width: int, embedding_dim: int) -> None:
         super().__init__()
         self.embedding_dim = embedding_dim

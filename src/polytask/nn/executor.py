@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -37,8 +38,11 @@ from polytask.nn.topk import TopKGates
 from polytask.plan.cut import LevelCut
 from polytask.plan.schema import ExpertsSpec, GatesSpec, Level, Plan
 
+ExpertModule = ExpertBank | NormedExpertBank | TaskBottomBank | ExpertBlocks
+"""Every expert bank: [B, in] or [E, B, in] -> [E, B, out], with ``select``."""
 
-def build_experts(spec: ExpertsSpec, in_dim: int) -> nn.Module:
+
+def build_experts(spec: ExpertsSpec, in_dim: int) -> ExpertModule:
     """The expert bank a level's ``experts`` describes: [B, in] or [E, B, in] -> [E, B, out]."""
     if spec.blocks is not None:
         return ExpertBlocks(
@@ -155,9 +159,9 @@ class LevelModule(nn.Module):
 
     def __init__(self, level: Level, in_dim: int) -> None:
         super().__init__()
-        self.experts = build_experts(level.experts, in_dim)
-        self.gates = build_gates(level.gates, level.experts.count, in_dim)
-        self.self_gates = (
+        self.experts: ExpertModule = build_experts(level.experts, in_dim)
+        self.gates: GateBank = build_gates(level.gates, level.experts.count, in_dim)
+        self.self_gates: SelfGates | None = (
             SelfGates(level.self_gates, in_dim) if level.self_gates is not None else None
         )
         self.expert_reader = Reader(level.experts.reads)
@@ -240,11 +244,16 @@ class PlanNetwork(nn.Module):
         self.in_order = task_gates == list(range(plan.levels[-1].gates.count))
         self.register_buffer("task_index", torch.tensor(task_gates), persistent=False)
 
+    @property
+    def level_modules(self) -> list[LevelModule]:
+        """The levels, typed (a ModuleList's items are plain modules to a type checker)."""
+        return cast(list[LevelModule], list(self.levels))
+
     def forward(self, x: torch.Tensor) -> ArchOutput:
         gates: list[torch.Tensor | None] = []
         auxiliary: torch.Tensor | None = None
         first_experts: torch.Tensor | None = None
-        for number, level in enumerate(self.levels):
+        for number, level in enumerate(self.level_modules):
             result = level(x)
             if number == 0:
                 first_experts = result.experts
@@ -272,7 +281,8 @@ class PlanNetwork(nn.Module):
     def cut(self, cuts: list[LevelCut], plan: Plan) -> PlanNetwork:
         """The network of ``plan`` (this one's plan cut by ``cuts``) with the kept weights."""
         network = PlanNetwork(plan, self.in_dim)
-        for target, source, cut in zip(network.levels, self.levels, cuts, strict=True):
+        levels = zip(network.level_modules, self.level_modules, cuts, strict=True)
+        for target, source, cut in levels:
             target.copy_selected(source, cut)
         return network
 
@@ -281,7 +291,7 @@ class PlanNetwork(nn.Module):
         :func:`polytask.plan.grow.add_tasks`) holding this network's weights as its first
         blocks; what was added is freshly initialised."""
         network = PlanNetwork(plan, self.in_dim)
-        for target, source in zip(network.levels, self.levels, strict=True):
+        for target, source in zip(network.level_modules, self.level_modules, strict=True):
             target.copy_grown(source)
         return network
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ class ExpertNorm(nn.Module):
 
     def __init__(self, num_experts: int, dim: int, kind: NormKind) -> None:
         super().__init__()
-        self.kind = kind
+        self.kind: NormKind = kind
         self.weight = nn.Parameter(torch.ones(num_experts, 1, dim))
         self.bias = nn.Parameter(torch.zeros(num_experts, 1, dim))
         if kind == "batch":
@@ -71,7 +71,7 @@ class ExpertNorm(nn.Module):
         """The given experts' affine parameters and running statistics."""
         index = _index(experts)
         count, dim = len(index), self.weight.shape[2]
-        norm = ExpertNorm(count, dim, self.kind)  # type: ignore[arg-type]
+        norm = ExpertNorm(count, dim, self.kind)
         with torch.no_grad():
             norm.weight.copy_(self.weight[index])
             norm.bias.copy_(self.bias[index])
@@ -144,7 +144,8 @@ class NormedExpertBank(nn.Module):
     ) -> None:
         super().__init__()
         self.num_experts, self.in_dim, self.hidden = num_experts, in_dim, list(hidden)
-        self.norm_kind, self.dropout_p = norm, dropout
+        self.norm_kind: NormKind = norm
+        self.dropout_p = dropout
         self.feature_gates = (
             FeatureGates(num_experts, in_dim, feature_gate_rank) if feature_gate_rank else None
         )
@@ -174,6 +175,8 @@ class NormedExpertBank(nn.Module):
         )
         if self.feature_gates is not None:
             bank.feature_gates = self.feature_gates.select(experts)
-        bank.layers = nn.ModuleList(layer.select(experts) for layer in self.layers)
-        bank.norms = nn.ModuleList(norm.select(experts) for norm in self.norms)
+        layers = cast(list[ExpertBank], list(self.layers))
+        norms = cast(list[ExpertNorm], list(self.norms))
+        bank.layers = nn.ModuleList(layer.select(experts) for layer in layers)
+        bank.norms = nn.ModuleList(norm.select(experts) for norm in norms)
         return bank.train(self.training)

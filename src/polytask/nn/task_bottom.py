@@ -54,6 +54,7 @@ class LowRankTaskTransform(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
         generator = self.hyper[-1]
+        assert isinstance(generator, nn.Linear)
         with torch.no_grad():
             generator.weight[self.rank * self.in_dim :].zero_()
             generator.bias[self.rank * self.in_dim :].zero_()

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from polytask.nn.blocks import ExpertBlocks
 from polytask.nn.dispatch import (
     gather_rows,
     merge_duplicates,
@@ -38,6 +39,7 @@ from polytask.nn.dispatch import (
     sort_by_expert,
     weighted_scatter_add,
 )
+from polytask.nn.experts import ExpertBank
 from polytask.nn.gates import (
     GateBank,
     LeanMixture,
@@ -112,7 +114,10 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def dispatch(
-    x: torch.Tensor, selected: torch.Tensor, weights: torch.Tensor, experts: nn.Module
+    x: torch.Tensor,
+    selected: torch.Tensor,
+    weights: torch.Tensor,
+    experts: ExpertBank | ExpertBlocks,
 ) -> torch.Tensor:
     """Sort, merge, segment, gather, grouped expert MLP, weighted scatter-add.
 
@@ -194,7 +199,7 @@ class TopKGates(GateBank):
     def mix(
         self, gate_input: torch.Tensor, expert_input: torch.Tensor, experts: nn.Module
     ) -> Mixed:
-        assert hasattr(experts, "forward_segments"), "top-k routing runs experts by segments"
+        assert isinstance(experts, ExpertBank | ExpertBlocks), "top-k routing runs mlp experts"
         batch = gate_input.shape[0]
         logits = self.router_logits(gate_input)
         if self.training and self.noise > 0:

@@ -10,25 +10,30 @@ with a 4xx status, never a traceback, and the server keeps serving afterwards.
 problem                               status  detail names
 ====================================  ======  ==================================================
 body is not JSON (or not UTF-8)       400     the parse error and its position
+JSON nested too deeply                400     that
 body too large (``max_body_bytes``)   413     the limit
 body / rows not the expected shape    422     the place: ``rows``, ``rows[2]``, ``rows[0]['x']``
 unknown column                        400     the columns, with did-you-mean
 non-number in a numeric column        400     row index and column: ``rows[3]['age']``
+number out of range, or infinite      400     row index and column
+prediction not finite                 400     the row and the task
 more rows than ``max_rows``           413     the count and the limit
-queue full / shutting down            503     (with ``Retry-After: 1``)
+queue full / shutting down            503     (with ``Retry-After: 1``), before the body is read
 a bug                                 500     only "internal error"; the log has the trace
 ====================================  ======  ==================================================
 
-The body is read and parsed here rather than by FastAPI's automatic body model, so that a
-malformed body is a 400 that says what is wrong with it (FastAPI reports a 422 "JSON decode
-error", and treats a JSON body sent as ``text/plain`` as a string) and so that the size limit
-applies while reading, before anything is parsed.
+Under pressure (:mod:`polytask.serve.admission`): a request is admitted or refused from its
+headers, before its body is read; an admitted body is read with the size limit while it
+streams (:mod:`polytask.serve.body`), and a large one is parsed and checked in a worker thread,
+decoded row by row so that the event loop keeps running meanwhile.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import socket
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,27 +42,32 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from polytask.config import MAX_THREADS
 from polytask.errors import PolytaskError
 from polytask.inference.predictor import Predictor
+from polytask.serve.admission import Admission
 from polytask.serve.batching import MicroBatcher, Overloaded
-from polytask.serve.inference import MAX_REPORTED, Row, ServedModel
-from polytask.serve.schemas import (
-    ErrorResponse,
-    PredictRequest,
-    PredictResponse,
-    RequestError,
-    describe_errors,
-)
+from polytask.serve.body import declared_length, parse_rows, read_body
+from polytask.serve.inference import Row, ServedModel
+from polytask.serve.schemas import ErrorResponse, PredictRequest, PredictResponse, RequestError
+
+MIB = 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 32 * MIB
+# Bodies at least this large are parsed in the worker thread, smaller ones at once (a
+# thread hop costs more than parsing a few kilobytes).
+THREADED_PARSE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     """Server limits and batching. ``max_rows`` bounds one request; ``max_batch_rows`` one
-    model call; ``max_queue_rows`` the rows waiting (beyond it: 503); ``threads`` sets
-    torch's intra-op threads for the worker (None: torch's default)."""
+    model call; ``max_queue_rows`` the rows waiting (beyond it: 503, before the body is read);
+    ``max_body_bytes`` one body (beyond it: 413) and ``max_body_bytes_in_flight`` the bodies
+    of all admitted requests together (beyond it: 503; default four bodies at the limit);
+    ``threads`` sets torch's intra-op threads for the worker (None: torch's default);
+    ``allow_unknown_columns`` accepts (and ignores) columns the run does not know."""
 
     tasks: tuple[str, ...] | None = None
     max_rows: int = 1024
@@ -65,7 +75,9 @@ class ServeConfig:
     max_batch_rows: int = 1024
     max_queue_rows: int = 16384
     threads: int | None = None
-    max_body_bytes: int = 32 * 1024 * 1024
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_body_bytes_in_flight: int | None = None
+    allow_unknown_columns: bool = False
 
     def __post_init__(self) -> None:
         checks = {
@@ -73,14 +85,22 @@ class ServeConfig:
             "batch_window_ms": 0 <= self.batch_window_ms <= 10_000,
             "max_batch_rows": self.max_batch_rows >= 1,
             "max_queue_rows": self.max_queue_rows >= self.max_rows,
-            "threads": self.threads is None or self.threads >= 1,
+            "threads": self.threads is None or 1 <= self.threads <= MAX_THREADS,
             "max_body_bytes": self.max_body_bytes >= 1,
+            "max_body_bytes_in_flight": self.body_bytes_in_flight >= self.max_body_bytes,
         }
         for name, ok in checks.items():
             if not ok:
                 value = getattr(self, name)
-                hint = " (at least max_rows)" if name == "max_queue_rows" else ""
+                hint = {
+                    "max_queue_rows": " (at least max_rows)",
+                    "max_body_bytes_in_flight": " (at least max_body_bytes)",
+                }.get(name, "")
                 raise PolytaskError(f"serve option {name}={value!r} is out of range{hint}")
+
+    @property
+    def body_bytes_in_flight(self) -> int:
+        return self.max_body_bytes_in_flight or 4 * self.max_body_bytes
 
 
 def _error(status: int, detail: str, errors: Sequence[str] = (), **headers: str) -> JSONResponse:
@@ -88,50 +108,10 @@ def _error(status: int, detail: str, errors: Sequence[str] = (), **headers: str)
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"the body is {int(declared)} bytes; the limit is {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"the body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _parse(body: bytes, max_rows: int) -> list[Row]:
-    """Bytes -> validated rows, or a :class:`RequestError` saying what is wrong and where."""
-    if not body.strip():
-        raise RequestError(400, 'the body is empty; send JSON {"rows": [{...}, ...]}')
-    try:
-        payload = json.loads(body)
-    except UnicodeDecodeError:
-        raise RequestError(400, "malformed JSON: the body is not UTF-8 text") from None
-    except json.JSONDecodeError as error:
-        raise RequestError(
-            400,
-            f"malformed JSON: {error.msg} at line {error.lineno} column {error.colno}",
-        ) from None
-    if isinstance(payload, dict) and isinstance(payload.get("rows"), list):
-        count = len(payload["rows"])
-        if count > max_rows:  # before validating thousands of rows only to refuse them
-            raise RequestError(413, f"{count} rows in one request; the limit is {max_rows}")
-    try:
-        return PredictRequest.model_validate(payload).rows
-    except ValidationError as error:
-        problems = describe_errors(error)
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise RequestError(422, problems[0] + more, problems[:MAX_REPORTED]) from None
-
-
 def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastAPI:
     """Build the app; its lifespan starts and stops the micro-batcher."""
     config = config or ServeConfig()
-    served = ServedModel(predictor, config.tasks)
+    served = ServedModel(predictor, config.tasks, config.allow_unknown_columns)
     batcher: MicroBatcher[list[Row], list[dict[str, Any]]] = MicroBatcher(
         process=served.predict_many,
         size=len,
@@ -141,13 +121,28 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
         threads=config.threads,
     )
 
+    admission = Admission(
+        batcher.stats, config.max_queue_rows, config.max_body_bytes, config.body_bytes_in_flight
+    )
+    # One thread parses large bodies (made at start-up, like the batcher's worker): bodies
+    # wait their turn holding only their bytes (which admission bounds), never several parsed
+    # copies at once.
+    parsers: list[ThreadPoolExecutor] = []
+
+    def decode(body: bytes) -> list[Row]:
+        rows = parse_rows(body, config.max_rows)
+        served.check(rows)
+        return rows
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
+        parsers.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="polytask-parse"))
         try:
             yield
         finally:
             await batcher.stop()
+            parsers.pop().shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="polytask",
@@ -156,6 +151,7 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
     )
     app.state.served = served
     app.state.batcher = batcher
+    app.state.admission = admission
     app.state.config = config
 
     @app.exception_handler(RequestError)
@@ -196,9 +192,26 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
     )
     async def predict(request: Request) -> JSONResponse:
         """Predict the served tasks for raw rows (batched with other clients' rows)."""
-        rows = _parse(await _read_body(request, config.max_body_bytes), config.max_rows)
-        served.check(rows)
-        predictions = await batcher.submit(rows)
+        if not batcher.running:
+            raise Overloaded("the predictor is not running")
+        declared = declared_length(request)
+        if declared is not None and declared > config.max_body_bytes:
+            raise RequestError(
+                413, f"the body is {declared} bytes; the limit is {config.max_body_bytes}"
+            )
+        ticket = admission.admit(declared)  # before the body is read: a refusal costs nothing
+        try:
+            body = await read_body(request, config.max_body_bytes)
+            if len(body) >= THREADED_PARSE_BYTES and parsers:
+                loop = asyncio.get_running_loop()
+                rows = await loop.run_in_executor(parsers[-1], decode, body)
+            else:
+                rows = decode(body)
+            del body
+            admission.queued(ticket)
+            predictions = await batcher.submit(rows)
+        finally:
+            admission.release(ticket)
         return JSONResponse(
             {"predictions": predictions, "tasks": served.task_names, "model": served.name}
         )
@@ -211,8 +224,10 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
             "limits": {
                 "max_rows": config.max_rows,
                 "max_body_bytes": config.max_body_bytes,
+                "max_body_bytes_in_flight": config.body_bytes_in_flight,
                 "batch_window_ms": config.batch_window_ms,
                 "max_batch_rows": config.max_batch_rows,
+                "max_queue_rows": config.max_queue_rows,
             },
         }
 
@@ -224,10 +239,37 @@ def create_app(predictor: Predictor, config: ServeConfig | None = None) -> FastA
             "model": served.name,
             "tasks": served.task_names,
             "batching": batcher.stats.as_dict(),
+            "admission": {
+                "refused": admission.refused,
+                "requests_being_read": admission.unqueued,
+                "body_bytes_in_flight": admission.bytes_in_flight,
+            },
         }
         return JSONResponse(body, status_code=200 if batcher.running else 503)
 
     return app
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, or one line saying why it cannot be (a port out of
+    range, an address that is not this machine's, a port already in use)."""
+    if not 0 <= port <= 65535:
+        raise PolytaskError(f"--port must be 0..65535 (got {port}); 0 picks a free port")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as error:
+        raise PolytaskError(f"--host {host!r} is not an address here ({error})") from None
+    family, kind, proto, _, address = infos[0]
+    # proto=IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted connections (no ~40 ms
+    # delayed-ACK wait per answer)
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        raise PolytaskError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    return sock
 
 
 def run_server(
@@ -240,12 +282,15 @@ def run_server(
     batch_window_ms: float = 2.0,
     max_batch_rows: int = 1024,
     max_queue_rows: int = 16384,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     threads: int | None = None,
+    allow_unknown_columns: bool = False,
     access_log: bool = True,
     log_level: str = "info",
 ) -> None:
-    """Load a run and serve it with uvicorn until interrupted. Option and run problems raise
-    :class:`PolytaskError` before the server starts, so the CLI reports them in one line."""
+    """Load a run and serve it with uvicorn until interrupted. Option and run problems (and
+    an address that cannot be listened on) raise :class:`PolytaskError` before the server
+    starts, so the CLI reports them in one line."""
     import uvicorn
 
     config = ServeConfig(
@@ -254,7 +299,16 @@ def run_server(
         batch_window_ms=batch_window_ms,
         max_batch_rows=max_batch_rows,
         max_queue_rows=max_queue_rows,
+        max_body_bytes=max_body_bytes,
         threads=threads,
+        allow_unknown_columns=allow_unknown_columns,
     )
-    app = create_app(Predictor.load(run), config)
-    uvicorn.run(app, host=host, port=port, access_log=access_log, log_level=log_level)
+    sock = listening_socket(host, port)
+    try:
+        app = create_app(Predictor.load(run), config)
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, access_log=access_log, log_level=log_level)
+        )
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from polytask.artifacts.atomic import write_atomic, write_json
+from polytask.artifacts.ownership import OutputFolder
 from polytask.config import TaskKind
 from polytask.errors import DataError, PolytaskError, did_you_mean
 from polytask.inference.predict import predict_logits
@@ -36,6 +37,7 @@ DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.linspace(0.5,
 CASCADE_KINDS = (TaskKind.binary, TaskKind.multiclass)
 # How close to the full model's metric counts as matching it (absolute, in metric units).
 MATCH_TOLERANCE = 0.001
+CASCADE_FILES = ("cascade.json", "cascade.png")  # what ``run_cascade`` writes, in that order
 
 
 def confidence(probabilities: np.ndarray) -> np.ndarray:
@@ -250,13 +252,31 @@ def run_cascade(
     frame: pd.DataFrame,
     out: str | Path,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    *,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Load both runs (unless given loaded), compute the curve on ``frame``, write
-    ``cascade.json`` and ``cascade.png`` into ``out``; return the report (with the paths)."""
+    ``cascade.json`` and ``cascade.png`` into the new folder ``out`` (``overwrite``: replace
+    an earlier cascade's folder there); return the report (with the paths)."""
     cascade = Cascade(_loaded(slim_run), _loaded(full_run), task)
-    report = cascade.curve(frame, thresholds)
     folder = Path(out)
-    report["files"] = {"json": str(folder / "cascade.json"), "plot": str(folder / "cascade.png")}
-    write_json(folder / "cascade.json", report)
-    plot_curve(report, folder / "cascade.png")
+    output = OutputFolder(
+        folder,
+        "cascade",
+        CASCADE_FILES,
+        overwrite=overwrite,
+        sources=[cascade.slim.run, cascade.full.run],
+    )
+    output.claim()
+    report = cascade.curve(frame, thresholds)
+    json_name, plot_name = CASCADE_FILES
+    report["files"] = {"json": str(folder / json_name), "plot": str(folder / plot_name)}
+    temp = output.create()
+    try:
+        write_json(temp / json_name, report)
+        plot_curve(report, temp / plot_name)
+        output.publish()
+    except BaseException:
+        output.discard()
+        raise
     return report

@@ -12,8 +12,9 @@ decimals, booleans, fractional numbers in a categorical column), and the caller 
 fitted preprocessor itself. The
 rules mirror ``polytask.data.preprocess``: categorical text is stripped, empty means missing,
 unseen values go to bucket 0, whole numbers are their integer text; numeric values are
-standardised, missing and non-finite ones become 0 with the missing flag set. The server tests
-compare both paths with :meth:`Predictor.predict` row for row.
+standardised, missing ones become 0 with the missing flag set, and an infinite or far out of
+range one is refused naming its row and column (:func:`polytask.data.preprocess.standardise`).
+The server tests compare both paths with :meth:`Predictor.predict` row for row.
 """
 
 from __future__ import annotations
@@ -25,12 +26,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from polytask.data.preprocess import Preprocessor
+from polytask.data.preprocess import Preprocessor, out_of_range, out_of_range_message
+from polytask.errors import DataError
 from polytask.features import Features
 
 # The preprocessor state this encoder understands; any other key disables it (a newer
 # preprocessor may transform differently, and then only its own transform is right).
-KNOWN_STATE = {"categorical", "numeric", "numeric_stats", "vocabularies", "tasks"}
+KNOWN_STATE = {
+    "categorical",
+    "numeric",
+    "numeric_stats",
+    "vocabularies",
+    "tasks",
+    "ignored_columns",
+}
 # Decimal text that Python's float() and pandas' to_numeric read alike ("3", " -1.5e3 ").
 PLAIN_NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*\Z", re.ASCII)
 
@@ -97,9 +106,15 @@ class RowEncoder:
                     values[i, j] = value
                 except OverflowError:  # an int beyond float range
                     return None
-        values[~np.isfinite(values)] = np.nan
+        scaled = (values - self.mean) / self.std
+        bad = out_of_range(values, scaled)
+        if bad.any():
+            i, j = (int(k) for k in np.argwhere(bad)[0])
+            column = self.numeric[j]
+            where = f"rows[{i}][{column!r}] (column '{column}')"
+            raise DataError(out_of_range_message(where, values[i, j], self.mean[j], self.std[j]))
         missing = np.isnan(values)
         numeric = np.zeros((n, 2 * width), dtype=np.float32)
-        numeric[:, :width] = np.where(missing, 0.0, (values - self.mean) / self.std)
+        numeric[:, :width] = np.where(missing, 0.0, scaled)
         numeric[:, width:] = missing
         return Features(torch.from_numpy(codes), torch.from_numpy(numeric))

@@ -10,20 +10,21 @@ Why a layer between the HTTP app and :class:`~polytask.inference.predictor.Predi
   preprocessor for plain JSON cells), then cut back into per-request answers. Should the
   batch still fail on its data (something the checks did not foresee), every request is
   retried alone so that only the culprit gets the error.
-* Outputs become JSON-friendly values: floats (never NaN; null instead), class labels as the
-  training table held them.
+* Outputs become JSON-friendly values: floats, class labels as the training table held them.
+  A row whose output is not a finite number fails its request (400), never a null answer.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from polytask.config import TaskKind
+from polytask.data.columns import unknown_column_problems, unknown_columns
 from polytask.errors import PolytaskError, did_you_mean
 from polytask.inference.predict import predict_logits
 from polytask.inference.predictor import Predictor
@@ -43,14 +44,21 @@ def _finite(values: np.ndarray) -> list[float | None]:
 class ServedModel:
     """A :class:`Predictor` restricted to some tasks, answering lists of JSON rows.
 
-    Unknown columns are *rejected* (400, with did-you-mean): a typo in a column name would
-    otherwise silently become a missing value and a plausible but wrong prediction. Columns
-    of the training table that are not model inputs (task targets, ``data.drop``) are known
-    and ignored, so that a client may send whole training rows.
+    Unknown columns are *rejected* (400, with did-you-mean) unless ``allow_unknown_columns``:
+    the rule of ``polytask predict`` (:mod:`polytask.data.columns`). Columns of the training
+    table that are not model inputs (task targets, ``data.drop``) are known and ignored, so
+    that a client may send whole training rows. A row whose prediction is not a finite number
+    is refused (400 naming it), never answered with null.
     """
 
-    def __init__(self, predictor: Predictor, tasks: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        tasks: Sequence[str] | None = None,
+        allow_unknown_columns: bool = False,
+    ) -> None:
         self.predictor = predictor
+        self.allow_unknown_columns = allow_unknown_columns
         available = predictor.task_names
         chosen: list[str] = []
         for name in tasks or available:
@@ -68,9 +76,7 @@ class ServedModel:
         self.categorical: list[str] = list(pre.categorical)
         self.numeric: list[str] = list(pre.numeric)
         self.inputs: list[str] = self.categorical + self.numeric
-        spec = predictor.spec
-        ignored = [c for task in spec.tasks for c in task.columns] + list(spec.data.drop)
-        self.ignored: list[str] = [c for c in dict.fromkeys(ignored) if c not in self.inputs]
+        self.ignored: list[str] = predictor.ignored_columns
         self.known: frozenset[str] = frozenset(self.inputs) | frozenset(self.ignored)
 
     @property
@@ -85,12 +91,9 @@ class ServedModel:
     def check(self, rows: list[Row]) -> None:
         """Refuse unknown columns and non-numbers in numeric columns (400), naming each."""
         present: set[str] = set().union(*rows)
-        unknown = sorted(present - self.known)
+        unknown = [] if self.allow_unknown_columns else unknown_columns(present, self.known)
         if unknown:
-            problems = [
-                f"unknown column '{c}'{did_you_mean(c, self.inputs)}"
-                for c in unknown[:MAX_REPORTED]
-            ]
+            problems = unknown_column_problems(unknown, self.inputs)
             headline = _headline(problems, len(unknown), "; GET /v1/tasks lists the inputs")
             raise RequestError(400, headline, problems)
         problems = []
@@ -131,7 +134,7 @@ class ServedModel:
                 if isinstance(value := row.get(c), float) and value.is_integer()
             ]
             if wholes:
-                row = {**row, **{c: int(row[c]) for c in wholes}}  # type: ignore[arg-type]
+                row = {**row, **{c: int(cast(float, row[c])) for c in wholes}}
             fixed.append(row)
         rows = fixed
         return pd.DataFrame.from_records(rows, columns=self.inputs)
@@ -156,23 +159,28 @@ class ServedModel:
         """One prediction for all requests' rows; per request, its answers or its error."""
         rows = [row for request in requests for row in request]
         try:
-            answers = self.answers(self.outputs(rows))
+            outputs = self.outputs(rows)
         except PolytaskError as error:
             if len(requests) == 1:
                 return [RequestError(400, str(error))]
             return [self._predict_one(request) for request in requests]
+        answers = self.answers(outputs)
         results: list[list[dict[str, Any]] | Exception] = []
         start = 0
         for request in requests:
-            results.append(answers[start : start + len(request)])
-            start += len(request)
+            stop = start + len(request)
+            part = {name: values[start:stop] for name, values in outputs.items()}
+            problem = _not_finite(part)
+            results.append(problem or answers[start:stop])
+            start = stop
         return results
 
     def _predict_one(self, rows: list[Row]) -> list[dict[str, Any]] | Exception:
         try:
-            return self.answers(self.outputs(rows))
+            outputs = self.outputs(rows)
         except PolytaskError as error:
             return RequestError(400, str(error))
+        return _not_finite(outputs) or self.answers(outputs)
 
     def answers(self, outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """Task outputs -> one ``{task: value or {...}}`` object per row (the values of
@@ -223,9 +231,24 @@ class ServedModel:
             "tasks": [_describe_task(task) for task in self.tasks],
             "inputs": inputs,
             "ignored_columns": self.ignored,
-            "unknown_columns": "rejected (400): a misspelt column would otherwise be read as "
-            "missing",
+            "unknown_columns": "allowed and ignored (--allow-unknown-columns)"
+            if self.allow_unknown_columns
+            else "rejected (400): a misspelt column would otherwise be read as missing",
         }
+
+
+def _not_finite(outputs: dict[str, np.ndarray]) -> RequestError | None:
+    """A 400 naming the first row whose prediction is not a finite number, if any."""
+    for name, values in outputs.items():
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            return RequestError(
+                400,
+                f"rows[{row}]: the prediction for task '{name}' is not a finite number; an "
+                "input is far outside what the model was trained on",
+            )
+    return None
 
 
 def _headline(problems: list[str], total: int, suffix: str = "") -> str:

@@ -2,17 +2,17 @@
 
 The slim run is an ordinary run directory (config, the same preprocessor, weights, metrics,
 summary) plus ``slim.json``, the report; :func:`polytask.load` reads it and predicts the kept
-tasks on raw rows. It is built in a hidden temporary folder next to the destination, loaded
-back once to prove it rebuilds, and only then renamed into place, so a failure never leaves a
-half-written slim run behind.
+tasks on raw rows. It is built in ``<out>.partial`` next to the destination, loaded back once
+to prove it rebuilds, and only then swapped into place (what it may replace:
+:mod:`polytask.artifacts.ownership`), so a failure never leaves a half-written slim run behind.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,64 @@ def _labels(predictor: Predictor, frame: pd.DataFrame, tasks: list[Task]) -> dic
         return None  # unlabelled rows still serve for gate usage and timing
 
 
+@dataclass
+class Source:
+    """The run being slimmed, the kept tasks and the rows it is measured on."""
+
+    predictor: Predictor
+    keep: list[int]
+    rows: Rows
+    features: Features | None  # the measured rows, preprocessed (None when there are none)
+
+    @classmethod
+    def open(
+        cls,
+        run: str | Path,
+        tasks: Sequence[str],
+        data: str | Path | None,
+        encoder_factory: Callable[[], nn.Module] | None,
+    ) -> Source:
+        predictor = Predictor.load(run, encoder_factory=encoder_factory)
+        keep = resolve_tasks(tasks, predictor.task_names)
+        rows = Rows(predictor, data)
+        frame = rows.frame
+        features = predictor.preprocessor.transform(frame) if frame is not None else None
+        return cls(predictor, keep, rows, features)
+
+    @property
+    def kept_tasks(self) -> list[Task]:
+        return [self.predictor.tasks[t] for t in self.keep]
+
+    @property
+    def batch_size(self) -> int:
+        return self.predictor.spec.train.eval_batch_size
+
+    def context(self, threshold: float) -> SlimContext:
+        return SlimContext(
+            self.predictor.model,
+            self.predictor.spec.model,
+            self.keep,
+            threshold,
+            self.features,
+            batch_size=self.batch_size,
+            rows_problem=self.rows.problem,
+        )
+
+    def timing_rows(self) -> Features:
+        """The measured rows, or synthetic ones when the run's data cannot be read."""
+        if self.features is not None:
+            return self.features
+        return synthetic_rows(self.predictor.preprocessor, LATENCY_ROWS)
+
+
+@dataclass
+class Latency:
+    """How slimming times predictions: repeats per batch size, and the batch sizes."""
+
+    repeats: int = 20
+    batches: Sequence[int] = LATENCY_BATCHES
+
+
 def slim(
     run: str | Path,
     tasks: Sequence[str],
@@ -123,81 +181,95 @@ def slim(
     measure on instead of the run's validation rows.
     """
     threshold = check_threshold(threshold)
-    predictor = Predictor.load(run, encoder_factory=encoder_factory)
-    keep = resolve_tasks(tasks, predictor.task_names)
-    target = Path(out)
-    if target.resolve() == predictor.run.resolve():
-        raise PolytaskError("the slim run needs its own folder (-o), not the source run's")
-    if target.exists() and not overwrite:
-        raise PolytaskError(f"{target} already exists; pass --overwrite to replace it")
-    rows = Rows(predictor, data)
-    features = predictor.preprocessor.transform(rows.frame) if rows.frame is not None else None
-    batch_size = predictor.spec.train.eval_batch_size
-    context = SlimContext(
-        predictor.model,
-        predictor.spec.model,
-        keep,
-        threshold,
-        features,
-        batch_size=batch_size,
-        rows_problem=rows.problem,
+    source = Source.open(run, tasks, data, encoder_factory)
+    output = rd.run_folder(
+        Path(out),
+        overwrite=overwrite,
+        sources=[source.predictor.run],
+        files=rd.RUN_FILES | {SLIM_REPORT},
+        kind="slim_run",
     )
-    extraction = extract(context)
-    slim_spec = _slim_spec(predictor.spec, keep, extraction)
-    kept_tasks = [predictor.tasks[t] for t in keep]
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    output.claim()
+    extraction = extract(source.context(threshold))
+    spec = _slim_spec(source.predictor.spec, source.keep, extraction)
+    temp = output.create()
     try:
-        temp.chmod(0o755)  # mkdtemp's 0700 is for the build; the run is as readable as any
-        rd.save_config(temp, slim_spec)
-        shutil.copyfile(predictor.run / rd.PREPROCESSOR, temp / rd.PREPROCESSOR)
-        save_weights(temp / rd.WEIGHTS, extraction.model.state_dict())
-        timing_rows = (
-            features
-            if features is not None
-            else synthetic_rows(predictor.preprocessor, LATENCY_ROWS)
-        )
-        rd.save_json(temp, rd.SUMMARY, _summary(predictor, slim_spec, extraction, threshold))
-        reloaded = _reload(temp, extraction, kept_tasks, timing_rows, encoder_factory)
-        measured = _measure(
-            predictor, reloaded, rows, features, timing_rows, latency_repeats, latency_batches
-        )
-        measured["full"]["weights_bytes"] = (predictor.run / rd.WEIGHTS).stat().st_size
-        measured["slim"]["weights_bytes"] = (temp / rd.WEIGHTS).stat().st_size
-        report = {
-            "source_run": str(predictor.run),
-            "output": str(target),
-            "arch": {"full": predictor.spec.model.arch, "slim": slim_spec.model.arch},
-            "tasks": measured["tasks"],
-            "threshold": threshold,
-            "exact": extraction.exact,
-            "max_abs_difference": measured["max_abs_difference"],
-            "rows": measured["rows"],
-            "primary_metric": measured["primary_metric"],
-            "full": measured["full"],
-            "slim": measured["slim"],
-            "experts": extraction.experts,
-            "notes": [*extraction.notes, *measured["notes"]],
-        }
-        metrics = {}
-        if report["slim"]["metrics"] and rows.split != "data":
-            metrics[rows.split] = report["slim"]["metrics"]
-            if rows.test is not None and len(rows.test):
-                test_labels = _labels(predictor, rows.test, kept_tasks)
-                if test_labels is not None:
-                    test_rows = predictor.preprocessor.transform(rows.test)
-                    outputs = user_outputs(
-                        reloaded.serving_model, kept_tasks, test_rows, batch_size
-                    )
-                    metrics["test"] = task_metrics(outputs, test_labels, kept_tasks)
-        rd.save_json(temp, rd.FINAL_METRICS, metrics)
+        reloaded = _write_run(temp, source, spec, extraction, threshold, encoder_factory)
+        measured = _measure(source, reloaded, Latency(latency_repeats, latency_batches))
+        report = _report(source, temp, Path(out), spec, extraction, threshold, measured)
+        rd.save_json(temp, rd.FINAL_METRICS, _final_metrics(source, reloaded, report))
         rd.save_json(temp, SLIM_REPORT, report)
-        rd.publish(temp, target)
+        rd.publish(output)
     except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
+        output.discard()
         raise
     return report
+
+
+def _write_run(
+    folder: Path,
+    source: Source,
+    spec: RunSpec,
+    extraction: Extraction,
+    threshold: float,
+    encoder_factory: Callable[[], nn.Module] | None,
+) -> Predictor:
+    """Config, the source's preprocessor, weights and summary; then load it back as a user
+    would and check it computes what was extracted."""
+    rd.save_config(folder, spec)
+    shutil.copyfile(source.predictor.run / rd.PREPROCESSOR, folder / rd.PREPROCESSOR)
+    save_weights(folder / rd.WEIGHTS, extraction.model.state_dict())
+    rd.save_json(folder, rd.SUMMARY, _summary(source.predictor, spec, extraction, threshold))
+    return _reload(folder, extraction, source.kept_tasks, source.timing_rows(), encoder_factory)
+
+
+def _report(
+    source: Source,
+    folder: Path,
+    out: Path,
+    spec: RunSpec,
+    extraction: Extraction,
+    threshold: float,
+    measured: dict[str, Any],
+) -> dict[str, Any]:
+    """slim.json: what was kept, how exact, and what it changed (size, latency, metrics)."""
+    predictor = source.predictor
+    measured["full"]["weights_bytes"] = (predictor.run / rd.WEIGHTS).stat().st_size
+    measured["slim"]["weights_bytes"] = (folder / rd.WEIGHTS).stat().st_size
+    return {
+        "source_run": str(predictor.run),
+        "output": str(out),
+        "arch": {"full": predictor.spec.model.arch, "slim": spec.model.arch},
+        "tasks": measured["tasks"],
+        "threshold": threshold,
+        "exact": extraction.exact,
+        "max_abs_difference": measured["max_abs_difference"],
+        "rows": measured["rows"],
+        "primary_metric": measured["primary_metric"],
+        "full": measured["full"],
+        "slim": measured["slim"],
+        "experts": extraction.experts,
+        "notes": [*extraction.notes, *measured["notes"]],
+    }
+
+
+def _final_metrics(
+    source: Source, reloaded: Predictor, report: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """metrics.json of the slim run: the kept tasks' metrics on the split they were measured
+    on, and on the run's test rows when it has labelled ones (none for --data rows)."""
+    rows = source.rows
+    if not report["slim"]["metrics"] or rows.split == "data":
+        return {}
+    metrics = {rows.split: report["slim"]["metrics"]}
+    if rows.test is not None and len(rows.test):
+        kept = source.kept_tasks
+        labels = _labels(source.predictor, rows.test, kept)
+        if labels is not None:
+            features = source.predictor.preprocessor.transform(rows.test)
+            outputs = user_outputs(reloaded.serving_model, kept, features, source.batch_size)
+            metrics["test"] = task_metrics(outputs, labels, kept)
+    return metrics
 
 
 def _slim_spec(spec: RunSpec, keep: list[int], extraction: Extraction) -> RunSpec:
@@ -236,27 +308,19 @@ def serving_form(predictor: Predictor) -> str:
     return "eager" if predictor.serving_model is predictor.model else "lean"
 
 
-def _measure(
-    predictor: Predictor,
-    reloaded: Predictor,
-    rows: Rows,
-    features: Features | None,
-    timing_rows: Features,
-    repeats: int,
-    batches: Sequence[int],
-) -> dict[str, Any]:
+def _measure(source: Source, reloaded: Predictor, latency: Latency) -> dict[str, Any]:
     """Parameters, latency, metrics before/after and the largest output difference."""
+    predictor, rows, features = source.predictor, source.rows, source.features
     kept_tasks = reloaded.tasks
     names = [task.name for task in kept_tasks]
-    batch_size = predictor.spec.train.eval_batch_size
     # Each model as served (its lean form where it has one) and as trained (eager), timed
     # interleaved: the report separates what slimming buys from what folding buys.
     full_served, slim_served, full_eager, slim_eager = latency_ms(
         [predictor.serving_model, reloaded.serving_model, predictor.model, reloaded.model],
         [predictor.tasks, kept_tasks, predictor.tasks, kept_tasks],
-        timing_rows,
-        batches,
-        repeats=repeats,
+        source.timing_rows(),
+        latency.batches,
+        repeats=latency.repeats,
     )
     sides: dict[str, dict[str, Any]] = {
         "full": {
@@ -277,6 +341,7 @@ def _measure(
     for side in sides.values():
         side["metrics"] = None
     if features is not None:
+        batch_size = source.batch_size
         full_out = user_outputs(predictor.serving_model, predictor.tasks, features, batch_size)
         slim_out = user_outputs(reloaded.serving_model, kept_tasks, features, batch_size)
         difference = max_difference(full_out, slim_out)

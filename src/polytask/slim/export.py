@@ -38,6 +38,7 @@ from torch import nn
 
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.atomic import write_atomic, write_json
+from polytask.artifacts.ownership import check_output_file
 from polytask.config import TaskKind
 from polytask.errors import PolytaskError
 from polytask.features import Features
@@ -63,6 +64,9 @@ class FrozenExpertNorm(nn.Module):
 
     Shapes: [E, B, D] -> [E, B, D].
     """
+
+    mean: torch.Tensor
+    var: torch.Tensor
 
     def __init__(self, norm: ExpertNorm) -> None:
         super().__init__()
@@ -138,11 +142,22 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     verify: bool = True,
+    overwrite: bool = False,
     encoder_factory: Callable[[], nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Write ``run`` as an ONNX graph to ``out`` and its interface to ``out`` with suffix
     ``.json``; return that interface. With ``verify`` and onnxruntime installed, the graph is
-    run against PyTorch first and not written unless they agree."""
+    run against PyTorch first and not written unless they agree. Existing files are replaced
+    only with ``overwrite`` (see :func:`polytask.artifacts.ownership.check_output_file`)."""
+    out = Path(out)
+    if not out.name or out.name == "..":
+        raise PolytaskError(f"-o {out}: give a file name, e.g. model.onnx")
+    sidecar = sidecar_path(out)
+    if sidecar == out:
+        raise PolytaskError(f"-o {out}: name the graph file with another suffix, e.g. model.onnx")
+    run_files = [Path(run) / name for name in (rd.CONFIG, rd.PREPROCESSOR, rd.WEIGHTS)]
+    for path in (out, sidecar):
+        check_output_file(path, overwrite=overwrite, inputs=run_files)
     if importlib.util.find_spec("onnx") is None:
         raise PolytaskError("ONNX export needs the onnx package: pip install 'polytask[export]'")
     if opset not in OPSETS:
@@ -150,10 +165,6 @@ def export_onnx(
             f"--opset must be {OPSETS.start}..{OPSETS.stop - 1} (got {opset}): the range the "
             "TorchScript-based exporter covers for these graphs"
         )
-    out = Path(out)
-    sidecar = sidecar_path(out)
-    if sidecar == out:
-        raise PolytaskError(f"-o {out}: name the graph file with another suffix, e.g. model.onnx")
     predictor = Predictor.load(run, encoder_factory=encoder_factory)
     clash = sorted(set(INPUTS) & set(predictor.task_names))
     if clash:

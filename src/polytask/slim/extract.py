@@ -33,7 +33,6 @@ from polytask.config import ModelSpec
 from polytask.errors import PolytaskError
 from polytask.features import Features
 from polytask.model import MultiTaskModel, build_heads
-from polytask.nn.executor import LevelModule
 from polytask.nn.heads import TransferHead
 from polytask.plan.cut import LevelCut, check_chain, cut_plan, kept_encoders, needed
 from polytask.plan.schema import Plan
@@ -108,7 +107,7 @@ class _Chooser:
 
     def __init__(self, context: SlimContext) -> None:
         self.context = context
-        self.levels: list[LevelModule] = list(context.model.arch.levels)  # type: ignore[arg-type]
+        self.levels = context.model.arch.level_modules
         self.support = [level.gates.fixed_support() for level in self.levels]
         self._usage: list[torch.Tensor | None] | None = None
         self.exact = True
@@ -199,7 +198,7 @@ def _assemble(
 def _routes_unchanged(chooser: _Chooser, slim: MultiTaskModel, cuts: list[LevelCut]) -> bool:
     """Fixed routes (top-k by task) pick the same experts after the cut (ties can differ)."""
     for number, (before, cut) in enumerate(zip(chooser.support, cuts, strict=True)):
-        after = slim.arch.levels[number].gates.fixed_support()  # type: ignore[union-attr]
+        after = slim.arch.level_modules[number].gates.fixed_support()
         if before is None or after is None:
             continue
         for new_gate, old_gate in enumerate(cut.gates):
@@ -238,7 +237,7 @@ def without_unused_experts(model: MultiTaskModel) -> MultiTaskModel:
     experts that no task routes to), every task kept: exact. The model itself when there is
     nothing to remove."""
     plan = model.plan
-    supports = [level.gates.fixed_support() for level in model.arch.levels]  # type: ignore[union-attr]
+    supports = [level.gates.fixed_support() for level in model.arch.level_modules]
 
     def choose(level: int, gate: int, allowed: list[int]) -> list[int]:
         support = supports[level]

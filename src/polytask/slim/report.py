@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 from rich.table import Table
+from torch import nn
 
 from polytask.data.preprocess import Preprocessor
 from polytask.features import Features
 from polytask.inference.predict import predict_logits
-from polytask.model import MultiTaskModel
 from polytask.tasks import HIGHER_IS_BETTER, Task
 
 LATENCY_BATCHES = (1, 1024)
@@ -52,7 +52,7 @@ def batch_of(rows: Features, size: int) -> Features:
 
 @torch.inference_mode()
 def latency_ms(
-    models: Sequence[MultiTaskModel],
+    models: Sequence[nn.Module],
     tasks: Sequence[Sequence[Task]],
     rows: Features,
     batch_sizes: Sequence[int] = LATENCY_BATCHES,
@@ -82,7 +82,7 @@ def latency_ms(
 
 
 def user_outputs(
-    model: MultiTaskModel, tasks: Sequence[Task], rows: Features, batch_size: int
+    model: nn.Module, tasks: Sequence[Task], rows: Features, batch_size: int
 ) -> dict[str, torch.Tensor]:
     """User-scale outputs (probabilities, regression values) per task name."""
     logits = predict_logits(model, rows, batch_size)

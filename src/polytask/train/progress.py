@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from types import TracebackType
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+
+from polytask.console import make_console
 
 
 def format_metric(value: Any) -> str:
@@ -16,18 +20,19 @@ def format_metric(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def metrics_table(title: str, results: dict[str, dict[str, float]]) -> Table:
-    """One row per task, one column per metric seen in any task."""
+def metrics_table(title: str, results: dict[str, dict[str, float]]) -> Group:
+    """The title on a line of its own (a table title would wrap at the table's width), then
+    one row per task, one column per metric seen in any task."""
     columns: list[str] = []
     for task_metrics in results.values():
         columns += [m for m in task_metrics if m not in columns]
-    table = Table(title=title, title_justify="left")
+    table = Table()
     table.add_column("task")
     for column in columns:
         table.add_column(column, justify="right")
     for task, task_metrics in results.items():
         table.add_row(task, *(format_metric(task_metrics.get(c)) for c in columns))
-    return table
+    return Group(Text(title, style="italic"), table)
 
 
 class TrainingDisplay:
@@ -35,7 +40,7 @@ class TrainingDisplay:
 
     def __init__(self, enabled: bool, console: Console | None = None) -> None:
         self.enabled = enabled
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         self._progress: Progress | None = None
         self._bar: Any = None
 
@@ -53,9 +58,14 @@ class TrainingDisplay:
             self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
         if self._progress is not None:
-            self._progress.__exit__(*exc)
+            self._progress.__exit__(kind, error, trace)
 
     def start_epoch(self, epoch: int, epochs: int, batches: int) -> None:
         if self._progress is not None:

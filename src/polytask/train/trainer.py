@@ -4,13 +4,19 @@ The run is built in ``<out>.partial/`` and renamed to ``<out>`` only once finish
 epoch a checkpoint holds everything needed to continue exactly (weights, optimizer, schedule,
 balancer state, random generators, early-stopping state and the epoch log), so ``resume``
 after a kill gives the same result as an uninterrupted run.
+
+A run that fails leaves nothing that cannot be used: before its first checkpoint the
+``.partial`` folder is removed; after it, the folder stays for ``--resume`` (or, when training
+diverged, for inspection: the checkpoint is the last one whose losses were all finite).
+Training diverges when a task's loss, or a weight, stops being a finite number; it then stops
+at once with :class:`TrainingDiverged` rather than finishing with a meaningless "best epoch".
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +32,7 @@ from polytask.artifacts.atomic import write_atomic
 from polytask.artifacts.weights import save_weights
 from polytask.balance import BALANCERS, Balancer
 from polytask.config import EncoderSpec, RunSpec
+from polytask.data import progress
 from polytask.errors import ConfigError, PolytaskError
 from polytask.inference.evaluation import evaluate, overall_score
 from polytask.model import MultiTaskModel, build_model
@@ -39,7 +46,10 @@ from polytask.train.runtime import keep_heap_between_steps
 from polytask.train.start import freeze, initial_preprocessor, load_initial
 from polytask.train.step import train_step
 
-EpochCallback = Callable[[dict[str, Any]], None]
+# Called after every epoch (checkpoint and metrics.jsonl already written) with that epoch's
+# metrics.jsonl row. Returning True ends training there: the run finishes normally with its best
+# epoch, as after early stopping (a sweep prunes a poor trial this way).
+EpochCallback = Callable[[dict[str, Any]], bool | None]
 
 
 @dataclass
@@ -57,6 +67,10 @@ class LoopState:
     rows_seen: int = 0
 
 
+class TrainingDiverged(PolytaskError):
+    """A loss or a weight became NaN or infinite: training stopped."""
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -64,11 +78,8 @@ def seed_everything(seed: int) -> None:
 
 
 def build_balancer(spec: RunSpec, num_tasks: int) -> Balancer:
-    cls = BALANCERS.get(spec.balance.method)
-    try:
-        return cls(num_tasks, **spec.balance.options)
-    except TypeError as error:
-        raise ConfigError(f"config: balance.options: {error}") from None
+    """The spec's balancing method; a bad option is an OptionError (a ConfigError)."""
+    return BALANCERS.get(spec.balance.method)(num_tasks, **spec.balance.options)
 
 
 def load_baseline(path: Path | None) -> dict[str, dict[str, dict[str, float]]] | None:
@@ -111,13 +122,21 @@ class Trainer:
         # a run whose data, start or hooks the spec cannot rebuild keeps no checkpoint
         self.resumable = prepared is None and model is None and hooks is None
         self.model: MultiTaskModel | None = None  # the trained model, once fit returns
-        self.out = rd.final_path(Path(out).resolve())
+        # absolute, not resolved: a symbolic link given as --out stays a link (and is refused)
+        self.out = rd.final_path(Path(os.path.abspath(out)))
         self.partial = rd.partial_path(self.out)
         self.resume = resume
         self.overwrite = overwrite
         self.progress = progress
         self.callbacks = list(callbacks)
         self.encoder_factory = encoder_factory
+        baseline = spec.train.baseline if spec is not None else None
+        self.output = rd.run_folder(
+            self.out,
+            overwrite=overwrite,
+            sources=[baseline] if baseline is not None else [],
+            resume=resume,
+        )
         self.spec = self._claim_folder(spec)
         if encoder_factory is not None and not resume:
             self.spec = _with_custom_encoder(self.spec)
@@ -125,22 +144,19 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def _claim_folder(self, spec: RunSpec | None) -> RunSpec:
         if self.resume:
-            if not (self.partial / rd.CHECKPOINT).is_file():
+            if not rd.has_checkpoint(self.partial):
                 if rd.is_complete(self.out):
                     raise PolytaskError(f"run {self.out} already finished; nothing to resume")
+                if self.partial.is_dir():
+                    raise PolytaskError(
+                        f"{self.partial} stopped before its first checkpoint: nothing to "
+                        "resume; train it again"
+                    )
                 raise PolytaskError(f"no checkpoint to resume at {self.partial}")
             return rd.load_config(self.partial)
-        if self.out.exists() and not self.overwrite:
-            raise PolytaskError(f"{self.out} already exists; pass --overwrite to replace it")
-        if self.partial.exists():
-            if not self.overwrite:
-                raise PolytaskError(
-                    f"an unfinished run is at {self.partial}; continue it with --resume "
-                    "or start again with --overwrite"
-                )
-            shutil.rmtree(self.partial)
         if spec is None:
             raise PolytaskError("a new run needs a run specification")
+        self.output.claim()
         return spec
 
     def _setup(self) -> tuple[Prepared, MultiTaskModel]:
@@ -157,14 +173,21 @@ class Trainer:
             state = initial_preprocessor(train_spec.init)
         prepared = self.prepared or prepare(self.spec, state)
         self.baseline = load_baseline(train_spec.baseline)
-        model = self.given_model or build_model(
-            self.spec.model,
-            prepared.preprocessor.cardinalities,
-            prepared.preprocessor.numeric_width,
-            [task.out_dim for task in prepared.tasks],
-            [task.name for task in prepared.tasks],
-            encoder_factory=self.encoder_factory,
-        )
+        try:
+            model = self.given_model or build_model(
+                self.spec.model,
+                prepared.preprocessor.cardinalities,
+                prepared.preprocessor.numeric_width,
+                [task.out_dim for task in prepared.tasks],
+                [task.name for task in prepared.tasks],
+                encoder_factory=self.encoder_factory,
+            )
+        except MemoryError:
+            raise _too_large(self.spec) from None
+        except RuntimeError as error:
+            if "alloc" not in str(error):
+                raise
+            raise _too_large(self.spec) from None
         if train_spec.init is not None and not self.resume:  # a resume reads its checkpoint
             load_initial(model, train_spec.init)
         self.frozen = freeze(model, train_spec.freeze)
@@ -172,7 +195,26 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> Path:
-        prepared, model = self._setup()
+        try:
+            return self._fit()
+        except BaseException as error:
+            self._after_failure(error)
+            raise
+
+    def _after_failure(self, error: BaseException) -> None:
+        """Keep a ``.partial`` folder only when it holds a checkpoint (something to resume
+        or inspect); say what was kept."""
+        if not rd.has_checkpoint(self.partial):
+            if not self.resume:
+                self.output.discard()
+            if isinstance(error, KeyboardInterrupt):
+                error.args = ("stopped before the first checkpoint; nothing was kept",)
+        elif isinstance(error, KeyboardInterrupt):
+            error.args = (f"continue with `polytask train --resume {self.out}`",)
+
+    def _fit(self) -> Path:
+        with progress.reporting(self.progress):
+            prepared, model = self._setup()
         tasks = prepared.tasks
         train = prepared.splits["train"]
         valid = prepared.splits.get("valid")
@@ -188,13 +230,18 @@ class Trainer:
         if self.resume:
             loop = self._restore(model, optimizer, scheduler, balancer)
         else:
-            self.partial.mkdir(parents=True)
+            self.output.create()
             rd.save_config(self.partial, self.spec)
             rd.save_json(self.partial, rd.PREPROCESSOR, prepared.preprocessor.state)
 
         primary = {task.name: task.primary_metric for task in tasks}
         with TrainingDisplay(self.progress) as display:
-            while loop.epoch < self.spec.train.epochs and not self._patience_spent(loop):
+            stop_requested = False
+            while (
+                loop.epoch < self.spec.train.epochs
+                and not self._patience_spent(loop)
+                and not stop_requested
+            ):
                 epoch = loop.epoch + 1
                 started = time.perf_counter()
                 train_loss = self._train_epoch(
@@ -220,12 +267,13 @@ class Trainer:
                 if scheduler is not None:
                     scheduler.step()
                 loop.epoch = epoch
+                self._check_weights(model, epoch)
                 if self.resumable:
                     self._checkpoint(model, optimizer, scheduler, balancer, loop)
                 rd.write_epoch_log(self.partial, loop.history)
                 display.end_epoch(row, primary)
                 for callback in self.callbacks:
-                    callback(row)
+                    stop_requested = bool(callback(row)) or stop_requested
             self.model = model
             return self._finish(model, prepared, loop, display)
 
@@ -265,6 +313,7 @@ class Trainer:
                 measure_gradients=every is not None and loop.step % every == 0,
                 hooks=self.hooks,
             )
+            self._check_losses(result.losses, result.present, prepared, epoch, loop.step)
             loss_sum += result.losses * result.present
             present_count += result.present
             self.diagnostics.add(result.weights, result.present, result.gramian)
@@ -272,6 +321,39 @@ class Trainer:
             display.advance()
         per_task = (loss_sum / present_count.clamp(min=1)).tolist()
         return {task.name: value for task, value in zip(prepared.tasks, per_task, strict=True)}
+
+    def _check_losses(
+        self,
+        losses: torch.Tensor,
+        present: torch.Tensor,
+        prepared: Prepared,
+        epoch: int,
+        step: int,
+    ) -> None:
+        bad = ~torch.isfinite(losses) & present
+        if bool(bad.any()):
+            index = int(bad.nonzero()[0, 0])
+            task = prepared.tasks[index].name
+            value = float(losses[index])
+            self._diverged(f"task '{task}' loss is {value} at epoch {epoch}, step {step + 1}")
+
+    def _check_weights(self, model: MultiTaskModel, epoch: int) -> None:
+        for name, parameter in model.named_parameters():
+            if not bool(torch.isfinite(parameter).all()):
+                self._diverged(f"weight '{name}' is not finite after epoch {epoch}")
+
+    def _diverged(self, what: str) -> None:
+        if rd.has_checkpoint(self.partial):
+            kept = (
+                f"the checkpoint of the last epoch with finite losses is kept in {self.partial} "
+                "for inspection (`--resume` would repeat the same steps); lower train.lr, then "
+                "train again with --overwrite"
+            )
+        else:
+            kept = "nothing was kept; lower train.lr and train again"
+        raise TrainingDiverged(
+            f"training diverged: {what} (train.lr is {self.spec.train.lr:g}); {kept}"
+        )
 
     def _end_epoch(
         self,
@@ -355,7 +437,13 @@ class Trainer:
         scheduler: Any,
         balancer: Balancer,
     ) -> LoopState:
-        payload = torch.load(self.partial / rd.CHECKPOINT, weights_only=False)
+        try:
+            payload = torch.load(self.partial / rd.CHECKPOINT, weights_only=False)
+        except Exception as error:  # a truncated or foreign file: unpickling raises anything
+            raise PolytaskError(
+                f"the checkpoint {self.partial / rd.CHECKPOINT} could not be read "
+                f"({type(error).__name__}); start the run again with --overwrite"
+            ) from None
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         if scheduler is not None and payload["scheduler"] is not None:
@@ -442,7 +530,7 @@ class Trainer:
             "score": scores,
         }
         rd.save_json(self.partial, rd.SUMMARY, summary)
-        rd.publish(self.partial, self.out)
+        rd.publish(self.output)
         shown = final.get("test") or final.get("valid")
         if shown is not None:
             split = "test" if "test" in final else "valid"
@@ -482,6 +570,15 @@ def fit(
         model=model,
         hooks=hooks,
     ).fit()
+
+
+def _too_large(spec: RunSpec) -> PolytaskError:
+    model = spec.model
+    return ConfigError(
+        f"config: the model does not fit in memory (model.hidden {model.hidden}, "
+        f"num_experts {model.num_experts}, embedding_dim {model.embedding_dim}, "
+        f"tower_hidden {model.tower_hidden}); make it smaller"
+    )
 
 
 def _with_custom_encoder(spec: RunSpec) -> RunSpec:

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from polytask.data.tabular import read_table
+from polytask.grow.run import grow
 from polytask.grow.strategies.packnet import prune_free
 from polytask.grow.stream import stream
 from polytask.inference.predictor import Predictor
@@ -25,36 +26,43 @@ def test_pruning_keeps_the_largest_free_entries():
     assert weight.tolist() == [[0.5, -3.0, 0.0], [2.0, 0.0, 0.0]]
 
 
-def packnet_stream(tables: dict[str, Path], out: Path) -> dict:
+PACKNET = {"name": "packnet", "options": {"prune": 0.5, "retrain_epochs": 1}}
+
+
+def packnet_runs(tables: dict[str, Path], folder: Path) -> tuple[Path, Path]:
+    """A one-experience PackNet stream (click), then that run grown with PackNet (segment)."""
     spec = {
         "model": {"arch": "mmoe", "num_experts": 2, "hidden": [8], "tower_hidden": [4]},
-        "strategy": {"name": "packnet", "options": {"prune": 0.5, "retrain_epochs": 1}},
+        "strategy": PACKNET,
         "train": {"epochs": 2, "batch_size": 64, "figures": False},
         "experiences": [
             {
                 "tasks": [{"name": "click", "kind": "binary", "target": "clicked"}],
                 "data": {"train": str(tables["base"])},
             },
-            {
-                "tasks": [{"name": "segment", "kind": "multiclass", "target": "segment"}],
-                "data": {"train": str(tables["new"])},
-            },
         ],
     }
-    return stream(spec, out)
+    stream(spec, folder / "first")
+    grown = {
+        "tasks": [{"name": "segment", "kind": "multiclass", "target": "segment"}],
+        "data": {"train": str(tables["new"])},
+        "strategy": PACKNET,
+        "train": {"epochs": 2, "batch_size": 64, "figures": False},
+    }
+    grow(folder / "first", grown, folder / "second")
+    return folder / "first", folder / "second"
 
 
 def test_old_outputs_unchanged_disjoint_owners_and_slim_extracts_each_task(tables, tmp_path):
-    result = packnet_stream(tables, tmp_path / "stream")
-    assert result["bwt"] == 0.0
-    first, second = (Predictor.load(tmp_path / "stream" / "runs" / str(i)) for i in (0, 1))
+    first_run, second_run = packnet_runs(tables, tmp_path)
+    first, second = Predictor.load(first_run), Predictor.load(second_run)
     rows = read_table(tables["all"])
     features = first.preprocessor.transform(rows)
     with torch.no_grad():
         before = first.model(features).logits[0]
         after = second.model(features).logits[0]
     assert torch.equal(before, after)
-    state = load_file(str(tmp_path / "stream" / "runs" / "1" / "grow_state.safetensors"))
+    state = load_file(str(second_run / "grow_state.safetensors"))
     owners = {k: v for k, v in state.items() if k.startswith("owner.")}
     assert owners and all(set(v.unique().tolist()) <= {0, 1, 2} for v in owners.values())
     kept = sum(int((v == 1).sum()) for v in owners.values())
@@ -68,7 +76,7 @@ def test_old_outputs_unchanged_disjoint_owners_and_slim_extracts_each_task(table
         assert (weight[owner == 0] == 0).all()
     # slim cuts out the first task's sub-network, which computes what it did before
     report = slim(
-        tmp_path / "stream" / "runs" / "1",
+        second_run,
         ["click"],
         tmp_path / "slim",
         threshold=0.0,

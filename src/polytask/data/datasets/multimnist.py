@@ -58,6 +58,13 @@ def _find(folder: Path, split: str, kind: str) -> Path | None:
     return next((folder / n for n in PARTS[(split, kind)] if (folder / n).is_file()), None)
 
 
+def _read(folder: Path, split: str, kind: str) -> np.ndarray:
+    path = _find(folder, split, kind)
+    if path is None:
+        raise DataError(f"multi_mnist: no {split} {kind} idx file in {folder}")
+    return read_idx(path)
+
+
 def _download(folder: Path, source: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for names in PARTS.values():
@@ -122,11 +129,9 @@ def load_multi_mnist(
     training pairs (after the split) for shorter schedules."""
     folder = idx_folder("multi_mnist", path, source, download)
     rng = np.random.default_rng(seed)
-    train_full = build_split(
-        read_idx(_find(folder, "train", "images")), read_idx(_find(folder, "train", "labels")), rng
-    )
-    test = build_split(
-        read_idx(_find(folder, "test", "images")), read_idx(_find(folder, "test", "labels")), rng
+    train_full, test = (
+        build_split(_read(folder, split, "images"), _read(folder, split, "labels"), rng)
+        for split in ("train", "test")
     )
     order = rng.permutation(len(train_full))
     n_valid = round(valid_fraction * len(train_full))

@@ -22,7 +22,6 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from polytask.balance._linalg import nnls
 from polytask.grow.data import Rows
 from polytask.grow.strategies._buffer import MemoryOptions
 from polytask.grow.strategies._gradients import flat_grad, loss_grad, write_grad
@@ -62,7 +61,10 @@ def gem_dual(gramian: torch.Tensor, products: torch.Tensor, margin: float, eps: 
     basis = vectors[:, keep]
     root = roots.unsqueeze(1) * basis.T  # [r, K]: root^T root = matrix
     target = -(basis.T @ linear) / roots
-    return nnls(root, target) + margin
+    from scipy.optimize import nnls  # imported when used: scipy.optimize costs ~1 s
+
+    solution, _ = nnls(root.numpy(), target.numpy())
+    return torch.from_numpy(solution).double() + margin
 
 
 class EpisodicConstraints(StepHooks):
