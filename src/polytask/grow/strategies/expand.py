@@ -33,11 +33,13 @@ def growable_archs() -> list[str]:
 
 
 class ExpandOptions(StrategyOptions):
-    experts: int = Field(
-        1,
+    experts: int | None = Field(
+        None,
         ge=0,
-        description="new experts per level for each new task (identity-gated levels, such as "
-        "shared-bottom or single-task bottoms, take 0 or 1; 0 there reads the shared bottom)",
+        description="new experts per level for each new task; default k where the gates route "
+        "top-k (task_moe: the new task routes top-k over the old experts plus k new ones), "
+        "else 1 (identity-gated levels, such as shared-bottom or single-task bottoms, take 0 "
+        "or 1; 0 there reads the shared bottom)",
     )
     read: Literal["shared", "all"] = Field(
         "shared",
@@ -60,7 +62,16 @@ class Expand(Strategy):
                 f"expand cannot grow this model ({plan.source or 'plan'}: {problem}); it grows "
                 f"{', '.join(growable_archs())}"
             )
-        return add_tasks(plan, count, experts=self.options.experts, read=self.options.read)
+        experts = self.options.experts
+        if experts is None:
+            experts = default_experts(plan)
+        return add_tasks(plan, count, experts=experts, read=self.options.read)
 
     def frozen(self, context: ExperienceContext) -> list[str]:
         return sorted(context.origins)
+
+
+def default_experts(plan: Plan) -> int:
+    """New experts per level when none are asked for: k at a top-k routed level, else 1."""
+    ks = [getattr(level.gates, "top_k", None) for level in plan.levels]
+    return max([k for k in ks if k is not None], default=1)
