@@ -156,6 +156,11 @@ def main() -> None:
             entry["time_ratio"] = entry["train_seconds"]["grow"] / entry["train_seconds"]["joint"]
             runs.append(entry)
             print(json.dumps(entry), flush=True)
+            write_report(args, runs)  # after every seed: an interrupted run keeps what it did
+
+
+def write_report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
+    """The runs and their summary (means over seeds) into ``args.json``."""
     ratios = [r["time_ratio"] for r in runs]
     differences = [r["college"]["difference"] for r in runs]
     report = {
@@ -176,12 +181,15 @@ def main() -> None:
         },
         "runs": runs,
         "summary": {
+            "seeds": len(runs),
             "old_auc_unchanged": all(
                 r["old_tasks"][t]["before"] == r["old_tasks"][t]["after"]
                 and r["old_tasks"][t]["predictions_bit_identical"]
                 for r in runs
                 for t in ("income", "never_married")
             ),
+            "college_grown_mean": float(np.mean([r["college"]["grown"] for r in runs])),
+            "college_joint_mean": float(np.mean([r["college"]["joint"] for r in runs])),
             "college_difference_mean": float(np.mean(differences)),
             "college_difference_max_abs": float(np.max(np.abs(differences))),
             "time_ratio_mean": float(np.mean(ratios)),
@@ -190,7 +198,7 @@ def main() -> None:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
-    print(json.dumps(report["summary"]))
+    print(json.dumps(report["summary"]), flush=True)
 
 
 if __name__ == "__main__":
