@@ -248,29 +248,36 @@ def _default_text(field: Any) -> str:
     return repr(field.get_default(call_default_factory=True))
 
 
+def _option_lines(options: Any) -> str:
+    """A pydantic options model's fields as 'name (default): meaning' lines."""
+    lines = [
+        f"{field.alias or key} ({_default_text(field)}): {field.description or ''}".rstrip(": ")
+        for key, field in options.model_fields.items()
+    ]
+    return "\n".join(lines) or "-"
+
+
+def _print_listing(title: str, kind: str, rows: list[tuple[str, str, Any]]) -> None:
+    """One table of (name, what it is, options model) rows: `polytask archs`, `strategies`."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in (kind, "what it is", "options (default): meaning"):
+        table.add_column(column)
+    for name, summary, options in rows:
+        table.add_row(name, summary, _option_lines(options))
+    out.print(table)
+
+
 @app.command()
 @user_errors
 def archs() -> None:
     """List the sharing architectures and the options each takes in model.options."""
-    from rich.table import Table
-
     from polytask.arch import ARCHS
 
-    table = Table(title="architectures (model.arch) and their model.options")
-    table.add_column("arch")
-    table.add_column("what it is")
-    table.add_column("options (default): meaning")
-    for name in ARCHS.names():
-        cls = ARCHS.get(name)
-        if not cls.listed:  # internal: what slimming saves
-            continue
-        summary = cls.summary()
-        options = [
-            f"{key} ({_default_text(field)}): {field.description or ''}".rstrip(": ")
-            for key, field in cls.Options.model_fields.items()
-        ]
-        table.add_row(name, summary, "\n".join(options) or "-")
-    out.print(table)
+    listed = [(name, ARCHS.get(name)) for name in ARCHS.names()]
+    rows = [(name, cls.summary(), cls.Options) for name, cls in listed if cls.listed]
+    _print_listing("architectures (model.arch) and their model.options", "arch", rows)
 
 
 @app.command()
@@ -588,24 +595,10 @@ def stream_command(
 def strategies() -> None:
     """List the continual-learning strategies (grow.yaml / stream.yaml strategy.name) and
     their options."""
-    from rich.table import Table
-
     from polytask.grow.strategies import STRATEGIES
 
-    table = Table(title="strategies (strategy.name) and their strategy.options")
-    table.add_column("strategy")
-    table.add_column("what it is")
-    table.add_column("options (default): meaning")
-    for name in STRATEGIES.names():
-        cls = STRATEGIES.get(name)
-        options = [
-            f"{field.alias or key} ({_default_text(field)}): {field.description or ''}".rstrip(
-                ": "
-            )
-            for key, field in cls.Options.model_fields.items()
-        ]
-        table.add_row(name, cls.summary, "\n".join(options) or "-")
-    out.print(table)
+    rows = [(n, STRATEGIES.get(n).summary, STRATEGIES.get(n).Options) for n in STRATEGIES.names()]
+    _print_listing("strategies (strategy.name) and their strategy.options", "strategy", rows)
 
 
 @app.command("sweep")
