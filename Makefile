@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-merge fusionbench clean
+.PHONY: demo test lint bench bench-merge fusionbench avalanche-venv bench-grow clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,23 @@ fusionbench: $(FUSIONBENCH)/.installed
 bench-merge: $(STAMP) $(FUSIONBENCH)/.installed
 	nice -n 10 $(BIN)/python benchmarks/merge_images.py --seeds 0 1 2
 	nice -n 10 $(BIN)/python benchmarks/merge_census.py --seeds 0 1 2
+
+# Avalanche 0.6 (continual-learning peer of `polytask grow` / `stream`) cannot share $(VENV):
+# its torchvision needs the torch build it was compiled with (docs/benchmarks.md, peers).
+# Several GB (CUDA runtime wheels); the benchmark calls it as a subprocess and reads JSON.
+AVALANCHE      := .venv-avalanche
+AVALANCHE_STAMP := $(AVALANCHE)/.installed
+$(AVALANCHE_STAMP):
+	$(PYTHON) -m venv $(AVALANCHE)
+	$(AVALANCHE)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1 avalanche-lib==0.6.0 quadprog
+	touch $(AVALANCHE_STAMP)
+
+avalanche-venv: $(AVALANCHE_STAMP)
+
+# Continual learning beside Avalanche (its own venv) and growing Census-Income (docs/benchmarks.md)
+bench-grow: $(STAMP) $(AVALANCHE_STAMP)
+	nice -n 10 $(BIN)/python benchmarks/continual.py
+	nice -n 10 $(BIN)/python benchmarks/census_grow.py
 
 clean:
 	rm -rf $(VENV) $(FUSIONBENCH) runs

@@ -285,6 +285,17 @@ def test_predict_to_stdout_parquet_and_keep(trained_run, tmp_path: Path):
     )
 
 
+def test_strategies_lists_every_strategy_and_its_options():
+    from polytask.grow.strategies import STRATEGIES
+    from tests.cli_helpers import invoke
+
+    result = invoke("strategies")
+    assert result.exit_code == 0, result.output
+    for name in STRATEGIES.names():
+        assert name in result.output
+    assert "lambda" in result.output and "rows_per_task" in result.output
+
+
 # ---------------------------------------------------------------------- never fall over
 def _tree(*roots: Path) -> dict[str, tuple[int, int, int]]:
     """Every path under the roots with its size, mode and modification time."""

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     # 6: training
     ("train", "relations"),
     # 7: what works on trained runs
-    ("slim", "serve", "baselines", "merge", "track", "sweep", "report"),
+    ("slim", "serve", "baselines", "merge", "grow", "track", "sweep", "report"),
     # 8: the API and the command line
     ("api", "cli", "__init__", "__main__"),
 ]

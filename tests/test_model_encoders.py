@@ -136,3 +136,15 @@ def test_trained_model_deep_copies_and_pickles_and_keeps_no_graph_on_its_modules
         other.eval()
         for ours, theirs in zip(model(features).logits, other(features).logits, strict=True):
             assert torch.equal(ours, theirs)
+
+
+def test_numeric_encoder_passes_the_values_and_drops_the_missing_flags():
+    import torch
+
+    from polytask.nn.encoders import NumericEncoder
+
+    encoder = NumericEncoder(numeric_width=6)
+    numeric = torch.arange(12.0).view(2, 6)
+    out = encoder(torch.zeros(2, 1, dtype=torch.long), numeric)
+    assert encoder.out_dim == 3 and torch.equal(out, numeric[:, :3])
+    assert not list(encoder.parameters())

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.2.0"
 
 if TYPE_CHECKING:
-    from polytask.api import finetune, load, merge, train
+    from polytask.api import finetune, grow, load, merge, stream, train
     from polytask.config import RunSpec, load_spec
     from polytask.errors import ConfigError, DataError, PolytaskError
 
 _HOMES = {
     "finetune": "polytask.api",
     "load": "polytask.api",
+    "stream": "polytask.api",
     "RunSpec": "polytask.config",
     "load_spec": "polytask.config",
     "ConfigError": "polytask.errors",
@@ -35,9 +36,11 @@ __all__ = [
     "RunSpec",
     "__version__",
     "finetune",
+    "grow",
     "load",
     "load_spec",
     "merge",
+    "stream",
     "train",
 ]
 
@@ -65,12 +68,13 @@ def _api_function(name: str) -> property:
 
 
 class _Polytask(types.ModuleType):
-    """``polytask.train`` and ``polytask.merge`` are the functions, although subpackages have
-    the same names: importing ``polytask.train.<module>`` makes Python bind the subpackage to
+    """``polytask.train``, ``polytask.merge`` and ``polytask.grow`` are the functions, although
+    subpackages have the same names: importing ``polytask.train.<module>`` makes Python bind the subpackage to
     the attribute, which these properties ignore (the subpackages stay reachable by import)."""
 
     train = _api_function("train")
     merge = _api_function("merge")
+    grow = _api_function("grow")
 
 
 sys.modules[__name__].__class__ = _Polytask

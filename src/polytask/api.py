@@ -94,3 +94,34 @@ def merge(
 
     merge_runs(runs, base, method, options, out, overwrite=overwrite)
     return Predictor.load(out)
+
+
+def grow(
+    run: str | Path,
+    spec: dict[str, Any] | str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Predictor:
+    """Add the tasks of ``spec`` (a grow spec: dict or YAML path) to the finished run ``run``
+    with its strategy, into the new run directory ``out``; return the loaded grown run (its
+    history is ``out/grow.json``)."""
+    from polytask.grow import grow as grow_run
+
+    grow_run(run, spec, out, overwrite=overwrite, progress=progress)
+    return Predictor.load(out)
+
+
+def stream(
+    spec: dict[str, Any] | str | Path,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train the experiences of ``spec`` (a stream spec) one after another into ``out``;
+    return the accuracy matrix and its metrics (also ``out/stream.json``)."""
+    from polytask.grow.stream import stream as run_stream
+
+    return run_stream(spec, out, overwrite=overwrite, progress=progress)

@@ -238,6 +238,8 @@ def evaluate(
     out.print(metrics_table(f"{run} on {data or split} ({len(frame)} rows)", report["metrics"]))
     if beside is not None:
         out.print(beside_table(report["beside"], str(run), str(beside)))
+    if report["skipped"]:
+        out.print(f"not evaluated (no label columns in these rows): {', '.join(report['skipped'])}")
     score = report["score"]
     out.print(f"{score['name']} = {score['value']:.4f} {score['unit']} ({score['meaning']})")
 
@@ -416,7 +418,7 @@ def options_table(title: str, kind: str, entries: list[tuple[str, str, Any]]) ->
     table.add_column("options (default): meaning")
     for name, summary, options_model in entries:
         options = [
-            f"{key} ({_default_text(field)}): {field.description or ''}".rstrip(": ")
+            f"{field.alias or key} ({_default_text(field)}): {field.description or ''}".rstrip(": ")
             for key, field in options_model.model_fields.items()
         ]
         table.add_row(name, summary, "\n".join(options) or "-")
@@ -922,6 +924,82 @@ def merge_methods() -> None:
     ]
     title = "merging methods (--method) and their options (--option key=value)"
     out.print(options_table(title, "method", entries))
+
+
+@app.command("grow")
+@user_errors
+def grow_command(
+    run: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    spec: Annotated[Path, typer.Argument(help="grow.yaml: new tasks, data, strategy, budget.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Grown run directory to create.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing directory.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar or tables.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Add tasks to a finished run with a continual-learning strategy (see `polytask
+    strategies`); the result is an ordinary run directory with its growth history."""
+    from polytask.grow import grow
+    from polytask.train.progress import metrics_table
+
+    report = grow(run, spec, out_dir, overwrite=overwrite, progress=not quiet)
+    if as_json:
+        out.print_json(json.dumps(report, default=str))
+        return
+    for split in ("test", "valid"):
+        if report["metrics"].get(split):
+            out.print(metrics_table(f"{out_dir} ({split} rows)", report["metrics"][split]))
+            break
+    if report["missing_inputs"]:
+        missing = ", ".join(report["missing_inputs"])
+        out.print(f"the new data lacks input columns {missing}: read as missing values")
+    strategy = report["strategy"]["name"]
+    out.print(f"added {', '.join(report['tasks'])} with {strategy}; grown run saved to {out_dir}")
+
+
+@app.command("stream")
+@user_errors
+def stream_command(
+    spec: Annotated[Path, typer.Argument(help="stream.yaml: model, experiences, strategy.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Folder to create.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar or tables.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train experiences one after another; the accuracy matrix, BWT, FWT and forgetting."""
+    from rich.table import Table
+
+    from polytask.grow.stream import stream
+
+    result = stream(spec, out_dir, overwrite=overwrite, progress=not quiet)
+    if as_json:
+        out.print_json(json.dumps(result, default=str))
+        return
+    table = Table(title=f"{result['strategy']['name']}: metric on task (column) after experience")
+    table.add_column("after")
+    for name in result["tasks"]:
+        table.add_column(name, justify="right")
+    for label, row in zip(result["experiences"], result["matrix"], strict=True):
+        table.add_row(label, *("-" if v is None else f"{v:.4f}" for v in row))
+    out.print(table)
+
+    def shown(value: float | None) -> str:
+        return "-" if value is None else f"{value:+.4f}"
+
+    out.print(
+        f"average {result['average']:.4f}, BWT {shown(result['bwt'])}, "
+        f"FWT {shown(result['fwt'])}; written: {out_dir}/stream.json, stream.png"
+    )
+
+
+@app.command()
+@user_errors
+def strategies() -> None:
+    """List the continual-learning strategies (grow.yaml / stream.yaml strategy.name) and
+    their options."""
+    from polytask.grow.strategies import STRATEGIES
+
+    rows = [(n, STRATEGIES.get(n).summary, STRATEGIES.get(n).Options) for n in STRATEGIES.names()]
+    out.print(options_table("strategies (strategy.name) and their strategy.options", "strategy", rows))
 
 
 @app.command("sweep")

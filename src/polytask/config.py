@@ -285,15 +285,19 @@ CNN_MIN_SIDE = 16
 
 
 class EncoderSpec(_Section):
-    """The input encoder: embeddings joined with numerics, or a LeNet-style CNN over images.
+    """The input encoder: embeddings joined with numerics, the numeric values alone, or a
+    LeNet-style CNN over images.
 
+    ``numeric`` passes the standardised numeric columns through as they are (no embeddings,
+    no missing-value flags): for dense inputs such as pixels, where an MLP should read exactly
+    the F values (a missing value then reads as 0, the column mean).
     ``cnn`` reads the first C*H*W numeric feature columns (in table order, or the order of
     ``data.numeric``) as a [C, H, W] image; categorical columns and missing flags are ignored.
     ``custom`` is recorded by the trainer for a run trained with a Python ``encoder_factory``;
     loading or resuming such a run needs the same factory.
     """
 
-    name: Literal["tabular", "cnn", "custom"] = "tabular"
+    name: Literal["tabular", "numeric", "cnn", "custom"] = "tabular"
     image_shape: list[Int] | None = None
     channels: list[Int] = Field(default_factory=lambda: [10, 20], min_length=2, max_length=2)
     out_dim: Int = Field(50, ge=1)
@@ -462,6 +466,11 @@ class TrainSpec(_Section):
         if not DEVICE.match(device):
             raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, not '{device}'")
         return device
+    figures: bool = Field(
+        True,
+        description="write the balance and expert-utilisation figures and report (a run of a "
+        "stream or a benchmark may skip them)",
+    )
 
 
 # An MLflow tracking URI names its store by scheme (sqlite:///, http://, databricks, ...); a bare
@@ -630,17 +639,23 @@ def parse_spec(raw: dict[str, Any], base_dir: Path | None = None) -> RunSpec:
 
 
 def _resolve_paths(spec: RunSpec, base_dir: Path) -> None:
-    for field in ("train", "valid", "test"):
-        path = getattr(spec.data, field)
-        if path is not None and not path.is_absolute():
-            setattr(spec.data, field, (base_dir / path).resolve())
-    raw_path = spec.data.dataset_options.get("path")
-    if raw_path is not None and not Path(raw_path).is_absolute():
-        spec.data.dataset_options["path"] = str((base_dir / raw_path).resolve())
+    resolve_data_paths(spec.data, base_dir)
     for field in ("baseline", "init"):
         path = getattr(spec.train, field)
         if path is not None and not path.is_absolute():
             setattr(spec.train, field, (base_dir / path).resolve())
+
+
+def resolve_data_paths(data: DataSpec, base_dir: Path) -> None:
+    """Relative file paths of a data section (and ``dataset_options.path``) against
+    ``base_dir``, in place."""
+    for field in ("train", "valid", "test"):
+        path = getattr(data, field)
+        if path is not None and not path.is_absolute():
+            setattr(data, field, (base_dir / path).resolve())
+    raw_path = data.dataset_options.get("path")
+    if raw_path is not None and not Path(raw_path).is_absolute():
+        data.dataset_options["path"] = str((base_dir / raw_path).resolve())
 
 
 def load_spec(source: str | Path | dict[str, Any] | RunSpec) -> RunSpec:

@@ -19,8 +19,9 @@ from polytask.arch import ARCHS
 from polytask.config import ModelSpec
 from polytask.errors import PolytaskError
 from polytask.features import Features
+from polytask.nn.blocks import TowerBlocks, build_towers
 from polytask.nn.cnn import CNNEncoder
-from polytask.nn.encoders import TabularEncoder
+from polytask.nn.encoders import NumericEncoder, TabularEncoder
 from polytask.nn.executor import PlanNetwork
 from polytask.nn.heads import ChainHead, TransferHead
 from polytask.nn.towers import Towers
@@ -73,7 +74,7 @@ class MultiTaskModel(nn.Module):
         self,
         encoders: nn.ModuleList,
         arch: PlanNetwork,
-        towers: Towers,
+        towers: Towers | TowerBlocks,
         task_names: list[str],
         heads: nn.Module | None = None,
     ) -> None:
@@ -193,7 +194,8 @@ def model_from_plan(
     if not isinstance(in_dim, int):
         raise PolytaskError("the encoder_factory's module must have an int attribute out_dim")
     network = PlanNetwork(plan, in_dim)
-    towers = Towers(network.out_dim, spec.tower_hidden, out_dims, dropout=spec.dropout)
+    hidden, blocks = spec.tower_hidden, plan.tower_blocks
+    towers = build_towers(network.out_dim, hidden, out_dims, spec.dropout, blocks, plan.task_gates)
     heads = build_heads(plan, spec.tower_hidden, network.out_dim, out_dims)
     return MultiTaskModel(encoders, network, towers, task_names, heads)
 
@@ -223,6 +225,8 @@ def encoder_from_spec(
             "pass the encoder_factory it was trained with (to polytask.load, or to "
             "polytask.train with resume=True)"
         )
+    if encoder.name == "numeric":
+        return lambda: NumericEncoder(numeric_width)
     if encoder.name == "cnn":
         image_shape = list(encoder.image_shape or [])
         return lambda: CNNEncoder(image_shape, encoder.channels, encoder.out_dim, numeric_width)

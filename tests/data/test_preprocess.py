@@ -473,3 +473,24 @@ def test_a_categorical_dtype_column_maps_as_its_text_does():
     assert whole.state["vocabularies"]["k"] == ["1", "2"]
     codes = whole.transform(floats.assign(k=floats["k"].astype("float64"))).categorical
     torch.testing.assert_close(whole.transform(floats).categorical, codes)
+
+
+def test_with_tasks_fits_new_labels_and_keeps_the_inputs():
+    frame = make_table(n=120, seed=2)
+    base_tasks = [TaskSpec(name="click", kind="binary", target="clicked")]
+    data = DataSpec(train="unused.csv", drop=["segment", "spend", "tag_a", "tag_b"])
+    base = Preprocessor.fit(frame, data, base_tasks)
+    new = TaskSpec(name="segment", kind="multiclass", target="segment")
+    other = make_table(n=80, seed=3).drop(columns=["city"])
+    grown = base.with_tasks(other, [new])
+    assert grown.state["vocabularies"] == base.state["vocabularies"]
+    assert grown.state["numeric_stats"] == base.state["numeric_stats"]
+    assert grown.state["tasks"]["segment"] == {"classes": ["high", "low", "mid"]}
+    assert "segment" not in base.state["tasks"]
+    assert grown.missing_inputs(other) == ["city"]
+    features = grown.transform(other)
+    assert (features.categorical[:, base.categorical.index("city")] == 0).all()
+    with pytest.raises(DataError, match="already has a label encoding"):
+        grown.with_tasks(other, [new])
+    with pytest.raises(DataError, match="input columns"):
+        base.with_tasks(frame, [TaskSpec(name="x", kind="regression", target="x1")])

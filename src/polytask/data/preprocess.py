@@ -198,6 +198,15 @@ def _value_counts(series: pd.Series) -> pd.Series:
     return pd.Series(frame["count"].to_numpy(), index=frame["value"].to_numpy())
 
 
+def _require_targets(frame: pd.DataFrame, task: TaskSpec) -> None:
+    for column in task.columns:
+        if column not in frame.columns:
+            raise DataError(
+                f"task '{task.name}': target column '{column}' is not in the table"
+                f"{did_you_mean(column, frame.columns)}"
+            )
+
+
 def _check_columns(frame: pd.DataFrame, columns: list[str], where: str) -> None:
     for column in columns:
         if column not in frame.columns:
@@ -224,12 +233,7 @@ class Preprocessor:
         cnn encoder), which ``data.scaling: auto`` scales as one block."""
         targets = [column for task in tasks for column in task.columns]
         for task in tasks:
-            for column in task.columns:
-                if column not in frame.columns:
-                    raise DataError(
-                        f"task '{task.name}': target column '{column}' is not in the table"
-                        f"{did_you_mean(column, frame.columns)}"
-                    )
+            _require_targets(frame, task)
         _check_columns(frame, data.drop, "data.drop")
         categorical, numeric = cls._feature_columns(frame, data, tasks, set(targets))
         numeric_stats = cls._fit_scalers(frame, numeric, data, image)
@@ -247,6 +251,42 @@ class Preprocessor:
             "ignored_columns": [str(c) for c in frame.columns if c not in inputs],
         }
         return cls(state)
+
+    def with_tasks(self, frame: pd.DataFrame, tasks: list[TaskSpec]) -> Preprocessor:
+        """This preprocessor with the label encodings of ``tasks`` fitted on ``frame``; its
+        input encodings (columns, vocabularies, scalers) stay exactly as they are, so a model
+        trained on them reads the new rows as it read the old ones (growing a run). The new
+        table's columns that are not inputs join the columns the run knows and ignores."""
+        inputs = set(self.input_columns)
+        self.check_labels(frame, tasks)
+        for task in tasks:
+            if task.name in self.state["tasks"]:
+                raise DataError(f"task '{task.name}' already has a label encoding")
+            for column in task.columns:
+                if column in inputs:
+                    raise DataError(
+                        f"task '{task.name}': target column '{column}' is one of the model's "
+                        "input columns; the model would read its own label"
+                    )
+        fitted = {task.name: self._fit_task(frame, task) for task in tasks}
+        state = {**self.state, "tasks": {**self.state["tasks"], **fitted}}
+        if "ignored_columns" in state:  # the new table's other columns are known, not unknown
+            new = [str(c) for c in frame.columns if c not in inputs]
+            state["ignored_columns"] = list(dict.fromkeys([*state["ignored_columns"], *new]))
+        return Preprocessor(state)
+
+    @classmethod
+    def check_labels(cls, frame: pd.DataFrame, tasks: list[TaskSpec]) -> None:
+        """Raise the error fitting ``tasks``' label encodings on ``frame`` would raise (a
+        missing column, no labels, labels that do not fit the kind), without keeping them:
+        to check every experience of a stream before training the first."""
+        for task in tasks:
+            _require_targets(frame, task)
+            cls._fit_task(frame, task)
+
+    def missing_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """The input columns ``frame`` lacks (read as missing values, as at predict time)."""
+        return [column for column in self.input_columns if column not in frame.columns]
 
     @staticmethod
     def _fit_scalers(
@@ -404,18 +444,60 @@ class Preprocessor:
                 codes[:, j] = positions.astype(np.int64) + 1
         width = len(self.numeric)
         numeric = np.zeros((n, 2 * width), dtype=np.float32)
+        # columns of a numeric dtype in one block (a table of pixels has hundreds); the
+        # others column by column, where a bad cell is reported by row
+        dtypes = frame.dtypes
+        block = [
+            j
+            for j, column in enumerate(self.numeric)
+            if column in dtypes.index
+            and ptypes.is_numeric_dtype(dtypes[column])
+            and not ptypes.is_bool_dtype(dtypes[column])
+        ]
+        if block:
+            columns = [self.numeric[j] for j in block]
+            values = frame[columns].to_numpy(dtype=np.float64, copy=True)
+            self._scale(numeric, block, values, columns, frame)
+        in_block = set(block)
         for j, column in enumerate(self.numeric):
-            mean, std = self.state["numeric_stats"][column]
+            if j in in_block:
+                continue
             if column in frame.columns:
-                what = f"column '{column}'"
-                values = to_numeric(frame[column], what)
-                scaled = standardise(values, mean, std, what, frame[column])
+                values = to_numeric(frame[column], f"column '{column}'")
             else:
-                values = scaled = np.full(n, np.nan)
-            missing = np.isnan(values)
-            numeric[:, j] = np.where(missing, 0.0, scaled)
-            numeric[:, width + j] = missing
+                values = np.full(n, np.nan)
+            self._scale(numeric, [j], values[:, None], [column], frame)
         return codes, numeric
+
+    def _scale(
+        self,
+        out: np.ndarray,
+        index: list[int],
+        values: np.ndarray,
+        columns: list[str],
+        frame: pd.DataFrame,
+    ) -> None:
+        """Standardised values and missing flags of ``columns`` ([N, k] raw values, modified)
+        into their places in ``out`` (a slice where the columns are consecutive); an infinite
+        or out-of-range value is refused with its column and row, as :func:`standardise` does."""
+        stats = np.array([self.state["numeric_stats"][c] for c in columns], dtype=np.float64)
+        missing = np.isnan(values)
+        raw = values.copy()
+        values -= stats[:, 0]
+        values /= stats[:, 1]
+        bad = out_of_range(raw, values)
+        if bad.any():
+            row, k = (int(i) for i in np.argwhere(bad)[0])
+            where = f"column '{columns[k]}', {row_label(frame, row)}"
+            raise DataError(out_of_range_message(where, raw[row, k], *stats[k]))
+        values[missing] = 0.0
+        width = len(self.numeric)
+        if index == list(range(index[0], index[0] + len(index))):
+            out[:, index[0] : index[0] + len(index)] = values
+            out[:, width + index[0] : width + index[0] + len(index)] = missing
+        else:
+            out[:, index] = values
+            out[:, [width + j for j in index]] = missing
 
     def encode_labels(self, frame: pd.DataFrame, tasks: list[Task]) -> dict[str, torch.Tensor]:
         """Label columns -> float tensors with NaN where unlabelled; rejects labels that do not
@@ -425,12 +507,7 @@ class Preprocessor:
         return {task.name: torch.from_numpy(self._encode_task(frame, task)) for task in tasks}
 
     def _encode_task(self, frame: pd.DataFrame, task: Task) -> np.ndarray:
-        for column in task.spec.columns:
-            if column not in frame.columns:
-                raise DataError(
-                    f"task '{task.name}': target column '{column}' is not in the table"
-                    f"{did_you_mean(column, frame.columns)}"
-                )
+        _require_targets(frame, task.spec)
         if task.kind is TaskKind.multiclass:
             return self._encode_classes(frame[task.spec.target], task)
         if task.kind is TaskKind.regression:

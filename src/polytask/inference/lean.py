@@ -37,6 +37,7 @@ from polytask.artifacts.weights import save_weights
 from polytask.features import Features
 from polytask.inference.arrays import ArrayHead, LeanArrays
 from polytask.model import ModelOutput, MultiTaskModel
+from polytask.nn.blocks import ExpertBlocks, TowerBlocks
 from polytask.nn.encoders import TabularEncoder
 from polytask.nn.experts import ExpertBank
 from polytask.nn.gates import LeanMixture, softmax_last
@@ -259,9 +260,48 @@ def _bank_layers(bank: ExpertBank, index: int) -> list[tuple[torch.Tensor, torch
     return [(w[index], b[index, 0]) for w, b in zip(bank.weights, bank.biases, strict=True)]
 
 
-def _tower_layers(towers: Towers, task: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _tower_layers(towers: nn.Module, task: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Task ``task``'s tower as layers, from plain towers or towers in blocks (a grown model)."""
+    if isinstance(towers, TowerBlocks):
+        for block, size in zip(towers.blocks, towers.sizes, strict=True):
+            if task < size:
+                return _tower_layers(block, task)
+            task -= size
+        raise IndexError(task)
+    assert isinstance(towers, Towers)
     layers = _bank_layers(towers.hidden, task) if towers.hidden is not None else []
     return [*layers, *_bank_layers(towers.output, task)]
+
+
+@dataclass
+class _Experts:
+    """A level's experts as one bank's tensors: a plain bank's, or the blocks of a grown
+    level side by side (the folded form computes every expert in one product anyway)."""
+
+    weights: list[torch.Tensor]  # per layer [E, in, out]
+    biases: list[torch.Tensor]  # per layer [E, 1, out]
+    in_dim: int
+    hidden: list[int]
+
+    @property
+    def num_experts(self) -> int:
+        return self.weights[0].shape[0]
+
+    @classmethod
+    def of(cls, experts: nn.Module) -> _Experts | None:
+        if isinstance(experts, ExpertBank):
+            banks = [experts]
+        elif isinstance(experts, ExpertBlocks):
+            banks = [bank for bank in experts.banks if isinstance(bank, ExpertBank)]
+        else:
+            return None
+        layers = range(len(banks[0].weights))
+        return cls(
+            [torch.cat([bank.weights[i].detach() for bank in banks]) for i in layers],
+            [torch.cat([bank.biases[i].detach() for bank in banks]) for i in layers],
+            banks[0].in_dim,
+            list(banks[0].hidden),
+        )
 
 
 def _fold_fixed_mixture(
@@ -277,19 +317,22 @@ def _fold_fixed_mixture(
     return folded, bias
 
 
-def _mixtures(model: MultiTaskModel) -> tuple[ExpertBank, list[LeanMixture]] | None:
-    """The one level's expert bank and each task's eval-time mixture, where the model has
-    the shape the folded form covers: one shared encoder, one level of plain MLP experts
-    reading it, gates with a folded form (fixed weights or a softmax of the input), plain
-    separable towers."""
+def _mixtures(model: MultiTaskModel) -> tuple[_Experts, list[LeanMixture]] | None:
+    """The one level's experts and each task's eval-time mixture, where the model has the
+    shape the folded form covers: one shared encoder, one level of plain MLP experts reading
+    it (in blocks, for a grown model), gates with a folded form (fixed weights or a softmax
+    of the input), plain separable towers (in blocks, for a grown model)."""
     plan = model.plan
-    if len(model.encoders) != 1 or plan.encoders != "shared" or not model.separable_towers():
+    towers = model.separable_towers() or (
+        type(model.towers) is TowerBlocks and model.heads is None
+    )
+    if len(model.encoders) != 1 or plan.encoders != "shared" or not towers:
         return None
     if len(plan.levels) != 1 or plan.levels[0].self_gates is not None:
         return None
     level = model.arch.level_modules[0]
-    bank = level.experts
-    if not isinstance(bank, ExpertBank) or plan.levels[0].experts.reads is not None:
+    bank = _Experts.of(level.experts)
+    if bank is None or plan.levels[0].experts.reads is not None:
         return None
     mixtures = [level.gates.lean(gate) for gate in plan.task_gates]
     if any(mixture is None for mixture in mixtures):
@@ -309,8 +352,8 @@ def lean_form(model: MultiTaskModel) -> LeanModel | None:
     bank, mixtures = found
     num_experts, first_width = bank.num_experts, bank.hidden[0]
     # First layer: every expert's first layer (expert-major), then each gated task's logits.
-    weights = [bank.weights[0].detach().permute(1, 0, 2).reshape(bank.in_dim, -1)]
-    biases = [bank.biases[0].detach().reshape(-1)]
+    weights = [bank.weights[0].permute(1, 0, 2).reshape(bank.in_dim, -1)]
+    biases = [bank.biases[0].reshape(-1)]
     width = num_experts * first_width
     gate_columns: list[slice | None] = []
     placed: dict[int, slice] = {}  # tasks reading one gate (OMoE) share its columns
@@ -335,9 +378,7 @@ def lean_form(model: MultiTaskModel) -> LeanModel | None:
     biases.append(biases[0].new_zeros(padding))
     weight, bias = torch.cat(weights, 1), torch.cat(biases)
     first = _first_layer(model.encoders[0], weight, bias)
-    deeper = [
-        (w.detach(), b.detach()) for w, b in zip(bank.weights[1:], bank.biases[1:], strict=True)
-    ]
+    deeper = list(zip(bank.weights[1:], bank.biases[1:], strict=True))
     heads = []
     for task, (mixture, columns) in enumerate(zip(mixtures, gate_columns, strict=True)):
         layers = _tower_layers(model.towers, task)

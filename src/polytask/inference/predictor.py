@@ -8,15 +8,16 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from safetensors import SafetensorError
 from torch import nn
 
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.weights import load_weights
-from polytask.config import RunSpec
+from polytask.config import RunSpec, TaskKind
 from polytask.data.preprocess import Preprocessor
 from polytask.data.weights import encode_weights, weight_columns
-from polytask.errors import PolytaskError, did_you_mean
+from polytask.errors import DataError, PolytaskError, did_you_mean
 from polytask.inference.evaluation import evaluate, overall_score
 from polytask.inference.lean import lean_form
 from polytask.inference.predict import predict_logits
@@ -156,17 +157,32 @@ class Predictor(RunRows):
         *,
         allow_unknown_columns: bool = False,
     ) -> dict[str, Any]:
-        """Per-task metrics on labelled raw rows, plus the overall score."""
+        """Per-task metrics on labelled raw rows, plus the overall score. Tasks whose label
+        columns the rows do not hold at all (a grown run's old tasks, on the new data) are
+        left out and named under ``skipped``; rows labelling none of the tasks are an error."""
         if not allow_unknown_columns:
             self.check_columns(frame)
+        present = [t for t in self.tasks if any(c in frame.columns for c in t.spec.columns)]
+        if not present:
+            wanted = sorted({c for t in self.tasks for c in t.spec.columns})
+            raise DataError(f"the rows hold none of the tasks' label columns ({', '.join(wanted)})")
         features = self.preprocessor.transform(frame)
-        labels = self.preprocessor.encode_labels(frame, self.tasks)
-        weights = encode_weights(frame, weight_columns(self.spec), labels)
+        labels = self.preprocessor.encode_labels(frame, present)
+        for task in self.tasks:
+            if task not in present:
+                width = len(task.spec.columns) if task.kind is TaskKind.multilabel else None
+                shape = (len(frame),) if width is None else (len(frame), width)
+                labels[task.name] = torch.full(shape, float("nan"))
+        named = {task.name for task in present}
+        weighted = {t: c for t, c in weight_columns(self.spec).items() if t in named}
+        weights = encode_weights(frame, weighted, labels)
         results = evaluate(
             self.model, features, labels, self.tasks, self.spec.train.eval_batch_size, weights
         )
-        score = overall_score(results, labels, self.tasks, baseline, baseline_path, weights)
-        return {"metrics": results, "score": score}
+        results = {task.name: results[task.name] for task in present}
+        score = overall_score(results, labels, present, baseline, baseline_path, weights)
+        skipped = [task.name for task in self.tasks if task not in present]
+        return {"metrics": results, "score": score, "skipped": skipped}
 
     def __repr__(self) -> str:
         arch = self.spec.model.arch

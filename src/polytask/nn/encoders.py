@@ -50,3 +50,21 @@ class TabularEncoder(nn.Module):
             f"categorical={self.num_categorical}, embedding_dim={self.embedding_dim}, "
             f"numeric={self.numeric_width}, out_dim={self.out_dim}"
         )
+
+
+class NumericEncoder(nn.Module):
+    """The F standardised numeric values as they are; categorical columns and the missing
+    flags (the second half of ``numeric``) are not read. No parameters.
+
+    Shapes: categorical [B, C] (unused), numeric [B, 2F] -> [B, F].
+    """
+
+    def __init__(self, numeric_width: int) -> None:
+        super().__init__()
+        self.out_dim = numeric_width // 2
+
+    def forward(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+        return numeric[:, : self.out_dim]
+
+    def extra_repr(self) -> str:
+        return f"out_dim={self.out_dim}"

@@ -21,6 +21,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from polytask.nn.blocks import ExpertBlocks, GateBlocks, load_first_blocks
 from polytask.nn.dselect import DSelectKGates
 from polytask.nn.experts import ExpertBank
 from polytask.nn.gates import (
@@ -37,12 +38,16 @@ from polytask.nn.topk import TopKGates
 from polytask.plan.cut import LevelCut
 from polytask.plan.schema import ExpertsSpec, GatesSpec, Level, Plan
 
-ExpertModule = ExpertBank | NormedExpertBank | TaskBottomBank
+ExpertModule = ExpertBank | NormedExpertBank | TaskBottomBank | ExpertBlocks
 """Every expert bank: [B, in] or [E, B, in] -> [E, B, out], with ``select``."""
 
 
 def build_experts(spec: ExpertsSpec, in_dim: int) -> ExpertModule:
     """The expert bank a level's ``experts`` describes: [B, in] or [E, B, in] -> [E, B, out]."""
+    if spec.blocks is not None:
+        return ExpertBlocks(
+            [ExpertBank(size, in_dim, spec.hidden, dropout=spec.dropout) for size in spec.blocks]
+        )
     if spec.kind == "mlp":
         return ExpertBank(spec.count, in_dim, spec.hidden, dropout=spec.dropout)
     if spec.kind == "normed":
@@ -62,7 +67,23 @@ def build_experts(spec: ExpertsSpec, in_dim: int) -> ExpertModule:
 
 
 def build_gates(spec: GatesSpec, num_experts: int, in_dim: int) -> GateBank:
-    """The gate bank a level's ``gates`` describes."""
+    """The gate bank a level's ``gates`` describes (in blocks: one bank per block, over the
+    block's prefix of the experts)."""
+    if spec.blocks is not None:
+        banks, start = [], 0
+        for block in spec.blocks:
+            end = start + block.count
+            part = spec.model_copy(
+                update={
+                    "allowed": [[e - block.start for e in m] for m in spec.allowed[start:end]],
+                    "reads": spec.reads[start:end] if spec.reads is not None else None,
+                    "blocks": None,
+                }
+            )
+            banks.append(build_gates(part, block.experts - block.start, in_dim))
+            start = end
+        pools = [(block.start, block.experts) for block in spec.blocks]
+        return GateBlocks(banks, pools)
     allowed = spec.allowed
     if spec.kind == "identity":
         return IdentityGates(allowed, num_experts)
@@ -164,6 +185,12 @@ class LevelModule(nn.Module):
             kept = source.self_gates.select(cut.gates, cut.experts)
             self.self_gates.load_state_dict(kept.state_dict())
 
+    def copy_grown(self, source: LevelModule) -> None:
+        """Fill this (freshly built, grown-plan) level's first blocks with ``source``'s
+        experts and gates; the blocks growth added keep their fresh initialisation."""
+        load_first_blocks(self.experts, source.experts)
+        load_first_blocks(self.gates, source.gates)
+
 
 @dataclass
 class ArchOutput:
@@ -257,6 +284,15 @@ class PlanNetwork(nn.Module):
         levels = zip(network.level_modules, self.level_modules, cuts, strict=True)
         for target, source, cut in levels:
             target.copy_selected(source, cut)
+        return network
+
+    def grow(self, plan: Plan) -> PlanNetwork:
+        """The network of ``plan`` (this network's plan with tasks added, see
+        :func:`polytask.plan.grow.add_tasks`) holding this network's weights as its first
+        blocks; what was added is freshly initialised."""
+        network = PlanNetwork(plan, self.in_dim)
+        for target, source in zip(network.level_modules, self.level_modules, strict=True):
+            target.copy_grown(source)
         return network
 
     def extra_repr(self) -> str:

@@ -55,6 +55,13 @@ def allowed_mask(allowed: Sequence[Sequence[int]], num_experts: int) -> torch.Te
     return mask
 
 
+def blocked_mask(allowed: Sequence[Sequence[int]], num_experts: int) -> torch.Tensor | None:
+    """[G, 1, E] bool, True where a gate may not weight an expert; None when every gate may
+    weight every expert (nothing to mask)."""
+    mask = allowed_mask(allowed, num_experts)
+    return None if bool(mask.all()) else ~mask.unsqueeze(1)
+
+
 def renumber_allowed(
     allowed: Sequence[Sequence[int]], gates: Sequence[int], experts: Sequence[int]
 ) -> list[list[int]]:
@@ -181,9 +188,7 @@ class SoftmaxGates(GateBank):
         self.in_dim, self.per_gate_input = in_dim, per_gate_input
         self.weight = nn.Parameter(torch.empty(self.num_gates, in_dim, num_experts))
         self.bias = nn.Parameter(torch.empty(self.num_gates, 1, num_experts))
-        mask = allowed_mask(self.allowed, num_experts)
-        blocked = None if bool(mask.all()) else ~mask.unsqueeze(1)  # [G, 1, E]
-        self.register_buffer("blocked", blocked, persistent=False)
+        self.register_buffer("blocked", blocked_mask(self.allowed, num_experts), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -291,8 +296,13 @@ class StitchGates(GateBank):
     alpha learned and unconstrained. A diagonal alpha gives independent columns, a uniform
     one a shared network; training moves between them.
 
+    Entries outside a gate's allowed experts are held at zero (a grown model's new gates may
+    read some of the old columns only).
+
     Shapes: alpha [G, E]; experts [E, B, D] -> [G, B, D].
     """
+
+    keep: torch.Tensor | None
 
     def __init__(
         self, allowed: Sequence[Sequence[int]], num_experts: int, init_self: float = 0.9
@@ -300,12 +310,21 @@ class StitchGates(GateBank):
         super().__init__(allowed, num_experts)
         self.init_self = init_self
         self.alpha = nn.Parameter(stitch_init(self.num_gates, num_experts, init_self))
+        mask = allowed_mask(self.allowed, num_experts)
+        self.register_buffer("keep", None if bool(mask.all()) else mask.float(), persistent=False)
+        if self.keep is not None:  # each gate starts mostly on its last allowed (its own)
+            with torch.no_grad():
+                for gate, members in enumerate(self.allowed):
+                    row = stitch_init(1, len(members), init_self).flip(-1)[0]
+                    self.alpha[gate].zero_()
+                    self.alpha[gate, members] = row
 
     def mix(
         self, gate_input: torch.Tensor, expert_input: torch.Tensor, experts: nn.Module
     ) -> Mixed:
         expert_out = experts(expert_input)
-        return Mixed(torch.einsum("ge,ebd->gbd", self.alpha, expert_out), expert_out, None)
+        alpha = self.alpha if self.keep is None else self.alpha * self.keep
+        return Mixed(torch.einsum("ge,ebd->gbd", alpha, expert_out), expert_out, None)
 
     def select(self, gates: Sequence[int], experts: Sequence[int]) -> StitchGates:
         kept = StitchGates(

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from polytask.nn.blocks import ExpertBlocks
 from polytask.nn.dispatch import (
     gather_rows,
     merge_duplicates,
@@ -39,7 +40,14 @@ from polytask.nn.dispatch import (
     weighted_scatter_add,
 )
 from polytask.nn.experts import ExpertBank
-from polytask.nn.gates import GateBank, LeanMixture, Mixed, mix_experts, renumber_allowed
+from polytask.nn.gates import (
+    GateBank,
+    LeanMixture,
+    Mixed,
+    blocked_mask,
+    mix_experts,
+    renumber_allowed,
+)
 
 TASK_LOGIT_INIT_STD = 0.1
 """Spread of the initial task logit table: small against the routing noise, so early routes
@@ -106,7 +114,10 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def dispatch(
-    x: torch.Tensor, selected: torch.Tensor, weights: torch.Tensor, experts: ExpertBank
+    x: torch.Tensor,
+    selected: torch.Tensor,
+    weights: torch.Tensor,
+    experts: ExpertBank | ExpertBlocks,
 ) -> torch.Tensor:
     """Sort, merge, segment, gather, grouped expert MLP, weighted scatter-add.
 
@@ -131,10 +142,14 @@ def dispatch(
 
 class TopKGates(GateBank):
     """G gates each routing every row to its top-k of the level's E experts (see the module
-    docstring). The experts must be an :class:`ExpertBank` reading the shared input.
+    docstring). The experts must read the shared input (an :class:`ExpertBank`, or banks in
+    blocks). A gate that does not allow every expert has the others' logits at -inf: it
+    never routes to them.
 
     Shapes: x [B, in] -> mixtures [G, B, out]; weights reported [G, B, E].
     """
+
+    blocked: torch.Tensor | None
 
     def __init__(
         self,
@@ -151,6 +166,7 @@ class TopKGates(GateBank):
         super().__init__(allowed, num_experts)
         self.in_dim, self.top_k, self.routing, self.noise = in_dim, top_k, routing, noise
         self.balance_weight, self.mi_weight = balance_weight, mi_weight
+        self.register_buffer("blocked", blocked_mask(self.allowed, num_experts), persistent=False)
         self.task_logits: nn.Parameter | None = None
         self.router: nn.Linear | None = None
         if routing == "task":
@@ -159,26 +175,31 @@ class TopKGates(GateBank):
         else:
             self.router = nn.Linear(in_dim, self.num_gates * num_experts)
 
-    def router_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Noise-free logits: [G, 1, E] in task routing (same for every row), else [G, B, E]."""
+    def router_logits(self, x: torch.Tensor | None) -> torch.Tensor:
+        """Noise-free logits: [G, 1, E] in task routing (same for every row; ``x`` may be
+        None), else [G, B, E]; -inf where a gate may not route."""
         if self.task_logits is not None:
-            return self.task_logits.unsqueeze(1)
-        assert self.router is not None
-        logits = self.router(x).view(x.shape[0], self.num_gates, self.num_experts)
-        return logits.transpose(0, 1)
+            logits = self.task_logits.unsqueeze(1)
+        else:
+            assert self.router is not None and x is not None
+            logits = self.router(x).view(x.shape[0], self.num_gates, self.num_experts)
+            logits = logits.transpose(0, 1)
+        if self.blocked is not None:
+            logits = logits.masked_fill(self.blocked, float("-inf"))
+        return logits
 
     def routes(self) -> list[list[int]]:
         """Each gate's k experts in eval under task routing, ascending."""
         if self.task_logits is None:
             raise ValueError("routes() needs routing 'task'; with 'row' routes vary by row")
         with torch.no_grad():
-            selected, _ = top_k_route(self.task_logits.unsqueeze(1), self.top_k)
+            selected, _ = top_k_route(self.router_logits(None), self.top_k)
         return [sorted(selected[gate, 0].tolist()) for gate in range(self.num_gates)]
 
     def mix(
         self, gate_input: torch.Tensor, expert_input: torch.Tensor, experts: nn.Module
     ) -> Mixed:
-        assert isinstance(experts, ExpertBank)
+        assert isinstance(experts, ExpertBank | ExpertBlocks), "top-k routing runs mlp experts"
         batch = gate_input.shape[0]
         logits = self.router_logits(gate_input)
         if self.training and self.noise > 0:
@@ -240,7 +261,7 @@ class TopKGates(GateBank):
     def lean(self, gate: int) -> LeanMixture | None:
         if self.task_logits is None:
             return None
-        logits = self.task_logits.detach()[gate : gate + 1].unsqueeze(1)
+        logits = self.router_logits(None).detach()[gate : gate + 1]
         selected, weights = top_k_route(logits, self.top_k)
         return LeanMixture(gate, selected[0, 0].tolist(), weights[0, 0])
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from polytask.errors import PolytaskError
-from polytask.plan.schema import HeadsSpec, Level, PlainHeads, Plan
+from polytask.plan.schema import GateBlock, HeadsSpec, Level, PlainHeads, Plan
 
 Choose = Callable[[int, int, list[int]], list[int]]
 """(level index, gate index, the gate's allowed experts) -> the experts to keep for it."""
@@ -73,12 +73,16 @@ def cut_plan(plan: Plan, cuts: list[LevelCut], keep: list[int]) -> Plan:
         if experts.reads is not None:
             assert below is not None
             expert_update["reads"] = [below[experts.reads[e]] for e in cut.experts]
+        if experts.blocks is not None:
+            expert_update["blocks"] = cut_sizes(experts.blocks, cut.experts)
         gate_update: dict[str, object] = {
             "allowed": [[position[e] for e in gates.allowed[g] if e in position] for g in cut.gates]
         }
         if gates.reads is not None:
             assert below is not None and number > 0
             gate_update["reads"] = [below[gates.reads[g]] for g in cut.gates]
+        if gates.blocks is not None:
+            gate_update["blocks"] = cut_gate_blocks(gates.blocks, cut.gates, cut.experts)
         if gates.kind == "dselect":
             source = gates.columns or list(range(experts.count))
             gate_update["columns"] = [source[e] for e in cut.experts]
@@ -103,8 +107,38 @@ def cut_plan(plan: Plan, cuts: list[LevelCut], keep: list[int]) -> Plan:
             "levels": [level.model_dump() for level in levels],
             "task_gates": [below[plan.task_gates[t]] for t in keep],
             "heads": _cut_heads(plan, keep).model_dump(),
+            "tower_blocks": cut_sizes(plan.tower_blocks, keep) if plan.tower_blocks else None,
         }
     )
+
+
+def cut_sizes(sizes: list[int], kept: list[int]) -> list[int] | None:
+    """Block sizes after keeping the members ``kept`` (ascending): empty blocks go, and a
+    single block is no block (None)."""
+    counts, start = [], 0
+    for size in sizes:
+        counts.append(sum(start <= member < start + size for member in kept))
+        start += size
+    remaining = [count for count in counts if count]
+    return remaining if len(remaining) > 1 else None
+
+
+def cut_gate_blocks(
+    blocks: list[GateBlock], gates: list[int], experts: list[int]
+) -> list[GateBlock] | None:
+    """Gate blocks after keeping ``gates`` over the kept ``experts``; None when one block
+    over every kept expert is left."""
+    kept, first = [], 0
+    for block in blocks:
+        count = sum(first <= gate < first + block.count for gate in gates)
+        if count:
+            start = sum(expert < block.start for expert in experts)
+            end = sum(expert < block.experts for expert in experts)
+            kept.append(GateBlock(count=count, experts=end, start=start))
+        first += block.count
+    if len(kept) == 1 and kept[0].start == 0 and kept[0].experts == len(experts):
+        return None
+    return kept
 
 
 def check_chain(plan: Plan, keep: list[int], names: list[str]) -> None:

@@ -49,6 +49,11 @@ class _ExpertsBase(_Strict):
         description="per expert, who it serves ('shared', 'task:<t>', 'group:<g>'); "
         "for reports, growing and merging; does not change the computation",
     )
+    blocks: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None,
+        description="sizes of the consecutive groups of experts computed as separate banks "
+        "(a grown level: the old bank, then each growth's experts); None: one bank",
+    )
 
     @property
     def out_dim(self) -> int:
@@ -86,12 +91,27 @@ ExpertsSpec = Annotated[MLPExperts | NormedExperts | TaskBottomExperts, Field(di
 
 
 # ---------------------------------------------------------------------- gates
+class GateBlock(_Strict):
+    """Consecutive gates computed as one bank over the level's experts ``start`` up to (not
+    including) ``experts``."""
+
+    count: int = Field(ge=1, description="gates in the block")
+    experts: int = Field(ge=1, description="the block's gates weight among experts below this")
+    start: int = Field(0, ge=0, description="and from this one on")
+
+
 class _GatesBase(_Strict):
     allowed: list[Indices] = Field(
         min_length=1, description="per gate, the experts of this level it may weight"
     )
     reads: Indices | None = Field(
         None, description="per gate, which input its logits read; None: the shared input"
+    )
+    blocks: list[GateBlock] | None = Field(
+        None,
+        description="consecutive groups of gates computed as separate banks, each over a "
+        "prefix of the experts (a grown level: the old gates over the old experts, then each "
+        "growth's gates); None: one bank over every expert",
     )
 
     @property
@@ -144,8 +164,9 @@ class DSelectGates(_GatesBase):
 
 class TopKGates(_GatesBase):
     """Sparse top-k routing (task-level MoE): routed by a learned [G, E] table (``task``) or
-    by a linear router per row (``row``); only the chosen experts run on a row. Training adds
-    the Switch load-balancing term and minus the task-expert mutual information."""
+    by a linear router per row (``row``); only the chosen experts run on a row, among the
+    gate's allowed ones. Training adds the Switch load-balancing term and minus the
+    task-expert mutual information."""
 
     kind: Literal["topk"] = "topk"
     top_k: int = Field(2, ge=1)
@@ -215,6 +236,11 @@ class Plan(_Strict):
         "output, the first level's expert outputs, or the last level's output",
     )
     source: str | None = Field(None, description="the architecture this plan was made from")
+    tower_blocks: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None,
+        description="numbers of consecutive tasks whose towers are computed as separate banks "
+        "(a grown model: the old tasks', then each growth's); None: one bank",
+    )
 
     @property
     def num_tasks(self) -> int:
@@ -232,6 +258,8 @@ class Plan(_Strict):
         chain = getattr(self.heads, "chain", None)
         if chain is not None and (max(chain) >= self.num_tasks or len(set(chain)) != len(chain)):
             raise ValueError(f"heads.chain: distinct task indices in 0..{self.num_tasks - 1}")
+        if self.tower_blocks is not None and sum(self.tower_blocks) != self.num_tasks:
+            raise ValueError(f"tower_blocks must add up to the {self.num_tasks} task(s)")
         if self.encoders == "per_task":
             reads = self.levels[0].experts.reads
             if reads is None or max(reads) >= self.num_tasks:
@@ -272,6 +300,7 @@ def _check_level(level: Level, number: int, inputs: int | None, per_task: bool) 
             raise ValueError(
                 f"{where}: top_k ({gates.top_k}) is more than gate {index}'s {len(allowed)} experts"
             )
+    _check_blocks(level, where)
     if gates.kind in ("dselect", "topk") and gates.reads is not None:
         raise ValueError(f"{where}: {gates.kind} gates read the shared input (first level only)")
     if gates.kind == "dselect" and (gates.columns is None) != (gates.source_experts is None):
@@ -288,13 +317,45 @@ def _check_level(level: Level, number: int, inputs: int | None, per_task: bool) 
             raise ValueError(f"{where}: self_gates needs one equally long list per gate")
         if max(max(own) for own in level.self_gates) >= experts.count:
             raise ValueError(f"{where}: self_gates index out of range")
-    every = [full(experts.count)] * gates.count
-    if gates.kind == "topk" and (experts.kind != "mlp" or gates.allowed != every):
-        raise ValueError(f"{where}: topk gates route over every expert of an mlp level")
+    if gates.kind == "topk" and experts.kind != "mlp":
+        raise ValueError(f"{where}: topk gates route over the experts of an mlp level")
     if per_task and gates.kind != "identity":
         raise ValueError(f"{where}: with per-task encoders the first level's gates are identity")
     if experts.kind == "task_bottom" and experts.reads is not None:
         raise ValueError(f"{where}: task_bottom experts read the shared input")
+
+
+def _check_blocks(level: Level, where: str) -> None:
+    """Expert blocks cover the experts; gate blocks cover the gates, each over a range of
+    the experts that starts and ends on expert blocks' boundaries, allowing nothing outside."""
+    experts, gates = level.experts, level.gates
+    bounds = {0, experts.count}
+    if experts.blocks is not None:
+        if experts.kind != "mlp":
+            raise ValueError(f"{where}: only mlp experts are computed in blocks")
+        if sum(experts.blocks) != experts.count:
+            raise ValueError(f"{where}: experts.blocks must add up to {experts.count} experts")
+        bounds = {0, *(sum(experts.blocks[: i + 1]) for i in range(len(experts.blocks)))}
+    if gates.blocks is None:
+        return
+    if gates.kind == "dselect":
+        raise ValueError(f"{where}: dselect gates are computed as one bank")
+    if sum(block.count for block in gates.blocks) != gates.count:
+        raise ValueError(f"{where}: gates.blocks must add up to {gates.count} gates")
+    first = 0
+    for block in gates.blocks:
+        if block.experts not in bounds or block.start not in bounds or block.start >= block.experts:
+            raise ValueError(
+                f"{where}: a gate block's experts must start and end on expert blocks' boundaries"
+            )
+        for members in gates.allowed[first : first + block.count]:
+            outside = [e for e in members if not block.start <= e < block.experts]
+            if outside:
+                raise ValueError(
+                    f"{where}: a gate of a block over experts {block.start}..{block.experts - 1}"
+                    f" allows expert {outside[0]}"
+                )
+        first += block.count
 
 
 def full(count: int) -> Indices:

@@ -13,12 +13,14 @@ import torch
 
 from polytask.balance.base import Balancer, GradientSource, Need, StepContext
 from polytask.errors import PolytaskError
+from polytask.errors import ConfigError
 from polytask.features import Features
 from polytask.model import ModelOutput, MultiTaskModel
 from polytask.nn.towers import Towers
 from polytask.tasks import Task, task_losses
 from polytask.train.device import Placement
 from polytask.train.distributed import World
+from polytask.train.hooks import StepHooks
 
 PARAMETER_NEEDS = frozenset({Need.GRAMIAN, Need.SHARED_GRADS})
 
@@ -47,6 +49,7 @@ def train_step(
     world: World | None = None,
     rows: int | None = None,
     sample_weights: dict[str, torch.Tensor] | None = None,
+    hooks: StepHooks | None = None,
 ) -> StepResult:
     """One update. ``measure_gradients`` also forms the task-gradient Gramian at the shared
     representation (for diagnostics) when the balancer does not compute one itself.
@@ -56,9 +59,19 @@ def train_step(
     step one rank's part of a data-parallel step (see :mod:`polytask.train.distributed`):
     ``features`` and ``labels`` are then this rank's rows of the global batch, of which
     ``rows`` count (default: all). ``sample_weights``: the batch's row weights of the tasks
-    that have them (``data.weight``)."""
+    that have them (``data.weight``). ``hooks`` (a continual-learning strategy, fixed
+    entries) act at the points :mod:`polytask.train.hooks` lists: more rows, a penalty,
+    gradient surgery."""
     world = world or World()
     optimizer.zero_grad(set_to_none=True)
+    if hooks is not None:
+        rows_before = len(features)
+        features, labels = hooks.batch(features, labels)
+        if sample_weights and len(features) != rows_before:
+            raise ConfigError(
+                "data.weight: sample weights cannot be combined with a strategy that adds "
+                "remembered rows to the batch (replay, A-GEM's memory)"
+            )
 
     def forward() -> ModelOutput:
         with place.autocast() if place is not None else contextlib.nullcontext():
@@ -83,6 +96,10 @@ def train_step(
         extra_factor = scale if extra_factor is None else extra_factor * scale
     losses = local if factor is None else _scaled_gradient(local, factor, values)
     extra = output.auxiliary_loss
+    if hooks is not None:
+        penalty = hooks.penalty(model, features, output)
+        if penalty is not None:
+            extra = penalty if extra is None else extra + penalty
     if extra is not None and extra_factor is not None:
         extra = _scaled_gradient(extra, extra_factor, extra.detach())
     wants_params = bool(balancer.needs & PARAMETER_NEEDS)
@@ -108,11 +125,15 @@ def train_step(
         context.gramian(losses, "representation")  # cached: a balancer using it pays nothing
     weights = balancer.backward(losses, context)
     world.average_gradients([p for group in optimizer.param_groups for p in group["params"]])
+    if hooks is not None:
+        hooks.before_update(model)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
+    if hooks is not None:
+        hooks.after_update(model)
     gramian = next((v for k, v in context._cache.items() if k.startswith("gramian:")), None)
     return StepResult(losses.detach(), weights, present, gramian)
 

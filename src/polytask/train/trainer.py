@@ -45,6 +45,7 @@ from polytask.train.distributed import (
     world_from_environment,
 )
 from polytask.train.estimate import estimate
+from polytask.train.hooks import StepHooks
 from polytask.train.insight import expert_utilisation, plot_utilisation
 from polytask.train.optim import build_optimizer, build_scheduler
 from polytask.train.prepare import Prepared, SplitTensors, prepare
@@ -99,7 +100,14 @@ def load_baseline(path: Path | None) -> dict[str, dict[str, dict[str, float]]] |
 
 
 class Trainer:
-    """Trains one run specification into a run directory."""
+    """Trains one run specification into a run directory.
+
+    Growing a run (:mod:`polytask.grow`) trains through this same loop and passes what a
+    specification cannot say: ``prepared`` data (rows of several sources, each labelled
+    for its own tasks), the grown ``model`` itself (built for the specification's plan and
+    holding its initial weights; the strategy's hooks refer to its parameters), and the
+    ``hooks``. Such a run keeps no checkpoint and cannot be resumed.
+    """
 
     def __init__(
         self,
@@ -112,7 +120,18 @@ class Trainer:
         callbacks: Iterable[EpochCallback] = (),
         encoder_factory: Callable[[], torch.nn.Module] | None = None,
         initial_weights: dict[str, torch.Tensor] | None = None,
+        prepared: Prepared | None = None,
+        model: MultiTaskModel | None = None,
+        hooks: StepHooks | None = None,
     ) -> None:
+        if resume and (prepared is not None or model is not None or hooks is not None):
+            raise PolytaskError("a run trained with prepared data or hooks cannot be resumed")
+        self.prepared = prepared
+        self.given_model = model
+        self.hooks = hooks
+        # a run whose data, start or hooks the spec cannot rebuild keeps no checkpoint
+        self.resumable = prepared is None and model is None and hooks is None
+        self.model: MultiTaskModel | None = None  # the trained model, once fit returns
         # absolute, not resolved: a symbolic link given as --out stays a link (and is refused)
         self.out = rd.final_path(Path(os.path.abspath(out)))
         # weights to start from (e.g. another run's shared part, for transfer): loaded by name
@@ -173,10 +192,10 @@ class Trainer:
             state = rd.load_json(self.partial, rd.PREPROCESSOR)
         else:  # a run started from trained weights keeps the inputs those were trained on
             state = initial_preprocessor(train_spec.init)
-        prepared = prepare(self.spec, state)
+        prepared = self.prepared or prepare(self.spec, state)
         self.baseline = load_baseline(train_spec.baseline)
         try:
-            model = model_for(
+            model = self.given_model or model_for(
                 self.spec.model,
                 prepared.preprocessor,
                 prepared.tasks,
@@ -286,6 +305,8 @@ class Trainer:
                 balancer.end_epoch()
                 if self.relations is not None:
                     self.relations.end_epoch(epoch)
+                if self.hooks is not None and self.hooks.end_epoch(model, epoch):
+                    loop.best_value = -math.inf  # earlier weights are no longer candidates
                 elapsed = time.perf_counter() - started
                 loop.train_seconds += elapsed
                 loop.rows_seen += len(train)
@@ -297,11 +318,13 @@ class Trainer:
                 loop.epoch = epoch
                 self._check_weights(model, epoch)
                 if self.is_main:
-                    self._checkpoint(model, optimizer, scheduler, balancer, loop)
+                    if self.resumable:
+                        self._checkpoint(model, optimizer, scheduler, balancer, loop)
                     rd.write_epoch_log(self.partial, loop.history)
                 display.end_epoch(row, primary)
                 for callback in self.callbacks:
                     stop_requested = bool(callback(row)) or stop_requested
+            self.model = model
             if not self.is_main:
                 self.world.barrier()  # return once rank 0 has published the run
                 return self.out
@@ -368,6 +391,7 @@ class Trainer:
                 world=self.world,
                 rows=counted,
                 sample_weights=weights,
+                hooks=self.hooks,
             )
             self._check_losses(result.losses, result.present, prepared, epoch, loop.step)
             present = result.present.cpu()
@@ -566,10 +590,13 @@ class Trainer:
                 str(self.spec.train.baseline) if baseline else None,
                 tensors.weights,
             )
-        self._save_insight(model, prepared, display)
+        if self.spec.train.figures:
+            self._save_insight(model, prepared, display)
         if self.relations is not None:
             self.relations.finish()
-        if loop.history:
+        if self.hooks is not None:
+            self.hooks.finish(model, self.partial)
+        if loop.history and self.spec.train.figures:
             names = [task.name for task in prepared.tasks]
             write_atomic(
                 self.partial / rd.BALANCE_PLOT,
@@ -626,8 +653,12 @@ def fit(
     callbacks: Iterable[EpochCallback] = (),
     encoder_factory: Callable[[], torch.nn.Module] | None = None,
     initial_weights: dict[str, torch.Tensor] | None = None,
+    prepared: Prepared | None = None,
+    model: MultiTaskModel | None = None,
+    hooks: StepHooks | None = None,
 ) -> Path:
-    """Train ``spec`` into the run directory ``out`` and return its path."""
+    """Train ``spec`` into the run directory ``out`` and return its path (see
+    :class:`Trainer` for ``prepared``, ``model`` and ``hooks``)."""
     return Trainer(
         spec,
         out,
@@ -637,6 +668,9 @@ def fit(
         callbacks=callbacks,
         encoder_factory=encoder_factory,
         initial_weights=initial_weights,
+        prepared=prepared,
+        model=model,
+        hooks=hooks,
     ).fit()
 
 

@@ -43,6 +43,12 @@ def _qm9(**options: Any) -> Frames:
     return load_qm9(**options)
 
 
+def _digits(**options: Any) -> Frames:
+    from polytask.data.datasets.digits import load_digits
+
+    return load_digits(**options)
+
+
 def _multi_mnist(**options: Any) -> Frames:
     from polytask.data.datasets.multimnist import load_multi_mnist
 
@@ -50,6 +56,7 @@ def _multi_mnist(**options: Any) -> Frames:
 
 
 DATASETS: dict[str, Callable[..., Frames]] = {
+    "digits": _digits,
     "multi_mnist": _multi_mnist,
     "census_income": _census,
     "census_income_sample": _census_sample,

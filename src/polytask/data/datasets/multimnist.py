@@ -81,6 +81,19 @@ def _download(folder: Path, source: str) -> None:
             ) from None
 
 
+def idx_folder(who: str, path: str | None, source: str, download: bool) -> Path:
+    """The folder holding ``source``'s four idx files: ``path``, or the cache (downloaded
+    there if missing and allowed); ``who`` names the dataset in errors."""
+    if source not in SOURCES:
+        raise DataError(f"{who}: source must be one of {', '.join(SOURCES)} (got {source!r})")
+    folder = Path(path) if path is not None else Path.home() / ".cache" / "polytask" / source
+    if any(_find(folder, s, k) is None for s, k in PARTS):
+        if path is not None or not download:
+            raise DataError(f"{who}: the four idx files are not all in {folder}")
+        _download(folder, source)
+    return folder
+
+
 def overlay_pairs(images: np.ndarray, partners: np.ndarray) -> np.ndarray:
     """[N, 28, 28] uint8 items and partner indices -> [N, 28, 28] float32 in [0, 1]."""
     canvas = torch.zeros(len(images), 1, CANVAS, CANVAS)
@@ -114,13 +127,7 @@ def load_multi_mnist(
     with the four idx files (else ``~/.cache/polytask/<source>``, downloaded if missing).
     The validation rows are carved from the training pairs; ``train_rows`` subsamples the
     training pairs (after the split) for shorter schedules."""
-    if source not in SOURCES:
-        raise DataError(f"multi_mnist: source must be one of {', '.join(SOURCES)} (got {source!r})")
-    folder = Path(path) if path is not None else Path.home() / ".cache" / "polytask" / source
-    if any(_find(folder, s, k) is None for s, k in PARTS):
-        if path is not None or not download:
-            raise DataError(f"multi_mnist: the four idx files are not all in {folder}")
-        _download(folder, source)
+    folder = idx_folder("multi_mnist", path, source, download)
     rng = np.random.default_rng(seed)
     train_full, test = (
         build_split(_read(folder, split, "images"), _read(folder, split, "labels"), rng)
