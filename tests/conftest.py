@@ -132,9 +132,7 @@ def write_yaml(path: Path, spec: dict[str, Any]) -> Path:
     return path
 
 
-def write_splits(
-    folder: Path, train_rows: int
-) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
+def write_splits(folder: Path, train_rows: int) -> tuple[dict[str, pd.DataFrame], dict[str, Path]]:
     """Train, valid and test tables (seeds 1, 2, 3; 120 valid and test rows) written as CSV
     files in ``folder``: the frames and their paths, by split."""
     frames = {

@@ -317,6 +317,8 @@ def test_unused_fields_warn_or_refuse_under_strict():
         check_unused(spec)
     with pytest.raises(ConfigError, match=r"model.num_experts is set but not used.*remove it"):
         check_unused(spec, strict=True)
+
+
 def test_track_section():
     from polytask.config import TrackSpec
 

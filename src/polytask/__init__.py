@@ -69,8 +69,9 @@ def _api_function(name: str) -> property:
 
 class _Polytask(types.ModuleType):
     """``polytask.train``, ``polytask.merge`` and ``polytask.grow`` are the functions, although
-    subpackages have the same names: importing ``polytask.train.<module>`` makes Python bind the subpackage to
-    the attribute, which these properties ignore (the subpackages stay reachable by import)."""
+    subpackages have the same names: importing ``polytask.train.<module>`` makes Python bind
+    the subpackage to the attribute, which these properties ignore (the subpackages stay
+    reachable by import)."""
 
     train = _api_function("train")
     merge = _api_function("merge")

@@ -999,7 +999,9 @@ def strategies() -> None:
     from polytask.grow.strategies import STRATEGIES
 
     rows = [(n, STRATEGIES.get(n).summary, STRATEGIES.get(n).Options) for n in STRATEGIES.names()]
-    out.print(options_table("strategies (strategy.name) and their strategy.options", "strategy", rows))
+    out.print(
+        options_table("strategies (strategy.name) and their strategy.options", "strategy", rows)
+    )
 
 
 @app.command("sweep")

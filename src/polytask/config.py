@@ -466,6 +466,7 @@ class TrainSpec(_Section):
         if not DEVICE.match(device):
             raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, not '{device}'")
         return device
+
     figures: bool = Field(
         True,
         description="write the balance and expert-utilisation figures and report (a run of a "

@@ -47,8 +47,13 @@ def _long_and_wide(seed: int = 0, entities: int = 40) -> tuple[pd.DataFrame, pd.
         for task in ("math", "passed"):
             if rng.random() < 0.8:
                 rows.append(
-                    {"id": record["id"], "age": record["age"], "school": record["school"],
-                     "task": task, "y": record[task]}
+                    {
+                        "id": record["id"],
+                        "age": record["age"],
+                        "school": record["school"],
+                        "task": task,
+                        "y": record[task],
+                    }
                 )
             else:
                 wide.loc[wide["id"] == record["id"], task] = np.nan
@@ -93,12 +98,17 @@ def test_training_on_a_long_file_equals_training_on_the_wide_one(tmp_path: Path)
     ]
     split = {"valid": 0.0, "test": 0.0, "seed": 0}
     from_long = prepare(
-        parse_spec({"data": {"train": str(tmp_path / "long.csv"), **LONG, "split": split},
-                    "tasks": tasks})
+        parse_spec(
+            {"data": {"train": str(tmp_path / "long.csv"), **LONG, "split": split}, "tasks": tasks}
+        )
     )
     from_wide = prepare(
-        parse_spec({"data": {"train": str(tmp_path / "wide.csv"), "drop": ["id"],
-                             "split": split}, "tasks": tasks})
+        parse_spec(
+            {
+                "data": {"train": str(tmp_path / "wide.csv"), "drop": ["id"], "split": split},
+                "tasks": tasks,
+            }
+        )
     )
     assert from_long.preprocessor.input_columns == ["school", "age"]
     assert from_long.preprocessor.input_columns == from_wide.preprocessor.input_columns
@@ -156,8 +166,16 @@ def test_a_bad_label_names_the_entity(tmp_path: Path):
 
 def test_long_keys_are_checked_in_the_spec():
     with pytest.raises(Exception, match="format long needs task_column, label_column"):
-        parse_spec({"data": {"train": "x", "format": "long", "entity": "id"},
-                    "tasks": [{"name": "a", "kind": "binary", "target": "a"}]})
+        parse_spec(
+            {
+                "data": {"train": "x", "format": "long", "entity": "id"},
+                "tasks": [{"name": "a", "kind": "binary", "target": "a"}],
+            }
+        )
     with pytest.raises(Exception, match="entity is read only with format: long"):
-        parse_spec({"data": {"train": "x", "entity": "id"},
-                    "tasks": [{"name": "a", "kind": "binary", "target": "a"}]})
+        parse_spec(
+            {
+                "data": {"train": "x", "entity": "id"},
+                "tasks": [{"name": "a", "kind": "binary", "target": "a"}],
+            }
+        )

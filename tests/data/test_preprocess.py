@@ -206,9 +206,7 @@ def test_missing_and_absent_numerics_get_flag_one_and_value_zero(table):
 
 
 @pytest.mark.parametrize("value", [np.inf, -np.inf, 1e300, -1e300])
-def test_infinite_or_huge_values_at_predict_time_are_refused_naming_row_and_column(
-    table, value
-):
+def test_infinite_or_huge_values_at_predict_time_are_refused_naming_row_and_column(table, value):
     """Never a NaN answer: a value the model cannot read is one error naming where it is."""
     preprocessor, _ = fit(table)
     raw = table.head(3).copy()
@@ -455,8 +453,9 @@ def test_a_categorical_dtype_column_maps_as_its_text_does():
     """The per-category fast path gives the same vocabulary and codes as the rows' text."""
     values = ["a", " b", "b", None, "c", "a", "", "b ", "d", "a"] * 3
     as_text = pd.DataFrame({"k": values, "y": [0.0, 1.0] * 15})
-    as_category = as_text.assign(k=pd.Categorical(values, categories=["a", " b", "b", "b ", "c",
-                                                                      "d", "unused", ""]))
+    as_category = as_text.assign(
+        k=pd.Categorical(values, categories=["a", " b", "b", "b ", "c", "d", "unused", ""])
+    )
     floats = as_text.assign(k=pd.Categorical([1.0, 2.0, np.nan] * 10, categories=[1.0, 2.0, 3.0]))
     spec = DataSpec(train="t.csv", categorical=["k"])
     tasks = [TaskSpec(name="y", kind="binary", target="y")]

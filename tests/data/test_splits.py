@@ -69,8 +69,9 @@ def test_group_split_through_the_spec_keeps_groups_out_of_the_inputs(tmp_path: P
     frame = make_table(n=120)
     frame["patient"] = np.repeat(np.arange(30), 4)
     frame.to_csv(tmp_path / "t.csv", index=False)
-    raw = base_spec(tmp_path / "t.csv", data={"split": {"valid": 0.2, "test": 0.2,
-                                                          "group": "patient"}})
+    raw = base_spec(
+        tmp_path / "t.csv", data={"split": {"valid": 0.2, "test": 0.2, "group": "patient"}}
+    )
     spec = parse_spec(raw)
     splits = load_run_splits(spec)
     patients = [set(part["patient"]) for part in (splits.train, splits.valid, splits.test)]
@@ -92,8 +93,9 @@ def test_stratify_names_a_classification_task(tmp_path: Path):
 def test_stratified_split_through_the_spec(tmp_path: Path):
     frame = make_table(n=200)
     frame.to_csv(tmp_path / "t.csv", index=False)
-    raw = base_spec(tmp_path / "t.csv", data={"split": {"valid": 0.25, "test": 0.25,
-                                                          "stratify": "segment"}})
+    raw = base_spec(
+        tmp_path / "t.csv", data={"split": {"valid": 0.25, "test": 0.25, "stratify": "segment"}}
+    )
     splits = load_run_splits(parse_spec(raw))
     counts = frame["segment"].value_counts()
     for part in (splits.valid, splits.test):

@@ -94,8 +94,11 @@ def test_bad_weights_are_named(tmp_path: Path):
     frame["w"] = 1.0
     frame.loc[5, "w"] = -2
     frame.to_csv(tmp_path / "t.csv", index=False)
-    spec = parse_spec(base_spec(tmp_path / "t.csv", data={"weight": {"click": "w"},
-                                                            "split": {"valid": 0, "test": 0}}))
+    spec = parse_spec(
+        base_spec(
+            tmp_path / "t.csv", data={"weight": {"click": "w"}, "split": {"valid": 0, "test": 0}}
+        )
+    )
     with pytest.raises(DataError, match=r"column 'w' holds -2.0 at row 6 .*task 'click'"):
         prepare(spec)
     spec = parse_spec(base_spec(tmp_path / "t.csv", data={"weight": "wt"}))
@@ -117,10 +120,18 @@ def test_a_long_tables_weights_are_per_task_row():
     )
     spec = parse_spec(
         {
-            "data": {"train": "t.csv", "format": "long", "entity": "id", "task_column": "task",
-                     "label_column": "y", "weight": "w"},
-            "tasks": [{"name": "a", "kind": "binary", "target": "a"},
-                      {"name": "b", "kind": "binary", "target": "b"}],
+            "data": {
+                "train": "t.csv",
+                "format": "long",
+                "entity": "id",
+                "task_column": "task",
+                "label_column": "y",
+                "weight": "w",
+            },
+            "tasks": [
+                {"name": "a", "kind": "binary", "target": "a"},
+                {"name": "b", "kind": "binary", "target": "b"},
+            ],
         }
     )
     wide = to_wide(long, spec.data, ["a", "b"], "f")

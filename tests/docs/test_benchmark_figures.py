@@ -98,9 +98,11 @@ def stored(figure: str, unit: str | None, values: list[float]) -> bool:
     scales = (1.0, 100.0) if unit and "%" in unit else (1.0,)
     return any(
         abs(candidate * scale - value) <= half * (1 + 1e-9) + 1e-12
-        or (abs(abs(candidate * scale) - abs(value)) <= half * (1 + 1e-9) + 1e-12
-        and unit is None
-        and figure.startswith(("+", "-", "−")))
+        or (
+            abs(abs(candidate * scale) - abs(value)) <= half * (1 + 1e-9) + 1e-12
+            and unit is None
+            and figure.startswith(("+", "-", "−"))
+        )
         for candidate in values
         for scale in scales
     )

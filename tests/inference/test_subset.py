@@ -64,7 +64,12 @@ def test_predict_tasks_equals_the_full_predictions(trained_run):
 def test_cli_predict_tasks(trained_run, tmp_path):
     out = tmp_path / "p.csv"
     result = invoke(
-        "predict", trained_run["run"], trained_run["paths"]["test"], "-o", out, "--tasks",
+        "predict",
+        trained_run["run"],
+        trained_run["paths"]["test"],
+        "-o",
+        out,
+        "--tasks",
         "spend,segment",
     )
     assert result.exit_code == 0, result.output

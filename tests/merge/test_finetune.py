@@ -77,9 +77,7 @@ def test_bad_specs_are_one_line_and_leave_nothing(lineage, tmp_path):
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
-def test_a_fine_tuned_run_is_replaced_with_overwrite_and_its_config_trains_again(
-    lineage, tmp_path
-):
+def test_a_fine_tuned_run_is_replaced_with_overwrite_and_its_config_trains_again(lineage, tmp_path):
     data = {"train": str(lineage["paths"]["train"])}
     spec = {"tasks": ["spend"], "data": data, "train": {"epochs": 1}}
     run = finetune(lineage["base"], spec, tmp_path / "spend")

@@ -71,8 +71,10 @@ def test_select_and_lean_keep_the_function():
     full_weights = paired.dense(paired(x))
     torch.testing.assert_close(full_weights, dense(x))
     kept = paired.select([3, 4], [0, 1, 5, 6])
-    torch.testing.assert_close(kept(x) if isinstance(kept, SoftmaxGates) else kept.dense(kept(x)),
-                               dense.select([3, 4], [0, 1, 5, 6])(x))
+    torch.testing.assert_close(
+        kept(x) if isinstance(kept, SoftmaxGates) else kept.dense(kept(x)),
+        dense.select([3, 4], [0, 1, 5, 6])(x),
+    )
     mixture = paired.lean(3)
     assert mixture.experts == allowed[3]
     assert mixture.logit_weight is not None and mixture.logit_bias is not None

@@ -279,9 +279,7 @@ def test_a_diverging_run_stops_with_a_clear_message_and_leaves_nothing(tmp_path,
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
 
 
-def test_divergence_after_a_checkpoint_keeps_the_last_finite_one(
-    tmp_path, spec_dict, monkeypatch
-):
+def test_divergence_after_a_checkpoint_keeps_the_last_finite_one(tmp_path, spec_dict, monkeypatch):
     real = trainer_module.train_step
     calls = {"steps": 0}
     steps_per_epoch = 3  # 144 training rows, batch 64
@@ -316,6 +314,8 @@ def test_non_finite_weights_after_an_epoch_stop_training(tmp_path, spec_dict, mo
     monkeypatch.setattr(trainer_module, "train_step", poison)
     with pytest.raises(TrainingDiverged, match=r"weight '.+' is not finite after epoch 1"):
         fit(load_spec(spec_dict), tmp_path / "run", progress=False)
+
+
 def test_a_callback_returning_true_ends_training_as_a_finished_run(tmp_path, spec_dict):
     spec_dict["train"]["epochs"] = 5
     seen = []

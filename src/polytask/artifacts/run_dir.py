@@ -52,6 +52,7 @@ RUN_FILES = frozenset(
     }
 )
 
+
 def has_checkpoint(partial: Path) -> bool:
     return (partial / CHECKPOINT).is_file()
 

@@ -57,9 +57,7 @@ def nnls(matrix: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """
     from scipy.optimize import nnls  # imported when used: scipy.optimize costs ~1 s
 
-    solution, _ = nnls(
-        np.asarray(matrix, dtype=np.float64), np.asarray(target, dtype=np.float64)
-    )
+    solution, _ = nnls(np.asarray(matrix, dtype=np.float64), np.asarray(target, dtype=np.float64))
     return torch.from_numpy(np.asarray(solution, dtype=np.float64))
 
 

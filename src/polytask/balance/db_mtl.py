@@ -62,9 +62,7 @@ def graph_leaves(output: torch.Tensor) -> list[torch.Tensor]:
     return leaves
 
 
-def non_shared_leaves(
-    losses: torch.Tensor, shared: Sequence[torch.Tensor]
-) -> list[torch.Tensor]:
+def non_shared_leaves(losses: torch.Tensor, shared: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The parameters ``losses`` reach other than ``shared``: task towers and the like."""
     shared_ids = {id(p) for p in shared}
     return [leaf for leaf in graph_leaves(losses) if id(leaf) not in shared_ids]

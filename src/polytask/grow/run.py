@@ -119,7 +119,7 @@ def _load_base(source: Path) -> Base:
             "their config and cannot rebuild it"
         )
     predictor = Predictor.load(source)
-    return Base(predictor.model.train(), spec, predictor.preprocessor)
+    return Base(predictor.network().train(), spec, predictor.preprocessor)
 
 
 def _check_tasks(base: Base, tasks: list[TaskSpec], source: Path) -> None:

@@ -323,9 +323,7 @@ def _mixtures(model: MultiTaskModel) -> tuple[_Experts, list[LeanMixture]] | Non
     it (in blocks, for a grown model), gates with a folded form (fixed weights or a softmax
     of the input), plain separable towers (in blocks, for a grown model)."""
     plan = model.plan
-    towers = model.separable_towers() or (
-        type(model.towers) is TowerBlocks and model.heads is None
-    )
+    towers = model.separable_towers() or (type(model.towers) is TowerBlocks and model.heads is None)
     if len(model.encoders) != 1 or plan.encoders != "shared" or not towers:
         return None
     if len(plan.levels) != 1 or plan.levels[0].self_gates is not None:

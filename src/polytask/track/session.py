@@ -49,6 +49,7 @@ def fit_tracked(
         spec = spec.model_copy(deep=True)  # the saved config records where it was tracked
         spec.track = _settings(spec, Path(out), mlflow)
     settings = _settings(None if resume else spec, Path(out), mlflow)
+
     def train(epoch_callbacks: Iterable[EpochCallback]) -> Path:
         return fit(
             spec,

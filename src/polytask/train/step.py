@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from polytask.balance.base import Balancer, GradientSource, Need, StepContext
-from polytask.errors import PolytaskError
-from polytask.errors import ConfigError
+from polytask.errors import ConfigError, PolytaskError
 from polytask.features import Features
 from polytask.model import ModelOutput, MultiTaskModel
 from polytask.nn.towers import Towers

@@ -149,8 +149,15 @@ def _pandas_reference(path: Path) -> pd.DataFrame:
     """The file read by pandas, field by field as text (an independent reader)."""
     from polytask.data.datasets.census import COLLEGE, NUMERIC, RAW_COLUMNS
 
-    raw = pd.read_csv(path, header=None, names=RAW_COLUMNS, skipinitialspace=True, dtype=str,
-                      na_values=["?"], keep_default_na=False)
+    raw = pd.read_csv(
+        path,
+        header=None,
+        names=RAW_COLUMNS,
+        skipinitialspace=True,
+        dtype=str,
+        na_values=["?"],
+        keep_default_na=False,
+    )
     raw = raw.replace("", np.nan)
     frame = raw.drop(columns=["education", "marital_stat", "instance_weight", "income_label"])
     for column in NUMERIC:
