@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from polytask.adapters.model import AdapterModel
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.weights import load_weights
 from polytask.config import RunSpec, TaskKind
@@ -83,6 +84,12 @@ class Predictor(RunRows):
             raise PolytaskError(
                 f"{self.run} is a group of runs, not one network; slim or export its runs"
             )
+        if isinstance(self.model, AdapterModel):
+            raise PolytaskError(
+                f"{self.run} holds adapters, which change its layers per task: fold one "
+                f"task's into the backbone first (polytask adapters fold {self.run} --task "
+                "TASK -o OUT), then slim or export that run"
+            )
         return self.model
 
     def checked_tasks(self, tasks: Sequence[str]) -> list[str]:
@@ -117,6 +124,9 @@ class Predictor(RunRows):
 
     def _subset_models(self, keep: list[int]) -> tuple[nn.Module, nn.Module]:
         """The model of the tasks ``keep`` (indices), and its serving form."""
+        if isinstance(self.model, AdapterModel):  # the same pass, asked for fewer tasks
+            part = self.model.tasks_only(keep)
+            return part, part
         model = task_subset(self.network(), keep)
         return model, lean_form(model) or model
 
