@@ -18,7 +18,9 @@ def test_each_row_gets_its_tasks_bottleneck_on_the_output():
     out = adapter(x, y, rows)
     for p, t in enumerate(rows.tasks.tolist()):
         for m in range(2):
-            assert torch.allclose(out[m, p, 0], y[m, p, 0] + adapter_out(adapter, y[m, p, 0], t, m), atol=1e-5)
+            assert torch.allclose(
+                out[m, p, 0], y[m, p, 0] + adapter_out(adapter, y[m, p, 0], t, m), atol=1e-5
+            )
     assert adapter.delta(0) is None
 
 

@@ -30,7 +30,7 @@ def model_of_cnn(model: dict):
 
 
 def test_an_unmatched_target_lists_the_layers():
-    with pytest.raises(ConfigError, match="matches no linear layer.*arch.levels.0.experts.0"):
+    with pytest.raises(ConfigError, match=r"matches no linear layer.*arch\.levels\.0\.experts\.0"):
         targeted(model_of("mmoe"), ["towers.*"])
 
 

@@ -35,4 +35,6 @@ def test_delta_is_the_update_a_row_receives():
     x, y = layer_io(shape, rows.rows)
     out = adapter(x, y, rows)
     for p, t in enumerate(rows.tasks.tolist()):
-        assert torch.allclose(out[0, p, 0], y[0, p, 0] + x[0, p, 0] @ adapter.delta(t)[0], atol=1e-5)
+        assert torch.allclose(
+            out[0, p, 0], y[0, p, 0] + x[0, p, 0] @ adapter.delta(t)[0], atol=1e-5
+        )

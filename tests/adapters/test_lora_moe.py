@@ -14,7 +14,13 @@ def reference(adapter, x, y, task, m, p):
     total = y[m, p, 0].clone()
     for e in range(experts):
         columns = slice(e * rank, (e + 1) * rank)
-        total += adapter.scale * gates[e] * x[0, p, 0] @ adapter.down[m][:, columns] @ adapter.up[m][columns]
+        total += (
+            adapter.scale
+            * gates[e]
+            * x[0, p, 0]
+            @ adapter.down[m][:, columns]
+            @ adapter.up[m][columns]
+        )
     return total
 
 

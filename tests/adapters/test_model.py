@@ -48,13 +48,17 @@ def test_every_task_by_default_and_a_task_subset_equals_it():
     model, _, features = adapter_model("bottleneck")
     full = model(features).logits
     part = model.tasks_only([1, 3])(features).logits
-    assert torch.allclose(part[0], full[1], atol=1e-6) and torch.allclose(part[1], full[3], atol=1e-6)
+    assert torch.allclose(part[0], full[1], atol=1e-6) and torch.allclose(
+        part[1], full[3], atol=1e-6
+    )
 
 
 def test_rows_asking_for_one_task_run_once():
     model, _, features = adapter_model("lora")
     calls = []
-    hook = model.arch.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    hook = model.arch.register_forward_hook(
+        lambda module, inputs, output: calls.append(inputs[0].shape[0])
+    )
     wanted = torch.zeros(len(features), 4, dtype=torch.bool)
     wanted[torch.arange(len(features)), torch.arange(len(features)) % 4] = True
     model(features.asking(wanted))

@@ -25,6 +25,8 @@ def test_transforms_start_as_the_identity_and_the_update_at_zero():
     from polytask.adapters.base import ADAPTERS
     from polytask.adapters.options import MTLLoRAOptions
 
-    adapter = ADAPTERS.get("mtl_lora")(LayerShape(5, 4), 3, MTLLoRAOptions(rank=2), torch.nn.ModuleDict())
+    adapter = ADAPTERS.get("mtl_lora")(
+        LayerShape(5, 4), 3, MTLLoRAOptions(rank=2), torch.nn.ModuleDict()
+    )
     assert torch.equal(adapter.transform[1, 0], torch.eye(2))
     assert torch.count_nonzero(adapter.delta(1)) == 0

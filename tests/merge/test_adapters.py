@@ -63,7 +63,9 @@ def test_task_arithmetic_of_adapter_updates_is_the_base_plus_the_scaled_sum(adap
     for key in deltas[0]:
         expected = base[key] + 0.5 * sum(delta[key] for delta in deltas)
         assert torch.allclose(merged[key], expected, atol=1e-6)
-    assert torch.equal(merged["towers.output.weights.0"], model.state_dict()["towers.output.weights.0"])
+    assert torch.equal(
+        merged["towers.output.weights.0"], model.state_dict()["towers.output.weights.0"]
+    )
     assert polytask.load(tmp_path / "merged").task_names == ["click", "segment", "spend", "tags"]
 
 
@@ -89,3 +91,40 @@ def test_slim_and_predict_subsets_of_an_adapter_run(adapter_runs):
     assert not (Path(adapter_runs["lora"]) / rd.LEAN).exists()
     with pytest.raises(PolytaskError, match="fold one task"):
         predictor.network()
+
+
+def test_adapters_shipped_alone_load_onto_their_backbone(adapter_runs, tmp_path):
+    import shutil
+
+    run = Path(adapter_runs["lora"])
+    summary = rd.load_json(run, rd.SUMMARY)["adapters"]
+    assert summary["bytes"] < summary["model_bytes"]
+    assert summary["parameters"] == sum(
+        v.numel() for v in load_file(str(run / rd.ADAPTERS)).values()
+    )
+    alone = tmp_path / "alone"
+    shutil.copytree(run, alone)
+    (alone / rd.WEIGHTS).unlink()
+    rows = adapter_runs["frames"]["test"].head(20)
+    full = polytask.load(run).predict(rows)
+    shipped = polytask.load(alone).predict(rows)
+    numbers = full.select_dtypes("number").columns
+    assert np.array_equal(full[numbers].to_numpy(), shipped[numbers].to_numpy())
+
+
+def test_adapters_alone_refuse_a_changed_backbone(adapter_runs, tmp_path):
+    import shutil
+
+    backbone = tmp_path / "backbone"
+    shutil.copytree(adapter_runs["base"], backbone)
+    spec = rd.load_raw_config(adapter_runs["base"])
+    spec["model"] = {"adapters": {"method": "lora", "backbone": str(backbone)}}
+    run = fit(load_spec(spec), tmp_path / "lora", progress=False)
+    (run / rd.WEIGHTS).unlink()
+    state = load_file(str(backbone / rd.WEIGHTS))
+    state["arch.levels.0.experts.biases.0"] += 1.0
+    from safetensors.torch import save_file
+
+    save_file(state, str(backbone / rd.WEIGHTS))
+    with pytest.raises(PolytaskError, match="changed since the adapters were trained"):
+        polytask.load(run)

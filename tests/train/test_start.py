@@ -164,7 +164,7 @@ def test_a_model_field_that_differs_from_the_backbone_is_refused(base, tmp_path)
     spec, run = base
     new = adapter_spec(spec, run)
     new["model"]["arch"] = "shared_bottom"
-    with pytest.raises(ConfigError, match="model.arch: the backbone run"):
+    with pytest.raises(ConfigError, match=r"model\.arch: the backbone run"):
         train(new, tmp_path / "x")
 
 
@@ -178,7 +178,11 @@ def test_fusion_on_a_bottleneck_run_keeps_its_adapters(base, tmp_path):
         if not name.startswith("towers."):
             assert torch.equal(after[name], value), name
     assert any(not torch.equal(after[n], before[n]) for n in before if n.startswith("towers."))
-    assert any(".value" in n and not torch.equal(after[n], torch.eye(after[n].shape[-1]).expand_as(after[n])) for n in after)
+    assert any(
+        ".value" in n
+        and not torch.equal(after[n], torch.eye(after[n].shape[-1]).expand_as(after[n]))
+        for n in after
+    )
 
 
 def test_another_method_on_an_adapter_run_is_refused(base, tmp_path):

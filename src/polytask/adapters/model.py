@@ -89,6 +89,15 @@ class AdapterModel(MultiTaskModel):
             auxiliary = extra if auxiliary is None else auxiliary + extra
         return ModelOutput(logits=logits, auxiliary_loss=auxiliary)
 
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """What training changed: every tensor that is not the backbone's fixed part (the
+        adapters, and the towers and gates that train). With the backbone, it is the model."""
+        return {
+            name: parameter.detach()
+            for name, parameter in self.named_parameters()
+            if parameter.requires_grad
+        }
+
     def deltas(self, task: int) -> dict[str, torch.Tensor]:
         """Task ``task``'s update of each adapted weight, in that weight's own layout
         (state-dict key -> tensor); refused for a method whose update depends on the input."""

@@ -27,6 +27,7 @@ CONFIG = "config.yaml"
 PREPROCESSOR = "preprocessor.json"
 WEIGHTS = "model.safetensors"
 LEAN = "lean.safetensors"  # the folded form as arrays: torch-free predictions (inference.arrays)
+ADAPTERS = "adapters.safetensors"  # an adapter run's trained tensors alone (polytask.adapters)
 EPOCH_LOG = "metrics.jsonl"
 FINAL_METRICS = "metrics.json"
 SUMMARY = "summary.json"
@@ -42,6 +43,7 @@ RUN_FILES = frozenset(
         PREPROCESSOR,
         WEIGHTS,
         LEAN,
+        ADAPTERS,
         EPOCH_LOG,
         FINAL_METRICS,
         SUMMARY,

@@ -14,7 +14,7 @@ from torch import nn
 
 from polytask.adapters.model import AdapterModel
 from polytask.artifacts import run_dir as rd
-from polytask.artifacts.weights import load_weights
+from polytask.artifacts.weights import load_weights, weights_from_adapters
 from polytask.config import RunSpec, TaskKind
 from polytask.data.preprocess import Preprocessor
 from polytask.data.weights import encode_weights, weight_columns
@@ -53,7 +53,8 @@ class Predictor(RunRows):
         if cls is Predictor and is_group(run):
             return GroupPredictor.load(run, encoder_factory=encoder_factory)
         folder = rd.require_complete(Path(run))
-        if not (folder / rd.WEIGHTS).is_file():
+        alone = not (folder / rd.WEIGHTS).is_file() and (folder / rd.ADAPTERS).is_file()
+        if not (folder / rd.WEIGHTS).is_file() and not alone:
             raise PolytaskError(
                 f"{folder} holds metrics but no model ({rd.WEIGHTS}): a baseline's result "
                 "folder, not a run"
@@ -69,7 +70,12 @@ class Predictor(RunRows):
         model = model_for(spec.model, preprocessor, tasks, encoder_factory=encoder_factory)
         raw_model = rd.load_raw_config(folder).get("model", {})
         try:
-            model.load_state_dict(load_weights(folder / rd.WEIGHTS, raw_model))
+            if alone:  # the adapters shipped alone: onto the backbone they were trained on
+                record = rd.load_json(folder, rd.SUMMARY).get("adapters")
+                state = weights_from_adapters(folder, folder / rd.ADAPTERS, record)
+            else:
+                state = load_weights(folder / rd.WEIGHTS, raw_model)
+            model.load_state_dict(state)
         except (OSError, RuntimeError, SafetensorError) as error:
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise PolytaskError(

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from polytask.artifacts import run_dir as rd
-from polytask.artifacts.weights import load_weights
+from polytask.artifacts.weights import file_sha256, load_weights, save_weights
 from polytask.config import RunSpec
 from polytask.errors import ConfigError
 
@@ -203,3 +204,28 @@ def load_backbone(model: nn.Module, spec: RunSpec) -> list[str]:
     model.load_state_dict(loaded, strict=False)
     parameters = dict(model.named_parameters())
     return sorted(n for n in loaded if n in parameters and not (keep_heads and _is_head(n)))
+
+
+def save_adapters(folder: Path, model: nn.Module, spec: RunSpec) -> dict[str, Any] | None:
+    """Beside an adapter run's full weights, its trained tensors alone
+    (``adapters.safetensors``: a few percent of the model), and what they need: the
+    backbone's weights file and its SHA-256, which loading them checks. None for a model
+    without adapters."""
+    adapters = spec.model.adapters
+    trained = getattr(model, "trained_state", None)
+    if adapters is None or trained is None:
+        return None
+    state = trained()
+    save_weights(folder / rd.ADAPTERS, state)
+    record: dict[str, Any] = {
+        "file": rd.ADAPTERS,
+        "parameters": sum(v.numel() for v in state.values()),
+        "bytes": (folder / rd.ADAPTERS).stat().st_size,
+        "model_bytes": (folder / rd.WEIGHTS).stat().st_size,
+        "backbone": None,
+    }
+    if adapters.backbone is not None:
+        source = Path(adapters.backbone)
+        weights = source / rd.WEIGHTS if source.is_dir() else source
+        record["backbone"] = {"weights": str(weights.resolve()), "sha256": file_sha256(weights)}
+    return record

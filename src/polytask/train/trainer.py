@@ -58,6 +58,7 @@ from polytask.train.start import (
     load_backbone,
     load_initial,
     load_matching,
+    save_adapters,
     with_backbone_model,
 )
 from polytask.train.step import train_step
@@ -620,6 +621,7 @@ class Trainer:
                 lambda temp: plot_balance(loop.history, names, temp),
             )
         save_model(self.partial, model)
+        adapters = save_adapters(self.partial, model, self.spec)
         rd.save_json(self.partial, rd.FINAL_METRICS, final)
         summary = {
             "polytask_version": __version__,
@@ -646,6 +648,8 @@ class Trainer:
             "train_rows_per_second": loop.rows_seen / max(loop.train_seconds, 1e-9),
             "score": scores,
         }
+        if adapters is not None:
+            summary["adapters"] = adapters
         rd.save_json(self.partial, rd.SUMMARY, summary)
         rd.publish(self.output)
         shown = final.get("test") or final.get("valid")
