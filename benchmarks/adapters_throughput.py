@@ -2,11 +2,13 @@
 
 Eight tasks, one batch of 256 rows (32 rows of each task, shuffled), one LoRA adapter per task
 (rank 8, alpha 16) on the same linear layers of the same frozen backbone, a linear head per
-task. Two backbones:
+task. Three backbones:
 
 * ``images``: the eight-task image benchmark's network (``merge_images.py``): polytask's
   LeNet-style CNN encoder (its last layer, 320 -> 64, adapted) and a shared bottom (64 -> 128,
   adapted), on 28 x 28 images; random weights (only time and agreement are measured here).
+* ``tabular``: a user ``nn.Module``, an MLP over 128 numeric inputs (four layers of 256,
+  ReLU: an expert stack of a tabular model), all four layers adapted;
 * ``tokens``: a user ``nn.Module``, six pre-norm feed-forward blocks (a transformer's FFN
   half: 256 -> 1024 -> 256, GELU) over 16 tokens of width 256, mean-pooled; all twelve
   linear layers adapted, as LoRA is used on larger backbones.
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import os
 import statistics
 import sys
@@ -90,11 +93,31 @@ class Blocks(nn.Module):
         return x.mean(1)
 
 
+class Tabular(nn.Module):
+    """An MLP over a row's numeric inputs (a tabular expert stack): 128 -> 256 -> ... -> 256."""
+
+    def __init__(self, inputs: int = 128, width: int = 256, depth: int = 4) -> None:
+        super().__init__()
+        self.inputs, self.out_dim = inputs, width
+        sizes = [inputs] + [width] * depth
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+
+    def forward(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+        del categorical
+        x = numeric[:, : self.inputs]
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return x
+
+
 def backbone(name: str) -> tuple[nn.Module, int, list[str]]:
     """The encoder module, its input width and its adapted linear layers' names in it."""
     torch.manual_seed(0)
     if name == "images":
         return CNNEncoder([1, 28, 28], [10, 20], 64, 2 * 784), 784, ["linear"]
+    if name == "tabular":
+        mlp = Tabular()
+        return mlp, mlp.inputs, [f"layers.{i}" for i in range(len(mlp.layers))]
     module = Blocks()
     names = [f"blocks.{b}.{layer}" for b in range(6) for layer in (1, 3)]
     return module, module.tokens * module.width, names
@@ -232,7 +255,7 @@ def run_backbone(name: str, rounds: int, repeats: int) -> dict[str, Any]:
     with torch.no_grad():
         own = model(asked).logits
     own_rows = torch.stack([own[TASKS.index(task)][i] for i, task in enumerate(owners)])
-    difference = float((own_rows - theirs_rows).abs().max())
+    difference = float((own_rows - theirs_rows).abs().max().detach())
     assert torch.allclose(ours_rows, own_rows, atol=1e-5)
 
     def ours_infer() -> object:
@@ -301,7 +324,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backbones", nargs="+", default=["images", "tokens"])
+    parser.add_argument("--backbones", nargs="+", default=["tabular", "images", "tokens"])
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

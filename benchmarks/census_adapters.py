@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine_info
+from _machine import machine_info, shared_datasets
 from _summary import write_json
 from census_grow import grow_spec, run_spec, test_outputs, train_seconds
 
@@ -80,7 +80,7 @@ def trainable(run: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--data", type=Path, default=ROOT.parent / "shared/datasets/census_income_kdd"
+        "--data", type=Path, default=shared_datasets(ROOT) / "census_income_kdd"
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--json", type=Path, default=RESULTS)

@@ -367,7 +367,9 @@ class AdaptersSpec(_Section):
             declared.model_validate(self.options)
         except ValidationError as error:
             problems = [
-                describe_problem(item, declared, where="options." + ".".join(map(str, item["loc"])))
+                describe_problem(
+                    item, declared, where=".".join(["options", *map(str, item["loc"])])
+                )
                 for item in error.errors()
             ]
             raise ValueError("; ".join(problems)) from None

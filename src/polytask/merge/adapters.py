@@ -116,7 +116,8 @@ def merge_adapters(
     output.claim()
     started = time.perf_counter()
     state = model.folded(0)  # every non-adapted tensor as trained; the adapted ones reset below
-    deltas = [model.deltas(t) for t in range(len(predictor.task_names))]
+    with torch.no_grad():
+        deltas = [model.deltas(t) for t in range(len(predictor.task_names))]
     keys = list(deltas[0])
     base = {key: state[key] - deltas[0][key] for key in keys}
     inputs = MergeInputs(
