@@ -22,13 +22,17 @@ def test_grouped_product_is_each_row_times_its_tasks_matrix():
         assert torch.allclose(out[0, p, 0], x[0, p, 0] @ weights[task, 0], atol=1e-6)
 
 
-def test_layout_of_tasks_without_rows():
-    rows = RowTasks.of(torch.tensor([2, 2]), 4)
-    assert rows.counts == [0, 0, 2, 0]
-    assert rows.width == 2
-    grouped = rows.group(torch.ones(1, 2, 1, 1))
-    assert grouped.shape == (4, 1, 2, 1)
-    assert grouped[2].sum() == 2 and grouped.sum() == 2
+def test_tasks_without_rows_take_no_room_in_the_grid():
+    rows = RowTasks.of(torch.tensor([1, 3, 3, 3]), 5)
+    assert rows.counts == [1, 3] and rows.present.tolist() == [1, 3] and rows.width == 3
+    x = torch.arange(4.0).view(1, 4, 1, 1)
+    grouped = rows.group(x)
+    assert grouped.shape == (2, 1, 3, 1)
+    assert grouped[:, 0, :, 0].tolist() == [[0.0, 0.0, 0.0], [1.0, 2.0, 3.0]]
+    table = torch.arange(5.0)
+    assert rows.weights(table).tolist() == [1.0, 3.0]
+    one = RowTasks.of(torch.tensor([2, 2]), 4)
+    assert one.even and one.group(torch.ones(1, 2, 1, 1)).shape == (1, 1, 2, 1)
 
 
 def test_current_needs_a_pass_and_the_same_rows():

@@ -53,20 +53,21 @@ class Bottleneck(Adapter):
         del x  # a bottleneck adapter reads the layer's output
         grouped = rows.group(y)  # [T, M, S*K, out]
         if self.fusion:
-            update = self._fused(grouped)
+            update = self._fused(grouped, rows)
         else:
-            hidden = torch.relu(grouped @ self.down + self.down_bias)
-            update = hidden @ self.up + self.up_bias
+            down, up = rows.weights(self.down), rows.weights(self.up)
+            hidden = torch.relu(grouped @ down + rows.weights(self.down_bias))
+            update = hidden @ up + rows.weights(self.up_bias)
         return y + rows.ungroup(update, y.shape[2])
 
-    def _fused(self, grouped: torch.Tensor) -> torch.Tensor:
+    def _fused(self, grouped: torch.Tensor, rows: RowTasks) -> torch.Tensor:
         """Every adapter j on every task t's rows, mixed by task t's attention."""
-        rows = grouped[:, None]  # [T, 1, M, S*K, out]
-        hidden = torch.relu(rows @ self.down[None] + self.down_bias[None])
+        every = grouped[:, None]  # [G, 1, M, S*K, out]: each task's rows, for every adapter
+        hidden = torch.relu(every @ self.down[None] + self.down_bias[None])
         outputs = hidden @ self.up[None] + self.up_bias[None]  # [T, J, M, S*K, out]
-        query = grouped @ self.query  # [T, M, S*K, out]
-        keys = outputs @ self.key[:, None]  # [T, J, M, S*K, out]
+        query = grouped @ rows.weights(self.query)  # [G, M, S*K, out]
+        keys = outputs @ rows.weights(self.key)[:, None]  # [G, J, M, S*K, out]
         scores = (keys * query[:, None]).sum(-1)  # [T, J, M, S*K]
         attention = torch.softmax(scores, dim=1)
-        values = outputs @ self.value[:, None]
+        values = outputs @ rows.weights(self.value)[:, None]
         return (attention[..., None] * values).sum(1)

@@ -100,7 +100,7 @@ class Hyper(Adapter):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, rows: RowTasks) -> torch.Tensor:
         del x  # the generated adapter reads the layer's output
-        down, down_bias, up, up_bias = self.generated()
+        down, down_bias, up, up_bias = (rows.weights(w) for w in self.generated())
         grouped = rows.group(y)
         update = torch.relu(grouped @ down + down_bias) @ up + up_bias
         return y + rows.ungroup(update, y.shape[2])

@@ -36,7 +36,7 @@ class LoRA(Adapter):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, rows: RowTasks) -> torch.Tensor:
         grouped = rows.group(self.dropout(x))  # [T, M, S*K, in]
-        update = (grouped @ self.down) @ self.up  # [T, M, S*K, out]
+        update = (grouped @ rows.weights(self.down)) @ rows.weights(self.up)  # [T, M, S*K, out]
         return y + self.scale * rows.ungroup(update, x.shape[2])
 
     def delta(self, task: int) -> torch.Tensor:

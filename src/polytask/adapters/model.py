@@ -75,15 +75,19 @@ class AdapterModel(MultiTaskModel):
         layout = RowTasks.of(tasks, num_tasks)
         with routed(layout):
             inner = super().forward(Features(features.categorical[rows], features.numeric[rows]))
-        logits, start = [], 0
-        for task, count in enumerate(layout.counts):
-            mine = inner.logits[task][start : start + count]
+        spans, start = {}, 0
+        for task, count in zip(layout.present.tolist(), layout.counts, strict=True):
+            spans[task] = (start, count)
+            start += count
+        logits = []
+        for task, computed in enumerate(inner.logits):
+            start, count = spans.get(task, (0, 0))
+            mine = computed[start : start + count]
             if count != num_rows:  # some rows did not ask for this task
-                mine = mine.new_zeros(num_rows, mine.shape[1]).index_copy(
+                mine = computed.new_zeros(num_rows, computed.shape[1]).index_copy(
                     0, rows[start : start + count], mine
                 )
             logits.append(mine)
-            start += count
         auxiliary = inner.auxiliary_loss
         for extra in layout.auxiliary:
             auxiliary = extra if auxiliary is None else auxiliary + extra

@@ -48,7 +48,7 @@ class MTLLoRA(Adapter):
     def forward(self, x: torch.Tensor, y: torch.Tensor, rows: RowTasks) -> torch.Tensor:
         shared = self.dropout(x) @ self.down[:, None]  # [M, P, K, r]
         grouped = rows.group(shared)  # [T, M, S*K, r]
-        update = (grouped @ self.transform) @ self.task_ups()
+        update = (grouped @ rows.weights(self.transform)) @ rows.weights(self.task_ups())
         return y + self.scale * rows.ungroup(update, x.shape[2])
 
     def delta(self, task: int) -> torch.Tensor:

@@ -27,12 +27,15 @@ from polytask.errors import PolytaskError
 class RowTasks:
     """The task of each of P rows (sorted: all of task 0's rows, then task 1's, ...).
 
-    tasks [P] int64. counts [T]. slots [P]: each row's place in the flattened [T * S] grid.
-    auxiliary: losses the adapters add during the pass (load balancing), summed by the model.
+    tasks [P] int64, of T tasks. The grid has a row of S slots for each of the G tasks
+    present (tasks without rows take no room): ``present`` [G], their ids; counts [G], their
+    rows; slots [P], each row's place in the flattened [G * S] grid. auxiliary: losses the
+    adapters add during the pass (load balancing), summed by the model.
     """
 
     tasks: torch.Tensor
     num_tasks: int
+    present: torch.Tensor
     counts: list[int]
     width: int  # S
     slots: torch.Tensor
@@ -41,38 +44,52 @@ class RowTasks:
     @classmethod
     def of(cls, tasks: torch.Tensor, num_tasks: int) -> RowTasks:
         """The layout of ``tasks`` [P], which must be sorted."""
-        counts_tensor = torch.bincount(tasks, minlength=num_tasks)
+        present, compact, counts_tensor = torch.unique_consecutive(
+            tasks, return_inverse=True, return_counts=True
+        )
         counts = [int(c) for c in counts_tensor.tolist()]
         width = max(counts) if counts else 0
         starts = torch.cumsum(counts_tensor, 0) - counts_tensor
-        position = torch.arange(len(tasks), device=tasks.device) - starts[tasks]
-        return cls(tasks, num_tasks, counts, width, tasks * width + position)
+        position = torch.arange(len(tasks), device=tasks.device) - starts[compact]
+        return cls(tasks, num_tasks, present, counts, width, compact * width + position)
 
     @property
     def rows(self) -> int:
         return int(self.tasks.shape[0])
 
     @property
+    def groups(self) -> int:
+        """G, the tasks that have rows."""
+        return len(self.counts)
+
+    @property
     def even(self) -> bool:
-        """Every task has the same number of rows: the rows already are the grid."""
-        return self.width * self.num_tasks == self.rows
+        """Every task present has the same number of rows: the rows already are the grid."""
+        return self.width * self.groups == self.rows
+
+    def weights(self, table: torch.Tensor) -> torch.Tensor:
+        """The entries of a per-task table [T, ...] that the grid's tasks read: [G, ...]."""
+        if self.groups == self.num_tasks:
+            return table
+        return table.index_select(0, self.present)
 
     def group(self, x: torch.Tensor) -> torch.Tensor:
-        """[M, P, K, F] -> [T, M, S*K, F]: each task's rows together (zeros where a task has
-        fewer than S rows), so that ``grouped @ per_task_weights[T, M, F, G]`` is one batched
-        product (on a CPU, far faster than one thin product per task). A view when even."""
+        """[M, P, K, F] -> [G, M, S*K, F]: each task's rows together (zeros where a task has
+        fewer than S rows), so that ``grouped @ rows.weights(per_task[T, M, F, H])`` is one
+        batched product (on a CPU, far faster than one thin product per task). A view when
+        even (one task, or equal shares)."""
         members, _, tokens, features = x.shape
         if self.even:
-            return x.view(members, self.num_tasks, self.width * tokens, features).transpose(0, 1)
-        grid = x.new_zeros(members, self.num_tasks * self.width, tokens, features)
+            return x.view(members, self.groups, self.width * tokens, features).transpose(0, 1)
+        grid = x.new_zeros(members, self.groups * self.width, tokens, features)
         grid = grid.index_copy(1, self.slots, x)
-        grid = grid.view(members, self.num_tasks, self.width * tokens, features)
+        grid = grid.view(members, self.groups, self.width * tokens, features)
         return grid.transpose(0, 1)
 
     def ungroup(self, grouped: torch.Tensor, tokens: int) -> torch.Tensor:
-        """[T, M, S*K, G] -> [M, P, K, G], the rows in their original order."""
-        num_tasks, members, _, features = grouped.shape
-        grid = grouped.transpose(0, 1).reshape(members, num_tasks * self.width, tokens, features)
+        """[G, M, S*K, H] -> [M, P, K, H], the rows in their original order."""
+        groups, members, _, features = grouped.shape
+        grid = grouped.transpose(0, 1).reshape(members, groups * self.width, tokens, features)
         return grid if self.even else grid.index_select(1, self.slots)
 
     def per_row(self, table: torch.Tensor) -> torch.Tensor:
