@@ -64,7 +64,10 @@ def census(results: dict[str, Any]) -> str:
     head = ["new task by", "college test AUC", "trained parameters", "train s (median)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     summary = results["summary"]
-    for way, label in (("expand", "grow, expand (8 new experts)"), ("lora", "LoRA adapters (rank 4)")):
+    for way, label in (
+        ("expand", "grow, expand (8 new experts)"),
+        ("lora", "LoRA adapters (rank 4)"),
+    ):
         row = summary[way]
         lines.append(
             f"| {label} | {row['college_auc_mean']:.4f} ± {row['college_auc_std']:.4f} | "

@@ -7,6 +7,7 @@ import copy
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 import polytask
@@ -113,3 +114,46 @@ def test_the_server_answers_an_adapter_run_as_its_predictor(runs):
         assert answer["click"] == pytest.approx(value, abs=1e-6)
     for answer, whole in zip(part.json()["predictions"], full.json()["predictions"], strict=True):
         assert answer["spend"] == pytest.approx(whole["spend"], abs=1e-4)
+
+
+class Pretrained(torch.nn.Module):
+    """A user's pretrained module: two linear layers over the numeric inputs (fixed seed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(7)
+        self.first = torch.nn.Linear(6, 8)
+        self.second = torch.nn.Linear(8, 5)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator))
+        self.out_dim = 5
+
+    def forward(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+        del categorical
+        return torch.relu(self.second(torch.relu(self.first(numeric))))
+
+
+def test_a_users_module_is_the_frozen_backbone(tmp_path):
+    from tests.conftest import make_table
+
+    path = tmp_path / "table.csv"
+    make_table(n=120).to_csv(path, index=False)
+    adapters = {"method": "lora", "targets": ["encoders.0.*"], "heads": "train"}
+    spec = base_spec(
+        path, model={"arch": "shared_bottom", "adapters": adapters}, train={"epochs": 2}
+    )
+    trained = polytask.train(spec, out=tmp_path / "run", encoder_factory=Pretrained)
+    model = trained.model
+    assert [site.name for site in model.sites] == ["encoders.0.first", "encoders.0.second"]
+    fresh = Pretrained()
+    for name, value in fresh.state_dict().items():
+        assert torch.equal(model.encoders[0].state_dict()[name], value)  # fixed
+    assert any(
+        torch.count_nonzero(p) for n, p in model.adapters.named_parameters() if n.endswith("up")
+    )
+    fixed = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["freeze"]
+    assert "encoders.0.first.weight" in fixed and "arch.levels.0.experts.weights.0" in fixed
+    loaded = polytask.load(tmp_path / "run", encoder_factory=Pretrained)
+    rows = make_table(n=10, seed=3)
+    pd.testing.assert_frame_equal(loaded.predict(rows), trained.predict(rows))
