@@ -190,3 +190,21 @@ def test_another_method_on_an_adapter_run_is_refused(base, tmp_path):
     first = train(adapter_spec(spec, run, method="bottleneck"), tmp_path / "adapters")
     with pytest.raises(ConfigError, match="same method and targets"):
         train(adapter_spec(spec, first, method="lora"), tmp_path / "lora")
+
+
+def test_gradient_balancing_with_adapters_needs_exact_mode(base, tmp_path):
+    from polytask.errors import PolytaskError
+
+    spec, run = base
+    exact = adapter_spec(spec, run)
+    exact["balance"] = {"method": "pcgrad", "options": {"mode": "exact"}}
+    trained = train(exact, tmp_path / "exact")
+    assert all(
+        torch.equal(weights(trained)[n], v)
+        for n, v in weights(run).items()
+        if n.startswith("arch.")
+    )
+    fast = adapter_spec(spec, run)
+    fast["balance"] = {"method": "pcgrad"}
+    with pytest.raises(PolytaskError, match="or adapters"):
+        train(fast, tmp_path / "fast")
