@@ -157,3 +157,14 @@ def test_a_users_module_is_the_frozen_backbone(tmp_path):
     loaded = polytask.load(tmp_path / "run", encoder_factory=Pretrained)
     rows = make_table(n=10, seed=3)
     pd.testing.assert_frame_equal(loaded.predict(rows), trained.predict(rows))
+
+
+def test_a_relative_backbone_resolves_against_the_spec_file(tmp_path):
+    from polytask.config import load_spec
+
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    spec = base_spec("rows.csv", model={"adapters": {"method": "lora", "backbone": "../runs/base"}})
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec))
+    loaded = load_spec(folder / "spec.yaml")
+    assert loaded.model.adapters.backbone == (tmp_path / "runs" / "base").resolve()
