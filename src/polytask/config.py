@@ -697,9 +697,9 @@ def _resolve_paths(spec: RunSpec, base_dir: Path) -> None:
         if path is not None and not path.is_absolute():
             setattr(spec.train, field, (base_dir / path).resolve())
     adapters = spec.model.adapters
-    if adapters is not None and adapters.backbone is not None:
-        if not adapters.backbone.is_absolute():
-            adapters.backbone = (base_dir / adapters.backbone).resolve()
+    backbone = adapters.backbone if adapters is not None else None
+    if adapters is not None and backbone is not None and not backbone.is_absolute():
+        adapters.backbone = (base_dir / backbone).resolve()
 
 
 def resolve_data_paths(data: DataSpec, base_dir: Path) -> None:
