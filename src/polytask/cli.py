@@ -893,7 +893,6 @@ def merge(
     """Merge fine-tuned runs of one base into one run that predicts every task."""
     from polytask.merge.runs import merge as merge_runs
     from polytask.merge.runs import parse_options
-    from polytask.train.progress import metrics_table
 
     record = merge_runs(
         runs, base, method, parse_options(option or []), out_dir, overwrite=overwrite
@@ -901,12 +900,7 @@ def merge(
     if as_json:
         out.print_json(json.dumps(record, default=str))
         return
-    from polytask.artifacts import run_dir as rd
-
-    metrics = rd.load_json(out_dir, rd.FINAL_METRICS)
-    split = "test" if "test" in metrics else "valid" if "valid" in metrics else None
-    if split is not None:
-        out.print(metrics_table(f"{split} metrics of the merged run", metrics[split]))
+    _print_run_metrics("merged run", out_dir)
     origins = ", ".join(
         f"{task} <- {Path(source).name}" for task, source in record["tasks_from"].items()
     )
