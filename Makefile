@@ -23,12 +23,19 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+# PEFT (adapters' peer, benchmarks/_peft.py) and what `import peft` loads, pinned: transformers'
+# `kernels` and huggingface_hub's `hf-xet` serve hub downloads, which the benchmarks never make.
+PEFT := peft==0.21.2 transformers==5.25.0 accelerate==1.16.0 huggingface_hub==2.4.0 \
+	tokenizers==0.23.3 regex==2026.12.2 httpx2==2.17.0 httpcore2==2.17.0 truststore==0.10.5 \
+	psutil==7.2.2
+
 # The peers of the `bench` extra (pyproject.toml), with --no-deps: resolving LibMTL's
 # torchvision requirement would replace $(TORCH). Their other dependencies (numpy, pandas,
 # scikit-learn, scipy) come with polytask; keep these pins equal to the extra's.
 bench: $(STAMP)
 	$(BIN)/pip install --quiet tqdm qpsolvers quadprog
 	$(BIN)/pip install --quiet --no-deps torch-rechub==0.9.0 libmtl==1.1.5 torchjd==0.18.0
+	$(BIN)/pip install --quiet --no-deps $(PEFT)
 	$(BIN)/python benchmarks/throughput_archs.py
 	$(BIN)/python benchmarks/balance_speed.py
 

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     # 1: data and tasks
     ("data", "tasks"),
     # 2: the network
-    ("nn", "model"),
+    ("nn", "model", "adapters"),
     # 3: balancing
     ("balance",),
     # 4: run-directory formats
@@ -37,9 +37,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("api", "cli", "__init__", "__main__"),
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
-# The spec validates balancing options against the balancing registry, one layer up: the
-# only sanctioned upward edge (the methods' option declarations are read, not run).
-ALLOWED_UPWARD = {("config", "balance")}
+# The spec validates balancing and adapter options against their declarations, a layer or
+# two up: the only sanctioned upward edges (torch-free declarations, read, not run).
+ALLOWED_UPWARD = {("config", "balance"), ("config", "adapters")}
 
 
 def top_name(module: str) -> str:

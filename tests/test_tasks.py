@@ -285,3 +285,21 @@ def test_task_losses_in_one_pass_equal_each_tasks_loss():
         torch.testing.assert_close(losses[index], expected)
     assert present.tolist() == [True, True, False, True, True, True, True]
     assert float(losses[2]) == 0.0
+
+
+def test_labelled_rows_marks_the_pairs_with_a_label():
+    import torch
+
+    from polytask.config import TaskSpec
+    from polytask.tasks import Task, labelled_rows
+
+    tasks = [
+        Task(TaskSpec(name="a", kind="binary", target="a"), 1),
+        Task(TaskSpec(name="m", kind="multilabel", targets=["x", "y"]), 2),
+    ]
+    nan = float("nan")
+    labels = {
+        "a": torch.tensor([1.0, nan, 0.0]),
+        "m": torch.tensor([[nan, nan], [1.0, nan], [nan, nan]]),
+    }
+    assert labelled_rows(labels, tasks).tolist() == [[True, False], [False, True], [True, False]]

@@ -429,11 +429,16 @@ def options_table(title: str, kind: str, entries: list[tuple[str, str, Any]]) ->
 @user_errors
 def archs() -> None:
     """List the sharing architectures and the options each takes in model.options."""
+    from polytask.adapters.options import ADAPTER_OPTIONS
     from polytask.arch import ARCHS
 
     listed = [ARCHS.get(name) for name in ARCHS.names()]
     entries = [(c.registry_name, c.summary(), c.Options) for c in listed if c.listed]
     out.print(options_table("architectures (model.arch) and their model.options", "arch", entries))
+    adapters = [ADAPTER_OPTIONS.get(name) for name in ADAPTER_OPTIONS.names()]
+    title = "adapters on a frozen backbone (model.adapters.method) and their options"
+    rows = [(c.registry_name, c.summary(), c) for c in adapters]
+    out.print(options_table(title, "method", rows))
 
 
 @app.command()
@@ -888,7 +893,6 @@ def merge(
     """Merge fine-tuned runs of one base into one run that predicts every task."""
     from polytask.merge.runs import merge as merge_runs
     from polytask.merge.runs import parse_options
-    from polytask.train.progress import metrics_table
 
     record = merge_runs(
         runs, base, method, parse_options(option or []), out_dir, overwrite=overwrite
@@ -896,18 +900,72 @@ def merge(
     if as_json:
         out.print_json(json.dumps(record, default=str))
         return
-    from polytask.artifacts import run_dir as rd
-
-    metrics = rd.load_json(out_dir, rd.FINAL_METRICS)
-    split = "test" if "test" in metrics else "valid" if "valid" in metrics else None
-    if split is not None:
-        out.print(metrics_table(f"{split} metrics of the merged run", metrics[split]))
+    _print_run_metrics("merged run", out_dir)
     origins = ", ".join(
         f"{task} <- {Path(source).name}" for task, source in record["tasks_from"].items()
     )
     out.print(
         f"{method}: merged {record['merged_tensors']} tensors in {record['seconds']:.2f} s; "
         f"{origins}; saved to {out_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _print_run_metrics(title: str, out_dir: Path) -> None:
+    """The test (else validation) metrics of a run just written, as a table."""
+    from polytask.artifacts import run_dir as rd
+    from polytask.train.progress import metrics_table
+
+    metrics = rd.load_json(out_dir, rd.FINAL_METRICS)
+    split = "test" if "test" in metrics else "valid" if "valid" in metrics else None
+    if split is not None:
+        out.print(metrics_table(f"{split} metrics of the {title}", metrics[split]))
+
+
+@app.command("fold-adapters")
+@user_errors
+def fold_adapters(
+    run: Annotated[Path, typer.Argument(help="A finished run with model.adapters.")],
+    task: Annotated[str, typer.Option(help="The task whose adapters to fold in.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+) -> None:
+    """Fold one task's adapters into the backbone: an ordinary run of that task (then slim,
+    export, serve and the torch-free predict take it)."""
+    from polytask.merge.adapters import fold
+
+    record = fold(run, task, out_dir, overwrite=overwrite)
+    _print_run_metrics("folded run", out_dir)
+    out.print(
+        f"folded {record['method']} adapters of '{task}' into {len(record['layers'])} layers; "
+        f"saved to {out_dir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("merge-adapters")
+@user_errors
+def merge_adapters_command(
+    run: Annotated[Path, typer.Argument(help="A finished run with model.adapters.")],
+    method: Annotated[str, typer.Option(help="Merging method (`polytask merge-methods`).")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
+    option: Annotated[
+        list[str] | None, typer.Option(help="A method option as key=value; repeat for more.")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run directory.")] = False,
+) -> None:
+    """Merge every task's adapter update into one backbone (task arithmetic, TIES, ...): an
+    ordinary run that predicts every task."""
+    from polytask.merge.adapters import merge_adapters
+    from polytask.merge.runs import parse_options
+
+    record = merge_adapters(run, method, parse_options(option or []), out_dir, overwrite=overwrite)
+    _print_run_metrics("merged run", out_dir)
+    out.print(
+        f"{method}: merged the adapters of {len(record['layers'])} layers in "
+        f"{record['seconds']:.3f} s; saved to {out_dir}",
         highlight=False,
         soft_wrap=True,
     )

@@ -326,6 +326,56 @@ class EncoderSpec(_Section):
         return self
 
 
+class AdaptersSpec(_Section):
+    """Adapters on a frozen backbone (``polytask.adapters``): which method, on which linear
+    layers, over which weights.
+
+    ``backbone``: a finished run (its model section, fitted inputs and weights are taken; leave
+    the rest of ``model`` unset) or a ``.safetensors`` file of this model's weights (or of its
+    encoders and experts). Every parameter loaded from it stays fixed; the adapters, the
+    towers (``heads: train``) and whatever the backbone lacks (the towers and gates of tasks
+    it does not have) train. Without a backbone the model as built is the backbone (a
+    pretrained ``encoder_factory`` module) and everything but the adapters and towers stays.
+    ``targets``: shell-style patterns over the linear layers of the encoders and the plan
+    network (default: all of them), named (``encoders.0.linear``,
+    ``arch.levels.0.experts.0``; an unmatched pattern lists them all).
+    """
+
+    method: str
+    backbone: Path | None = None
+    targets: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+    heads: Literal["train", "freeze"] = "train"
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, name: str) -> str:
+        from polytask.adapters.options import ADAPTER_OPTIONS
+
+        try:
+            ADAPTER_OPTIONS.get(name)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return name
+
+    @model_validator(mode="after")
+    def _valid_options(self) -> AdaptersSpec:
+        from polytask.adapters.options import ADAPTER_OPTIONS
+
+        declared = ADAPTER_OPTIONS.get(self.method)
+        try:
+            declared.model_validate(self.options)
+        except ValidationError as error:
+            problems = [
+                describe_problem(
+                    item, declared, where=".".join(["options", *map(str, item["loc"])])
+                )
+                for item in error.errors()
+            ]
+            raise ValueError("; ".join(problems)) from None
+        return self
+
+
 class ModelSpec(_Section):
     """The network: input encoder -> sharing architecture -> one tower per task."""
 
@@ -337,6 +387,7 @@ class ModelSpec(_Section):
     dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     options: dict[str, Any] = Field(default_factory=dict)
     encoder: EncoderSpec = Field(default_factory=EncoderSpec)
+    adapters: AdaptersSpec | None = None
 
     @field_validator("arch")
     @classmethod
@@ -645,6 +696,10 @@ def _resolve_paths(spec: RunSpec, base_dir: Path) -> None:
         path = getattr(spec.train, field)
         if path is not None and not path.is_absolute():
             setattr(spec.train, field, (base_dir / path).resolve())
+    adapters = spec.model.adapters
+    backbone = adapters.backbone if adapters is not None else None
+    if adapters is not None and backbone is not None and not backbone.is_absolute():
+        adapters.backbone = (base_dir / backbone).resolve()
 
 
 def resolve_data_paths(data: DataSpec, base_dir: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -69,6 +69,10 @@ class MultiTaskModel(nn.Module):
     Encoders are passed in so that any ``nn.Module`` mapping ``(categorical, numeric)`` to
     ``[B, D]`` can replace the tabular one through the Python API.
     """
+
+    # whether ``forward`` runs a task only for the rows that ask for it (Features.wanted):
+    # the training step then asks each row for the tasks it has labels for
+    routes_rows: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -153,13 +157,18 @@ def build_model(
     ``out_dim``) replaces the encoder ``spec.encoder`` names; it is called once per encoder.
     """
     plan = ARCHS.get(spec.arch).plan(len(out_dims), spec)
-    return model_from_plan(
+    model = model_from_plan(
         plan,
         spec,
         out_dims,
         task_names,
         encoder_factory or encoder_from_spec(spec, cardinalities, numeric_width),
     )
+    if spec.adapters is None:
+        return model
+    from polytask.adapters.model import AdapterModel  # it builds on this module
+
+    return AdapterModel(model, spec.adapters)
 
 
 def model_for(

@@ -245,6 +245,18 @@ class Task:
         return 1.0 - value / reference if reference > 0 else math.nan
 
 
+def labelled_rows(labels: dict[str, torch.Tensor], tasks: list[Task]) -> torch.Tensor:
+    """[B, T] bool: whether row b has a label of task t (any column, for a multilabel task):
+    the (row, task) pairs a model that routes rows by task needs to compute."""
+    import torch
+
+    present = []
+    for task in tasks:
+        missing = torch.isnan(labels[task.name])
+        present.append(~missing.all(dim=1) if missing.dim() > 1 else ~missing)
+    return torch.stack(present, dim=1)
+
+
 def task_losses(
     outputs: list[torch.Tensor],
     labels: dict[str, torch.Tensor],

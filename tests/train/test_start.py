@@ -107,3 +107,104 @@ def test_a_weights_file_brings_the_preprocessor_beside_it(base, tmp_path):
         out = train(started, tmp_path / f"out-{beside}")
         same = rd.load_json(out, rd.PREPROCESSOR) == rd.load_json(run, rd.PREPROCESSOR)
         assert same == beside
+
+
+# ---------------------------------------------------------------------- adapters' backbone
+def adapter_spec(spec: dict, backbone: Path, method: str = "lora", **adapters) -> dict:
+    out = copy.deepcopy(spec)
+    out["model"] = {"adapters": {"method": method, "backbone": str(backbone), **adapters}}
+    return out
+
+
+def test_adapters_train_and_the_backbone_stays_bit_identical(base, tmp_path):
+    spec, run = base
+    adapted = train(adapter_spec(spec, run), tmp_path / "lora")
+    before, after = weights(run), weights(adapted)
+    for name, value in before.items():
+        if not name.startswith("towers."):
+            assert torch.equal(after[name], value), name
+    assert any(not torch.equal(after[n], before[n]) for n in before if n.startswith("towers."))
+    assert any(torch.count_nonzero(after[n]) for n in after if n.endswith(".up"))
+    config = rd.load_config(adapted)
+    assert config.model.arch == "mmoe" and config.model.adapters.method == "lora"
+    assert "arch.levels.0.experts.weights.0" in config.train.freeze  # a resume keeps them
+
+
+def test_heads_freeze_keeps_the_towers_too(base, tmp_path):
+    spec, run = base
+    adapted = train(adapter_spec(spec, run, heads="freeze"), tmp_path / "lora")
+    before, after = weights(run), weights(adapted)
+    assert all(torch.equal(after[n], v) for n, v in before.items())
+
+
+def test_a_new_task_on_a_backbone_of_other_tasks_trains_its_gate_and_tower(base, tmp_path):
+    spec, run = base
+    new = adapter_spec(spec, run)
+    new["tasks"] = [{"name": "spend_again", "kind": "regression", "target": "spend"}]
+    adapted = train(new, tmp_path / "new")
+    before, after = weights(run), weights(adapted)
+    for name in before:
+        if name.startswith(("encoders.", "arch.levels.0.experts.")):
+            assert torch.equal(after[name], before[name]), name
+    assert after["towers.output.weights.0"].shape[0] == 1
+
+
+def test_architectures_whose_experts_follow_the_tasks_need_the_same_tasks(base, tmp_path):
+    spec, _ = base
+    cgc_spec = copy.deepcopy(spec)
+    cgc_spec["model"] = {**spec["model"], "arch": "cgc"}
+    cgc = train(cgc_spec, tmp_path / "cgc")
+    new = adapter_spec(spec, cgc)
+    new["tasks"] = spec["tasks"][:2]
+    with pytest.raises(ConfigError, match="experts do not depend on the tasks"):
+        train(new, tmp_path / "new")
+
+
+def test_a_model_field_that_differs_from_the_backbone_is_refused(base, tmp_path):
+    spec, run = base
+    new = adapter_spec(spec, run)
+    new["model"]["arch"] = "shared_bottom"
+    with pytest.raises(ConfigError, match=r"model\.arch: the backbone run"):
+        train(new, tmp_path / "x")
+
+
+def test_fusion_on_a_bottleneck_run_keeps_its_adapters(base, tmp_path):
+    spec, run = base
+    first = train(adapter_spec(spec, run, method="bottleneck"), tmp_path / "adapters")
+    fusion = adapter_spec(spec, first, method="bottleneck", options={"compose": "fusion"})
+    second = train(fusion, tmp_path / "fusion")
+    before, after = weights(first), weights(second)
+    for name, value in before.items():
+        if not name.startswith("towers."):
+            assert torch.equal(after[name], value), name
+    assert any(not torch.equal(after[n], before[n]) for n in before if n.startswith("towers."))
+    assert any(
+        ".value" in n
+        and not torch.equal(after[n], torch.eye(after[n].shape[-1]).expand_as(after[n]))
+        for n in after
+    )
+
+
+def test_another_method_on_an_adapter_run_is_refused(base, tmp_path):
+    spec, run = base
+    first = train(adapter_spec(spec, run, method="bottleneck"), tmp_path / "adapters")
+    with pytest.raises(ConfigError, match="same method and targets"):
+        train(adapter_spec(spec, first, method="lora"), tmp_path / "lora")
+
+
+def test_gradient_balancing_with_adapters_needs_exact_mode(base, tmp_path):
+    from polytask.errors import PolytaskError
+
+    spec, run = base
+    exact = adapter_spec(spec, run)
+    exact["balance"] = {"method": "pcgrad", "options": {"mode": "exact"}}
+    trained = train(exact, tmp_path / "exact")
+    assert all(
+        torch.equal(weights(trained)[n], v)
+        for n, v in weights(run).items()
+        if n.startswith("arch.")
+    )
+    fast = adapter_spec(spec, run)
+    fast["balance"] = {"method": "pcgrad"}
+    with pytest.raises(PolytaskError, match="or adapters"):
+        train(fast, tmp_path / "fast")

@@ -27,6 +27,7 @@ CONFIG = "config.yaml"
 PREPROCESSOR = "preprocessor.json"
 WEIGHTS = "model.safetensors"
 LEAN = "lean.safetensors"  # the folded form as arrays: torch-free predictions (inference.arrays)
+ADAPTERS = "adapters.safetensors"  # an adapter run's trained tensors alone (polytask.adapters)
 EPOCH_LOG = "metrics.jsonl"
 FINAL_METRICS = "metrics.json"
 SUMMARY = "summary.json"
@@ -42,6 +43,7 @@ RUN_FILES = frozenset(
         PREPROCESSOR,
         WEIGHTS,
         LEAN,
+        ADAPTERS,
         EPOCH_LOG,
         FINAL_METRICS,
         SUMMARY,
@@ -183,11 +185,21 @@ def describe(run: str | Path) -> dict[str, Any]:
         }
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as error:
         raise PolytaskError(f"run {folder} could not be read ({type(error).__name__})") from None
-    return {
+    described: dict[str, Any] = {
         "run": str(folder),
         "arch": config.get("model", {}).get("arch"),
         "tasks": tasks,
         "balance": {"method": balance.method, "options": balance.resolved_options().model_dump()},
         "inputs": columns,
-        "summary": summary,
     }
+    adapters = spec.model.adapters
+    if adapters is not None:
+        from polytask.adapters.options import ADAPTER_OPTIONS  # torch-free declarations
+
+        options = ADAPTER_OPTIONS.get(adapters.method).model_validate(adapters.options)
+        described["adapters"] = {
+            **adapters.model_dump(mode="json", exclude={"options"}),
+            "options": options.model_dump(),
+        }
+    described["summary"] = summary
+    return described

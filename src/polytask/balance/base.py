@@ -150,7 +150,8 @@ class StepContext:
             raise PolytaskError(
                 "gradient balancing in fast mode needs a shared representation that "
                 "depends on trained parameters, and this model has none (a "
-                "parameter-free encoder under an architecture without one); "
+                "parameter-free encoder under an architecture without one, or adapters, "
+                "where each task's rows run through their own); "
                 "set balance.options.mode: exact"
             )
         return representation

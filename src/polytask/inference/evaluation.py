@@ -16,7 +16,7 @@ import torch
 
 from polytask.features import Features
 from polytask.inference.predict import predict_logits
-from polytask.tasks import HIGHER_IS_BETTER, Task, task_losses
+from polytask.tasks import HIGHER_IS_BETTER, Task, labelled_rows, task_losses
 
 
 def evaluate(
@@ -29,6 +29,8 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Metrics per task, plus each task's masked loss under the key ``loss``; ``weights``:
     the sample weights of the tasks that have them."""
+    if getattr(model, "routes_rows", False):  # compute only the labelled (row, task) pairs
+        features = features.asking(labelled_rows(labels, tasks))
     logits = predict_logits(model, features, batch_size)
     return evaluate_outputs(logits, labels, tasks, weights)
 

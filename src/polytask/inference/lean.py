@@ -344,6 +344,8 @@ def lean_form(model: MultiTaskModel) -> LeanModel | None:
 
     Built from the weights as they are now: rebuild it after changing them.
     """
+    if model.routes_rows:  # adapters change the layers per task: fold one task first
+        return None
     found = _mixtures(model)
     if found is None:
         return None

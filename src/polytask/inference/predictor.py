@@ -12,8 +12,9 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from polytask.adapters.model import AdapterModel
 from polytask.artifacts import run_dir as rd
-from polytask.artifacts.weights import load_weights
+from polytask.artifacts.weights import load_weights, weights_from_adapters
 from polytask.config import RunSpec, TaskKind
 from polytask.data.preprocess import Preprocessor
 from polytask.data.weights import encode_weights, weight_columns
@@ -52,7 +53,8 @@ class Predictor(RunRows):
         if cls is Predictor and is_group(run):
             return GroupPredictor.load(run, encoder_factory=encoder_factory)
         folder = rd.require_complete(Path(run))
-        if not (folder / rd.WEIGHTS).is_file():
+        alone = not (folder / rd.WEIGHTS).is_file() and (folder / rd.ADAPTERS).is_file()
+        if not (folder / rd.WEIGHTS).is_file() and not alone:
             raise PolytaskError(
                 f"{folder} holds metrics but no model ({rd.WEIGHTS}): a baseline's result "
                 "folder, not a run"
@@ -68,7 +70,12 @@ class Predictor(RunRows):
         model = model_for(spec.model, preprocessor, tasks, encoder_factory=encoder_factory)
         raw_model = rd.load_raw_config(folder).get("model", {})
         try:
-            model.load_state_dict(load_weights(folder / rd.WEIGHTS, raw_model))
+            if alone:  # the adapters shipped alone: onto the backbone they were trained on
+                record = rd.load_json(folder, rd.SUMMARY).get("adapters")
+                state = weights_from_adapters(folder, folder / rd.ADAPTERS, record)
+            else:
+                state = load_weights(folder / rd.WEIGHTS, raw_model)
+            model.load_state_dict(state)
         except (OSError, RuntimeError, SafetensorError) as error:
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise PolytaskError(
@@ -82,6 +89,12 @@ class Predictor(RunRows):
         if not isinstance(self.model, MultiTaskModel):
             raise PolytaskError(
                 f"{self.run} is a group of runs, not one network; slim or export its runs"
+            )
+        if isinstance(self.model, AdapterModel):
+            raise PolytaskError(
+                f"{self.run} holds adapters, which change its layers per task: fold one "
+                f"task's into the backbone first (polytask adapters fold {self.run} --task "
+                "TASK -o OUT), then slim or export that run"
             )
         return self.model
 
@@ -117,6 +130,9 @@ class Predictor(RunRows):
 
     def _subset_models(self, keep: list[int]) -> tuple[nn.Module, nn.Module]:
         """The model of the tasks ``keep`` (indices), and its serving form."""
+        if isinstance(self.model, AdapterModel):  # the same pass, asked for fewer tasks
+            part = self.model.tasks_only(keep)
+            return part, part
         model = task_subset(self.network(), keep)
         return model, lean_form(model) or model
 

@@ -262,7 +262,7 @@ def merge(
         "reading_seconds": started - reading,
         "report": merger.report,
     }
-    _write(predictor, plan, state, record, output, evaluate_splits)
+    write_run(predictor, plan, state, record, output, evaluate_splits)
     return record
 
 
@@ -350,7 +350,7 @@ def _plan_model(predictor: Predictor, plan: Plan) -> MultiTaskModel:
     return model_for(spec.model, predictor.preprocessor, predictor.tasks)
 
 
-def _write(
+def write_run(
     predictor: Predictor,
     plan: Plan | None,
     state: StateDict,

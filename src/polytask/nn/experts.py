@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from polytask.errors import ConfigError
 from polytask.nn.dispatch import grouped_addmm
 
 
@@ -55,6 +56,9 @@ class ExpertBank(nn.Module):
             nn.Parameter(torch.empty(num_experts, 1, fan_out)) for fan_out in hidden
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # layer index -> an adapter (polytask.adapters) that edits that layer's output; not a
+        # registered submodule: the adapter model that attached it owns its parameters
+        self.layer_adapters: dict[int, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
         self.reset_parameters()
 
     @property
@@ -79,8 +83,11 @@ class ExpertBank(nn.Module):
         """Layer ``index`` before its activation: [B, in] or [E, B, in] -> [E, B, out]."""
         weight, bias = self.weights[index], self.biases[index]
         if x.dim() == 2:
-            return self._shared_input_layer(x, weight, bias)
-        return torch.baddbmm(bias, x, weight)
+            out = self._shared_input_layer(x, weight, bias)
+        else:
+            out = torch.baddbmm(bias, x, weight)
+        adapter = self.layer_adapters.get(index) if self.layer_adapters else None
+        return out if adapter is None else adapter(x, out)
 
     def activate(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Layer ``index``'s activation (ReLU, then dropout); none after an output layer."""
@@ -102,6 +109,11 @@ class ExpertBank(nn.Module):
     def forward_segments(self, x: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
         """The MLP on rows sorted by expert, segment e (``sizes[e]`` rows) through expert e
         only, each layer a grouped GEMM: [P, in] -> [P, out] (sparse dispatch)."""
+        if self.layer_adapters:
+            raise ConfigError(
+                "adapters cannot sit on experts that rows reach by sparse dispatch "
+                "(top-k routing); target another layer"
+            )
         last = len(self.weights) - 1
         for index, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
             x = grouped_addmm(x, sizes, weight, bias)

@@ -51,6 +51,11 @@ def prepare(spec: RunSpec, preprocessor_state: dict[str, Any] | None = None) -> 
             preprocessor = Preprocessor.fit(frames.train, spec.data, spec.tasks, image=image)
     else:
         preprocessor = Preprocessor(preprocessor_state)
+        # tasks the fitted inputs were not made with (adapters for a new task on a trained
+        # run): their label encodings are fitted here, the inputs' stay as they are
+        new = [task for task in spec.tasks if task.name not in preprocessor.state["tasks"]]
+        if new:
+            preprocessor = preprocessor.with_tasks(frames.train, new)
     tasks = preprocessor.build_tasks(spec.tasks)
     output_columns(tasks)  # two tasks' prediction columns must not share a name
     splits = {}

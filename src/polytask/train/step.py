@@ -16,7 +16,7 @@ from polytask.errors import ConfigError, PolytaskError
 from polytask.features import Features
 from polytask.model import ModelOutput, MultiTaskModel
 from polytask.nn.towers import Towers
-from polytask.tasks import Task, task_losses
+from polytask.tasks import Task, labelled_rows, task_losses
 from polytask.train.device import Placement
 from polytask.train.distributed import World
 from polytask.train.hooks import StepHooks
@@ -71,6 +71,9 @@ def train_step(
                 "data.weight: sample weights cannot be combined with a strategy that adds "
                 "remembered rows to the batch (replay, A-GEM's memory)"
             )
+
+    if model.routes_rows:  # each row runs as the tasks it has labels for, not all of them
+        features = features.asking(labelled_rows(labels, tasks))
 
     def forward() -> ModelOutput:
         with place.autocast() if place is not None else contextlib.nullcontext():

@@ -51,7 +51,16 @@ from polytask.train.optim import build_optimizer, build_scheduler
 from polytask.train.prepare import Prepared, SplitTensors, prepare
 from polytask.train.progress import TrainingDisplay, metrics_table
 from polytask.train.runtime import keep_heap_between_steps
-from polytask.train.start import freeze, initial_preprocessor, load_initial, load_matching
+from polytask.train.start import (
+    backbone_run,
+    freeze,
+    initial_preprocessor,
+    load_backbone,
+    load_initial,
+    load_matching,
+    save_adapters,
+    with_backbone_model,
+)
 from polytask.train.step import train_step
 from polytask.train.support import check_balancer
 
@@ -156,6 +165,8 @@ class Trainer:
         self.spec = self._claim_folder(spec)
         if encoder_factory is not None and not resume:
             self.spec = _with_custom_encoder(self.spec)
+        if not resume:
+            self.spec = with_backbone_model(self.spec)
 
     # ------------------------------------------------------------------ set-up
     def _claim_folder(self, spec: RunSpec | None) -> RunSpec:
@@ -191,7 +202,7 @@ class Trainer:
         if self.resume:
             state = rd.load_json(self.partial, rd.PREPROCESSOR)
         else:  # a run started from trained weights keeps the inputs those were trained on
-            state = initial_preprocessor(train_spec.init)
+            state = initial_preprocessor(train_spec.init or backbone_run(self.spec))
         prepared = self.prepared or prepare(self.spec, state)
         self.baseline = load_baseline(train_spec.baseline)
         try:
@@ -209,6 +220,13 @@ class Trainer:
             raise _too_large(self.spec) from None
         if train_spec.init is not None and not self.resume:  # a resume reads its checkpoint
             load_initial(model, train_spec.init)
+        if self.spec.model.adapters is not None and not self.resume:
+            # what the backbone gave stays fixed; recorded in the spec, so a resume (which
+            # reads the checkpoint, not the backbone) keeps the same parameters fixed
+            fixed = load_backbone(model, self.spec)
+            patterns = list(dict.fromkeys([*train_spec.freeze, *fixed]))
+            train_spec = train_spec.model_copy(update={"freeze": patterns})
+            self.spec = self.spec.model_copy(update={"train": train_spec})
         self.frozen = freeze(model, train_spec.freeze)
         model.to(self.place.device)
         self.world.broadcast_parameters(model)
@@ -603,6 +621,7 @@ class Trainer:
                 lambda temp: plot_balance(loop.history, names, temp),
             )
         save_model(self.partial, model)
+        adapters = save_adapters(self.partial, model, self.spec)
         rd.save_json(self.partial, rd.FINAL_METRICS, final)
         summary = {
             "polytask_version": __version__,
@@ -629,6 +648,8 @@ class Trainer:
             "train_rows_per_second": loop.rows_seen / max(loop.train_seconds, 1e-9),
             "score": scores,
         }
+        if adapters is not None:
+            summary["adapters"] = adapters
         rd.save_json(self.partial, rd.SUMMARY, summary)
         rd.publish(self.output)
         shown = final.get("test") or final.get("valid")
