@@ -4,6 +4,7 @@ changes with the epoch, a bounded buffer, and a streamed run trained end to end.
 from __future__ import annotations
 
 import math
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,9 @@ from polytask.inference.predictor import Predictor
 from polytask.train import stream as stream_module
 from polytask.train.distributed import World
 from polytask.train.prepare import prepare
-from tests.conftest import base_spec, make_table, write_splits
+from tests.conftest import base_spec, make_table, write_splits, write_yaml
 from tests.train.helpers import read_json, train
+from tests.train.test_distributed import WORKER, environment, torchrun
 
 ROWS = 1000
 
@@ -162,3 +164,34 @@ def test_a_streamed_run_trains_and_evaluates_end_to_end(tmp_path):
     # the run folder is complete: it predicts on raw rows
     predictions = Predictor.load(streamed_run).predict(frames["test"])
     assert len(predictions) == 120
+
+
+def test_two_gloo_processes_train_a_streamed_table(tmp_path):
+    """Under torchrun the preprocessor is fitted once (rank 0) and shared, each rank reads its
+    own row groups (5 row groups: the ranks hold unequal rows and run as many steps), and
+    the run finishes with the preprocessor one process fits."""
+    frames, paths = write_splits(tmp_path, train_rows=600)
+    parquet = write_parquet(frames["train"], tmp_path / "train.parquet", row_group_rows=128)
+    data = {
+        "valid": str(paths["valid"]),
+        "test": str(paths["test"]),
+        "split": {},
+        "stream": {"batch_rows": 100, "buffer_rows": 256},
+    }
+    spec = base_spec(parquet, data=data, train={"threads": 1})
+    config = write_yaml(tmp_path / "streamed.yaml", spec)
+    done = subprocess.run(
+        torchrun(str(WORKER), str(tmp_path / "runs"), str(config)),
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = tmp_path / "runs" / "streamed"
+    one = train(spec, tmp_path / "one")
+    summary = read_json(two / "summary.json")
+    assert summary["world_size"] == 2 and summary["streamed"] is True
+    assert summary["rows"]["train"] == 600
+    assert read_json(two / "preprocessor.json") == read_json(one / "preprocessor.json")
+    assert read_json(two / "metrics.json")["test"]["click"]["auc"] > 0.7
