@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,27 @@ def test_two_gloo_processes_train_a_streamed_table(tmp_path):
     assert summary["rows"]["train"] == 600
     assert read_json(two / "preprocessor.json") == read_json(one / "preprocessor.json")
     assert read_json(two / "metrics.json")["test"]["click"]["auc"] > 0.7
+
+
+def test_prefetched_keeps_the_order_raises_errors_and_stops_when_closed():
+    assert list(stream_module.prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise DataError("t.parquet: column 'x', row 3: 'a' is not a number")
+
+    with pytest.raises(DataError, match="row 3"):
+        list(stream_module.prefetched(failing()))
+    produced: list[int] = []
+
+    def endless():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
+    reader = stream_module.prefetched(endless(), depth=2)
+    assert [next(reader) for _ in range(3)] == [0, 1, 2]
+    reader.close()  # the thread stops: it produced at most depth + 2 items past those read
+    count = len(produced)
+    assert count <= 3 + 2 + 2
+    assert not any(t.name == "polytask-stream" and t.is_alive() for t in threading.enumerate())

@@ -6,8 +6,9 @@ encodes each batch with the fitted preprocessor and adds it to a shuffle buffer 
 ``data.stream.buffer_rows`` rows. When the buffer is full it is permuted (from the seed, the
 epoch and the rank), its first part goes out as batches and the rest (half a buffer) stays
 to be mixed with the next rows; at the end of its rows the buffer is emptied the same way.
-So a rank holds at most about a buffer and a record batch of rows, whatever the table's size,
-and every row is trained on exactly once per epoch.
+So a rank holds at most about a buffer and a few record batches of rows (one being read,
+:data:`PREFETCH` read ahead by a background thread while the model trains, and the one
+added), whatever the table's size, and every row is trained on exactly once per epoch.
 
 A rank's batch is its part of the global batch (``train.batch_size`` split across the ranks
 as the in-memory path splits it). Ranks with fewer rows left run the remaining steps on a
@@ -19,9 +20,12 @@ Validation and test rows are not streamed: ``data.valid`` / ``data.test`` are re
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from collections.abc import Iterator
-from typing import Any
+from queue import Empty, Full, Queue
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -38,6 +42,54 @@ from polytask.features import Features
 from polytask.tasks import Task, output_columns
 from polytask.train.distributed import World
 from polytask.train.prepare import Prepared, SplitTensors, encode_split
+
+T = TypeVar("T")
+
+
+# Record batches read and encoded ahead of the training step, by a thread of their own.
+PREFETCH = 2
+_DONE = object()
+
+
+def prefetched(items: Iterator[T], depth: int = PREFETCH) -> Iterator[T]:
+    """``items`` in order, produced by a background thread at most ``depth`` ahead: reading
+    Parquet and encoding rows (pyarrow, numpy and torch release the GIL for their work)
+    overlaps with the training step. An error in the thread is raised here; closing this
+    generator early stops the thread."""
+    queue: Queue[Any] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        queue.put(item, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(_DONE)
+        except BaseException as error:  # handed to the consumer, which raises it
+            queue.put(error)
+
+    thread = threading.Thread(target=produce, name="polytask-stream", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(Empty):
+                queue.get(timeout=0.1)
+        thread.join()
 
 
 def local_batch(batch_size: int, world: World) -> int:
@@ -135,7 +187,7 @@ class StreamedSplit:
         capacity = self.stream.buffer_rows
         parts: list[SplitTensors] = []
         held = 0
-        for part in self._encoded(groups):
+        for part in prefetched(self._encoded(groups)):
             parts.append(part)
             held += len(part)
             if held < capacity:
