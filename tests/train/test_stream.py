@@ -220,3 +220,11 @@ def test_prefetched_keeps_the_order_raises_errors_and_stops_when_closed():
     count = len(produced)
     assert count <= 3 + 2 + 2
     assert not any(t.name == "polytask-stream" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_global_batch_smaller_than_the_world_is_refused(numbered):
+    from polytask.errors import ConfigError
+
+    rows, _ = streamed(numbered)
+    with pytest.raises(ConfigError, match=r"train\.batch_size \(2\) must be at least the number"):
+        next(rows.batches(2, 0, 1, World(rank=0, size=3)))

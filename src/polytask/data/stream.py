@@ -81,15 +81,18 @@ class ParquetSource:
         for group in groups:
             with _named(group.path):
                 file = pq.ParquetFile(group.path)
-                batches = file.iter_batches(
-                    batch_size=batch_rows, row_groups=[group.index], columns=columns
-                )
+            try:  # closed also when the reader stops early (the generator is closed)
                 offset = group.first_row
-                for batch in batches:
-                    frame = batch.to_pandas()
-                    frame.index = pd.RangeIndex(offset, offset + len(frame))
-                    offset += len(frame)
-                    yield frame, group
+                with _named(group.path):
+                    batches = file.iter_batches(
+                        batch_size=batch_rows, row_groups=[group.index], columns=columns
+                    )
+                    for batch in batches:
+                        frame = batch.to_pandas()
+                        frame.index = pd.RangeIndex(offset, offset + len(frame))
+                        offset += len(frame)
+                        yield frame, group
+            finally:
                 file.close()
 
 

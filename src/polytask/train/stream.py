@@ -37,7 +37,7 @@ from polytask.data.stream import ParquetSource, RowGroup, deal
 from polytask.data.stream_fit import fit_streamed
 from polytask.data.tabular import read_labelled
 from polytask.data.weights import weight_columns
-from polytask.errors import DataError
+from polytask.errors import ConfigError, DataError
 from polytask.features import Features
 from polytask.tasks import Task, output_columns
 from polytask.train.distributed import World
@@ -153,6 +153,11 @@ class StreamedSplit:
         return self._steps(deal(self.source.row_groups, world.size, seed, epoch), batch_size, world)
 
     def _steps(self, shares: list[list[RowGroup]], batch_size: int, world: World) -> int:
+        if batch_size < world.size:  # a rank would read no row of any batch
+            raise ConfigError(
+                f"train.batch_size ({batch_size}) must be at least the number of processes "
+                f"({world.size}) to stream a table"
+            )
         steps = 0
         for rank, share in enumerate(shares):
             size = local_batch(batch_size, World(rank=rank, size=world.size))
