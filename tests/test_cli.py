@@ -584,3 +584,16 @@ def test_cascade_overwrite_replaces_an_earlier_cascade(trained_run, tmp_path: Pa
     assert invoke(*args, "--steps", "5", "--overwrite").exit_code == 0
     assert len(json.loads((tmp_path / "c" / "cascade.json").read_text())["points"]) == 5
     assert json.loads((tmp_path / "c" / "polytask-manifest.json").read_text())["kind"] == "cascade"
+
+
+def test_a_streamed_runs_valid_and_test_rows_are_its_files(tmp_path):
+    from polytask.cli import labelled_rows
+    from polytask.config import parse_spec
+
+    test = tmp_path / "test.csv"
+    make_table(n=30, seed=2).to_csv(test, index=False)
+    data = {"stream": True, "split": {}, "test": str(test)}
+    spec = parse_spec(base_spec(tmp_path / "absent.parquet", data=data))
+    assert len(labelled_rows(spec, None, "test")) == 30  # the streamed table is not read
+    with pytest.raises(Exception, match="the run's data has no valid split"):
+        labelled_rows(spec, None, "valid")

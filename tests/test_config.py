@@ -343,3 +343,48 @@ def test_track_mistakes_are_one_line(spec_dict, track, fragment):
     with pytest.raises(ConfigError) as error:
         parse_spec(spec_dict)
     assert fragment in str(error.value)
+
+
+# ---------------------------------------------------------------------- data.stream
+def _streamed(**data) -> dict:
+    raw = base_spec("train.parquet")
+    raw["data"] = {"train": "train.parquet", "stream": True, **data}
+    return raw
+
+
+def test_stream_true_is_the_default_options_and_false_is_off():
+    stream = parse_spec(_streamed()).data.stream
+    assert stream is not None
+    assert (stream.batch_rows, stream.buffer_rows, stream.sample_rows) == (
+        65_536,
+        1_000_000,
+        1_000_000,
+    )
+    assert parse_spec(_streamed(stream=False)).data.stream is None
+    given = parse_spec(_streamed(stream={"buffer_rows": 5000, "batch_rows": 100})).data.stream
+    assert given is not None and (given.buffer_rows, given.batch_rows) == (5000, 100)
+
+
+def test_a_saved_streamed_spec_reads_back_the_same():
+    spec = parse_spec(_streamed(stream={"buffer_rows": 5000}))
+    assert parse_spec(spec.to_yaml_dict()) == spec
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"stream": {"buffer_row": 10}}, "data.stream.buffer_row"),
+        ({"stream": {"batch_rows": 0}}, "data.stream.batch_rows"),
+        ({"split": {"valid": 0.2}}, "a streamed table is not split"),
+        ({"reader": "csv"}, "stream reads Parquet only"),
+        ({"stream": {"buffer_rows": 10}}, "must hold at least one global batch"),
+    ],
+)
+def test_stream_options_are_checked(data, expected):
+    assert expected in _error(_streamed(**data))
+
+
+def test_stream_reads_a_file_not_a_dataset():
+    raw = base_spec("train.parquet")
+    raw["data"] = {"dataset": "census_income_sample", "stream": True}
+    assert "stream reads data.train" in _error(raw)

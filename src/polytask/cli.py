@@ -80,7 +80,11 @@ def labelled_rows(spec: Any, data: Path | None, split: str | None) -> Any:
             return read_labelled(data, spec.data, spec.target_columns)
     if split not in ("valid", "test"):
         raise PolytaskError(f"--split must be 'valid' or 'test' (got '{split}')")
-    frame = getattr(load_run_splits(spec), split)
+    if spec.data.stream is not None:  # a streamed run's valid and test rows are files
+        path = getattr(spec.data, split)
+        frame = read_labelled(path, spec.data, spec.target_columns) if path else None
+    else:
+        frame = getattr(load_run_splits(spec), split)
     if frame is None:
         raise PolytaskError(f"the run's data has no {split} split")
     return frame

@@ -94,6 +94,27 @@ class SplitSpec(_Section):
         )
 
 
+def _stream_switch(value: Any) -> Any:
+    """``stream: true`` is the default options; ``false`` is no streaming."""
+    if value is True:
+        return {}
+    if value is False:
+        return None
+    return value
+
+
+class StreamSpec(_Section):
+    """Streaming a Parquet training table instead of loading it (polytask.data.stream)."""
+
+    # rows read and preprocessed at a time (a Parquet record batch)
+    batch_rows: Int = Field(65_536, ge=1)
+    # rows held in the shuffle buffer: rows are shuffled within it, so memory is bounded by it
+    buffer_rows: Int = Field(1_000_000, ge=1)
+    # rows of the uniform reservoir sample the numeric scalers' clipping quantiles and
+    # winsorised moments are fitted on (exact when the table has no more rows)
+    sample_rows: Int = Field(1_000_000, ge=1)
+
+
 class DataSpec(_Section):
     """Where the table comes from and which columns are features."""
 
@@ -126,11 +147,31 @@ class DataSpec(_Section):
     inputs: list[str] | None = None
     # per-row sample weights: one column for every task, or {task: column}
     weight: str | dict[str, str] | None = None
+    # stream the training table (a Parquet file or folder) rather than load it: true, or
+    # {batch_rows, buffer_rows, sample_rows}; valid and test stay files read in memory
+    stream: Annotated[StreamSpec | None, BeforeValidator(_stream_switch)] = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
         if (self.train is None) == (self.dataset is None):
             raise ValueError("give exactly one of 'train' (a data file) or 'dataset'")
+        return self
+
+    @model_validator(mode="after")
+    def _streamable(self) -> DataSpec:
+        """A streamed table is a Parquet data set of wide rows, never split in memory."""
+        if self.stream is None:
+            return self
+        if self.train is None:
+            raise ValueError("stream reads data.train (a Parquet file or folder), not a dataset")
+        if self.reader not in ("auto", "parquet"):
+            raise ValueError(f"stream reads Parquet only, not reader {self.reader}")
+        if self.format != "wide":
+            raise ValueError("stream reads wide tables only (format: long is pivoted in memory)")
+        if self.split != SplitSpec():
+            raise ValueError(
+                "split: a streamed table is not split; give data.valid and data.test as files"
+            )
         return self
 
     @model_validator(mode="after")
@@ -576,6 +617,16 @@ class RunSpec(_Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"task names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _stream_buffer_holds_a_batch(self) -> RunSpec:
+        stream = self.data.stream
+        if stream is not None and stream.buffer_rows < self.train.batch_size:
+            raise ValueError(
+                f"data.stream.buffer_rows ({stream.buffer_rows:,}) must hold at least one "
+                f"global batch (train.batch_size {self.train.batch_size:,})"
+            )
         return self
 
     @model_validator(mode="after")

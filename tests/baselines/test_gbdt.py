@@ -115,3 +115,14 @@ def test_lightgbm_where_installed(tmp_path, table_csv):
         return
     folder = train_baseline(spec, tmp_path / "lgbm", library="auto")
     assert json.loads((folder / "summary.json").read_text())["library"] == "lightgbm"
+
+
+def test_a_streamed_spec_is_refused_in_one_line(tmp_path):
+    from polytask.baselines.gbdt import fit_tasks
+    from polytask.config import parse_spec
+    from polytask.errors import ConfigError
+    from tests.conftest import base_spec
+
+    spec = parse_spec(base_spec(tmp_path / "t.parquet", data={"stream": True, "split": {}}))
+    with pytest.raises(ConfigError, match=r"data\.stream: the baseline fits trees on a table held"):
+        fit_tasks(spec, "sklearn")

@@ -154,3 +154,9 @@ def test_preparation_steps_are_shown_only_when_asked(tmp_path: Path, table_csv: 
     with progress.reporting(enabled=False, console=Console(file=quiet, force_terminal=True)):
         prepare(spec)
     assert quiet.getvalue() == ""
+
+
+def test_a_streamed_training_table_is_never_loaded_whole(tmp_path):
+    spec = parse_spec(base_spec(tmp_path / "t.parquet", data={"stream": True, "split": {}}))
+    with pytest.raises(DataError, match=r"t\.parquet is streamed \(data\.stream\), never read"):
+        load_splits(spec.data)

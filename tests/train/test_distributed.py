@@ -75,7 +75,9 @@ def torchrun(*arguments: str, nproc: int = 2) -> list[str]:
 
 
 def environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # this checkout's package first (an editable install may point at another checkout)
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT)])
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 def assert_same_model(one: Path, two: Path) -> None:

@@ -28,7 +28,7 @@ import torch
 from polytask.artifacts import run_dir as rd
 from polytask.artifacts.ownership import OutputFolder
 from polytask.config import RunSpec, TaskKind
-from polytask.errors import PolytaskError
+from polytask.errors import ConfigError, PolytaskError
 from polytask.features import Features
 from polytask.inference.evaluation import evaluate_outputs
 from polytask.tasks import Task
@@ -210,6 +210,11 @@ def train_baseline(
 def fit_tasks(spec: RunSpec, chosen: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """One model per task on the spec's split and preprocessing: the final metrics per split
     and the summary."""
+    if spec.data.stream is not None:
+        raise ConfigError(
+            "data.stream: the baseline fits trees on a table held in memory; remove "
+            "data.stream (or point data.train at a sample)"
+        )
     prepared = prepare(spec)
     pre = prepared.preprocessor
     mask = categorical_mask(pre.cardinalities, pre.numeric_width)

@@ -141,7 +141,7 @@ def _numeric_like(series: pd.Series) -> bool:
     return bool(parsed.notna().mean() >= NUMERIC_LIKE_SHARE)
 
 
-def _as_text(series: pd.Series) -> pd.Series:
+def as_text(series: pd.Series) -> pd.Series:
     """Category values as stripped strings; missing and empty become NaN.
 
     Whole-number floats print as integers, so a code column read as int in one file and as
@@ -157,7 +157,7 @@ def _as_text(series: pd.Series) -> pd.Series:
 
 
 def _category_text(series: pd.Series) -> tuple[pd.Series, np.ndarray] | None:
-    """For a pandas categorical column: the text of each category (as :func:`_as_text` gives
+    """For a pandas categorical column: the text of each category (as :func:`as_text` gives
     it) and each row's category code (-1 where missing), so that mapping works on the few
     categories rather than on every row. None for other columns."""
     if not isinstance(series.dtype, pd.CategoricalDtype):
@@ -169,36 +169,41 @@ def _category_text(series: pd.Series) -> tuple[pd.Series, np.ndarray] | None:
         renumber = np.full(len(categories) + 1, -1, dtype=np.int64)
         renumber[:-1][used] = np.arange(int(used.sum()))
         codes, categories = renumber[codes], categories[used]
-    return _as_text(pd.Series(categories, dtype=categories.dtype)), codes
+    return as_text(pd.Series(categories, dtype=categories.dtype)), codes
 
 
 def _category_positions(series: pd.Series, vocabulary: pd.Index) -> np.ndarray:
     """Each row's position in ``vocabulary`` (-1 where unseen or missing)."""
     by_category = _category_text(series)
     if by_category is None:
-        return vocabulary.get_indexer(pd.Index(_as_text(series)))
+        return vocabulary.get_indexer(pd.Index(as_text(series)))
     text, codes = by_category
     positions = vocabulary.get_indexer(pd.Index(text))
     return np.where(codes >= 0, positions[np.maximum(codes, 0)], -1)
 
 
-def _value_counts(series: pd.Series) -> pd.Series:
-    """How often each value occurs, as text (:func:`_as_text`), most frequent first and ties
+def value_counts(series: pd.Series) -> pd.Series:
+    """How often each value occurs, as text (:func:`as_text`), most frequent first and ties
     by value, whatever the column's dtype."""
     by_category = _category_text(series)
     if by_category is None:
-        counts = _as_text(series).value_counts(dropna=True)
+        counts = as_text(series).value_counts(dropna=True)
     else:
         text, codes = by_category
         per_category = np.bincount(codes[codes >= 0], minlength=len(text))
         counts = pd.Series(per_category, index=text.to_numpy()).groupby(level=0).sum()
         counts = counts[counts.index.notna() & (counts > 0)]
+    return sorted_counts(counts)
+
+
+def sorted_counts(counts: pd.Series) -> pd.Series:
+    """Counts indexed by value, most frequent first and ties by value (the vocabulary order)."""
     frame = pd.DataFrame({"value": counts.index.astype(object), "count": counts.to_numpy()})
     frame = frame.sort_values(["count", "value"], ascending=[False, True], kind="stable")
     return pd.Series(frame["count"].to_numpy(), index=frame["value"].to_numpy())
 
 
-def _require_targets(frame: pd.DataFrame, task: TaskSpec) -> None:
+def require_targets(frame: pd.DataFrame, task: TaskSpec) -> None:
     for column in task.columns:
         if column not in frame.columns:
             raise DataError(
@@ -207,7 +212,7 @@ def _require_targets(frame: pd.DataFrame, task: TaskSpec) -> None:
             )
 
 
-def _check_columns(frame: pd.DataFrame, columns: list[str], where: str) -> None:
+def check_columns(frame: pd.DataFrame, columns: list[str], where: str) -> None:
     for column in columns:
         if column not in frame.columns:
             raise DataError(
@@ -233,9 +238,9 @@ class Preprocessor:
         cnn encoder), which ``data.scaling: auto`` scales as one block."""
         targets = [column for task in tasks for column in task.columns]
         for task in tasks:
-            _require_targets(frame, task)
-        _check_columns(frame, data.drop, "data.drop")
-        categorical, numeric = cls._feature_columns(frame, data, tasks, set(targets))
+            require_targets(frame, task)
+        check_columns(frame, data.drop, "data.drop")
+        categorical, numeric = cls.feature_columns(frame, data, tasks, set(targets))
         numeric_stats = cls._fit_scalers(frame, numeric, data, image)
         vocabularies = {column: _vocabulary(frame[column], column, data) for column in categorical}
         task_state = {task.name: cls._fit_task(frame, task) for task in tasks}
@@ -281,7 +286,7 @@ class Preprocessor:
         missing column, no labels, labels that do not fit the kind), without keeping them:
         to check every experience of a stream before training the first."""
         for task in tasks:
-            _require_targets(frame, task)
+            require_targets(frame, task)
             cls._fit_task(frame, task)
 
     def missing_inputs(self, frame: pd.DataFrame) -> list[str]:
@@ -310,7 +315,7 @@ class Preprocessor:
         return {c: [float(mean), float(std)] for c, (mean, std) in stats.items()}
 
     @staticmethod
-    def _feature_columns(
+    def feature_columns(
         frame: pd.DataFrame, data: DataSpec, tasks: list[TaskSpec], targets: set[str]
     ) -> tuple[list[str], list[str]]:
         """The inputs by the rule stated in the README: ``data.inputs`` where given, exactly;
@@ -325,7 +330,7 @@ class Preprocessor:
             (data.inputs, "data.inputs"),
         ):
             if listed:
-                _check_columns(frame, listed, where)
+                check_columns(frame, listed, where)
                 clash = sorted(set(listed) & (targets | set(data.row_columns())))
                 if clash:
                     what = "target" if clash[0] in targets else "row (entity, group, weight)"
@@ -355,29 +360,10 @@ class Preprocessor:
     @staticmethod
     def _fit_task(frame: pd.DataFrame, task: TaskSpec) -> dict[str, Any]:
         for column in task.columns:
-            if _as_text(frame[column]).isna().all():
-                raise DataError(
-                    f"task '{task.name}': target column '{column}' has no labels "
-                    "in the training rows"
-                )
+            if as_text(frame[column]).isna().all():
+                raise no_labels(task, column)
         if task.kind is TaskKind.multiclass:
-            series = frame[task.target].dropna()
-            if ptypes.is_numeric_dtype(series):
-                values = series.to_numpy()
-                if not np.all(np.equal(np.mod(values, 1), 0)):
-                    raise DataError(
-                        f"task '{task.name}': multiclass labels in column '{task.target}' must be "
-                        "integers or names, found fractional values"
-                    )
-                classes: list[Any] = sorted(int(v) for v in np.unique(values))
-            else:
-                classes = sorted(_as_text(series).dropna().unique().tolist())
-            if len(classes) < 2:
-                raise DataError(
-                    f"task '{task.name}': column '{task.target}' holds a single class; "
-                    "a multiclass task needs at least two"
-                )
-            return {"classes": classes}
+            return {"classes": checked_classes(observed_classes(frame[task.target], task), task)}
         if task.kind is TaskKind.regression:
             what = f"task '{task.name}', column '{task.target}'"
             values = to_numeric(frame[task.target], what)
@@ -507,7 +493,7 @@ class Preprocessor:
         return {task.name: torch.from_numpy(self._encode_task(frame, task)) for task in tasks}
 
     def _encode_task(self, frame: pd.DataFrame, task: Task) -> np.ndarray:
-        _require_targets(frame, task.spec)
+        require_targets(frame, task.spec)
         if task.kind is TaskKind.multiclass:
             return self._encode_classes(frame[task.spec.target], task)
         if task.kind is TaskKind.regression:
@@ -523,7 +509,7 @@ class Preprocessor:
     @staticmethod
     def _encode_binary(series: pd.Series, task: Task, column: str) -> np.ndarray:
         if ptypes.is_object_dtype(series) or ptypes.is_string_dtype(series):
-            lowered = _as_text(series).str.lower()
+            lowered = as_text(series).str.lower()
             mapped = lowered.map({"true": "1", "false": "0"}).fillna(lowered)
             series = mapped.astype(object).where(mapped.notna(), np.nan)
         values = to_numeric(series, f"task '{task.name}', column '{column}'")
@@ -545,7 +531,7 @@ class Preprocessor:
             keys = pd.Series(values)
             lookup = {float(c): i for i, c in enumerate(classes)}
         else:
-            keys = _as_text(series)
+            keys = as_text(series)
             lookup = {c: i for i, c in enumerate(classes)}
         codes = keys.map(lookup).astype("float64").to_numpy()
         unknown = np.isnan(codes) & keys.notna().to_numpy()
@@ -559,11 +545,50 @@ class Preprocessor:
         return codes.astype(np.float32)
 
 
+def no_labels(task: TaskSpec, column: str) -> DataError:
+    return DataError(
+        f"task '{task.name}': target column '{column}' has no labels in the training rows"
+    )
+
+
+def observed_classes(series: pd.Series, task: TaskSpec) -> set[Any]:
+    """The classes of a multiclass task's labels in ``series``: integers where the column is
+    numeric (refusing fractions), else their text."""
+    series = series.dropna()
+    if ptypes.is_numeric_dtype(series):
+        values = series.to_numpy()
+        if not np.all(np.equal(np.mod(values, 1), 0)):
+            raise DataError(
+                f"task '{task.name}': multiclass labels in column '{task.target}' must be "
+                "integers or names, found fractional values"
+            )
+        return {int(v) for v in np.unique(values)}
+    return set(as_text(series).dropna().unique().tolist())
+
+
+def checked_classes(classes: set[Any], task: TaskSpec) -> list[Any]:
+    """The classes in order; a multiclass task needs two."""
+    ordered = sorted(classes)
+    if len(ordered) < 2:
+        raise DataError(
+            f"task '{task.name}': column '{task.target}' holds a single class; "
+            "a multiclass task needs at least two"
+        )
+    return ordered
+
+
 def _vocabulary(series: pd.Series, column: str, data: DataSpec) -> list[Any]:
-    """The values of a categorical column that get their own embedding row, most frequent
-    first: seen at least ``data.min_frequency`` times, and at most ``data.max_categories`` of
-    them (a column over the cap also needs :data:`CAPPED_MIN_FREQUENCY` sightings; warned)."""
-    counts = _value_counts(series)
+    """The values of a categorical column that get their own embedding row (see
+    :func:`vocabulary_from_counts`)."""
+    return vocabulary_from_counts(value_counts(series), column, data)
+
+
+def vocabulary_from_counts(counts: pd.Series, column: str, data: DataSpec) -> list[Any]:
+    """From a column's value counts (as text, most frequent first, ties by value): the values
+    that get their own embedding row, most frequent first: seen at least
+    ``data.min_frequency`` times, and at most ``data.max_categories`` of them (a column over
+    the cap also needs :data:`CAPPED_MIN_FREQUENCY` sightings; warned). One rule for a table
+    in memory and one counted while streaming."""
     kept = counts[counts >= data.min_frequency]
     cap = data.max_categories
     if cap is not None and len(kept) > cap:

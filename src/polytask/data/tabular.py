@@ -84,6 +84,11 @@ def load_splits(spec: DataSpec, targets: Sequence[str] = (), strata: str | None 
             train, valid, test = load_dataset(spec.dataset, **spec.dataset_options)
         return Splits(train, valid, test)
     assert spec.train is not None
+    if spec.stream is not None:
+        raise DataError(
+            f"data.train {spec.train} is streamed (data.stream), never read whole; this "
+            "command needs it in memory: give the rows with --data, or train without stream"
+        )
     train = read_labelled(spec.train, spec, targets)
     valid = read_labelled(spec.valid, spec, targets) if spec.valid is not None else None
     test = read_labelled(spec.test, spec, targets) if spec.test is not None else None

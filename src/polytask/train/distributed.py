@@ -25,13 +25,17 @@ the decision with the others.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
 
 from polytask.errors import PolytaskError
 from polytask.tasks import Task
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,15 @@ class World:
         tensor = torch.tensor(values, dtype=torch.float64, device=self._collective_device())
         dist.broadcast(tensor, src=0)
         return tensor.tolist()
+
+    def from_main_object(self, make: Callable[[], T]) -> T:
+        """``make()`` run by rank 0 alone, its result (pickled) on every rank: work done
+        once rather than by every process (fitting a streamed table's preprocessor)."""
+        if not self.distributed:
+            return make()
+        box = [make() if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return cast(T, box[0])
 
     def barrier(self) -> None:
         if self.distributed:

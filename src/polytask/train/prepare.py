@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import pandas as pd
 import torch
 
 from polytask.config import RunSpec
@@ -14,6 +17,7 @@ from polytask.data.tabular import load_run_splits
 from polytask.data.weights import encode_weights, weight_columns
 from polytask.features import Features
 from polytask.tasks import Task, output_columns
+from polytask.train.distributed import World
 
 
 @dataclass
@@ -34,16 +38,60 @@ class SplitTensors:
     def __len__(self) -> int:
         return len(self.features)
 
+    def head(self, rows: int) -> SplitTensors:
+        return self.take(torch.arange(min(rows, len(self))))
+
+    def num_batches(self, batch_size: int, seed: int, epoch: int, world: World) -> int:
+        return math.ceil(len(self) / batch_size)
+
+    def batches(
+        self, batch_size: int, seed: int, epoch: int, world: World
+    ) -> Iterator[tuple[SplitTensors, int]]:
+        """This rank's part of each global batch of ``epoch`` and how many of its rows count
+        (:meth:`World.shard`): the rows in an order drawn from the seed and the epoch."""
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self), generator=generator)
+        for start in range(0, len(self), batch_size):
+            rows, counted = world.shard(order[start : start + batch_size])
+            yield self.take(rows), counted
+
+
+class TrainRows(Protocol):
+    """Where an epoch's training batches come from: tensors in memory (:class:`SplitTensors`)
+    or a streamed Parquet table (:class:`polytask.train.stream.StreamedSplit`)."""
+
+    def __len__(self) -> int: ...
+
+    def head(self, rows: int) -> SplitTensors: ...
+
+    def num_batches(self, batch_size: int, seed: int, epoch: int, world: World) -> int: ...
+
+    def batches(
+        self, batch_size: int, seed: int, epoch: int, world: World
+    ) -> Iterator[tuple[SplitTensors, int]]: ...
+
 
 @dataclass
 class Prepared:
     preprocessor: Preprocessor
     tasks: list[Task]
+    # the splits held in memory (every split, unless the training rows are streamed)
     splits: dict[str, SplitTensors]
+    streamed: TrainRows | None = None
+
+    def train_rows(self) -> TrainRows:
+        return self.streamed if self.streamed is not None else self.splits["train"]
 
 
-def prepare(spec: RunSpec, preprocessor_state: dict[str, Any] | None = None) -> Prepared:
-    """Read the data the spec names and turn every split into tensors."""
+def prepare(
+    spec: RunSpec, preprocessor_state: dict[str, Any] | None = None, world: World | None = None
+) -> Prepared:
+    """Read the data the spec names and turn every split into tensors (the training rows
+    streamed instead, with ``data.stream``; ``world``: the processes sharing the fit)."""
+    if spec.data.stream is not None:
+        from polytask.train.stream import prepare_streamed
+
+        return prepare_streamed(spec, preprocessor_state, world or World())
     frames = load_run_splits(spec)
     if preprocessor_state is None:
         image = spec.model.encoder.name == "cnn"
@@ -63,7 +111,14 @@ def prepare(spec: RunSpec, preprocessor_state: dict[str, Any] | None = None) -> 
     for name, frame in (("train", frames.train), ("valid", frames.valid), ("test", frames.test)):
         if frame is not None and len(frame):
             with progress.step(f"encoding the {name} rows ({len(frame):,})"):
-                labels = preprocessor.encode_labels(frame, tasks)
-                weights = encode_weights(frame, weighted, labels)
-                splits[name] = SplitTensors(preprocessor.transform(frame), labels, weights)
+                splits[name] = encode_split(frame, preprocessor, tasks, weighted)
     return Prepared(preprocessor, tasks, splits)
+
+
+def encode_split(
+    frame: pd.DataFrame, preprocessor: Preprocessor, tasks: list[Task], weighted: dict[str, str]
+) -> SplitTensors:
+    """Rows of a table as tensors: inputs, labels and the weighted tasks' sample weights."""
+    labels = preprocessor.encode_labels(frame, tasks)
+    weights = encode_weights(frame, weighted, labels)
+    return SplitTensors(preprocessor.transform(frame), labels, weights)

@@ -48,7 +48,7 @@ from polytask.train.estimate import estimate
 from polytask.train.hooks import StepHooks
 from polytask.train.insight import expert_utilisation, plot_utilisation
 from polytask.train.optim import build_optimizer, build_scheduler
-from polytask.train.prepare import Prepared, SplitTensors, prepare
+from polytask.train.prepare import Prepared, SplitTensors, TrainRows, prepare
 from polytask.train.progress import TrainingDisplay, metrics_table
 from polytask.train.runtime import keep_heap_between_steps
 from polytask.train.start import (
@@ -203,7 +203,7 @@ class Trainer:
             state = rd.load_json(self.partial, rd.PREPROCESSOR)
         else:  # a run started from trained weights keeps the inputs those were trained on
             state = initial_preprocessor(train_spec.init or backbone_run(self.spec))
-        prepared = self.prepared or prepare(self.spec, state)
+        prepared = self.prepared or prepare(self.spec, state, self.world)
         self.baseline = load_baseline(train_spec.baseline)
         try:
             model = self.given_model or model_for(
@@ -269,7 +269,7 @@ class Trainer:
             if self.initial_weights is not None and not self.resume:
                 load_matching(model, self.initial_weights)
         tasks = prepared.tasks
-        train = prepared.splits["train"]
+        train = prepared.train_rows()
         valid = prepared.splits.get("valid")
         balancer = self.balancer = build_balancer(self.spec, len(tasks))
         check_balancer(balancer, self.world.size, self.place.precision)
@@ -367,7 +367,7 @@ class Trainer:
     def _train_epoch(
         self,
         model: MultiTaskModel,
-        train: SplitTensors,
+        train: TrainRows,
         prepared: Prepared,
         balancer: Balancer,
         optimizer: torch.optim.Optimizer,
@@ -377,17 +377,13 @@ class Trainer:
         epoch: int,
     ) -> dict[str, float]:
         model.train()
-        batch_size = self.spec.train.batch_size
-        generator = torch.Generator().manual_seed(self.spec.train.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(train), generator=generator)
-        num_batches = math.ceil(len(train) / batch_size)
+        batch_size, seed = self.spec.train.batch_size, self.spec.train.seed
+        num_batches = train.num_batches(batch_size, seed, epoch, self.world)
         display.start_epoch(epoch, self.spec.train.epochs, num_batches)
         loss_sum = torch.zeros(len(prepared.tasks))
         present_count = torch.zeros(len(prepared.tasks))
         every = self.spec.train.diagnostics_every
-        for start in range(0, len(train), batch_size):
-            rows, counted = self.world.shard(order[start : start + batch_size])
-            batch = train.take(rows)
+        for batch, counted in train.batches(batch_size, seed, epoch, self.world):
             labels = batch.labels if counted else unlabelled(batch.labels)
             features, labels = self.place.batch(batch.features, labels)
             device = features.numeric.device
@@ -471,7 +467,7 @@ class Trainer:
             "train_task_loss": train_loss,
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": elapsed,
-            "rows_per_second": len(prepared.splits["train"]) / max(elapsed, 1e-9),
+            "rows_per_second": len(prepared.train_rows()) / max(elapsed, 1e-9),
             **self.diagnostics.end_epoch([task.name for task in prepared.tasks]),
         }
         if valid is not None:
@@ -577,7 +573,9 @@ class Trainer:
         self, model: MultiTaskModel, prepared: Prepared, display: TrainingDisplay
     ) -> None:
         """Expert utilisation on validation rows (training rows if there are none)."""
-        split = prepared.splits.get("valid") or prepared.splits["train"]
+        split = prepared.splits.get("valid") or prepared.splits.get("train")
+        if split is None:  # streamed training rows: the first of them
+            split = prepared.train_rows().head(self.spec.train.eval_batch_size)
         report = expert_utilisation(model, split.features, self.spec.train.eval_batch_size)
         if report is None:
             return
@@ -629,7 +627,11 @@ class Trainer:
             "encoder": self.spec.model.encoder.name,
             "balance": self.balancer.describe(),
             "tasks": [task.name for task in prepared.tasks],
-            "rows": {name: len(split) for name, split in prepared.splits.items()},
+            "rows": {
+                "train": len(prepared.train_rows()),
+                **{name: len(split) for name, split in prepared.splits.items()},
+            },
+            "streamed": prepared.streamed is not None,
             "parameters": sum(p.numel() for p in model.parameters()),
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "init": str(self.spec.train.init) if self.spec.train.init else None,
