@@ -126,6 +126,9 @@ class DataSpec(_Section):
     inputs: list[str] | None = None
     # per-row sample weights: one column for every task, or {task: column}
     weight: str | dict[str, str] | None = None
+    # keep the encoded tensors of these files, keyed by their content, for the next run on
+    # them (polytask.data.cache; POLYTASK_TENSOR_CACHE=off turns it off everywhere)
+    cache: bool = True
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
