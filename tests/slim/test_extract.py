@@ -17,6 +17,7 @@ import torch
 import polytask
 from polytask.artifacts import run_dir as rd
 from polytask.config import ModelSpec
+from polytask.data.tabular import load_run_splits
 from polytask.errors import PolytaskError
 from polytask.features import Features
 from polytask.inference.predict import predict_logits
@@ -443,3 +444,14 @@ def test_slim_metrics_are_weighted_as_defined_by_data_weight(tmp_path):
     assert any(
         "cannot be weighted as the run is" in note and "'w'" in note for note in report["notes"]
     )
+    # on the run's own rows: the slim run's metrics.json is weighted as the run's evaluation
+    own = slim(run, ["click"], tmp_path / "slim3", threshold=0.0, **FAST)
+    predictor = polytask.load(run)
+    splits = load_run_splits(predictor.spec)
+    final = json.loads((tmp_path / "slim3" / rd.FINAL_METRICS).read_text())
+    for split, frame in (("valid", splits.valid), ("test", splits.test)):
+        expected = predictor.evaluate(frame)["metrics"]["click"]
+        assert final[split]["click"] == pytest.approx(
+            {k: v for k, v in expected.items() if k != "loss"}, abs=1e-6
+        )
+    assert own["slim"]["metrics"] == final["valid"]
