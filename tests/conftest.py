@@ -6,6 +6,7 @@ Every test builds its own data; nothing outside the package (no ../shared) is re
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ import yaml
 
 # Keep the suite fast and repeatable on small CPU machines.
 torch.set_num_threads(1)
+# No test reads or writes the user's tensor cache (polytask.data.cache); the cache's own tests
+# turn it on in a temporary folder.
+os.environ["POLYTASK_TENSOR_CACHE"] = "off"
 
 CATEGORICAL = ["color", "city"]
 NUMERIC = ["x1", "x2", "count"]

@@ -150,6 +150,9 @@ class DataSpec(_Section):
     # stream the training table (a Parquet file or folder) rather than load it: true, or
     # {batch_rows, buffer_rows, sample_rows}; valid and test stay files read in memory
     stream: Annotated[StreamSpec | None, BeforeValidator(_stream_switch)] = None
+    # keep the encoded tensors of these files, keyed by their content, for the next run on
+    # them (polytask.data.cache; POLYTASK_TENSOR_CACHE=off turns it off everywhere)
+    cache: bool = True
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:

@@ -125,3 +125,52 @@ def test_measuring_changes_neither_weights_nor_random_stream(table_csv):
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
     assert all(p.grad is None for p in model.parameters())
+
+
+def _repeated(features, labels, counts):
+    """Row r repeated counts[r] times (0: left out)."""
+    rows = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    return features.take(rows), {name: values[rows] for name, values in labels.items()}
+
+
+def test_sample_weights_count_a_row_as_that_many_copies(table_csv):
+    """data.weight's definition: an integer weight k counts a row exactly as k copies of it,
+    so the weighted affinity and cosines equal the unweighted ones on the repeated rows."""
+    model, features, labels, tasks = _setup(table_csv, double=True)
+    counts = torch.tensor([0, 1, 2, 3] * (len(features) // 4))
+    weights = {task.name: counts.double() for task in tasks}
+    weighted = measure(model, features, labels, tasks, lr=0.5, weights=weights)
+    copies = measure(model, *_repeated(features, labels, counts), tasks, lr=0.5)
+    assert weighted.valid.all()
+    torch.testing.assert_close(weighted.affinity, copies.affinity, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(weighted.cosine, copies.cosine, rtol=1e-9, atol=1e-12)
+    plain = measure(model, features, labels, tasks, lr=0.5)
+    assert not torch.allclose(weighted.affinity, plain.affinity)  # the weights did count
+
+
+def test_weighted_affinity_is_the_lookahead_ratio_of_the_weighted_losses(table_csv):
+    """Z[i, j] = 1 - L_j(theta - lr g_i) / L_j(theta), with L_j = sum(w * l) / sum(w) over
+    the labelled rows and g_i the gradient of the weighted L_i, by hand for the binary task
+    (per-row losses from the definition of binary cross-entropy)."""
+    model, features, labels, tasks = _setup(table_csv, double=True)
+    w = torch.linspace(0.1, 3.0, len(features), dtype=torch.float64)
+    click = [t.name for t in tasks].index("click")
+    y = labels["click"]
+    present = ~y.isnan()
+
+    def weighted_bce(m) -> torch.Tensor:
+        p = torch.sigmoid(m(features).logits[click][:, 0])[present]
+        per_row = -(y[present] * p.log() + (1 - y[present]) * (1 - p).log())
+        return (w[present] * per_row).sum() / w[present].sum()
+
+    loss = weighted_bce(model)
+    shared = list(shared_named_parameters(model).values())
+    grads = torch.autograd.grad(loss, shared, allow_unused=True)
+    stepped = copy.deepcopy(model)
+    with torch.no_grad():
+        for param, grad in zip(shared_named_parameters(stepped).values(), grads, strict=True):
+            if grad is not None:
+                param -= 0.5 * grad
+        expected = 1.0 - weighted_bce(stepped) / loss.detach()
+    result = measure(model, features, labels, tasks, lr=0.5, weights={"click": w})
+    torch.testing.assert_close(result.affinity[click, click], expected, rtol=1e-9, atol=1e-12)

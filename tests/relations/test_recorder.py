@@ -70,3 +70,31 @@ def test_bad_relations_options_are_named(table_csv):
     unknown = r"train\.relations\.evry: unknown key \(did you mean 'every'"
     with pytest.raises(ConfigError, match=unknown):
         polytask.load_spec(_spec(table_csv, {"evry": 3}))
+
+
+def test_the_recorder_measures_with_the_batch_sample_weights(tmp_path, table, monkeypatch):
+    """The trainer hands the batch's data.weight values to the recorder, which measures with
+    them (cut to spec.rows rows as the batch is)."""
+    import polytask.relations.recorder as recorder_module
+
+    table["w"] = (table.index % 3).astype(float)  # 0, 1, 2: not the unweighted loss
+    table.to_csv(tmp_path / "t.csv", index=False)
+    seen = []
+    measure = recorder_module.measure
+
+    def spy(model, features, labels, tasks, lr, weights=None):
+        seen.append((len(features), weights))
+        return measure(model, features, labels, tasks, lr, weights)
+
+    monkeypatch.setattr(recorder_module, "measure", spy)
+    spec = base_spec(
+        tmp_path / "t.csv",
+        data={"weight": {"click": "w"}},
+        train={"epochs": 1, "relations": {"every": 1, "rows": 40}},
+    )
+    polytask.train(spec, tmp_path / "run")
+    assert seen
+    for rows, weights in seen:
+        assert rows <= 40 and set(weights) == {"click"} and len(weights["click"]) == rows
+        assert set(weights["click"].tolist()) <= {0.0, 1.0, 2.0}
+    assert 40 in {rows for rows, _ in seen}  # batches of 64 rows are cut to 40

@@ -10,12 +10,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 import polytask
 from polytask.artifacts import run_dir as rd
 from polytask.config import ModelSpec
+from polytask.data.tabular import load_run_splits
 from polytask.errors import PolytaskError
 from polytask.features import Features
 from polytask.inference.predict import predict_logits
@@ -24,7 +26,7 @@ from polytask.model import MultiTaskModel, build_model
 from polytask.slim import SLIM_REPORT, slim
 from polytask.slim.extract import SlimContext, extract, task_subnetwork
 from polytask.slim.report import parameter_count
-from tests.conftest import make_table
+from tests.conftest import base_spec, make_table
 
 FAST = {"latency_repeats": 1, "latency_batches": (1, 16)}
 NAMES = ["a", "b", "c"]
@@ -391,3 +393,65 @@ def test_unreadable_run_data_is_fine_for_exact_archs_and_an_error_for_gated(trai
         assert "data file not found" in report["notes"][0]
         assert report["slim"]["latency_ms"]["batch_16"] > 0
     assert not (tmp_path / "slim-mmoe").exists()
+
+
+def test_slim_metrics_are_weighted_as_defined_by_data_weight(tmp_path):
+    """A run trained with data.weight: slim judges both models with the rows' sample weights,
+    sum(w * score) / sum(w) over the labelled rows, checked by hand; rows without the weight
+    column get no metrics (unweighted ones would not be the run's), and a note says why."""
+    table = make_table(n=240, seed=1)
+    table["w"] = (table.index % 4).astype(float)  # 0, 1, 2, 3
+    table.to_csv(tmp_path / "t.csv", index=False)
+    spec = base_spec(
+        tmp_path / "t.csv",
+        data={"weight": {"click": "w", "spend": "w"}},
+        model={"arch": "mmoe", "num_experts": 4},
+        train={"epochs": 2},
+    )
+    run = polytask.train(spec, tmp_path / "run").run
+    rows = make_table(n=80, seed=12)
+    rows["w"] = np.where(rows.index % 3 == 0, 3.0, 0.5)
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    report = slim(
+        run,
+        ["click", "spend"],
+        tmp_path / "slim",
+        threshold=0.0,
+        data=tmp_path / "rows.csv",
+        **FAST,
+    )
+    predicted = polytask.load(run).predict(rows)
+    for side in ("full", "slim"):
+        metrics = report[side]["metrics"]
+        y, p = rows["clicked"].to_numpy(), predicted["click"].to_numpy()
+        labelled = ~np.isnan(y)
+        w = rows["w"].to_numpy()[labelled]
+        y, p = y[labelled], p[labelled]
+        accuracy = (w * ((p >= 0.5) == (y == 1))).sum() / w.sum()
+        assert metrics["click"]["accuracy"] == pytest.approx(accuracy, abs=1e-12)
+        unweighted = ((p >= 0.5) == (y == 1)).mean()
+        assert metrics["click"]["accuracy"] != pytest.approx(unweighted, abs=1e-6)
+        y, p = rows["spend"].to_numpy(), predicted["spend"].to_numpy()
+        labelled = ~np.isnan(y)
+        w = rows["w"].to_numpy()[labelled]
+        rmse = np.sqrt((w * (p[labelled] - y[labelled]) ** 2).sum() / w.sum())
+        assert metrics["spend"]["rmse"] == pytest.approx(rmse, rel=1e-5)
+    rows.drop(columns=["w"]).to_csv(tmp_path / "unweighted.csv", index=False)
+    report = slim(
+        run, ["click"], tmp_path / "slim2", threshold=0.0, data=tmp_path / "unweighted.csv", **FAST
+    )
+    assert report["full"]["metrics"] is None and report["slim"]["metrics"] is None
+    assert any(
+        "cannot be weighted as the run is" in note and "'w'" in note for note in report["notes"]
+    )
+    # on the run's own rows: the slim run's metrics.json is weighted as the run's evaluation
+    own = slim(run, ["click"], tmp_path / "slim3", threshold=0.0, **FAST)
+    predictor = polytask.load(run)
+    splits = load_run_splits(predictor.spec)
+    final = json.loads((tmp_path / "slim3" / rd.FINAL_METRICS).read_text())
+    for split, frame in (("valid", splits.valid), ("test", splits.test)):
+        expected = predictor.evaluate(frame)["metrics"]["click"]
+        assert final[split]["click"] == pytest.approx(
+            {k: v for k, v in expected.items() if k != "loss"}, abs=1e-6
+        )
+    assert own["slim"]["metrics"] == final["valid"]

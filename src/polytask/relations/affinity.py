@@ -15,8 +15,11 @@ shared parameters.
 Cost: one forward pass, ONE batched backward pass for all T task gradients
 (:func:`polytask.balance.jacobian.task_gradients`), and the T lookahead forward passes
 batched into one with ``torch.func.vmap`` over the stacked shared parameters (a loop of
-T passes where an operation has no batching rule). No optimizer state, parameter or random
-stream of the training run is touched: recording relations does not change the run.
+T passes where an operation has no batching rule). Every loss is the training loss as
+defined, sample weights included (``data.weight``: ``sum(w * loss) / sum(w)`` over a task's
+labelled rows), so the relations are those of the objective the run trains. No optimizer
+state, parameter or random stream of the training run is touched: recording relations does
+not change the run.
 """
 
 from __future__ import annotations
@@ -61,15 +64,17 @@ def measure(
     labels: dict[str, torch.Tensor],
     tasks: list[Task],
     lr: float,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> BatchRelations:
-    """Affinity and gradient cosines of ``tasks`` on one batch, at the model's weights."""
+    """Affinity and gradient cosines of ``tasks`` on one batch, at the model's weights;
+    ``weights``: the sample weights [B] of the tasks that have them."""
     shared = shared_named_parameters(model)
     if not shared:
         raise ValueError("the model has no trained shared parameters to relate tasks through")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(MEASUREMENT_SEED)
         with torch.enable_grad():
-            losses, present = task_losses(model(features).logits, labels, tasks)
+            losses, present = task_losses(model(features).logits, labels, tasks, weights)
             grads = task_gradients(losses, list(shared.values()), retain_graph=False)
         before = losses.detach()
         with torch.no_grad():
@@ -78,7 +83,7 @@ def measure(
                 for (name, param), grad in zip(shared.items(), grads, strict=True)
             }
             torch.manual_seed(MEASUREMENT_SEED)
-            after = lookahead_losses(model, stacked, features, labels, tasks)
+            after = lookahead_losses(model, stacked, features, labels, tasks, weights)
     cosine = cosine_matrix(gramian([g.detach() for g in grads]))
     valid = torch.outer(present, present & (before > 0))
     safe = torch.where(before > 0, before, torch.ones_like(before))
@@ -92,12 +97,14 @@ def lookahead_losses(
     features: Features,
     labels: dict[str, torch.Tensor],
     tasks: list[Task],
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """[T, T]: row i holds every task's loss with the shared parameters ``stacked[.][i]``."""
+    """[T, T]: row i holds every task's loss (sample-weighted where ``weights`` has the
+    task) with the shared parameters ``stacked[.][i]``."""
 
     def losses_at(params: dict[str, torch.Tensor]) -> torch.Tensor:
         outputs = functional_call(model, params, (features,), strict=False).logits
-        return task_losses(outputs, labels, tasks)[0]
+        return task_losses(outputs, labels, tasks, weights)[0]
 
     try:
         with warnings.catch_warnings():  # ops without a batching rule run per row: still right

@@ -69,15 +69,20 @@ class RelationRecorder:
         labels: dict[str, torch.Tensor],
         tasks: list[Task],
         optimizer: torch.optim.Optimizer,
+        weights: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Measure on this batch (at most ``spec.rows`` of its rows) and add to the epoch."""
+        """Measure on this batch (at most ``spec.rows`` of its rows) and add to the epoch;
+        ``weights``: the batch's sample weights [B] per weighted task, which the losses
+        measured honour as training does."""
         started = time.perf_counter()
+        weights = weights or {}
         if self.spec.rows is not None and len(features) > self.spec.rows:
-            rows = torch.arange(self.spec.rows)
+            rows = torch.arange(self.spec.rows, device=features.numeric.device)
             features = features.take(rows)
             labels = {name: values[rows] for name, values in labels.items()}
+            weights = {name: values[rows] for name, values in weights.items()}
         lr = self.spec.lr if self.spec.lr is not None else optimizer.param_groups[0]["lr"]
-        result = measure(model, features, labels, tasks, lr)
+        result = measure(model, features, labels, tasks, lr, weights)
         valid = result.valid.double()
         self.affinity_sum += result.affinity.double() * valid
         self.cosine_sum += result.cosine.double() * valid

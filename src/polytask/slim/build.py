@@ -24,6 +24,7 @@ from polytask import __version__
 from polytask.artifacts import run_dir as rd
 from polytask.config import RunSpec, parse_spec
 from polytask.data.tabular import load_run_splits, read_labelled
+from polytask.data.weights import encode_weights, weight_columns
 from polytask.errors import DataError, PolytaskError, did_you_mean
 from polytask.features import Features
 from polytask.inference.lean import save_model
@@ -99,11 +100,28 @@ class Rows:
         self.test = splits.test
 
 
-def _labels(predictor: Predictor, frame: pd.DataFrame, tasks: list[Task]) -> dict | None:
+@dataclass
+class Labelled:
+    """The kept tasks' encoded labels of some rows and their sample weights (the weighted
+    tasks', ``data.weight``), or why there are none (``problem``)."""
+
+    labels: dict[str, torch.Tensor] | None
+    weights: dict[str, torch.Tensor]
+    problem: str = ""
+
+
+def _labels(predictor: Predictor, frame: pd.DataFrame, tasks: list[Task]) -> Labelled:
     try:
-        return predictor.preprocessor.encode_labels(frame, tasks)
-    except DataError:
-        return None  # unlabelled rows still serve for gate usage and timing
+        labels = predictor.preprocessor.encode_labels(frame, tasks)
+    except DataError:  # unlabelled rows still serve for gate usage and timing
+        return Labelled(None, {}, "lack the kept tasks' labels")
+    names = {task.name for task in tasks}
+    weighted = {t: c for t, c in weight_columns(predictor.spec).items() if t in names}
+    try:
+        weights = encode_weights(frame, weighted, labels)
+    except DataError as error:  # unweighted metrics would not be the run's metrics
+        return Labelled(None, {}, f"cannot be weighted as the run is ({error})")
+    return Labelled(labels, weights)
 
 
 @dataclass
@@ -266,11 +284,11 @@ def _final_metrics(
     metrics = {rows.split: report["slim"]["metrics"]}
     if rows.test is not None and len(rows.test):
         kept = source.kept_tasks
-        labels = _labels(source.predictor, rows.test, kept)
-        if labels is not None:
+        test = _labels(source.predictor, rows.test, kept)
+        if test.labels is not None:
             features = source.predictor.preprocessor.transform(rows.test)
             outputs = user_outputs(reloaded.serving_model, kept, features, source.batch_size)
-            metrics["test"] = task_metrics(outputs, labels, kept)
+            metrics["test"] = task_metrics(outputs, test.labels, kept, test.weights)
     return metrics
 
 
@@ -279,6 +297,10 @@ def _slim_spec(spec: RunSpec, keep: list[int], extraction: Extraction) -> RunSpe
     through the same parser as any config, so the saved file loads."""
     raw = spec.to_yaml_dict()
     raw["tasks"] = [raw["tasks"][t] for t in keep]
+    weight = raw["data"].get("weight")
+    if isinstance(weight, dict):  # only the kept tasks' (a dropped task's is refused)
+        kept = {task["name"] for task in raw["tasks"]}
+        raw["data"]["weight"] = {t: c for t, c in weight.items() if t in kept} or None
     raw["model"] = extraction.spec.model_dump(mode="json")
     return parse_spec(raw)
 
@@ -348,12 +370,14 @@ def _measure(source: Source, reloaded: Predictor, latency: Latency) -> dict[str,
         slim_out = user_outputs(reloaded.serving_model, kept_tasks, features, batch_size)
         difference = max_difference(full_out, slim_out)
         assert rows.frame is not None
-        labels = _labels(predictor, rows.frame, kept_tasks)
-        if labels is None:
-            notes.append(f"{rows.source} lack the kept tasks' labels: no metrics")
+        measured = _labels(predictor, rows.frame, kept_tasks)
+        if measured.labels is None:
+            notes.append(f"{rows.source} {measured.problem}: no metrics")
         else:
-            sides["full"]["metrics"] = task_metrics(full_out, labels, kept_tasks)
-            sides["slim"]["metrics"] = task_metrics(slim_out, labels, kept_tasks)
+            for which, out in (("full", full_out), ("slim", slim_out)):
+                sides[which]["metrics"] = task_metrics(
+                    out, measured.labels, kept_tasks, measured.weights
+                )
     else:
         notes.append(f"no metrics: {rows.problem}; latency timed on synthetic rows")
     dropped = [name for name in predictor.task_names if name not in names]

@@ -90,13 +90,23 @@ def user_outputs(
 
 
 def task_metrics(
-    outputs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], tasks: Sequence[Task]
+    outputs: dict[str, torch.Tensor],
+    labels: dict[str, torch.Tensor],
+    tasks: Sequence[Task],
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Each task's metrics from its outputs and encoded labels."""
+    """Each task's metrics from its outputs and encoded labels; ``weights``: the sample
+    weights [N] (``data.weight``) of the tasks that have them, which weight the metrics as
+    evaluation does, so that the slim run's quality is judged as the run's was."""
     results = {}
     for task in tasks:
         encoded = labels[task.name].numpy()
-        results[task.name] = task.metrics(outputs[task.name].numpy(), task.decode_labels(encoded))
+        found = (weights or {}).get(task.name)
+        results[task.name] = task.metrics(
+            outputs[task.name].numpy(),
+            task.decode_labels(encoded),
+            None if found is None else found.numpy(),
+        )
     return results
 
 

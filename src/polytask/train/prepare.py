@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -10,11 +12,13 @@ from typing import Any, Protocol
 import pandas as pd
 import torch
 
+from polytask import __version__
 from polytask.config import RunSpec
-from polytask.data import progress
+from polytask.data import cache, progress
 from polytask.data.preprocess import Preprocessor
 from polytask.data.tabular import load_run_splits
 from polytask.data.weights import encode_weights, weight_columns
+from polytask.errors import PolytaskWarning
 from polytask.features import Features
 from polytask.tasks import Task, output_columns
 from polytask.train.distributed import World
@@ -86,15 +90,44 @@ class Prepared:
 def prepare(
     spec: RunSpec, preprocessor_state: dict[str, Any] | None = None, world: World | None = None
 ) -> Prepared:
-    """Read the data the spec names and turn every split into tensors (the training rows
-    streamed instead, with ``data.stream``; ``world``: the processes sharing the fit)."""
+    """Read the data the spec names and turn every split into tensors; from the tensor cache
+    (:mod:`polytask.data.cache`) where these files were encoded this way before. With
+    ``data.stream`` the training rows are streamed instead (``world``: the processes sharing
+    the preprocessor's fit)."""
     if spec.data.stream is not None:
         from polytask.train.stream import prepare_streamed
 
         return prepare_streamed(spec, preprocessor_state, world or World())
+    image = spec.model.encoder.name == "cnn"
+    key = cache.cache_key(
+        spec.data,
+        spec.tasks,
+        image=image,
+        preprocessor_state=preprocessor_state,
+        version=__version__,
+    )
+    if key is not None:
+        with progress.step("reading the encoded tensors from the cache"):
+            stored = cache.load(key)
+        if stored is not None:
+            return _from_cache(spec, *stored)
+    with warnings.catch_warnings(record=True) as issued:
+        warnings.simplefilter("always")
+        prepared = _encode(spec, preprocessor_state, image)
+    for warning in issued:  # shown as they would have been, and kept for a cache hit
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    if key is not None:
+        tensors, metadata = _to_cache(prepared)
+        shown = [str(w.message) for w in issued if issubclass(w.category, PolytaskWarning)]
+        metadata["warnings"] = json.dumps(shown)
+        cache.store(key, tensors, metadata)
+    return prepared
+
+
+def _encode(spec: RunSpec, preprocessor_state: dict[str, Any] | None, image: bool) -> Prepared:
+    """Read, fit (or reuse) the preprocessor and encode every split."""
     frames = load_run_splits(spec)
     if preprocessor_state is None:
-        image = spec.model.encoder.name == "cnn"
         with progress.step(f"fitting the preprocessor on {len(frames.train):,} rows"):
             preprocessor = Preprocessor.fit(frames.train, spec.data, spec.tasks, image=image)
     else:
@@ -122,3 +155,40 @@ def encode_split(
     labels = preprocessor.encode_labels(frame, tasks)
     weights = encode_weights(frame, weighted, labels)
     return SplitTensors(preprocessor.transform(frame), labels, weights)
+
+
+def _to_cache(prepared: Prepared) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Flat tensors named ``split.part[.task]`` and the preprocessor state as metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    for split, part in prepared.splits.items():
+        tensors[f"{split}.categorical"] = part.features.categorical
+        tensors[f"{split}.numeric"] = part.features.numeric
+        tensors.update({f"{split}.label.{task}": v for task, v in part.labels.items()})
+        tensors.update({f"{split}.weight.{task}": v for task, v in part.weights.items()})
+    return tensors, {"preprocessor": json.dumps(prepared.preprocessor.state)}
+
+
+def _from_cache(
+    spec: RunSpec, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> Prepared:
+    """A cache entry back as what :func:`_encode` returned; its warnings issued again."""
+    for message in json.loads(metadata.get("warnings", "[]")):
+        warnings.warn(message, PolytaskWarning, stacklevel=3)
+    preprocessor = Preprocessor(json.loads(metadata["preprocessor"]))
+    tasks = preprocessor.build_tasks(spec.tasks)
+    parts: dict[str, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        split, part, *task = name.split(".", 2)
+        entry = parts.setdefault(split, {"label": {}, "weight": {}})
+        if task:
+            entry[part][task[0]] = tensor
+        else:
+            entry[part] = tensor
+    splits = {
+        split: SplitTensors(
+            Features(entry["categorical"], entry["numeric"]), entry["label"], entry["weight"]
+        )
+        for split, entry in parts.items()
+    }
+    ordered = {name: splits[name] for name in ["train", "valid", "test"] if name in splits}
+    return Prepared(preprocessor, tasks, ordered)

@@ -389,7 +389,7 @@ class Trainer:
             device = features.numeric.device
             weights = {name: values.to(device) for name, values in batch.weights.items()}
             if self.relations is not None and self.relations.due(loop.step):
-                self.relations.record(model, features, labels, prepared.tasks, optimizer)
+                self.relations.record(model, features, labels, prepared.tasks, optimizer, weights)
             result = train_step(
                 model,
                 features,
