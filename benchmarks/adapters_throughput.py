@@ -2,13 +2,14 @@
 
 Eight tasks, one batch of 256 rows (32 rows of each task, shuffled), one LoRA adapter per task
 (rank 8, alpha 16) on the same linear layers of the same frozen backbone, a linear head per
-task. Three backbones:
+task. Four backbones:
 
 * ``images``: the eight-task image benchmark's network (``merge_images.py``): polytask's
   LeNet-style CNN encoder (its last layer, 320 -> 64, adapted) and a shared bottom (64 -> 128,
   adapted), on 28 x 28 images; random weights (only time and agreement are measured here).
-* ``tabular``: a user ``nn.Module``, an MLP over 128 numeric inputs (four layers of 256,
-  ReLU: an expert stack of a tabular model), all four layers adapted;
+* ``tabular`` and ``tabular-64``: a user ``nn.Module``, an MLP over 128 numeric inputs (four
+  layers of 256, or of 64, ReLU: the expert stacks of tabular models, MMoE's experts on
+  Census-Income are 16 wide), all four layers adapted;
 * ``tokens``: a user ``nn.Module``, six pre-norm feed-forward blocks (a transformer's FFN
   half: 256 -> 1024 -> 256, GELU) over 16 tokens of width 256, mean-pooled; all twelve
   linear layers adapted, as LoRA is used on larger backbones.
@@ -115,8 +116,8 @@ def backbone(name: str) -> tuple[nn.Module, int, list[str]]:
     torch.manual_seed(0)
     if name == "images":
         return CNNEncoder([1, 28, 28], [10, 20], 64, 2 * 784), 784, ["linear"]
-    if name == "tabular":
-        mlp = Tabular()
+    if name.startswith("tabular"):
+        mlp = Tabular(width=64 if name == "tabular-64" else 256)
         return mlp, mlp.inputs, [f"layers.{i}" for i in range(len(mlp.layers))]
     module = Blocks()
     names = [f"blocks.{b}.{layer}" for b in range(6) for layer in (1, 3)]
@@ -324,7 +325,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--backbones", nargs="+", default=["tabular", "images", "tokens"])
+    parser.add_argument(
+        "--backbones", nargs="+", default=["tabular-64", "tabular", "images", "tokens"]
+    )
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -37,7 +37,7 @@ class LoRA(Adapter):
     def forward(self, x: torch.Tensor, y: torch.Tensor, rows: RowTasks) -> torch.Tensor:
         grouped = rows.group(self.dropout(x))  # [T, M, S*K, in]
         update = (grouped @ rows.weights(self.down)) @ rows.weights(self.up)  # [T, M, S*K, out]
-        return y + self.scale * rows.ungroup(update, x.shape[2])
+        return torch.add(y, rows.ungroup(update, x.shape[2]), alpha=self.scale)
 
     def delta(self, task: int) -> torch.Tensor:
         return self.scale * (self.down[task] @ self.up[task])

@@ -72,7 +72,7 @@ class LoRAMoE(Adapter):
         update = mixed.flatten(-2) @ self.up[:, None]  # [M, P, K, out]
         if self.training and self.options.balance_weight > 0:
             rows.auxiliary.append(self.options.balance_weight * self.balance_loss(gates))
-        return y + self.scale * update
+        return torch.add(y, update, alpha=self.scale)
 
     def balance_loss(self, gates: torch.Tensor) -> torch.Tensor:
         """Switch Transformer's load-balancing loss over every row and token: 1 when uniform."""

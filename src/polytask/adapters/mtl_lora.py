@@ -49,7 +49,7 @@ class MTLLoRA(Adapter):
         shared = self.dropout(x) @ self.down[:, None]  # [M, P, K, r]
         grouped = rows.group(shared)  # [T, M, S*K, r]
         update = (grouped @ rows.weights(self.transform)) @ rows.weights(self.task_ups())
-        return y + self.scale * rows.ungroup(update, x.shape[2])
+        return torch.add(y, rows.ungroup(update, x.shape[2]), alpha=self.scale)
 
     def delta(self, task: int) -> torch.Tensor:
         return self.scale * (self.down @ self.transform[task] @ self.task_ups()[task])
