@@ -244,6 +244,8 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             rows.setdefault(label, []).append(found)
     out: dict[str, Any] = {}
     keys = [*TASKS, "average"]
+    if "pretrained" in results:  # the base itself, in percent like the rows
+        rows = {"pretrained (linear heads)": [results["pretrained"]], **rows}
     for label, records in rows.items():
         table = 100 * np.array(
             [[r["per_task"][t] for t in TASKS] + [r["average"]] for r in records]
