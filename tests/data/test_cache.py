@@ -185,14 +185,15 @@ def test_a_failed_write_leaves_no_entry_and_no_temporary_file(
 
 
 def test_the_least_recently_used_entries_go_first(tmp_path: Path):
-    for age, name in enumerate(["c", "b", "a"]):  # a is the oldest
-        path = tmp_path / f"{name}.safetensors"
+    names = {letter: f"{letter * 64}.safetensors" for letter in "abc"}  # named by a key
+    for age, letter in enumerate("cba"):  # a is the oldest
+        path = tmp_path / names[letter]
         path.write_bytes(b"x" * 100)
         os.utime(path, (1000 - age * 10, 1000 - age * 10))
     cache.evict(tmp_path, limit=250)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.safetensors", "c.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [names["b"], names["c"]]
     cache.evict(tmp_path, limit=10)  # the newest entry stays, even alone over the bound
-    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]
+    assert [p.name for p in tmp_path.iterdir()] == [names["c"]]
 
 
 def test_a_hit_marks_the_entry_used_and_the_bound_is_applied_on_write(
@@ -210,6 +211,16 @@ def test_a_hit_marks_the_entry_used_and_the_bound_is_applied_on_write(
     prepare(parse_spec(other))
     remaining = list(folder.glob("*.safetensors"))
     assert len(remaining) == 1 and remaining[0] != entry
+
+
+def test_the_bound_deletes_only_entries_the_cache_wrote(folder: Path, tmp_path: Path, monkeypatch):
+    folder.mkdir(parents=True, exist_ok=True)
+    mine = folder / "model.safetensors"  # a user's file that happens to sit there
+    mine.write_bytes(b"not ours")
+    os.utime(mine, (1000, 1000))
+    monkeypatch.setenv("POLYTASK_TENSOR_CACHE_MB", "0")
+    prepare(parse_spec(write_tables(tmp_path / "data")))
+    assert mine.read_bytes() == b"not ours"
 
 
 def test_warnings_of_the_first_encoding_are_issued_again_on_a_hit(folder: Path, tmp_path: Path):

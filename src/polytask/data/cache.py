@@ -181,6 +181,8 @@ def evict(folder: Path, limit: int) -> None:
     (the newest entry is kept even where it alone is larger)."""
     entries = []
     for path in folder.glob("*.safetensors"):
+        if not _is_entry_name(path.name):  # only files this cache wrote (named by their key)
+            continue
         try:
             stat = path.stat()
         except OSError:  # removed by another run meanwhile
@@ -192,3 +194,9 @@ def evict(folder: Path, limit: int) -> None:
         total += size
         if total > limit and position > 0:
             path.unlink(missing_ok=True)
+
+
+def _is_entry_name(name: str) -> bool:
+    """``<64 hex digits>.safetensors``: the name :func:`store` gives an entry."""
+    key = name.removesuffix(".safetensors")
+    return len(key) == 64 and all(c in "0123456789abcdef" for c in key)
