@@ -228,3 +228,24 @@ def test_a_global_batch_smaller_than_the_world_is_refused(numbered):
     rows, _ = streamed(numbered)
     with pytest.raises(ConfigError, match=r"train\.batch_size \(2\) must be at least the number"):
         next(rows.batches(2, 0, 1, World(rank=0, size=3)))
+
+
+def test_a_task_new_to_a_backbone_cannot_be_streamed(tmp_path):
+    from polytask.config import load_spec
+    from polytask.errors import ConfigError
+    from polytask.train.trainer import fit
+
+    frames, paths = write_splits(tmp_path, train_rows=120)
+    base = base_spec(paths["train"], data={"valid": str(paths["valid"])}, train={"epochs": 1})
+    base["tasks"] = base["tasks"][:1]
+    backbone = fit(load_spec(base), tmp_path / "base", progress=False)
+    table = write_parquet(frames["train"], tmp_path / "train.parquet", row_group_rows=40)
+    spec = base_spec(
+        table,
+        data={"valid": str(paths["valid"]), "stream": True, "split": {}},
+        model={"adapters": {"method": "lora", "backbone": str(backbone)}},
+        train={"epochs": 1},
+    )
+    spec["tasks"] = spec["tasks"][1:2]
+    with pytest.raises(ConfigError, match="new to the inputs"):
+        fit(load_spec(spec), tmp_path / "run", progress=False)

@@ -236,6 +236,13 @@ def prepare_streamed(
 
         preprocessor_state = world.from_main_object(fit)
     preprocessor = Preprocessor(preprocessor_state)
+    new = [task.name for task in spec.tasks if task.name not in preprocessor.state["tasks"]]
+    if new:  # label encodings are fitted in the streaming pass, with the inputs
+        raise ConfigError(
+            f"data.stream: task '{new[0]}' is new to the inputs this run starts from (its "
+            "backbone or train.init); a streamed table fits label encodings only together "
+            "with the inputs: train these tasks from a table in memory"
+        )
     tasks = preprocessor.build_tasks(spec.tasks)
     output_columns(tasks)
     weighted = weight_columns(spec)
