@@ -110,3 +110,51 @@ def test_a_many_task_ple_uses_paired_gates_and_cuts_and_folds_exactly():
         with torch.inference_mode():
             for got, expected in zip(lean(rows).logits, model(rows).logits, strict=True):
                 torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_cgc_gates_form_one_group_of_own_experts_and_a_shared_block():
+    from polytask.nn.paired_gates import gate_groups
+
+    groups = gate_groups(cgc_allowed(tasks=6, shared=2))
+    task_group, shared_gate = groups
+    assert task_group.gates == list(range(6))
+    assert task_group.common == [0, 1]
+    assert task_group.own == [[2 + t] for t in range(6)]
+    # the one gate over every expert reads them all as one block
+    assert shared_gate.gates == [6] and shared_gate.own == [[]]
+    assert shared_gate.common == list(range(8))
+    pairs = [p for group in groups for row in group.pairs for p in row]
+    assert sorted(pairs) == list(range(sum(len(m) for m in cgc_allowed(6, 2))))
+
+
+def test_split_points_cut_at_every_run_and_refuse_overlaps():
+    from polytask.nn.paired_gates import split_points
+
+    assert split_points([(0, 2), (2, 6)], 8) == [2, 6]
+    assert split_points([(2, 3)], 8) == [2, 3, 3]
+    assert split_points([(0, 4), (2, 3)], 8) is None
+
+
+@pytest.mark.parametrize("per_gate_input", [False, True])
+def test_scattered_and_several_own_experts_equal_the_dense_layout(per_gate_input):
+    """Own experts out of order, two per gate, shared ones interleaved: the gathered paths."""
+    torch.manual_seed(4)
+    order = torch.randperm(22).tolist()
+    shared = order[:2]
+    allowed = [[order[2 + 2 * t], *shared, order[3 + 2 * t]] for t in range(10)]
+    allowed.append(order[::2])  # a gate of its own over half the pool
+    dense = SoftmaxGates(allowed, 22, 5, per_gate_input)
+    paired = PairedSoftmaxGates(allowed, 22, 5, per_gate_input)
+    paired.load_state_dict(dense.state_dict())
+    x = torch.randn(len(allowed), 7, 5) if per_gate_input else torch.randn(7, 5)
+    bank = ExpertBank(22, 5, [3])
+    expert_input = torch.randn(7, 5)
+    a, b = dense.mix(x, expert_input, bank), paired.mix(x, expert_input, bank)
+    torch.testing.assert_close(b.out, a.out)
+    torch.testing.assert_close(paired.dense(paired(x)), dense(x))
+    a.out.square().sum().backward()
+    b.out.square().sum().backward()
+    assert dense.weight.grad is not None and paired.weight.grad is not None
+    torch.testing.assert_close(
+        paired.weight.grad, dense.weight.grad[paired.gate_of, :, paired.expert_of].t()
+    )
