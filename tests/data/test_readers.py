@@ -118,3 +118,52 @@ def test_errors_name_the_file_and_the_line(tmp_path: Path):
         read_table(feather)
     with pytest.raises(DataError, match="is a folder; only a Parquet data set"):
         read_table(tmp_path, "csv")
+
+
+# Delimited text goes through pyarrow's reader; pandas.read_csv is the reference it must equal.
+ODD_TABLES = {
+    "gaps and markers": "a,b,c\n1,x,2.5\n,NA,\n3,null,nan\n4,None,-1e3\n",
+    "ints, bools, text": "n,flag,word\n1,True,a\n2,False,b\n3,True,c\n",
+    "dates stay text": "day,at,v\n2020-01-01,2020-01-01 10:00:00,1\n2020-01-02,2020-01-02T11:30:00,2\n",
+    "an empty column": "a,empty,b\n1,,x\n2,,y\n",
+    "quoted separators": 'a,b\n"x, y",1\n"z",2\n',
+    "spaces before numbers": "a, b\n1, 2\n3, 4\n",
+    "bool with a gap": "flag,v\nTrue,1\n,2\nFalse,3\n",
+    "quoted line break": 'a,b\n"one\ntwo",1\nthree,2\n',
+    "repeated names": "a,a,b\n1,2,3\n4,5,6\n",
+}
+
+
+@pytest.mark.parametrize("name", list(ODD_TABLES))
+def test_csv_reads_as_pandas_reads_it(tmp_path: Path, name: str):
+    path = tmp_path / "t.csv"
+    path.write_text(ODD_TABLES[name])
+    pd.testing.assert_frame_equal(read_table(path), pd.read_csv(path, low_memory=False))
+
+
+def test_a_type_change_after_the_first_block_reads_as_pandas_reads_it(tmp_path: Path):
+    """pyarrow infers types from its first block; a later text value falls back to pandas."""
+    rows = ["v,w"] + [f"{i},{i % 7}" for i in range(300_000)] + ["text,1"]
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(rows) + "\n")
+    pd.testing.assert_frame_equal(read_table(path), pd.read_csv(path, low_memory=False))
+
+
+@pytest.mark.parametrize("suffix", [".csv.gz", ".csv.bz2", ".csv.zip", ".tsv.gz"])
+def test_compressed_text_reads_as_pandas_reads_it(tmp_path: Path, small, suffix: str):
+    path = tmp_path / f"t{suffix}"
+    small.to_csv(path, index=False, sep="\t" if ".tsv" in suffix else ",")
+    expected = pd.read_csv(path, sep="\t" if ".tsv" in suffix else ",")
+    pd.testing.assert_frame_equal(read_table(path), expected)
+
+
+def test_an_ordinary_csv_is_parsed_by_pyarrow(tmp_path: Path, small, monkeypatch):
+    import polytask.data.readers as readers
+
+    def refuse(*_args):
+        raise AssertionError("pandas read a file pyarrow reads")
+
+    monkeypatch.setattr(readers, "_read_text_pandas", refuse)
+    path = tmp_path / "t.csv"
+    small.to_csv(path, index=False)
+    pd.testing.assert_frame_equal(read_table(path), small)

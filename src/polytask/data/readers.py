@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -66,13 +66,79 @@ def reader_for(path: Path) -> ReaderName:
     return SUFFIXES.get(suffixes[-1], "csv") if suffixes else "csv"
 
 
+# pandas' default missing-value markers, given to pyarrow so both readers read the same nulls
+PANDAS_MISSING = [
+    "", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
+    "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null",
+]  # fmt: skip
+
+
+# the compressions pyarrow decompresses itself (its codec names)
+ARROW_CODECS = {"gzip": "gzip", "bz2": "bz2", "zstd": "zstd"}
+
+
 def _read_text(path: Path, sep: str) -> pd.DataFrame:
+    """Delimited text by pyarrow's multi-threaded reader, to the frame pandas would give;
+    pandas reads what pyarrow's reader would read differently (see :func:`_read_text_arrow`)."""
+    frame = _read_text_arrow(path, sep)
+    return frame if frame is not None else _read_text_pandas(path, sep)
+
+
+def _read_text_pandas(path: Path, sep: str) -> pd.DataFrame:
     with progress.counted(path) as handle:
         if handle is None:
             return pd.read_csv(path, sep=sep, low_memory=False)
         # the same reader on the same bytes, counted for a progress bar
         compression = COMPRESSION.get(path.suffix.lower())
         return pd.read_csv(handle, sep=sep, low_memory=False, compression=compression)
+
+
+def _read_text_arrow(path: Path, sep: str) -> pd.DataFrame | None:
+    """The table as ``pandas.read_csv`` reads it, parsed by pyarrow (several times faster:
+    threads, and no Python per field); None where pandas must read it: a file pyarrow cannot
+    parse as given (quoted line breaks, a column whose type changes after the first block,
+    an empty file), repeated column names (pandas renames them), or a column of true/false
+    with gaps. Dates and times stay text, as pandas leaves them."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    compression = COMPRESSION.get(path.suffix.lower())
+    if compression is not None and compression not in ARROW_CODECS:
+        return None  # zip, xz: pandas opens them
+    parse = pa_csv.ParseOptions(delimiter=sep)
+
+    def read(column_types: dict[str, pa.DataType]) -> pa.Table:
+        convert = pa_csv.ConvertOptions(
+            null_values=PANDAS_MISSING, strings_can_be_null=True, column_types=column_types
+        )
+        with progress.counted(path) as handle:
+            source = str(path) if handle is None else _decompressed(handle, path)
+            return pa_csv.read_csv(source, parse_options=parse, convert_options=convert)
+
+    try:
+        table = read({})
+        temporal = {f.name: pa.string() for f in table.schema if pa.types.is_temporal(f.type)}
+        if temporal:
+            table = read(temporal)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    names = table.column_names
+    if len(set(names)) < len(names):
+        return None
+    for index, field in enumerate(table.schema):
+        if pa.types.is_boolean(field.type) and table.column(index).null_count:
+            return None
+        if pa.types.is_null(field.type):  # an empty column: pandas reads it as NaN
+            table = table.set_column(index, field.name, table.column(index).cast(pa.float64()))
+    return table.to_pandas()
+
+
+def _decompressed(handle: Any, path: Path) -> Any:
+    """A counted file handle as pyarrow reads it: decompressed as the suffix says."""
+    import pyarrow as pa
+
+    codec = ARROW_CODECS.get(COMPRESSION.get(path.suffix.lower(), ""))
+    return pa.CompressedInputStream(handle, codec) if codec else handle
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
