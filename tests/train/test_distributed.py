@@ -44,6 +44,8 @@ CASES: dict[str, dict[str, Any]] = {
         "train": {"batch_size": 47},
         "data": {"weight": "count"},
     },
+    # the task gradients' norms from the Gramian at the representation, summed over ranks
+    "gradnorm": {"balance": {"method": "gradnorm"}, "train": {"batch_size": 40}},
     # the Gramian at the shared representation, summed over the ranks
     "mgda": {
         "balance": {"method": "mgda", "options": {"mode": "fast"}},
@@ -199,7 +201,11 @@ def load(config: Path):
 # ---------------------------------------------------------------------- what is refused
 def expected_under_processes(method: str) -> bool:
     balancer = BALANCERS.get(method)(3)
-    return balancer.needs <= {Need.LOSSES} or isinstance(balancer, GramianWeighting)
+    return (
+        balancer.needs <= {Need.LOSSES}
+        or isinstance(balancer, GramianWeighting)
+        or balancer.reads_representation_gramian
+    )
 
 
 @pytest.mark.parametrize("method", BALANCERS.names())
@@ -224,13 +230,13 @@ def test_a_gramian_of_parameter_gradients_is_refused_under_processes():
 
 
 def test_the_launcher_refuses_before_starting_anything(table, tmp_path):
-    spec = base_spec(table, balance={"method": "gradnorm"})
+    spec = base_spec(table, balance={"method": "graddrop"})
     config = write_yaml(tmp_path / "spec.yaml", spec)
     result = CliRunner().invoke(
         app, ["train", str(config), "--out", str(tmp_path / "r"), "--nproc", "2"]
     )
     assert result.exit_code == 2
-    assert "balance.method: gradnorm" in result.output
+    assert "balance.method: graddrop" in result.output
     assert not (tmp_path / "r").exists() and not (tmp_path / "r.partial").exists()
 
 

@@ -255,6 +255,11 @@ class Balancer:
     # what the method asks the step for; a class default that an instance may narrow (IMTL-L
     # needs only the losses)
     needs: frozenset[Need] = frozenset({Need.LOSSES})
+    # True where the method reads the task gradients only through the Gramian at the shared
+    # representation (``context.gramian(losses, "representation")``), which the processes of
+    # a data-parallel run sum exactly: it then runs under several processes (Gramian methods
+    # in fast mode are such methods by construction)
+    reads_representation_gramian: ClassVar[bool] = False
     registry_name: ClassVar[str]
     Options: ClassVar[type[BalanceOptions]] = BalanceOptions
     options: BalanceOptions

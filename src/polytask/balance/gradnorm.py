@@ -15,8 +15,11 @@ the weights before this step's update (the paper's Algorithm 1).
 Choices here:
 
 - W is the shared representation (the encoder output), not the last shared layer's weights:
-  ``g_t = dL_t/d representation`` from ``context.gradients(losses, "representation")``, the
-  cheap variant the paper's Section 3.2 allows and LibMTL's ``rep_grad`` mode uses.
+  ``g_t = dL_t/d representation``, the cheap variant the paper's Section 3.2 allows and
+  LibMTL's ``rep_grad`` mode uses. The norms are read as the square roots of the diagonal of
+  that gradient's Gramian (``context.gramian(losses, "representation")``): the same numbers,
+  and under several processes the ranks' Gramians over their disjoint rows sum to the global
+  batch's, so GradNorm runs data-parallel and learns the weights one process would.
 - The weights have their own Adam (option ``lr``, default 0.025) rather than the model's
   optimizer, so they need no schedule or weight decay from it; Adam is per task and masked,
   so a task absent from the batch keeps its weight, moments and reference loss.
@@ -60,6 +63,7 @@ class GradNorm(Balancer):
     """
 
     needs = frozenset({Need.REPRESENTATION_GRADS})
+    reads_representation_gramian = True
     Options = GradNormOptions
     options: GradNormOptions
 
@@ -87,8 +91,8 @@ class GradNorm(Balancer):
         first = present & torch.isnan(self.initial_losses)
         self.initial_losses[first] = detached[first]
         index = present.nonzero().flatten()
-        grads = context.gradients(losses, "representation")[0].detach()  # [T, *rep]
-        grad_norms = grads.flatten(1).norm(dim=1).float().cpu()[index]
+        gramian = context.gramian(losses, "representation").detach()
+        grad_norms = gramian.diagonal().clamp(min=0).sqrt().float().cpu()[index]
         relative = detached[index] / self.initial_losses[index].clamp(min=1e-12)
         gradient = torch.zeros(self.num_tasks)
         gradient[index] = gradnorm_weight_gradient(
