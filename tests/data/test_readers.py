@@ -124,7 +124,9 @@ def test_errors_name_the_file_and_the_line(tmp_path: Path):
 ODD_TABLES = {
     "gaps and markers": "a,b,c\n1,x,2.5\n,NA,\n3,null,nan\n4,None,-1e3\n",
     "ints, bools, text": "n,flag,word\n1,True,a\n2,False,b\n3,True,c\n",
-    "dates stay text": "day,at,v\n2020-01-01,2020-01-01 10:00:00,1\n2020-01-02,2020-01-02T11:30:00,2\n",
+    "dates stay text": (
+        "day,at,v\n2020-01-01,2020-01-01 10:00:00,1\n2020-01-02,2020-01-02T11:30:00,2\n"
+    ),
     "an empty column": "a,empty,b\n1,,x\n2,,y\n",
     "quoted separators": 'a,b\n"x, y",1\n"z",2\n',
     "spaces before numbers": "a, b\n1, 2\n3, 4\n",
