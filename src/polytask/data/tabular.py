@@ -64,13 +64,17 @@ def split_frame(
 def read_labelled(path: str | Path, data: DataSpec, targets: Sequence[str]) -> pd.DataFrame:
     """A file of labelled rows as the run reads them: with the data section's reader, and
     pivoted to one row per entity where the data is long."""
-    frame = read_table(path, data.reader)
     if data.format == "long":
         from polytask.data.long import to_wide
+        from polytask.data.long_stream import stream_to_wide, streams
 
+        if streams(Path(path), data):  # large: pivoted as it streams, never held long
+            with progress.step(f"pivoting {Path(path).name} to one row per {data.entity}"):
+                return stream_to_wide(Path(path), data, targets, f"data file {path}")
+        frame = read_table(path, data.reader)
         with progress.step(f"pivoting {Path(path).name} to one row per {data.entity}"):
-            frame = to_wide(frame, data, targets, f"data file {path}")
-    return frame
+            return to_wide(frame, data, targets, f"data file {path}")
+    return read_table(path, data.reader)
 
 
 def load_splits(spec: DataSpec, targets: Sequence[str] = (), strata: str | None = None) -> Splits:
