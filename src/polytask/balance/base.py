@@ -80,6 +80,10 @@ class StepContext:
     # Applied to every Gramian before a method reads it (source given): the training step
     # divides out a loss scale (fp16) and sums the processes' Gramians (data parallel)
     finish_gramian: Callable[[torch.Tensor, GradientSource], torch.Tensor] | None = None
+    # The element-wise sum of a tensor over the processes of a data-parallel run (None in
+    # one process): what a method that sums over rows (``sums_over_rows``) reduces its
+    # per-rank sums with
+    sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def gradients(self, losses: torch.Tensor, source: GradientSource) -> list[torch.Tensor]:
@@ -255,11 +259,12 @@ class Balancer:
     # what the method asks the step for; a class default that an instance may narrow (IMTL-L
     # needs only the losses)
     needs: frozenset[Need] = frozenset({Need.LOSSES})
-    # True where the method reads the task gradients only through the Gramian at the shared
-    # representation (``context.gramian(losses, "representation")``), which the processes of
-    # a data-parallel run sum exactly: it then runs under several processes (Gramian methods
-    # in fast mode are such methods by construction)
-    reads_representation_gramian: ClassVar[bool] = False
+    # True where the method reads the task gradients only through sums over the batch's rows
+    # at the shared representation, which the processes of a data-parallel run add up
+    # exactly: the Gramian there (``context.gramian(losses, "representation")``, summed by
+    # the step) or sums it passes to ``context.sum_over_processes``. It then runs under
+    # several processes (Gramian methods in fast mode are such methods by construction).
+    sums_over_rows: ClassVar[bool] = False
     registry_name: ClassVar[str]
     Options: ClassVar[type[BalanceOptions]] = BalanceOptions
     options: BalanceOptions

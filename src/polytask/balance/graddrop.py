@@ -18,10 +18,15 @@ dropped). A is ``[B, D]`` (batch dimension 0) or, with one encoder per task, ``[
 (batch dimension 1). Static weights scale each ``g_t`` before everything else; absent tasks
 have no gradient and take no part in P. The noise comes from the balancer's own generator
 (option ``seed``), checkpointed with the run.
+
+Under several processes each rank holds its rows' gradients: the statistics ``G_t`` are sums
+over rows, so the ranks add theirs (T x D numbers a step), and every rank draws the same
+noise from the same generator: the masks, and so the trained model, are those of one process.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -61,10 +66,15 @@ def graddrop_gradient(
     noise: torch.Tensor,
     leak: float = 0.0,
     batch_dim: int = 0,
+    sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The GradDrop gradient at A, shaped like A, from per-task gradients [T, *A.shape] and one
-    uniform draw shaped like A without its batch dimension."""
-    masks = drop_masks(sign_statistics(grads, representation, batch_dim), noise)
+    uniform draw shaped like A without its batch dimension (``sum_over_processes``: adds the
+    ranks' statistics, whose rows are theirs)."""
+    stats = sign_statistics(grads, representation, batch_dim)
+    if sum_over_processes is not None:
+        stats = sum_over_processes(stats)
+    masks = drop_masks(stats, noise)
     keep = (leak + (1 - leak) * masks.to(grads.dtype)).unsqueeze(batch_dim + 1)
     return (keep * grads).sum(dim=0)
 
@@ -78,6 +88,7 @@ class GradDrop(Balancer):
     """
 
     needs = frozenset({Need.REPRESENTATION_GRADS})
+    sums_over_rows = True
     Options = GradDropOptions
     options: GradDropOptions
 
@@ -96,7 +107,9 @@ class GradDrop(Balancer):
         shape = [n for i, n in enumerate(representation.shape) if i != batch_dim]
         noise = torch.rand(shape, generator=self.generator, dtype=grads.dtype)
         leak = self.options.leak
-        new = graddrop_gradient(grads, representation.detach(), noise, leak, batch_dim)
+        new = graddrop_gradient(
+            grads, representation.detach(), noise, leak, batch_dim, context.sum_over_processes
+        )
         extra = context.extra_loss
         if extra is not None and extra.requires_grad:
             (extra_grad,) = torch.autograd.grad(

@@ -63,7 +63,7 @@ class GradNorm(Balancer):
     """
 
     needs = frozenset({Need.REPRESENTATION_GRADS})
-    reads_representation_gramian = True
+    sums_over_rows = True
     Options = GradNormOptions
     options: GradNormOptions
 

@@ -4,7 +4,8 @@ A method that reads only the losses runs anywhere (under fp16, unless it learns 
 its own: their gradients are not all scaled). A Gramian method runs under fp16 (the
 Gramian is divided by the square of the loss scale) and, at the shared representation
 (``mode: fast``), under several processes (the ranks' Gramians are summed), as does a method
-that reads the task gradients only through that Gramian (GradNorm: their norms). Methods that
+that reads the task gradients only through sums over rows that the ranks add up (GradNorm:
+the norms, that Gramian's diagonal; GradDrop: its per-unit sign statistics). Methods that
 read the raw task gradients themselves are refused there with one line, rather than
 silently training something other than what they define.
 """
@@ -29,12 +30,12 @@ def check_balancer(balancer: Balancer, world_size: int, precision: str) -> None:
     if balancer.needs <= LOSS_ONLY:
         return
     gramian = isinstance(balancer, GramianWeighting)
-    if world_size > 1 and not (gramian or balancer.reads_representation_gramian):
+    if world_size > 1 and not (gramian or balancer.sums_over_rows):
         raise ConfigError(
             f"balance.method: {name} combines the raw per-task gradients of each process's "
             "rows, which several processes do not reproduce; train it in one process, or use "
-            "a loss weighting, gradnorm, or a Gramian method (mgda, upgrad, imtl, cagrad, "
-            "nash_mtl, aligned_mtl, pcgrad, gradvac) with mode: fast"
+            "a loss weighting, gradnorm, graddrop, or a Gramian method (mgda, upgrad, imtl, "
+            "cagrad, nash_mtl, aligned_mtl, pcgrad, gradvac) with mode: fast"
         )
     if world_size > 1 and gramian and balancer.options.mode == "exact":  # type: ignore[attr-defined]
         raise ConfigError(
@@ -42,7 +43,7 @@ def check_balancer(balancer: Balancer, world_size: int, precision: str) -> None:
             "several processes would have to exchange; use mode: fast (the Gramian at the "
             "shared representation, summed over processes)"
         )
-    if precision == "fp16" and not (gramian or balancer.reads_representation_gramian):
+    if precision == "fp16" and not (gramian or balancer.sums_over_rows):
         raise ConfigError(
             f"train.precision: fp16 scales the gradients that {name} reads; use bf16 or fp32"
         )
