@@ -6,11 +6,12 @@ reduces the file per entity as it is scanned; :func:`polytask.data.long.to_wide`
 whole into pandas first. Both give the same frame (tests/data/test_long_stream.py); this
 measures what each costs.
 
-Data: a synthetic long Parquet table written in row groups: ``--entities`` entities, each
-with ``--labels`` of ``--tasks`` binary tasks (distinct, drawn at random), 8 numeric and
+Data: synthetic long Parquet tables written in row groups: ``--entities`` entities, each
+with ``--labels`` of ``--tasks`` binary tasks (distinct, drawn at random; one table per
+value given, so that the long table grows while the wide one stays), 8 numeric and
 4 categorical inputs per entity repeated on each of its rows; the rows of every block of
 100,000 entities shuffled. Each way runs in a fresh process (the peak resident memory is that
-process's, ``ru_maxrss``, imports included), ``--rounds`` times alternating, fastest kept; a
+process's, ``VmHWM``, imports included), ``--rounds`` times alternating, fastest kept; a
 bare process that only imports what both import is measured too, as the floor.
 
 Run: ``python benchmarks/long_pivot.py --json docs/results/long_pivot.json``
@@ -70,7 +71,7 @@ def write_table(path: Path, entities: int, tasks: int, labels: int, seed: int = 
 
 
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 started = time.perf_counter()
 from polytask.config import parse_spec
@@ -93,8 +94,10 @@ elif way == "streamed":
 else:
     import pyarrow, pandas  # noqa: F401  (what both ways import)
 done = time.perf_counter()
+# VmHWM is this program's peak (ru_maxrss would include the parent's, kept across exec)
+peak = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
 print(json.dumps({"way": way, "seconds": done - imported, "entities": entities,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mib": int(peak.split()[1]) / 1024}))
 """
 
 
@@ -110,24 +113,15 @@ def run_child(way: str, path: Path, tasks: int) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--entities", type=int, default=2_000_000)
-    parser.add_argument("--tasks", type=int, default=20)
-    parser.add_argument("--labels", type=int, default=3, help="labelled tasks per entity")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _machine import machine_info
-
-    machine = machine_info("pandas", "pyarrow")
+def measure(args: argparse.Namespace, labels: int) -> dict[str, Any]:
+    """One table (``labels`` labelled tasks per entity): each way's fastest round."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "long.parquet"
         started = time.perf_counter()
-        rows = write_table(path, args.entities, args.tasks, args.labels)
+        rows = write_table(path, args.entities, args.tasks, labels)
+        size = path.stat().st_size / 2**20
         print(
-            f"{rows:,} rows, {path.stat().st_size / 2**20:.0f} MiB on disk, "
+            f"{rows:,} rows ({labels} labels an entity), {size:.0f} MiB on disk, "
             f"written in {time.perf_counter() - started:.0f} s",
             flush=True,
         )
@@ -138,25 +132,39 @@ def main() -> None:
                 print(result, flush=True)
                 kept = best.get(way)
                 if kept is None or result["seconds"] < kept["seconds"]:
-                    best[way] = {
-                        **result,
-                        "peak_rss_mib": min(
-                            result["peak_rss_mib"], kept["peak_rss_mib"] if kept else 1e18
-                        ),
-                    }
-        size = path.stat().st_size
+                    best[way] = result
+    return {
+        "labels_per_entity": labels,
+        "rows": rows,
+        "file_mib": size,
+        "ways": best,
+        "memory_ratio": best["in_memory"]["peak_rss_mib"] / best["streamed"]["peak_rss_mib"],
+        "time_ratio": best["in_memory"]["seconds"] / best["streamed"]["seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entities", type=int, default=1_000_000)
+    parser.add_argument("--tasks", type=int, default=20)
+    parser.add_argument(
+        "--labels", type=int, nargs="+", default=[3, 12], help="labelled tasks per entity"
+    )
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _machine import machine_info
+
+    machine = machine_info("pandas", "pyarrow")
+    tables = [measure(args, labels) for labels in args.labels]
     machine["load_average_1m_end"] = os.getloadavg()[0]
     payload = {
         "command": "python benchmarks/long_pivot.py " + " ".join(sys.argv[1:]),
         "machine": machine,
-        "rows": rows,
         "entities": args.entities,
         "tasks": args.tasks,
-        "labels_per_entity": args.labels,
-        "file_mib": size / 2**20,
-        "ways": best,
-        "memory_ratio": best["in_memory"]["peak_rss_mib"] / best["streamed"]["peak_rss_mib"],
-        "time_ratio": best["in_memory"]["seconds"] / best["streamed"]["seconds"],
+        "tables": tables,
     }
     print(json.dumps({k: v for k, v in payload.items() if k != "machine"}, indent=1))
     if args.json:

@@ -81,7 +81,9 @@ def stream_to_wide(path: Path, data: DataSpec, targets: Sequence[str], source: s
         raise
     if table.column(entity).null_count:
         _name_empty(dataset, entity, "entity", source)
-    return _frame(table, entity, weight, inputs, targets, source)
+    keys, columns = _columns(table, entity, weight, inputs, targets, source)
+    del table  # the aggregation's state (both extremes, the label structs) goes before pandas
+    return _frame(keys, columns, entity, targets)
 
 
 def _check_columns(names: list[str], data: DataSpec, source: str) -> tuple[str, str, str]:
@@ -191,7 +193,9 @@ def _numbered(dataset: Any, columns: list[str]) -> Any:
     import numpy as np
     import pyarrow as pa
 
-    scanner = dataset.scanner(columns=columns, use_threads=False)
+    scanner = dataset.scanner(
+        columns=columns, use_threads=False, batch_readahead=1, fragment_readahead=1
+    )
     schema = scanner.projected_schema.append(pa.field("__row", pa.int64()))
 
     def batches() -> Any:
@@ -204,15 +208,16 @@ def _numbered(dataset: Any, columns: list[str]) -> Any:
     return pa.RecordBatchReader.from_batches(schema, batches())
 
 
-def _frame(
+def _columns(
     table: Any,
     entity: str,
     weight: str | None,
     inputs: list[str],
     targets: Sequence[str],
     source: str,
-) -> pd.DataFrame:
-    import pyarrow as pa
+) -> tuple[Any, dict[str, Any]]:
+    """The entity keys and the wide table's columns (inputs checked for clashes, then the
+    labels and the weights per target) from the aggregation's result."""
     import pyarrow.compute as pc
 
     keys = table.column(entity)
@@ -235,7 +240,17 @@ def _frame(
         weights = table.column("__weights").combine_chunks()
         for position, target in enumerate(targets):
             columns[f"{weight}[{target}]"] = weights.field(position)
-    wide = pa.table(columns).to_pandas()
+    return keys, columns
+
+
+def _frame(keys: Any, columns: dict[str, Any], entity: str, targets: Sequence[str]) -> pd.DataFrame:
+    """The pandas frame of the wide columns, indexed by entity (``to_wide``'s layout)."""
+    import pyarrow as pa
+
+    table = pa.table(columns)
+    columns.clear()
+    wide = table.to_pandas(self_destruct=True, split_blocks=True)  # no second copy held
+    del table
     wide.index = pd.Index(keys.to_pandas(), name=entity)
     for column in targets:  # a label column shared by tasks of several kinds is text
         wide[column] = _numbers_where_all_are(wide[column])
