@@ -460,10 +460,16 @@ def plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def export_for_fusionbench(
-    work: Path, paths: dict[str, Any], base: Path, runs: dict[str, Path], seed: int
+    work: Path,
+    paths: dict[str, Any],
+    base: Path,
+    runs: dict[str, Path],
+    seed: int,
+    only: list[str] | None = None,
 ) -> Path:
     """Checkpoints in a plain module's layout, the heads, and the rows, for the FusionBench
-    process (which imports nothing of polytask)."""
+    process (which imports nothing of polytask); its methods: every one, or those ``only``
+    names."""
     folder = work / f"seed{seed}" / "fusionbench_in"
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -495,7 +501,7 @@ def export_for_fusionbench(
         "methods": [
             {"label": label, "seed": seed, **fusion}
             for label, _, _, fusion in METHODS
-            if fusion is not None
+            if fusion is not None and (only is None or label in only)
         ],
     }
     (folder / "job.json").write_text(json.dumps(job, indent=1))
@@ -621,8 +627,12 @@ def run_seed(
         entry["fusionbench"] = {"error": [f"{args.fusionbench} not found: make fusionbench"]}
         save(results)
         return
-    job = export_for_fusionbench(work, paths, base, runs, seed)
-    entry["fusionbench"] = run_fusionbench(args.fusionbench, job, job.parent / "results.json")
+    job = export_for_fusionbench(work, paths, base, runs, seed, args.only)
+    fresh = run_fusionbench(args.fusionbench, job, job.parent / "results.json")
+    kept = entry.get("fusionbench", {}).get("methods", {}) if args.only is not None else {}
+    if "methods" in fresh:  # with --only, the other methods' records stay as they were
+        fresh["methods"] = {**kept, **fresh["methods"]}
+    entry["fusionbench"] = fresh
     for label, record in entry["fusionbench"].get("methods", {}).items():
         if "weights" in record and label in outputs:  # the same merge, element by element?
             ours = plain(polytask.load(outputs[label]).model.state_dict())
@@ -659,10 +669,17 @@ def main() -> None:
     paths = build_tables(args.work)
     base = prepare(args.work).base
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    run = {
+        "command": "nice -n 10 python benchmarks/merge_images.py " + " ".join(sys.argv[1:]),
+        "machine": machine_info("fusion-bench"),
+    }
+    if args.only is not None:  # a rerun of some rows: the full run's command stays on top
+        run["rows"] = args.only
+        results.setdefault("reruns", []).append(run)
+    else:
+        results.update(run)
     results.update(
         {
-            "command": "nice -n 10 python benchmarks/merge_images.py " + " ".join(sys.argv[1:]),
-            "machine": machine_info("fusion-bench"),
             "budget": BUDGET,
             "model": MODEL,
             "tasks": TASKS,
@@ -682,8 +699,10 @@ def main() -> None:
         for seed in args.seeds:
             entry = block.setdefault("seeds", {}).setdefault(str(seed), {})
             run_seed(args, work, paths, base, seed, config, entry, results)
-    results["wall_seconds"] = time.perf_counter() - started
-    results["machine"]["load_average_1m_end"] = os.getloadavg()[0]
+    run["wall_seconds"] = time.perf_counter() - started
+    run["machine"]["load_average_1m_end"] = os.getloadavg()[0]
+    if args.only is None:
+        results.update(run)
     save(results)
 
 
