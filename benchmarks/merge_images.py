@@ -579,6 +579,13 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             }
             if failed:
                 row["fusionbench_errors"] = sorted(failed)
+            again = [
+                s["rerun"] for s in seeds if s.get("polytask", {}).get(label, {}).get("checkpoints")
+            ]
+            if again:  # merged from checkpoints trained again by a rerun (``reruns``)
+                row["rerun_checkpoints"] = {
+                    part: spread([r[part] for r in again]) for part in ("individual", "joint")
+                }
             rows[label] = row
         out[name] = {"rows": rows}
     return out
@@ -597,8 +604,15 @@ def run_seed(
     """One configuration and seed: fine-tune, train jointly, merge with every method here
     and in FusionBench."""
     runs = finetune_all(work, paths, base, seed, config)
-    entry["individual"] = summarise({t: accuracies(r)[t] for t, r in runs.items()})
-    entry["joint"] = summarise(accuracies(joint_run(work, paths, base, seed, config)))
+    references = {
+        "individual": summarise({t: accuracies(r)[t] for t, r in runs.items()}),
+        "joint": summarise(accuracies(joint_run(work, paths, base, seed, config))),
+    }
+    rerun = args.only is not None and "individual" in entry
+    if rerun:  # checkpoints trained again need not be bit-identical: the others' stay
+        entry["rerun"] = references
+    else:
+        entry.update(references)
     save(results)
     merged = entry.setdefault("polytask", {})
     outputs = {}
@@ -613,6 +627,7 @@ def run_seed(
             **summarise(accuracies(out)),
             "seconds": record["seconds"],
             "reading_seconds": record["reading_seconds"],
+            **({"checkpoints": "rerun"} if rerun else {}),
         }
         outputs[label] = out
         print(
@@ -631,6 +646,9 @@ def run_seed(
     fresh = run_fusionbench(args.fusionbench, job, job.parent / "results.json")
     kept = entry.get("fusionbench", {}).get("methods", {}) if args.only is not None else {}
     if "methods" in fresh:  # with --only, the other methods' records stay as they were
+        if rerun:
+            for record in fresh["methods"].values():
+                record["checkpoints"] = "rerun"
         fresh["methods"] = {**kept, **fresh["methods"]}
     entry["fusionbench"] = fresh
     for label, record in entry["fusionbench"].get("methods", {}).items():
@@ -673,17 +691,18 @@ def main() -> None:
         "command": "nice -n 10 python benchmarks/merge_images.py " + " ".join(sys.argv[1:]),
         "machine": machine_info("fusion-bench"),
     }
-    if args.only is not None:  # a rerun of some rows: the full run's command stays on top
-        run["rows"] = args.only
+    pretrained = summarise(accuracies(base))
+    if args.only is not None and "pretrained" in results:
+        # a rerun of some rows: the full run's command and references stay on top
+        run.update({"rows": args.only, "pretrained": pretrained})
         results.setdefault("reruns", []).append(run)
     else:
-        results.update(run)
+        results.update({**run, "pretrained": pretrained})
     results.update(
         {
             "budget": BUDGET,
             "model": MODEL,
             "tasks": TASKS,
-            "pretrained": summarise(accuracies(base)),
             "methods": {
                 label: {"polytask_method": method, "options": options, "fusionbench": fusion}
                 for label, method, options, fusion in METHODS
