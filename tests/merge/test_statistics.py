@@ -206,3 +206,37 @@ def test_cotangents_square_to_the_exact_fisher_of_a_row():
             for u in fisher_cotangents(task, logits)
         )
         torch.testing.assert_close(ours, row_fisher([task], [logits], [jacobian]))
+
+
+def test_batch_estimate_squares_each_batchs_summed_surrogate_gradient():
+    """FusionBench's definition, computed here by hand: per batch of 7 rows in the sampled
+    order, (∂/∂θ Σ_rows Σ_y √p_y log p_y)², √p constant, summed, divided by the rows."""
+    model, tasks, features, statistics = setup("mmoe", ("click", "segment", "tags"))
+    options = RowOptions(samples=60)
+    fisher = statistics.fisher(options, "batch", batch_size=7)[0]
+    rows = features.take(torch.randperm(60, generator=torch.Generator().manual_seed(0)))
+    params = dict(model.named_parameters())
+    expected = {k: torch.zeros_like(v) for k, v in params.items()}
+    for start in range(0, 60, 7):
+        logits = model(rows.take(torch.arange(start, min(start + 7, 60)))).logits
+        surrogate = torch.zeros(())
+        for task, z in zip(tasks, logits, strict=True):
+            if task.kind.value == "multiclass":
+                p = torch.softmax(z, -1)
+                surrogate = surrogate + (p.detach().sqrt() * p.log()).sum()
+            else:
+                p = torch.sigmoid(z)
+                for q in (p, 1 - p):
+                    surrogate = surrogate + (q.detach().sqrt() * q.log()).sum()
+        grads = torch.autograd.grad(surrogate, list(params.values()), allow_unused=True)
+        for key, grad in zip(params, grads, strict=True):
+            if grad is not None:
+                expected[key] += grad**2
+    for key, value in expected.items():
+        torch.testing.assert_close(fisher[key], value / 60, rtol=1e-4, atol=1e-9)
+
+
+def test_batch_estimate_refuses_a_regression():
+    _, _, _, statistics = setup("mmoe", ("click", "spend"))
+    with pytest.raises(ConfigError, match=r"estimate 'batch'.*'spend'"):
+        statistics.fisher(RowOptions(samples=60), "batch")

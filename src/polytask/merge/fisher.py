@@ -3,9 +3,10 @@
 θ = Σ_k F_k ⊙ θ_k / Σ_k F_k, with F_k the diagonal of run k's Fisher information (how much
 each weight matters to the run's predictive distribution; computed by
 :meth:`polytask.merge.base.Statistics.fisher` from a sample of the run's rows, no labels
-needed). ``floor`` is added to every Fisher entry a run holds, so entries no run's data
-reaches fall back to the plain average; ``normalise`` first divides each run's Fisher by its
-norm (as FusionBench does).
+needed; ``estimate`` says how the expectation over labels is taken, see
+:mod:`polytask.merge.statistics`). ``floor`` is added to every Fisher entry a run holds, so
+entries no run's data reaches fall back to the plain average; ``normalise`` first divides
+each run's Fisher by its norm (as FusionBench does).
 """
 
 from __future__ import annotations
@@ -49,9 +50,12 @@ def fisher_merge(
 
 
 class FisherOptions(RowOptions):
-    estimate: Literal["exact", "sampled"] = Field(
-        "exact", description="expectation over labels: exact, or one label drawn per row"
+    estimate: Literal["exact", "sampled", "batch"] = Field(
+        "exact",
+        description="expectation over labels: exact, one label drawn per row, or batch "
+        "(FusionBench's: the square of one surrogate's gradient per batch of rows)",
     )
+    batch_size: int = Field(32, ge=1, description="rows per squared gradient (estimate: batch)")
     floor: float = Field(1e-6, ge=0.0, description="added to every Fisher entry")
     normalise: bool = Field(False, description="divide each run's Fisher by its L2 norm first")
 
@@ -67,5 +71,5 @@ class Fisher(MergeMethod):
     def merge(self, inputs: MergeInputs) -> StateDict:
         o = self.options
         assert isinstance(o, FisherOptions)
-        fishers = inputs.require_statistics("fisher").fisher(o, o.estimate)
+        fishers = inputs.require_statistics("fisher").fisher(o, o.estimate, o.batch_size)
         return fisher_merge(inputs.tuned, fishers, inputs.held, o.floor, o.normalise)

@@ -6,7 +6,12 @@
   multilabel the binary form per label, regression J² (a unit-variance Gaussian on the
   standardised target). ``sampled`` draws one label per row from the model's own predictive
   distribution and squares that row's gradient: an unbiased estimate at the cost of one
-  gradient per row instead of one per output. No labels are read.
+  gradient per row instead of one per output. Both come from layer hooks
+  (:mod:`polytask.merge.per_row`: one backward pass over a chunk of rows per label value),
+  per-row Jacobians only for the parameters the hooks don't cover. ``batch`` is
+  FusionBench's estimate, not per row: per batch of rows, the square of the gradient of
+  Σ_rows Σ_y √p(y|x) log p(y|x) (√p held constant), summed over batches, over the rows; the
+  cross terms between a batch's rows stay in. No labels are read.
 * Gram matrices: per run, X^T X / n of the inputs of every ``nn.Linear``, every layer of every
   fused expert bank (per member) and every softmax gate bank, on the run's rows.
 * Prediction entropy: the sum over runs of the mean entropy of the run's tasks' predictions
@@ -133,6 +138,28 @@ def score(task: Task, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor
     return label - logits
 
 
+def batch_surrogate(task: Task, logits: torch.Tensor) -> torch.Tensor:
+    """Σ over the rows and the label values y of √p(y|x) log p(y|x), √p held constant:
+    FusionBench's Fisher surrogate (``fisher_merging``'s CLIP subclass, multiclass); binary
+    and multilabel tasks take each label's two values."""
+    if task.kind is TaskKind.multiclass:
+        root = torch.softmax(logits, dim=-1).detach().sqrt()
+        return (root * torch.log_softmax(logits, dim=-1)).sum()
+    log_p, log_q = nn.functional.logsigmoid(logits), nn.functional.logsigmoid(-logits)
+    root_p, root_q = torch.sigmoid(logits).detach().sqrt(), torch.sigmoid(-logits).detach().sqrt()
+    return (root_p * log_p + root_q * log_q).sum()
+
+
+def check_batch_estimate(tasks: list[Task]) -> None:
+    """The batch estimate sums over a finite set of label values; a regression has none."""
+    for task in tasks:
+        if task.kind is TaskKind.regression:
+            raise ConfigError(
+                f"options.estimate 'batch' sums over label values, which task '{task.name}' "
+                "(a regression) does not have; choose estimate 'exact' or 'sampled'"
+            )
+
+
 def fisher_cotangents(task: Task, logits: torch.Tensor) -> list[torch.Tensor]:
     """Output cotangents u_k ([R, O] each) with Σ_k (u_k · J)² = one row's exact Fisher for
     J = ∂ logits / ∂θ: for multiclass u_c = √p_c (e_c - p), the score of label c weighted by
@@ -224,8 +251,39 @@ class RunStatistics:
         return model.eval()
 
     # ---------------------------------------------------------------- Fisher
-    def fisher(self, options: RowOptions, estimate: str = "exact") -> list[StateDict]:
+    def fisher(
+        self, options: RowOptions, estimate: str = "exact", batch_size: int = 32
+    ) -> list[StateDict]:
+        if estimate == "batch":
+            return [self._batch_fisher(k, options, batch_size) for k in range(len(self.runs))]
         return [self._run_fisher(k, options, estimate) for k in range(len(self.runs))]
+
+    def _batch_fisher(self, run: int, options: RowOptions, batch_size: int) -> StateDict:
+        """FusionBench's estimate: per batch of rows in order, the square of the gradient of
+        the batch's :func:`batch_surrogate`, summed over batches, over the rows."""
+        model = self._model(run)
+        rows = self.runs[run].sample(options, self.preprocessor)
+        tasks = [self.tasks[t] for t in self.runs[run].tasks]
+        check_batch_estimate(tasks)
+        params = {k: v for k, v in model.named_parameters() if k in self.keys}
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in params)
+        total = {k: torch.zeros_like(v) for k, v in params.items()}
+        for start in range(0, len(rows) if params else 0, batch_size):
+            chunk = rows.take(torch.arange(start, min(start + batch_size, len(rows))))
+            logits = model(chunk).logits
+            surrogate = sum(batch_surrogate(self.tasks[t], logits[t]) for t in self.runs[run].tasks)
+            assert isinstance(surrogate, torch.Tensor)
+            if not surrogate.requires_grad:
+                continue
+            grads = torch.autograd.grad(surrogate, list(params.values()), allow_unused=True)
+            for key, value in zip(params, grads, strict=True):
+                if value is not None:
+                    total[key] += value**2
+        fisher = {k: (v / len(rows)) * self.held[run][k] for k, v in total.items()}
+        for key in self.keys:
+            fisher.setdefault(key, torch.zeros_like(self.states[run][key]))
+        return fisher
 
     def _run_fisher(self, run: int, options: RowOptions, estimate: str) -> StateDict:
         """Covered layers (:mod:`polytask.merge.per_row`) from one forward pass per chunk and
