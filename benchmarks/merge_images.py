@@ -158,6 +158,13 @@ METHODS: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = [
         {"split": "train", "samples": 256, "normalise": True, "estimate": "sampled"},
         None,
     ),
+    (  # FusionBench's Fisher is this estimate: the same method, the same definition
+        "Fisher merging (256 rows, FusionBench's batch estimate: 32 rows per squared gradient, "
+        "normalised)",
+        "fisher",
+        {"split": "train", "samples": 256, "normalise": True, "estimate": "batch"},
+        {"algorithm": "fisher", "samples": 256, "normalise": True},
+    ),
     (
         "RegMean (256 rows, α 0.95)",
         "regmean",
@@ -644,13 +651,15 @@ def run_seed(
         return
     job = export_for_fusionbench(work, paths, base, runs, seed, args.only)
     fresh = run_fusionbench(args.fusionbench, job, job.parent / "results.json")
-    kept = entry.get("fusionbench", {}).get("methods", {}) if args.only is not None else {}
-    if "methods" in fresh:  # with --only, the other methods' records stay as they were
-        if rerun:
-            for record in fresh["methods"].values():
-                record["checkpoints"] = "rerun"
-        fresh["methods"] = {**kept, **fresh["methods"]}
-    entry["fusionbench"] = fresh
+    if rerun and "methods" in fresh:  # the other methods' records stay as they were
+        for record in fresh["methods"].values():
+            record["checkpoints"] = "rerun"
+        entry["rerun"]["fusionbench_unmerged_accuracy"] = fresh.get("unmerged_accuracy")
+        previous = entry.setdefault("fusionbench", {}).setdefault("methods", {})
+        kept = {label: r for label, r in previous.items() if label not in args.only}
+        entry["fusionbench"]["methods"] = {**kept, **fresh["methods"]}
+    else:
+        entry["fusionbench"] = fresh
     for label, record in entry["fusionbench"].get("methods", {}).items():
         if "weights" in record and label in outputs:  # the same merge, element by element?
             ours = plain(polytask.load(outputs[label]).model.state_dict())
