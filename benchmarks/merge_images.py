@@ -490,14 +490,15 @@ def export_for_fusionbench(
         heads[f"{task}.bias"] = state["towers.output.biases.0"][0, 0].clone()
     save_file(heads, str(folder / "heads.safetensors"))
     rows = {}
-    generator = torch.Generator().manual_seed(0)
     for task in TASKS:
         for split in ("train", "valid", "test"):
             table = pd.read_parquet(paths["tasks"][task][split])
             images = torch.tensor(table[PIXELS].to_numpy(np.float32)).view(-1, 1, 28, 28)
             labels = torch.tensor(table[f"y_{task}"].to_numpy(np.int64))
-            if split == "train":  # the rows polytask's Fisher and RegMean sample
-                picks = torch.randperm(len(images), generator=generator)
+            if split == "train":  # the rows polytask's Fisher and RegMean sample: each run's
+                # own permutation from seed 0, as RunRows.sample draws it (one generator for
+                # every task gave the first task its rows and the others different ones)
+                picks = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
                 images, labels = images[picks], labels[picks]
             rows[f"{task}.{split}.images"] = images.contiguous()
             rows[f"{task}.{split}.labels"] = labels
