@@ -58,10 +58,13 @@ def images(results: dict[str, Any]) -> str:
         ]
         rows = {"pretrained (linear heads)": {"polytask": summary["pretrained"]}}
         rows.update(summary[name]["rows"])
-        errors = {}
+        errors, again = {}, {}
         for label, row in rows.items():
             ours, theirs = row.get("polytask"), row.get("fusionbench")
-            cells = [label, *[cell(ours, t) for t in tasks], cell(ours, "average")]
+            if row.get("rerun_checkpoints"):
+                again[label] = row["rerun_checkpoints"]
+            mark = " (rerun †)" if label in again else ""
+            cells = [label + mark, *[cell(ours, t) for t in tasks], cell(ours, "average")]
             cells.append(
                 cell(theirs, "average")
                 if theirs
@@ -81,8 +84,26 @@ def images(results: dict[str, Any]) -> str:
         lines += ["", "Source: docs/results/merge_images.json", ""]
         for label, messages in errors.items():
             lines.append(f"FusionBench, {label}: failed with `{'; '.join(messages)}`.")
+        if again:
+            lines += ["", rerun_note(results, again), ""]
         lines.append("")
     return "\n".join(lines)
+
+
+def rerun_note(results: dict[str, Any], again: dict[str, dict[str, Any]]) -> str:
+    """What the rows marked † were merged from: the checkpoints a later ``--only`` run
+    trained again (retraining is not bit-identical), with their own reference accuracies."""
+    commands = sorted(
+        {r["command"] for r in results.get("reruns", []) if set(r["rows"]) & set(again)}
+    )
+    references = next(iter(again.values()))
+    return (
+        "† merged, both libraries, from the checkpoints that "
+        + " and ".join(f"`{c}`" for c in commands)
+        + " trained again (training is not bit-identical from run to run): on those, "
+        + f"individual fine-tuned {cell(references['individual'], 'average')}, joint "
+        + f"multi-task {cell(references['joint'], 'average')} (average accuracy, percent)."
+    )
 
 
 def census(results: dict[str, Any]) -> str:
