@@ -244,11 +244,15 @@ class RunStatistics:
         self.held = held
         self.keys = keys
         self.compose = compose
+        self._copy: MultiTaskModel | None = None
 
     def _model(self, run: int) -> MultiTaskModel:
-        model = copy.deepcopy(self.template)
-        model.load_state_dict(self.states[run])
-        return model.eval()
+        """The base architecture with run ``run``'s weights: one copy of the template for
+        every run (a deep copy per run was a tenth of a batch-estimate Fisher merge)."""
+        if self._copy is None:
+            self._copy = copy.deepcopy(self.template)
+        self._copy.load_state_dict(self.states[run])
+        return self._copy.eval()
 
     # ---------------------------------------------------------------- Fisher
     def fisher(
