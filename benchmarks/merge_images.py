@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -698,7 +699,7 @@ def main() -> None:
     base = prepare(args.work).base
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     run = {
-        "command": "nice -n 10 python benchmarks/merge_images.py " + " ".join(sys.argv[1:]),
+        "command": "nice -n 10 python benchmarks/merge_images.py " + shlex.join(sys.argv[1:]),
         "machine": machine_info("fusion-bench"),
     }
     pretrained = summarise(accuracies(base))

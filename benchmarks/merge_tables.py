@@ -6,6 +6,7 @@ python benchmarks/merge_tables.py            # prints the tables quoted in the d
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -91,19 +92,36 @@ def images(results: dict[str, Any]) -> str:
 
 
 def rerun_note(results: dict[str, Any], again: dict[str, dict[str, Any]]) -> str:
-    """What the rows marked † were merged from: the checkpoints a later ``--only`` run
-    trained again (retraining is not bit-identical), with their own reference accuracies."""
-    commands = sorted(
-        {r["command"] for r in results.get("reruns", []) if set(r["rows"]) & set(again)}
-    )
+    """What the rows marked † were merged from: the checkpoints the first ``--only`` run
+    trained again (retraining is not bit-identical; later reruns reuse them), with their own
+    reference accuracies, and the commands in the order they ran."""
+    commands = [
+        shell(r["command"], r["rows"])
+        for r in results.get("reruns", [])
+        if set(r["rows"]) & set(again)
+    ]
     references = next(iter(again.values()))
     return (
-        "† merged, both libraries, from the checkpoints that "
-        + " and ".join(f"`{c}`" for c in commands)
-        + " trained again (training is not bit-identical from run to run): on those, "
+        "† rerun by "
+        + ", then ".join(f"`{c}`" for c in commands)
+        + ": merged, both libraries, from checkpoints the first of these trained again (the "
+        + "later reused them; training is not bit-identical from run to run): on those, "
         + f"individual fine-tuned {cell(references['individual'], 'average')}, joint "
-        + f"multi-task {cell(references['joint'], 'average')} (average accuracy, percent)."
+        + f"multi-task {cell(references['joint'], 'average')} (average accuracy, percent); "
+        + "the other rows': the full run's (this section's first command)."
     )
+
+
+def shell(command: str, rows: list[str]) -> str:
+    """A rerun's command with its ``--only`` labels quoted for a shell (the JSON stores
+    the arguments joined by spaces)."""
+    head, _, _ = command.partition(" --only ")
+    return head + " --only " + " ".join(quote(row) for row in rows)
+
+
+def quote(word: str) -> str:
+    """Double quotes where they suffice (a label with an apostrophe reads better so)."""
+    return f'"{word}"' if not set(word) & set('"$`\\!') else shlex.quote(word)
 
 
 def census(results: dict[str, Any]) -> str:
