@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -157,6 +158,13 @@ METHODS: list[tuple[str, str, dict[str, Any], dict[str, Any] | None]] = [
         "fisher",
         {"split": "train", "samples": 256, "normalise": True, "estimate": "sampled"},
         None,
+    ),
+    (  # FusionBench's Fisher is this estimate: the same method, the same definition
+        "Fisher merging (256 rows, FusionBench's batch estimate: 32 rows per squared gradient, "
+        "normalised)",
+        "fisher",
+        {"split": "train", "samples": 256, "normalise": True, "estimate": "batch"},
+        {"algorithm": "fisher", "samples": 256, "normalise": True},
     ),
     (
         "RegMean (256 rows, α 0.95)",
@@ -460,10 +468,16 @@ def plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def export_for_fusionbench(
-    work: Path, paths: dict[str, Any], base: Path, runs: dict[str, Path], seed: int
+    work: Path,
+    paths: dict[str, Any],
+    base: Path,
+    runs: dict[str, Path],
+    seed: int,
+    only: list[str] | None = None,
 ) -> Path:
     """Checkpoints in a plain module's layout, the heads, and the rows, for the FusionBench
-    process (which imports nothing of polytask)."""
+    process (which imports nothing of polytask); its methods: every one, or those ``only``
+    names."""
     folder = work / f"seed{seed}" / "fusionbench_in"
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -477,14 +491,15 @@ def export_for_fusionbench(
         heads[f"{task}.bias"] = state["towers.output.biases.0"][0, 0].clone()
     save_file(heads, str(folder / "heads.safetensors"))
     rows = {}
-    generator = torch.Generator().manual_seed(0)
     for task in TASKS:
         for split in ("train", "valid", "test"):
             table = pd.read_parquet(paths["tasks"][task][split])
             images = torch.tensor(table[PIXELS].to_numpy(np.float32)).view(-1, 1, 28, 28)
             labels = torch.tensor(table[f"y_{task}"].to_numpy(np.int64))
-            if split == "train":  # the rows polytask's Fisher and RegMean sample
-                picks = torch.randperm(len(images), generator=generator)
+            if split == "train":  # the rows polytask's Fisher and RegMean sample: each run's
+                # own permutation from seed 0, as RunRows.sample draws it (one generator for
+                # every task gave the first task its rows and the others different ones)
+                picks = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
                 images, labels = images[picks], labels[picks]
             rows[f"{task}.{split}.images"] = images.contiguous()
             rows[f"{task}.{split}.labels"] = labels
@@ -495,7 +510,7 @@ def export_for_fusionbench(
         "methods": [
             {"label": label, "seed": seed, **fusion}
             for label, _, _, fusion in METHODS
-            if fusion is not None
+            if fusion is not None and (only is None or label in only)
         ],
     }
     (folder / "job.json").write_text(json.dumps(job, indent=1))
@@ -573,6 +588,13 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
             }
             if failed:
                 row["fusionbench_errors"] = sorted(failed)
+            again = [
+                s["rerun"] for s in seeds if s.get("polytask", {}).get(label, {}).get("checkpoints")
+            ]
+            if again:  # merged from checkpoints trained again by a rerun (``reruns``)
+                row["rerun_checkpoints"] = {
+                    part: spread([r[part] for r in again]) for part in ("individual", "joint")
+                }
             rows[label] = row
         out[name] = {"rows": rows}
     return out
@@ -591,8 +613,15 @@ def run_seed(
     """One configuration and seed: fine-tune, train jointly, merge with every method here
     and in FusionBench."""
     runs = finetune_all(work, paths, base, seed, config)
-    entry["individual"] = summarise({t: accuracies(r)[t] for t, r in runs.items()})
-    entry["joint"] = summarise(accuracies(joint_run(work, paths, base, seed, config)))
+    references = {
+        "individual": summarise({t: accuracies(r)[t] for t, r in runs.items()}),
+        "joint": summarise(accuracies(joint_run(work, paths, base, seed, config))),
+    }
+    rerun = args.only is not None and "individual" in entry
+    if rerun:  # checkpoints trained again need not be bit-identical: the others' stay
+        entry["rerun"] = references
+    else:
+        entry.update(references)
     save(results)
     merged = entry.setdefault("polytask", {})
     outputs = {}
@@ -607,6 +636,7 @@ def run_seed(
             **summarise(accuracies(out)),
             "seconds": record["seconds"],
             "reading_seconds": record["reading_seconds"],
+            **({"checkpoints": "rerun"} if rerun else {}),
         }
         outputs[label] = out
         print(
@@ -621,8 +651,17 @@ def run_seed(
         entry["fusionbench"] = {"error": [f"{args.fusionbench} not found: make fusionbench"]}
         save(results)
         return
-    job = export_for_fusionbench(work, paths, base, runs, seed)
-    entry["fusionbench"] = run_fusionbench(args.fusionbench, job, job.parent / "results.json")
+    job = export_for_fusionbench(work, paths, base, runs, seed, args.only)
+    fresh = run_fusionbench(args.fusionbench, job, job.parent / "results.json")
+    if rerun and "methods" in fresh:  # the other methods' records stay as they were
+        for record in fresh["methods"].values():
+            record["checkpoints"] = "rerun"
+        entry["rerun"]["fusionbench_unmerged_accuracy"] = fresh.get("unmerged_accuracy")
+        previous = entry.setdefault("fusionbench", {}).setdefault("methods", {})
+        kept = {label: r for label, r in previous.items() if label not in args.only}
+        entry["fusionbench"]["methods"] = {**kept, **fresh["methods"]}
+    else:
+        entry["fusionbench"] = fresh
     for label, record in entry["fusionbench"].get("methods", {}).items():
         if "weights" in record and label in outputs:  # the same merge, element by element?
             ours = plain(polytask.load(outputs[label]).model.state_dict())
@@ -659,14 +698,22 @@ def main() -> None:
     paths = build_tables(args.work)
     base = prepare(args.work).base
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    run = {
+        "command": "nice -n 10 python benchmarks/merge_images.py " + shlex.join(sys.argv[1:]),
+        "machine": machine_info("fusion-bench"),
+    }
+    pretrained = summarise(accuracies(base))
+    if args.only is not None and "pretrained" in results:
+        # a rerun of some rows: the full run's command and references stay on top
+        run.update({"rows": args.only, "pretrained": pretrained})
+        results.setdefault("reruns", []).append(run)
+    else:
+        results.update({**run, "pretrained": pretrained})
     results.update(
         {
-            "command": "nice -n 10 python benchmarks/merge_images.py " + " ".join(sys.argv[1:]),
-            "machine": machine_info("fusion-bench"),
             "budget": BUDGET,
             "model": MODEL,
             "tasks": TASKS,
-            "pretrained": summarise(accuracies(base)),
             "methods": {
                 label: {"polytask_method": method, "options": options, "fusionbench": fusion}
                 for label, method, options, fusion in METHODS
@@ -682,8 +729,10 @@ def main() -> None:
         for seed in args.seeds:
             entry = block.setdefault("seeds", {}).setdefault(str(seed), {})
             run_seed(args, work, paths, base, seed, config, entry, results)
-    results["wall_seconds"] = time.perf_counter() - started
-    results["machine"]["load_average_1m_end"] = os.getloadavg()[0]
+    run["wall_seconds"] = time.perf_counter() - started
+    run["machine"]["load_average_1m_end"] = os.getloadavg()[0]
+    if args.only is None:
+        results.update(run)
     save(results)
 
 

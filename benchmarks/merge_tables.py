@@ -6,6 +6,7 @@ python benchmarks/merge_tables.py            # prints the tables quoted in the d
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,13 @@ def images(results: dict[str, Any]) -> str:
         ]
         rows = {"pretrained (linear heads)": {"polytask": summary["pretrained"]}}
         rows.update(summary[name]["rows"])
-        errors = {}
+        errors, again = {}, {}
         for label, row in rows.items():
             ours, theirs = row.get("polytask"), row.get("fusionbench")
-            cells = [label, *[cell(ours, t) for t in tasks], cell(ours, "average")]
+            if row.get("rerun_checkpoints"):
+                again[label] = row["rerun_checkpoints"]
+            mark = " (rerun †)" if label in again else ""
+            cells = [label + mark, *[cell(ours, t) for t in tasks], cell(ours, "average")]
             cells.append(
                 cell(theirs, "average")
                 if theirs
@@ -81,8 +85,43 @@ def images(results: dict[str, Any]) -> str:
         lines += ["", "Source: docs/results/merge_images.json", ""]
         for label, messages in errors.items():
             lines.append(f"FusionBench, {label}: failed with `{'; '.join(messages)}`.")
+        if again:
+            lines += ["", rerun_note(results, again), ""]
         lines.append("")
     return "\n".join(lines)
+
+
+def rerun_note(results: dict[str, Any], again: dict[str, dict[str, Any]]) -> str:
+    """What the rows marked † were merged from: the checkpoints the first ``--only`` run
+    trained again (retraining is not bit-identical; later reruns reuse them), with their own
+    reference accuracies, and the commands in the order they ran."""
+    commands = [
+        shell(r["command"], r["rows"])
+        for r in results.get("reruns", [])
+        if set(r["rows"]) & set(again)
+    ]
+    references = next(iter(again.values()))
+    return (
+        "† rerun by "
+        + ", then ".join(f"`{c}`" for c in commands)
+        + ": merged, both libraries, from checkpoints the first of these trained again (the "
+        + "later reused them; training is not bit-identical from run to run): on those, "
+        + f"individual fine-tuned {cell(references['individual'], 'average')}, joint "
+        + f"multi-task {cell(references['joint'], 'average')} (average accuracy, percent); "
+        + "the other rows': the full run's (this section's first command)."
+    )
+
+
+def shell(command: str, rows: list[str]) -> str:
+    """A rerun's command with its ``--only`` labels quoted for a shell (the JSON stores
+    the arguments joined by spaces)."""
+    head, _, _ = command.partition(" --only ")
+    return head + " --only " + " ".join(quote(row) for row in rows)
+
+
+def quote(word: str) -> str:
+    """Double quotes where they suffice (a label with an apostrophe reads better so)."""
+    return f'"{word}"' if not set(word) & set('"$`\\!') else shlex.quote(word)
 
 
 def census(results: dict[str, Any]) -> str:

@@ -13,7 +13,10 @@ from polytask.merge.statistics import (
     RunRows,
     RunStatistics,
     check_entropy,
+    fisher_cotangents,
     prediction_entropy,
+    row_fisher,
+    sample_labels,
 )
 from polytask.model import model_for
 from tests.conftest import base_spec, make_table
@@ -65,9 +68,10 @@ def brute_force_fisher(model, tasks, features):
                     (torch.softmax(out, -1)[y], torch.log_softmax(out, -1)[y])
                     for y in range(out.shape[0])
                 ]
-            elif task.kind.value == "binary":
-                p = torch.sigmoid(out[0])
-                outcomes = [(p, torch.log(p)), (1 - p, torch.log(1 - p))]
+            elif task.kind.value in ("binary", "multilabel"):  # labels independent
+                p = torch.sigmoid(out)
+                outcomes = [(p[j], torch.log(p[j])) for j in range(len(p))]
+                outcomes += [(1 - p[j], torch.log(1 - p[j])) for j in range(len(p))]
             else:  # regression: a unit-variance Gaussian, E[(y - f)^2 (∂f)^2] = (∂f)^2
                 outcomes = [(torch.ones(()), out[0])]
             for prob, log_p in outcomes:
@@ -147,3 +151,92 @@ def test_sampled_fisher_is_an_unbiased_estimate_of_the_exact_one():
         assert relative < 0.1, (key, relative)
         correlation = torch.corrcoef(torch.stack([sampled[key].flatten(), value.flatten()]))[0, 1]
         assert float(correlation) > 0.9, key
+
+
+def jacobian_fisher(statistics, estimate: str) -> dict[str, torch.Tensor]:
+    """The per-row Jacobian path (vmap(jacrev) / vmap(grad)) for every parameter."""
+    options = RowOptions(samples=60)
+    model = statistics._model(0)
+    rows = statistics.runs[0].sample(options, statistics.preprocessor)
+    names = {k for k, _ in model.named_parameters()}
+    labels = None
+    if estimate == "sampled":  # the labels the hooked path draws, in the same order
+        with torch.no_grad():
+            logits = [model(rows).logits[t] for t in statistics.runs[0].tasks]
+        tasks = [statistics.tasks[t] for t in statistics.runs[0].tasks]
+        labels = sample_labels(tasks, logits, torch.Generator().manual_seed(options.seed + 7))
+    total = statistics._jacobian_fisher(model, rows, 0, names, labels)
+    return {k: v / len(rows) for k, v in total.items()}
+
+
+@pytest.mark.parametrize("estimate", ["exact", "sampled"])
+@pytest.mark.parametrize("task", ["click", "segment", "spend", "tags"])
+def test_hooked_fisher_equals_the_per_row_jacobian_for_each_task_kind(task, estimate):
+    _, _, _, statistics = setup("shared_bottom", (task,), [4, 3])
+    hooked = statistics.fisher(RowOptions(samples=60), estimate)[0]
+    expected = jacobian_fisher(statistics, estimate)
+    assert any(float(v.abs().sum()) > 0 for v in expected.values())
+    for key, value in expected.items():
+        torch.testing.assert_close(hooked[key], value, rtol=1e-4, atol=1e-8)
+
+
+def test_fisher_with_uncovered_parameters_takes_them_from_per_row_jacobians():
+    """MMoE's gates and the tabular encoder's embeddings have no hooks; every task kind at
+    once, against the per-row Jacobians and the brute-force loop."""
+    model, tasks, features, statistics = setup("mmoe", ("click", "segment", "spend", "tags"))
+    fisher = statistics.fisher(RowOptions(samples=60))[0]
+    expected = jacobian_fisher(statistics, "exact")
+    rows = features.take(torch.randperm(60, generator=torch.Generator().manual_seed(0)))
+    brute = brute_force_fisher(model, tasks, rows)
+    for key in ("arch.levels.0.gates.weight", "encoders.0.embedding.weight"):
+        assert float(expected[key].abs().sum()) > 0
+    for key, value in expected.items():
+        torch.testing.assert_close(fisher[key], value, rtol=1e-4, atol=1e-8)
+        torch.testing.assert_close(fisher[key], brute[key], rtol=1e-4, atol=1e-7)
+
+
+def test_cotangents_square_to_the_exact_fisher_of_a_row():
+    _, tasks, _, _ = setup()
+    generator = torch.Generator().manual_seed(3)
+    for task in tasks:
+        logits = torch.randn(5, 3 if task.kind.value == "multiclass" else 1, generator=generator)
+        jacobian = torch.randn(5, logits.shape[1], 7, generator=generator)  # [R, O, θ]
+        ours = sum(
+            (torch.einsum("ro,rop->rp", u, jacobian) ** 2).sum(0)
+            for u in fisher_cotangents(task, logits)
+        )
+        torch.testing.assert_close(ours, row_fisher([task], [logits], [jacobian]))
+
+
+def test_batch_estimate_squares_each_batchs_summed_surrogate_gradient():
+    """FusionBench's definition, computed here by hand: per batch of 7 rows in the sampled
+    order, (∂/∂θ Σ_rows Σ_y √p_y log p_y)², √p constant, summed, divided by the rows."""
+    model, tasks, features, statistics = setup("mmoe", ("click", "segment", "tags"))
+    options = RowOptions(samples=60)
+    fisher = statistics.fisher(options, "batch", batch_size=7)[0]
+    rows = features.take(torch.randperm(60, generator=torch.Generator().manual_seed(0)))
+    params = dict(model.named_parameters())
+    expected = {k: torch.zeros_like(v) for k, v in params.items()}
+    for start in range(0, 60, 7):
+        logits = model(rows.take(torch.arange(start, min(start + 7, 60)))).logits
+        surrogate = torch.zeros(())
+        for task, z in zip(tasks, logits, strict=True):
+            if task.kind.value == "multiclass":
+                p = torch.softmax(z, -1)
+                surrogate = surrogate + (p.detach().sqrt() * p.log()).sum()
+            else:
+                p = torch.sigmoid(z)
+                for q in (p, 1 - p):
+                    surrogate = surrogate + (q.detach().sqrt() * q.log()).sum()
+        grads = torch.autograd.grad(surrogate, list(params.values()), allow_unused=True)
+        for key, grad in zip(params, grads, strict=True):
+            if grad is not None:
+                expected[key] += grad**2
+    for key, value in expected.items():
+        torch.testing.assert_close(fisher[key], value / 60, rtol=1e-4, atol=1e-9)
+
+
+def test_batch_estimate_refuses_a_regression():
+    _, _, _, statistics = setup("mmoe", ("click", "spend"))
+    with pytest.raises(ConfigError, match=r"estimate 'batch'.*'spend'"):
+        statistics.fisher(RowOptions(samples=60), "batch")

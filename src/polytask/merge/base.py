@@ -62,9 +62,12 @@ Objective = Callable[[StateDict], torch.Tensor]
 class Statistics(Protocol):
     """Model- and data-dependent quantities, computed on demand for the methods that ask."""
 
-    def fisher(self, options: RowOptions, estimate: str = "exact") -> list[StateDict]:
+    def fisher(
+        self, options: RowOptions, estimate: str = "exact", batch_size: int = 32
+    ) -> list[StateDict]:
         """Per run: the diagonal Fisher information of its tasks' predictive distribution
-        (``exact``: the expectation over labels; ``sampled``: one label drawn per row)."""
+        (``exact``: the expectation over labels; ``sampled``: one label drawn per row;
+        ``batch``: FusionBench's estimate, one squared gradient per ``batch_size`` rows)."""
         ...
 
     def grams(self, options: RowOptions) -> list[dict[str, Gram]]:

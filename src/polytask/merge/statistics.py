@@ -6,7 +6,12 @@
   multilabel the binary form per label, regression J² (a unit-variance Gaussian on the
   standardised target). ``sampled`` draws one label per row from the model's own predictive
   distribution and squares that row's gradient: an unbiased estimate at the cost of one
-  gradient per row instead of one per output. No labels are read.
+  gradient per row instead of one per output. Both come from layer hooks
+  (:mod:`polytask.merge.per_row`: one backward pass over a chunk of rows per label value),
+  per-row Jacobians only for the parameters the hooks don't cover. ``batch`` is
+  FusionBench's estimate, not per row: per batch of rows, the square of the gradient of
+  Σ_rows Σ_y √p(y|x) log p(y|x) (√p held constant), summed over batches, over the rows; the
+  cross terms between a batch's rows stay in. No labels are read.
 * Gram matrices: per run, X^T X / n of the inputs of every ``nn.Linear``, every layer of every
   fused expert bank (per member) and every softmax gate bank, on the run's rows.
 * Prediction entropy: the sum over runs of the mean entropy of the run's tasks' predictions
@@ -34,12 +39,17 @@ from polytask.data.tabular import load_splits
 from polytask.errors import ConfigError, DataError
 from polytask.features import Features
 from polytask.merge.base import Gram, Objective, RowOptions, StateDict
+from polytask.merge.per_row import RowSquares
 from polytask.model import MultiTaskModel
 from polytask.nn.experts import ExpertBank
 from polytask.nn.gates import SoftmaxGates
 from polytask.tasks import Task
 
 JACOBIAN_CHUNK = 32  # rows per vectorised Jacobian (memory: rows x outputs x parameters)
+HOOK_CHUNK = 256  # rows per hooked forward pass (memory: rows x activations); a multiple of
+# LABEL_CHUNK, so that sampled labels are drawn in the same order whatever the chunk
+LABEL_CHUNK = 32  # rows per draw of sampled labels
+PROBE_ROWS = 4  # rows of the forward pass that checks what the hooks cover
 
 
 @dataclass
@@ -119,6 +129,70 @@ def log_probability(task: Task, logits: torch.Tensor, label: torch.Tensor) -> to
     return -0.5 * ((label - logits) ** 2).sum()
 
 
+def score(task: Task, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """∂ log p(label | x) / ∂ logits per row ([R, O]; :func:`log_probability`'s gradient)."""
+    if task.kind is TaskKind.multiclass:
+        return nn.functional.one_hot(label, logits.shape[-1]).to(logits) - logits.softmax(-1)
+    if task.kind in (TaskKind.binary, TaskKind.multilabel):
+        return label - torch.sigmoid(logits)
+    return label - logits
+
+
+def batch_surrogate(task: Task, logits: torch.Tensor) -> torch.Tensor:
+    """Σ over the rows and the label values y of √p(y|x) log p(y|x), √p held constant:
+    FusionBench's Fisher surrogate (``fisher_merging``'s CLIP subclass, multiclass); binary
+    and multilabel tasks take each label's two values."""
+    if task.kind is TaskKind.multiclass:
+        root = torch.softmax(logits, dim=-1).detach().sqrt()
+        return (root * torch.log_softmax(logits, dim=-1)).sum()
+    log_p, log_q = nn.functional.logsigmoid(logits), nn.functional.logsigmoid(-logits)
+    root_p, root_q = torch.sigmoid(logits).detach().sqrt(), torch.sigmoid(-logits).detach().sqrt()
+    return (root_p * log_p + root_q * log_q).sum()
+
+
+def check_batch_estimate(tasks: list[Task]) -> None:
+    """The batch estimate sums over a finite set of label values; a regression has none."""
+    for task in tasks:
+        if task.kind is TaskKind.regression:
+            raise ConfigError(
+                f"options.estimate 'batch' sums over label values, which task '{task.name}' "
+                "(a regression) does not have; choose estimate 'exact' or 'sampled'"
+            )
+
+
+def fisher_cotangents(task: Task, logits: torch.Tensor) -> list[torch.Tensor]:
+    """Output cotangents u_k ([R, O] each) with Σ_k (u_k · J)² = one row's exact Fisher for
+    J = ∂ logits / ∂θ: for multiclass u_c = √p_c (e_c - p), the score of label c weighted by
+    √p_c, so Σ_c p_c (J_c - Σ_y p_y J_y)² (:func:`row_fisher`'s quantity, without its
+    difference of two large sums); otherwise u_o = √w_o e_o with :func:`fisher_weights` w."""
+    outputs = logits.shape[-1]
+    eye = torch.eye(outputs, dtype=logits.dtype)
+    if task.kind is TaskKind.multiclass:
+        p = torch.softmax(logits, dim=-1)
+        return [p[:, c : c + 1].sqrt() * (eye[c] - p) for c in range(outputs)]
+    root = fisher_weights(task, logits).sqrt()
+    return [root[:, o : o + 1] * eye[o] for o in range(outputs)]
+
+
+def sample_labels(
+    tasks: list[Task], logits: list[torch.Tensor], generator: torch.Generator
+) -> list[torch.Tensor]:
+    """:func:`sample_label` for every task, ``LABEL_CHUNK`` rows at a time (tasks inner)."""
+    drawn: list[list[torch.Tensor]] = [[] for _ in tasks]
+    for start in range(0, len(logits[0]), LABEL_CHUNK):
+        for own, task, z in zip(drawn, tasks, logits, strict=True):
+            own.append(sample_label(task, z[start : start + LABEL_CHUNK], generator))
+    return [torch.cat(own) for own in drawn]
+
+
+def _differentiable(
+    outputs: list[torch.Tensor], cotangents: list[torch.Tensor] | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The outputs that depend on a wanted parameter, with their cotangents."""
+    pairs = [(o, c) for o, c in zip(outputs, cotangents or outputs, strict=True) if o.requires_grad]
+    return [o for o, _ in pairs], [c for _, c in pairs]
+
+
 def row_fisher(
     tasks: list[Task], logits: list[torch.Tensor], jacobians: list[torch.Tensor]
 ) -> torch.Tensor:
@@ -170,23 +244,114 @@ class RunStatistics:
         self.held = held
         self.keys = keys
         self.compose = compose
+        self._copy: MultiTaskModel | None = None
 
     def _model(self, run: int) -> MultiTaskModel:
-        model = copy.deepcopy(self.template)
-        model.load_state_dict(self.states[run])
-        return model.eval()
+        """The base architecture with run ``run``'s weights: one copy of the template for
+        every run (a deep copy per run was a tenth of a batch-estimate Fisher merge)."""
+        if self._copy is None:
+            self._copy = copy.deepcopy(self.template)
+        self._copy.load_state_dict(self.states[run])
+        return self._copy.eval()
 
     # ---------------------------------------------------------------- Fisher
-    def fisher(self, options: RowOptions, estimate: str = "exact") -> list[StateDict]:
+    def fisher(
+        self, options: RowOptions, estimate: str = "exact", batch_size: int = 32
+    ) -> list[StateDict]:
+        if estimate == "batch":
+            return [self._batch_fisher(k, options, batch_size) for k in range(len(self.runs))]
         return [self._run_fisher(k, options, estimate) for k in range(len(self.runs))]
 
-    def _run_fisher(self, run: int, options: RowOptions, estimate: str) -> StateDict:
+    def _batch_fisher(self, run: int, options: RowOptions, batch_size: int) -> StateDict:
+        """FusionBench's estimate: per batch of rows in order, the square of the gradient of
+        the batch's :func:`batch_surrogate`, summed over batches, over the rows."""
         model = self._model(run)
         rows = self.runs[run].sample(options, self.preprocessor)
         tasks = [self.tasks[t] for t in self.runs[run].tasks]
-        params = {k: v.detach() for k, v in model.named_parameters() if k in self.keys}
-        fixed = {k: v.detach() for k, v in model.state_dict().items() if k not in params}
+        check_batch_estimate(tasks)
+        params = {k: v for k, v in model.named_parameters() if k in self.keys}
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in params)
+        total = {k: torch.zeros_like(v) for k, v in params.items()}
+        for start in range(0, len(rows) if params else 0, batch_size):
+            chunk = rows.take(torch.arange(start, min(start + batch_size, len(rows))))
+            logits = model(chunk).logits
+            surrogate = sum(batch_surrogate(self.tasks[t], logits[t]) for t in self.runs[run].tasks)
+            assert isinstance(surrogate, torch.Tensor)
+            if not surrogate.requires_grad:
+                continue
+            grads = torch.autograd.grad(surrogate, list(params.values()), allow_unused=True)
+            for key, value in zip(params, grads, strict=True):
+                if value is not None:
+                    total[key] += value**2
+        fisher = {k: (v / len(rows)) * self.held[run][k] for k, v in total.items()}
+        for key in self.keys:
+            fisher.setdefault(key, torch.zeros_like(self.states[run][key]))
+        return fisher
+
+    def _run_fisher(self, run: int, options: RowOptions, estimate: str) -> StateDict:
+        """Covered layers (:mod:`polytask.merge.per_row`) from one forward pass per chunk and
+        one backward pass per cotangent of :func:`fisher_cotangents` (or per sampled label);
+        the parameters the hooks don't cover by per-row Jacobians (:meth:`_jacobian_fisher`).
+        """
+        model = self._model(run)
+        rows = self.runs[run].sample(options, self.preprocessor)
+        tasks = [self.tasks[t] for t in self.runs[run].tasks]
         positions = self.runs[run].tasks
+        names = {k for k, _ in model.named_parameters() if k in self.keys}
+        for name, param in model.named_parameters():
+            param.requires_grad_(name in names)
+        squares = RowSquares(model, names)
+        generator = torch.Generator().manual_seed(options.seed + 7)
+        labels: list[list[torch.Tensor]] = [[] for _ in tasks]
+        if names:
+            probe = rows.take(torch.arange(min(PROBE_ROWS, len(rows))))
+            with squares.forward(len(probe)):
+                outputs = model(probe).logits
+            checked = _differentiable([outputs[t] for t in positions])[0]
+            squares.check(checked, torch.Generator().manual_seed(options.seed))
+        for start in range(0, len(rows) if names else 0, HOOK_CHUNK):
+            chunk = rows.take(torch.arange(start, min(start + HOOK_CHUNK, len(rows))))
+            with squares.forward(len(chunk)):
+                outputs = model(chunk).logits
+            logits = [outputs[t] for t in positions]
+            if estimate == "sampled":
+                drawn = sample_labels(tasks, [z.detach() for z in logits], generator)
+                for own, label in zip(labels, drawn, strict=True):
+                    own.append(label)
+                scores = [
+                    score(task, z.detach(), y)
+                    for task, z, y in zip(tasks, logits, drawn, strict=True)
+                ]
+                squares.add(*_differentiable(logits, scores))
+                continue
+            for task, z in zip(tasks, logits, strict=True):
+                for cotangent in fisher_cotangents(task, z.detach()):
+                    squares.add(*_differentiable([z], [cotangent]))
+        total = dict(squares.totals)
+        if squares.uncovered:
+            sampled = [torch.cat(own) for own in labels] if estimate == "sampled" else None
+            total.update(self._jacobian_fisher(model, rows, run, squares.uncovered, sampled))
+        fisher = {k: (v / len(rows)) * self.held[run][k] for k, v in total.items()}
+        for key in self.keys:  # buffers (running statistics) carry no Fisher information
+            fisher.setdefault(key, torch.zeros_like(self.states[run][key]))
+        return fisher
+
+    def _jacobian_fisher(
+        self,
+        model: MultiTaskModel,
+        rows: Features,
+        run: int,
+        names: set[str],
+        labels: list[torch.Tensor] | None,
+    ) -> StateDict:
+        """Σ over rows of the Fisher diagonal of the ``names`` parameters from each row's
+        Jacobian (``vmap(jacrev)``; exact) or each row's gradient at its sampled ``labels``
+        (``vmap(grad)``): any module, at the cost of one vectorised model copy per row."""
+        tasks = [self.tasks[t] for t in self.runs[run].tasks]
+        positions = self.runs[run].tasks
+        params = {k: v.detach() for k, v in model.named_parameters() if k in names}
+        fixed = {k: v.detach() for k, v in model.state_dict().items() if k not in params}
 
         def output(values: StateDict, categorical: torch.Tensor, numeric: torch.Tensor):
             features = Features(categorical.unsqueeze(0), numeric.unsqueeze(0))
@@ -204,27 +369,23 @@ class RunStatistics:
 
         per_row = vmap(jacrev(outputs), in_dims=(None, 0, 0))
         per_row_grad = vmap(grad(log_likelihood), in_dims=(None, 0, 0, *([0] * len(tasks))))
-        generator = torch.Generator().manual_seed(options.seed + 7)
         total = {k: torch.zeros_like(v) for k, v in params.items()}
         for start in range(0, len(rows), JACOBIAN_CHUNK):
-            chunk = rows.take(torch.arange(start, min(start + JACOBIAN_CHUNK, len(rows))))
-            with torch.no_grad():
-                logits = [model(chunk).logits[t] for t in positions]
-            if estimate == "sampled":
-                labels = [
-                    sample_label(task, z, generator) for task, z in zip(tasks, logits, strict=True)
-                ]
-                grads = per_row_grad(params, chunk.categorical, chunk.numeric, *labels)
+            index = torch.arange(start, min(start + JACOBIAN_CHUNK, len(rows)))
+            chunk = rows.take(index)
+            if labels is not None:
+                grads = per_row_grad(
+                    params, chunk.categorical, chunk.numeric, *[y[index] for y in labels]
+                )
                 for key in params:
                     total[key] += (grads[key] ** 2).sum(0)
                 continue
+            with torch.no_grad():
+                logits = [model(chunk).logits[t] for t in positions]
             jacobians = per_row(params, chunk.categorical, chunk.numeric)
             for key in params:
                 total[key] += row_fisher(tasks, logits, [j[key] for j in jacobians])
-        fisher = {k: (v / len(rows)) * self.held[run][k] for k, v in total.items()}
-        for key in self.keys:  # buffers (running statistics) carry no Fisher information
-            fisher.setdefault(key, torch.zeros_like(self.states[run][key]))
-        return fisher
+        return total
 
     # ---------------------------------------------------------------- Grams
     def grams(self, options: RowOptions) -> list[dict[str, Gram]]:
