@@ -48,6 +48,7 @@ def spec_for(seed: int, args: argparse.Namespace) -> dict[str, Any]:
                 "test_rows": 2000,
                 "within": args.within,
                 "cluster_sines": args.cluster_sines,
+                "disjoint_inputs": args.disjoint_inputs,
                 "seed": seed,
             },
         },
@@ -119,6 +120,11 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=12)
     parser.add_argument("--within", type=float, default=0.995)
     parser.add_argument("--cluster-sines", action="store_true")
+    parser.add_argument(
+        "--disjoint-inputs",
+        action="store_true",
+        help="each cluster reads its own block of the inputs (clusters compete for width)",
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--figure", type=Path)
     add_summarise_option(parser)
