@@ -34,7 +34,10 @@ def _mmoe_synthetic(**options: Any) -> Frames:
 def _clustered(**options: Any) -> Frames:
     from polytask.data.datasets.clustered import load_clustered_tasks
 
-    return load_clustered_tasks(**options)
+    try:
+        return load_clustered_tasks(**options)
+    except ValueError as error:  # the generator's own checks (sizes, within, dim)
+        raise ConfigError(f"config: data.dataset_options (clustered_tasks): {error}") from None
 
 
 def _qm9(**options: Any) -> Frames:
