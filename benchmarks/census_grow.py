@@ -10,6 +10,9 @@ the joint model's, and each run's training time (the trainer's epoch loops, as i
 summary.json records them; the grow and the joint run alternate in one process).
 
     python benchmarks/census_grow.py --seeds 0 1 2 --json docs/results/census_grow.json
+
+(growth's budget by default: at most 10 epochs, patience 3, batch 2048, lr 0.03 decayed towards 0
+by a cosine schedule over the 10 epochs; 8 new experts)
 """
 
 from __future__ import annotations
@@ -46,7 +49,14 @@ def run_spec(data: Path, group: int | None, tasks: list[str], seed: int) -> dict
 
 
 def grow_spec(
-    data: Path, seed: int, experts: int, epochs: int, patience: int, batch: int, lr: float
+    data: Path,
+    seed: int,
+    experts: int,
+    epochs: int,
+    patience: int,
+    batch: int,
+    lr: float,
+    schedule: str = "none",
 ) -> dict[str, Any]:
     return {
         "tasks": [{"name": "college", "kind": "binary", "target": "college"}],
@@ -56,6 +66,7 @@ def grow_spec(
             "epochs": epochs,
             "batch_size": batch,
             "lr": lr,
+            "schedule": {"name": schedule},
             "seed": seed,
             "threads": 1,
             "figures": False,
@@ -86,10 +97,16 @@ def main() -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--experts", type=int, default=8, help="new experts for the new task")
-    parser.add_argument("--epochs", type=int, default=20, help="growth's epoch budget")
-    parser.add_argument("--patience", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=4096, help="growth's batch size")
-    parser.add_argument("--lr", type=float, default=0.01, help="growth's learning rate")
+    parser.add_argument("--epochs", type=int, default=10, help="growth's epoch budget")
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=2048, help="growth's batch size")
+    parser.add_argument("--lr", type=float, default=0.03, help="growth's learning rate")
+    parser.add_argument(
+        "--schedule",
+        choices=["none", "cosine"],
+        default="cosine",
+        help="growth's learning-rate schedule (cosine: decays towards 0 over --epochs)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "docs/results/census_grow.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -107,7 +124,14 @@ def main() -> None:
             )
             grown = folder / f"grown-{seed}"
             spec = grow_spec(
-                data, seed, args.experts, args.epochs, args.patience, args.batch, args.lr
+                data,
+                seed,
+                args.experts,
+                args.epochs,
+                args.patience,
+                args.batch,
+                args.lr,
+                args.schedule,
             )
             grow(base, spec, grown)
             joint = fit(
@@ -178,6 +202,9 @@ def write_report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
             "experts": args.experts,
             "epochs": args.epochs,
             "patience": args.patience,
+            "batch_size": args.batch,
+            "lr": args.lr,
+            "schedule": args.schedule,
         },
         "runs": runs,
         "summary": {
