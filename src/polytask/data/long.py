@@ -95,24 +95,7 @@ def to_wide(
     _first_duplicate(frame, entity, task, source)
     task_text = frame[task].astype("string").str.strip()
     known = set(task_text.unique())
-    absent = [t for t in targets if t not in known]
-    if absent:
-        raise DataError(
-            f"{source}: no row has '{absent[0]}' in data.task_column '{task}'"
-            f"{did_you_mean(absent[0], sorted(known))}; a task's target names a task value"
-        )
-    unused = sorted(known - set(targets))
-    if unused:
-        more = f" (and {len(unused) - SHOWN} more)" if len(unused) > SHOWN else ""
-        warn(
-            f"{source}: task values without a task in the spec are left out: "
-            f"{', '.join(unused[:SHOWN])}{more}"
-        )
-    clashing = sorted(set(targets) & (set(frame.columns) - {task, label}))
-    if clashing:
-        raise DataError(
-            f"{source}: task value '{clashing[0]}' is also a column of the table; rename one"
-        )
+    check_task_values(known, targets, [str(c) for c in frame.columns], task, label, source)
     wanted = task_text.isin(list(targets)).to_numpy()
     rows = frame.loc[wanted].assign(**{task: task_text[wanted]})
     labels = rows.pivot(index=entity, columns=task, values=label).reindex(columns=list(targets))
@@ -131,6 +114,36 @@ def to_wide(
     wide.insert(0, entity, wide.index.to_numpy())
     wide.index.name = entity
     return wide
+
+
+def check_task_values(
+    known: set[str],
+    targets: Sequence[str],
+    columns: Sequence[str],
+    task: str,
+    label: str,
+    source: str,
+) -> None:
+    """Refuse a target no row has and a task value that is also a column (``columns``: the
+    table's); warn of task values no task names (they are left out)."""
+    absent = [t for t in targets if t not in known]
+    if absent:
+        raise DataError(
+            f"{source}: no row has '{absent[0]}' in data.task_column '{task}'"
+            f"{did_you_mean(absent[0], sorted(known))}; a task's target names a task value"
+        )
+    unused = sorted(known - set(targets))
+    if unused:
+        more = f" (and {len(unused) - SHOWN} more)" if len(unused) > SHOWN else ""
+        warn(
+            f"{source}: task values without a task in the spec are left out: "
+            f"{', '.join(unused[:SHOWN])}{more}"
+        )
+    clashing = sorted(set(targets) & (set(columns) - {task, label}))
+    if clashing:
+        raise DataError(
+            f"{source}: task value '{clashing[0]}' is also a column of the table; rename one"
+        )
 
 
 def _numbers_where_all_are(series: pd.Series) -> pd.Series:

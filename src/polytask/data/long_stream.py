@@ -27,9 +27,9 @@ from typing import Any
 import pandas as pd
 
 from polytask.config import DataSpec
-from polytask.data.long import SHOWN, _numbers_where_all_are
+from polytask.data.long import _numbers_where_all_are, check_task_values
 from polytask.data.readers import PANDAS_MISSING, ReaderName, reader_for
-from polytask.errors import DataError, did_you_mean, shown, warn
+from polytask.errors import DataError, did_you_mean, shown
 
 # long files at least this large (bytes on disk) are pivoted by streaming
 STREAM_PIVOT_BYTES = 256 * 2**20
@@ -72,7 +72,7 @@ def stream_to_wide(path: Path, data: DataSpec, targets: Sequence[str], source: s
     weight = weight if weight in dataset.schema.names else None
     inputs = [c for c in dataset.schema.names if c not in (entity, task, label, weight)]
     known = _task_values(dataset, entity, task, source)
-    _check_targets(known, targets, inputs, task, source)
+    check_task_values(known, targets, dataset.schema.names, task, label, source)
     try:
         table = _aggregate(dataset, entity, task, label, weight, inputs, targets)
     except pa.ArrowInvalid as error:
@@ -105,29 +105,6 @@ def _task_values(dataset: Any, entity: str, task: str, source: str) -> set[str]:
     if values.null_count:
         _name_empty(dataset, task, "task_column", source)
     return {str(v).strip() for v in pc.cast(values, "string").to_pylist()}
-
-
-def _check_targets(
-    known: set[str], targets: Sequence[str], inputs: list[str], task: str, source: str
-) -> None:
-    absent = [t for t in targets if t not in known]
-    if absent:
-        raise DataError(
-            f"{source}: no row has '{absent[0]}' in data.task_column '{task}'"
-            f"{did_you_mean(absent[0], sorted(known))}; a task's target names a task value"
-        )
-    unused = sorted(known - set(targets))
-    if unused:
-        more = f" (and {len(unused) - SHOWN} more)" if len(unused) > SHOWN else ""
-        warn(
-            f"{source}: task values without a task in the spec are left out: "
-            f"{', '.join(unused[:SHOWN])}{more}"
-        )
-    clashing = sorted(set(targets) & set(inputs))
-    if clashing:
-        raise DataError(
-            f"{source}: task value '{clashing[0]}' is also a column of the table; rename one"
-        )
 
 
 def _plain(dataset: Any, column: str) -> Any:
