@@ -48,6 +48,8 @@ CASES: dict[str, dict[str, Any]] = {
     "gradnorm": {"balance": {"method": "gradnorm"}, "train": {"batch_size": 40}},
     # per-unit sign statistics summed over ranks, the same noise on every rank
     "graddrop": {"balance": {"method": "graddrop"}, "train": {"batch_size": 40}},
+    # saliency regularisers: means over the global batch's rows, CSA's anchors gathered
+    "rep_mtl": {"balance": {"method": "rep_mtl"}, "train": {"batch_size": 40}},
     # the Gramian at the shared representation, summed over the ranks
     "mgda": {
         "balance": {"method": "mgda", "options": {"mode": "fast"}},

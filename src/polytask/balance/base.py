@@ -84,6 +84,10 @@ class StepContext:
     # one process): what a method that sums over rows (``sums_over_rows``) reduces its
     # per-rank sums with
     sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # Every process's rows of a per-row tensor, differentiably (see
+    # :meth:`polytask.train.distributed.World.gather_rows`: the gathered rows, which are
+    # real, where this process's start); None in one process
+    gather_rows: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, int]] | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def gradients(self, losses: torch.Tensor, source: GradientSource) -> list[torch.Tensor]:

@@ -64,25 +64,33 @@ def task_saliencies(losses: torch.Tensor, representation: torch.Tensor) -> torch
     return stacked.reshape(len(grads), -1, batch, channels)
 
 
+def tsr_terms(saliency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sum over positions of the entropy of the task distribution of channel-mean
+    saliency, and how many positions it sums (those with saliency from some task).
+
+    saliency [K, P, B, C]."""
+    magnitude = saliency.mean(dim=-1).abs()  # [K, P, B]
+    total = magnitude.sum(dim=0)  # [P, B]
+    live = total > 0
+    share = magnitude / total.clamp(min=EPS)
+    entropy = -(share * share.clamp(min=EPS).log()).sum(dim=0)  # [P, B]
+    return entropy[live].sum() + saliency.sum() * 0.0, live.sum().to(saliency.dtype)
+
+
 def tsr_loss(saliency: torch.Tensor) -> torch.Tensor:
     """Mean entropy over positions of the task distribution of channel-mean saliency.
 
     saliency [K, P, B, C]; positions with no saliency from any task are left out."""
-    magnitude = saliency.mean(dim=-1).abs()  # [K, P, B]
-    total = magnitude.sum(dim=0)  # [P, B]
-    live = total > 0
-    if not bool(live.any()):
-        return saliency.sum() * 0.0
-    share = magnitude / total.clamp(min=EPS)
-    entropy = -(share * share.clamp(min=EPS).log()).sum(dim=0)  # [P, B]
-    return entropy[live].mean()
+    total, count = tsr_terms(saliency)
+    return total / count if bool(count > 0) else total
 
 
-def csa_loss(saliency: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The contrastive alignment of each sample's task affinities with its anchor.
-
-    saliency [K, P, B, C]; pairs (task, sample) with zero saliency (an unlabelled row) and
-    samples with a zero anchor are left out; 0 with fewer than two samples."""
+def csa_pieces(
+    saliency: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per sample, its unit anchor [B, C]; per (task, sample), the similarity of the task's
+    affinity to the sample's anchor [K, B], and whether the pair counts [K, B] (not an
+    unlabelled row's zero saliency, not a zero anchor)."""
     per_sample = saliency.permute(0, 2, 3, 1)  # [K, B, C, P]: S_tb is C x P
     anchor = per_sample.mean(dim=-1).sum(dim=0)  # [B, C]
     anchor_norm2 = anchor.pow(2).sum(dim=-1)  # |A_b|^2 = |A^_b|_F
@@ -90,19 +98,77 @@ def csa_loss(saliency: torch.Tensor, temperature: float) -> torch.Tensor:
     gram = per_sample.transpose(-1, -2) @ per_sample  # [K, B, P, P] = S_tb^T S_tb
     affinity_norm = gram.flatten(-2).norm(dim=-1)  # |M_tb|_F
     valid = (affinity_norm > 0) & (anchor_norm2 > 0).unsqueeze(0)
-    batch = saliency.shape[2]
-    if batch < 2 or not bool(valid.any()):
-        return saliency.sum() * 0.0
     positive = projected.pow(2).sum(dim=-1) / (
         anchor_norm2.clamp(min=EPS) * affinity_norm.clamp(min=EPS)
     )  # [K, B]
     unit = anchor / anchor_norm2.clamp(min=EPS).sqrt().unsqueeze(-1)
-    anchors = (unit @ unit.T).pow(2)  # [B, B]: cos^2 = sim of the normalised A^_b
-    others = ~torch.eye(batch, dtype=torch.bool, device=saliency.device)
+    return unit, positive, valid
+
+
+def csa_terms(
+    unit: torch.Tensor,
+    positive: torch.Tensor,
+    valid: torch.Tensor,
+    units: torch.Tensor,
+    real: torch.Tensor,
+    start: int,
+    temperature: float,
+) -> torch.Tensor:
+    """The contrastive terms of the valid (task, sample) pairs, each sample's denominator
+    over every other sample of ``units`` [N, C] (the batch's; ``real`` [N] marks padding
+    out, this batch's samples start at ``start``)."""
+    anchors = (unit @ units.T).pow(2)  # [B, N]: cos^2 = sim of the normalised A^_b
+    own = torch.arange(len(unit), device=unit.device) + start
+    others = real.unsqueeze(0).repeat(len(unit), 1)
+    others[torch.arange(len(unit), device=unit.device), own] = False
     logits = (anchors / temperature).masked_fill(~others, float("-inf"))
     denominator = torch.logsumexp(logits, dim=-1)  # [B]
     terms = -positive / temperature + denominator.unsqueeze(0)  # [K, B]
-    return terms[valid].mean()
+    return terms[valid]
+
+
+def csa_loss(saliency: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The contrastive alignment of each sample's task affinities with its anchor.
+
+    saliency [K, P, B, C]; pairs (task, sample) with zero saliency (an unlabelled row) and
+    samples with a zero anchor are left out; 0 with fewer than two samples."""
+    unit, positive, valid = csa_pieces(saliency)
+    batch = saliency.shape[2]
+    if batch < 2 or not bool(valid.any()):
+        return saliency.sum() * 0.0
+    real = torch.ones(batch, dtype=torch.bool, device=saliency.device)
+    return csa_terms(unit, positive, valid, unit, real, 0, temperature).mean()
+
+
+def regularisers_over_processes(
+    saliency: torch.Tensor, temperature: float, context: StepContext
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """TSR and CSA over the global batch of a data-parallel step, as this process's share.
+
+    Each process holds its rows' saliencies (``ranks`` times one process's: the loss
+    factor, which neither term's normalised quantities see). TSR is a mean over positions:
+    this process's sum over the global count, times ``ranks`` (the gradients are averaged
+    over the processes). CSA's denominators run over every sample of the global batch: the
+    anchors are gathered differentiably, and its mean is taken as TSR's."""
+    assert context.sum_over_processes is not None and context.gather_rows is not None
+    tsr_sum, tsr_count = tsr_terms(saliency)
+    unit, positive, valid = csa_pieces(saliency)
+    mine = torch.stack(
+        [
+            tsr_count.detach(),
+            valid.sum().to(tsr_count.dtype),
+            torch.tensor(float(saliency.shape[2]), device=saliency.device),
+            torch.ones((), device=saliency.device),
+        ]
+    )
+    tsr_total, csa_total, rows, ranks = context.sum_over_processes(mine).tolist()
+    tsr = tsr_sum * ranks / tsr_total if tsr_total > 0 else tsr_sum
+    csa = saliency.sum() * 0.0
+    if rows >= 2 and csa_total > 0:  # the same on every process: all gather, or none
+        units, real, start = context.gather_rows(unit)
+        terms = csa_terms(unit, positive, valid, units, real, start, temperature)
+        csa = terms.sum() * ranks / csa_total
+    return tsr, csa
 
 
 @BALANCERS.register("rep_mtl")
@@ -115,6 +181,7 @@ class RepMTL(Balancer):
     """
 
     needs = frozenset({Need.REPRESENTATION_GRADS})
+    sums_over_rows = True
     Options = RepMTLOptions
     options: RepMTLOptions
 
@@ -131,7 +198,10 @@ class RepMTL(Balancer):
         index = context.present.bool().nonzero().flatten()
         if index.numel() and (self.tsr or self.csa):
             saliency = task_saliencies(losses[index], self._representation(context))
-            tsr, csa = tsr_loss(saliency), csa_loss(saliency, self.temperature)
+            if context.gather_rows is not None:  # several processes: over the global batch
+                tsr, csa = regularisers_over_processes(saliency, self.temperature, context)
+            else:
+                tsr, csa = tsr_loss(saliency), csa_loss(saliency, self.temperature)
             objective = objective + self.tsr * tsr + self.csa * csa
             self.last_terms = {"tsr": float(tsr.detach()), "csa": float(csa.detach())}
         objective.backward()

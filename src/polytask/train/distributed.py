@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -123,6 +123,23 @@ class World:
         factor = self.size * counts / divisor
         return values, labelled, factor, self.size * rows / totals[-1].clamp(min=1)
 
+    def gather_rows(self, tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Every rank's rows of ``tensor`` [B_r, ...], in rank order, differentiably: the
+        gathered tensor [R * B_max, ...] (each rank's rows padded to the largest rank's),
+        which of its rows are real [R * B_max], and where this rank's rows start. The
+        gradient of a loss on the gathered rows reaches each rank's own rows (summed over
+        the ranks' losses). In one process: the tensor itself, all real, from 0."""
+        device = tensor.device
+        if not self.distributed:
+            return tensor, torch.ones(len(tensor), dtype=torch.bool, device=device), 0
+        mine = torch.zeros(self.size, device=device)
+        mine[self.rank] = len(tensor)
+        sizes = [int(n) for n in self.sum(mine).tolist()]
+        largest = max(sizes)
+        gathered = cast(torch.Tensor, _GatherRows.apply(tensor, largest, self.rank, self.size))
+        real = torch.cat([torch.arange(largest, device=device) < n for n in sizes])
+        return gathered, real, self.rank * largest
+
     def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
         """Average ``.grad`` over ranks in one flat all-reduce. A parameter that has a
         gradient on some rank gets one on all (zeros where it had none); one that has none
@@ -190,3 +207,25 @@ def world_from_environment() -> tuple[int, int]:
 def unlabelled(labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The same label tensors with every label missing (NaN): rows that weigh nothing."""
     return {name: torch.full_like(values, float("nan")) for name, values in labels.items()}
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather of each rank's rows (padded to ``largest``) whose backward sums the
+    gathered rows' gradients over the ranks (one all-reduce, which gloo has; its
+    reduce-scatter it has not) and hands each rank the part of its own rows."""
+
+    @staticmethod
+    def forward(ctx: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        tensor, largest, rank, size = args
+        padded = tensor.new_zeros((largest, *tensor.shape[1:]))
+        padded[: len(tensor)] = tensor
+        parts = [torch.empty_like(padded) for _ in range(size)]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.rows, ctx.start = len(tensor), rank * largest
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx: Any, *grad_outputs: Any) -> tuple[torch.Tensor, None, None, None]:
+        total = grad_outputs[0].contiguous().clone()
+        dist.all_reduce(total)
+        return total[ctx.start : ctx.start + ctx.rows], None, None, None

@@ -123,6 +123,7 @@ def train_step(
         tower_weight=_first_tower_weight(model, output),
         finish_gramian=_gramian_finisher(world, scale),
         sum_over_processes=world.sum if world.distributed else None,
+        gather_rows=world.gather_rows if world.distributed else None,
     )
     if measure_gradients and context.representation is not None:
         context.gramian(losses, "representation")  # cached: a balancer using it pays nothing

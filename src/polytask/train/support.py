@@ -5,9 +5,12 @@ its own: their gradients are not all scaled). A Gramian method runs under fp16 (
 Gramian is divided by the square of the loss scale) and, at the shared representation
 (``mode: fast``), under several processes (the ranks' Gramians are summed), as does a method
 that reads the task gradients only through sums over rows that the ranks add up (GradNorm:
-the norms, that Gramian's diagonal; GradDrop: its per-unit sign statistics). Methods that
+the norms, that Gramian's diagonal; GradDrop: its per-unit sign statistics; Rep-MTL: means
+over rows, its contrastive term over every rank's anchors, gathered). Methods that
 read the raw task gradients themselves are refused there with one line, rather than
-silently training something other than what they define.
+silently training something other than what they define; under fp16 every non-Gramian
+method that reads gradients is (Rep-MTL's regularisers, for one, are scale-free, so the
+scaler's unscaling would shrink their gradients).
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ def check_balancer(balancer: Balancer, world_size: int, precision: str) -> None:
         raise ConfigError(
             f"balance.method: {name} combines the raw per-task gradients of each process's "
             "rows, which several processes do not reproduce; train it in one process, or use "
-            "a loss weighting, gradnorm, graddrop, or a Gramian method (mgda, upgrad, imtl, "
-            "cagrad, nash_mtl, aligned_mtl, pcgrad, gradvac) with mode: fast"
+            "a loss weighting, gradnorm, graddrop, rep_mtl, or a Gramian method (mgda, upgrad, "
+            "imtl, cagrad, nash_mtl, aligned_mtl, pcgrad, gradvac) with mode: fast"
         )
     if world_size > 1 and gramian and balancer.options.mode == "exact":  # type: ignore[attr-defined]
         raise ConfigError(
@@ -43,7 +46,7 @@ def check_balancer(balancer: Balancer, world_size: int, precision: str) -> None:
             "several processes would have to exchange; use mode: fast (the Gramian at the "
             "shared representation, summed over processes)"
         )
-    if precision == "fp16" and not (gramian or balancer.sums_over_rows):
+    if precision == "fp16" and not gramian:
         raise ConfigError(
             f"train.precision: fp16 scales the gradients that {name} reads; use bf16 or fp32"
         )
