@@ -120,3 +120,53 @@ def test_needs_a_trained_representation():
 def test_training_run(tmp_path, table_csv):
     run = train_two_epochs(tmp_path, table_csv, "rep_mtl", tsr=0.9, csa=0.9)
     assert (run / "summary.json").is_file()
+
+
+def test_split_rows_give_the_whole_batch_regularisers():
+    """Two 'processes' holding halves of a batch: their shares of TSR and CSA, summed and
+    averaged as the data-parallel step does (each share times the number of processes, the
+    gradients averaged), give the one-batch values (tests/train/test_distributed.py checks
+    the gradients under torchrun)."""
+    from polytask.balance.rep_mtl import regularisers_over_processes
+
+    torch.manual_seed(5)
+    saliency = torch.randn(3, 2, 6, 4, requires_grad=True)
+    saliency.data[1, :, 2] = 0.0  # an unlabelled row of task 1
+    halves = [saliency[:, :, :4], saliency[:, :, 4:]]  # uneven: 4 and 2 rows
+    from polytask.balance.rep_mtl import csa_pieces, tsr_terms
+
+    counts = sum(
+        torch.stack(
+            [
+                tsr_terms(h)[1],
+                csa_pieces(h)[2].sum().float(),
+                torch.tensor(float(h.shape[2])),
+                torch.ones(()),
+            ]
+        )
+        for h in halves
+    )
+    units = [csa_pieces(h)[0] for h in halves]
+    largest = max(len(u) for u in units)
+    real = torch.cat([torch.arange(largest) < len(u) for u in units])
+    total_tsr = total_csa = 0.0
+    for rank, half in enumerate(halves):
+
+        def gathered(unit, rank=rank):
+            # the other rank's anchors as constants; this rank's own rows are its tensor
+            parts = [u.detach() for u in units]
+            parts[rank] = unit
+            rows = [torch.cat([p, p.new_zeros(largest - len(p), p.shape[1])]) for p in parts]
+            return torch.cat(rows), real, rank * largest
+
+        context = StepContext(
+            present=torch.ones(3, dtype=torch.bool),
+            static_weights=torch.ones(3),
+            step=0,
+            sum_over_processes=lambda _mine: counts,
+            gather_rows=gathered,
+        )
+        tsr, csa = regularisers_over_processes(half, 0.3, context)
+        total_tsr, total_csa = total_tsr + tsr / 2, total_csa + csa / 2
+    torch.testing.assert_close(total_tsr, tsr_loss(saliency))
+    torch.testing.assert_close(total_csa, csa_loss(saliency, 0.3))
