@@ -48,6 +48,23 @@ def test_expand_keeps_old_predictions_and_records_history(base_run, grown, table
     assert before == after  # every metric, to the last digit
 
 
+def test_a_warm_started_expansion_keeps_old_predictions_and_trains_its_copies(
+    base_run, tables, tmp_path
+):
+    from polytask.nn.blocks import parts
+
+    out = tmp_path / "copied"
+    grow(base_run, grow_spec(tables, "expand", options={"experts": 3, "init": "copy"}), out)
+    frame = read_table(tables["all"])
+    assert torch.equal(old_logits(base_run, frame), old_logits(out, frame))
+    level = Predictor.load(out).model.arch.level_modules[0]
+    old, new = parts(level.experts)
+    # started equal (tests/grow/strategies/test_expand.py), trained apart; the old ones fixed
+    assert not torch.equal(new.weights[0], old.weights[0])
+    base_level = Predictor.load(base_run).model.arch.level_modules[0]
+    assert torch.equal(old.weights[0], parts(base_level.experts)[0].weights[0])
+
+
 def test_grown_run_predicts_evaluates_slims_exports_and_serves(grown, tables, tmp_path):
     frame = read_table(tables["all"]).iloc[:30].drop(columns=["spend", "tag_a", "tag_b"])
     predictor = Predictor.load(grown)

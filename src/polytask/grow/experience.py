@@ -182,6 +182,7 @@ def grow_model(
 
     found = origins(base.model, grow)
     model = grow(base.model)
+    strategy.initialise(model, base.model)
     grown_spec = spec.model_copy(
         update={"arch": "plan", "options": plan.model_dump(mode="json")}, deep=True
     )

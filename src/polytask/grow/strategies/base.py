@@ -110,6 +110,10 @@ class Strategy:
         """Parameters of ``context.model`` kept fixed while the experience trains."""
         return []
 
+    def initialise(self, grown: MultiTaskModel, base: MultiTaskModel) -> None:
+        """Set the starting values of what growth added to ``base`` (``grown``'s new parts);
+        by default they keep their fresh initialisation."""
+
     # ------------------------------------------------------------------ training
     def training_rows(self, context: ExperienceContext) -> list[Rows]:
         """The rows the experience trains on (the experience's own by default)."""

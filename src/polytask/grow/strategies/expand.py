@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field
 
 from polytask.arch import ARCHS
@@ -18,6 +19,9 @@ from polytask.grow.strategies.base import (
     Strategy,
     StrategyOptions,
 )
+from polytask.model import MultiTaskModel
+from polytask.nn.blocks import parts
+from polytask.nn.experts import ExpertBank
 from polytask.plan.grow import add_tasks, growth_problem
 from polytask.plan.schema import Plan
 
@@ -45,6 +49,12 @@ class ExpandOptions(StrategyOptions):
         "shared",
         description="the old experts a new task's gate may weight: the shared ones, or all",
     )
+    init: Literal["fresh", "copy"] = Field(
+        "fresh",
+        description="the new experts' starting weights: fresh, or a copy of the level's most "
+        "recently added experts (a warm start: forward transfer where the tasks share what "
+        "their inputs mean; the copies train, the originals stay fixed)",
+    )
 
 
 @STRATEGIES.register("expand")
@@ -69,6 +79,39 @@ class Expand(Strategy):
 
     def frozen(self, context: ExperienceContext) -> list[str]:
         return sorted(context.origins)
+
+    def initialise(self, grown: MultiTaskModel, base: MultiTaskModel) -> None:
+        assert isinstance(self.options, ExpandOptions)
+        if self.options.init == "copy":
+            copy_latest_experts(grown, base)
+
+
+def copy_latest_experts(grown: MultiTaskModel, base: MultiTaskModel) -> None:
+    """Start every expert block growth added to a level as a copy of the level's last old
+    block (expert i of a new block from expert i mod E of the old one), where their
+    experts have one shape; blocks of another shape keep their fresh weights."""
+    levels = zip(grown.arch.level_modules, base.arch.level_modules, strict=True)
+    for new_level, old_level in levels:
+        old_blocks = parts(old_level.experts)
+        source = old_blocks[-1]
+        for block in parts(new_level.experts)[len(old_blocks) :]:
+            if isinstance(block, ExpertBank) and isinstance(source, ExpertBank):
+                copy_experts(block, source)
+
+
+def copy_experts(target: ExpertBank, source: ExpertBank) -> None:
+    """``target``'s expert i := ``source``'s expert i mod E, when one expert's shapes match."""
+    pairs = [*zip(target.weights, source.weights, strict=False)]
+    pairs += [*zip(target.biases, source.biases, strict=False)]
+    shapes_match = len(target.weights) == len(source.weights) and all(
+        new.shape[1:] == old.shape[1:] for new, old in pairs
+    )
+    if not shapes_match:
+        return
+    index = torch.arange(target.num_experts) % source.num_experts
+    with torch.no_grad():
+        for new, old in pairs:
+            new.copy_(old[index])
 
 
 def default_experts(plan: Plan) -> int:
