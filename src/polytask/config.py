@@ -170,7 +170,10 @@ class DataSpec(_Section):
         if self.reader not in ("auto", "parquet"):
             raise ValueError(f"stream reads Parquet only, not reader {self.reader}")
         if self.format != "wide":
-            raise ValueError("stream reads wide tables only (format: long is pivoted in memory)")
+            raise ValueError(
+                "stream reads wide tables only (format: long is pivoted to a wide table that "
+                "is held in memory)"
+            )
         if self.split != SplitSpec():
             raise ValueError(
                 "split: a streamed table is not split; give data.valid and data.test as files"
