@@ -5,6 +5,7 @@ structure of Avalanche). :func:`polytask.train.step.train_step` and the trainer 
 fixed points::
 
     features, labels = hooks.batch(features, labels)        data: rows replayed from a buffer
+    static weights *= hooks.task_weights(labels, tasks)      this step's weighting of the tasks
     output = model(features)
     objective = balanced task losses + auxiliary + hooks.penalty(model, features, output)
     backward                                                 (the balancer)
@@ -27,6 +28,7 @@ from torch import nn
 
 from polytask.features import Features
 from polytask.model import ModelOutput
+from polytask.tasks import Task
 
 Labels = dict[str, torch.Tensor]
 
@@ -37,6 +39,11 @@ class StepHooks:
     def batch(self, features: Features, labels: Labels) -> tuple[Features, Labels]:
         """The rows this step trains on: the sampled batch, or more."""
         return features, labels
+
+    def task_weights(self, labels: Labels, tasks: list[Task]) -> torch.Tensor | None:
+        """Factors [T] on this step's task weights (``tasks`` in the model's order), or None
+        (no change)."""
+        return None
 
     def penalty(
         self, model: nn.Module, features: Features, output: ModelOutput
@@ -71,6 +78,14 @@ class HookChain(StepHooks):
         for hook in self.hooks:
             features, labels = hook.batch(features, labels)
         return features, labels
+
+    def task_weights(self, labels: Labels, tasks: list[Task]) -> torch.Tensor | None:
+        total: torch.Tensor | None = None
+        for hook in self.hooks:
+            factors = hook.task_weights(labels, tasks)
+            if factors is not None:
+                total = factors if total is None else total * factors
+        return total
 
     def penalty(
         self, model: nn.Module, features: Features, output: ModelOutput

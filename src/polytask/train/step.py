@@ -71,6 +71,9 @@ def train_step(
                 "data.weight: sample weights cannot be combined with a strategy that adds "
                 "remembered rows to the batch (replay, A-GEM's memory)"
             )
+        factors = hooks.task_weights(labels, tasks)
+        if factors is not None:
+            static_weights = static_weights * factors.to(static_weights)
 
     if model.routes_rows:  # each row runs as the tasks it has labels for, not all of them
         features = features.asking(labelled_rows(labels, tasks))

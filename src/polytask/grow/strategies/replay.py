@@ -5,9 +5,18 @@ reservoir sampling (:mod:`polytask.grow.strategies._buffer`). While a later expe
 trains, every batch of new rows gets ``batch`` rows drawn uniformly from the buffers of the
 old tasks appended, each labelled for its own task only; the old tasks' losses then see old
 rows again.
+
+``weigh`` says how the joint batch's tasks count. ``tasks`` (the default): as in any
+multi-task step, each task's mean loss once, so the old tasks together weigh (T - 1) / T.
+``rows``: the mean loss over the joint batch's rows, each task's mean loss weighted by its
+share of the labelled rows (the new task about half at the default ``batch``), the
+experience-replay objective of Chaudhry et al. (2019, "On tiny episodic memories in
+continual learning") and of Avalanche's replay plugin.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -24,6 +33,7 @@ from polytask.grow.strategies.base import (
     old_data_needed,
 )
 from polytask.model import MultiTaskModel
+from polytask.tasks import Task
 from polytask.train.hooks import Labels, StepHooks
 
 BUFFER = "buffer."
@@ -34,13 +44,35 @@ class ReplayOptions(MemoryOptions):
     batch: int | None = Field(
         None, ge=1, description="replayed rows added to each batch (default: the batch size)"
     )
+    weigh: Literal["tasks", "rows"] = Field(
+        "tasks",
+        description="the joint batch's objective: each task's mean loss once (tasks), or the "
+        "mean over its rows (rows: each task by its share of the labelled rows)",
+    )
 
 
 class Replayed(StepHooks):
     """Appends rows drawn from the old tasks' buffers to every batch."""
 
-    def __init__(self, memory: Rows, tasks: list[str], count: int, generator: torch.Generator):
+    def __init__(
+        self,
+        memory: Rows,
+        tasks: list[str],
+        count: int,
+        generator: torch.Generator,
+        by_rows: bool = False,
+    ):
         self.memory, self.tasks, self.count, self.generator = memory, tasks, count, generator
+        self.by_rows = by_rows
+
+    def task_weights(self, labels: Labels, tasks: list[Task]) -> torch.Tensor | None:
+        """With ``weigh: rows``, each task's share of the batch's labelled rows."""
+        if not self.by_rows:
+            return None
+        counts = torch.stack(
+            [task.present(labels[task.name]).sum().to(torch.float32) for task in tasks]
+        )
+        return counts / counts.sum().clamp(min=1.0)
 
     def batch(self, features: Features, labels: Labels) -> tuple[Features, Labels]:
         index = torch.randint(len(self.memory), (self.count,), generator=self.generator)
@@ -88,7 +120,8 @@ class Replay(Strategy):
         if memory is None:
             return None
         count = self.options.batch or context.train.batch_size
-        return Replayed(memory, old, count, context.generator)
+        by_rows = self.options.weigh == "rows"
+        return Replayed(memory, old, count, context.generator, by_rows)
 
     def end(self, model: MultiTaskModel, context: ExperienceContext) -> None:
         self.buffers.offer(context.rows, context.new, context.generator)
