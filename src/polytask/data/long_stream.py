@@ -7,8 +7,8 @@ rows. A click log kept per (user, market) can be far larger than the wide table 
 Parquet, a file or a folder) and reduced per entity as it streams by Arrow's hash
 aggregation (Acero): the labels by ``pivot_wider`` (one column per task value), each input by
 its minimum and maximum (equal where the entity has one value, so the value, and a clash
-where not). The long table is never held whole; the aggregation's state and the batches the
-scan reads ahead of it still grow with the file, more slowly (docs/benchmarks.md).
+where not). The long table is never held whole, but the peak memory still grows with the
+file, more slowly than reading it whole (docs/benchmarks.md).
 
 The result is the frame ``to_wide`` gives for the same file, in the same column order and
 entity order (first appearance; the aggregation runs on one thread to keep it), with the
