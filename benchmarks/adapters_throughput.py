@@ -61,7 +61,7 @@ from _summary import write_json
 
 from polytask.config import parse_spec
 from polytask.data.preprocess import Preprocessor
-from polytask.model import build_model
+from polytask.model import model_for
 from polytask.nn.cnn import CNNEncoder
 from polytask.train.step import train_step
 from polytask.train.trainer import build_balancer
@@ -178,14 +178,7 @@ def polytask_model(encoder: nn.Module, out_dim: int, frame: pd.DataFrame, target
     )
     preprocessor = Preprocessor.fit(frame, spec.data, spec.tasks)
     tasks = preprocessor.build_tasks(spec.tasks)
-    model = build_model(
-        spec.model,
-        preprocessor.cardinalities,
-        preprocessor.numeric_width,
-        [t.out_dim for t in tasks],
-        [t.name for t in tasks],
-        encoder_factory=lambda: copy.deepcopy(encoder),
-    )
+    model = model_for(spec.model, preprocessor, tasks, lambda: copy.deepcopy(encoder))
     return spec, preprocessor, tasks, model
 
 

@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import machine_info, shared_datasets
 from _summary import write_json
-from census_grow import grow_spec, run_spec, test_outputs, train_seconds
+from census_grow import fit_base, grow_spec, test_outputs, train_seconds
 
 from polytask.artifacts import run_dir as rd
 from polytask.config import parse_spec
@@ -79,9 +79,7 @@ def trainable(run: Path) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--data", type=Path, default=shared_datasets(ROOT) / "census_income_kdd"
-    )
+    parser.add_argument("--data", type=Path, default=shared_datasets(ROOT) / "census_income_kdd")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--json", type=Path, default=RESULTS)
     parser.add_argument("--summarise", action="store_true", help="only rewrite the summary")
@@ -105,11 +103,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="census-adapters-") as temp:
         folder = Path(temp)
         for seed in args.seeds:
-            base = fit(
-                parse_spec(run_spec(data, 1, ["income", "never_married"], seed)),
-                folder / f"base-{seed}",
-                progress=False,
-            )
+            base = fit_base(data, seed, folder)
             grown = folder / f"grown-{seed}"
             options = [BUDGET[k] for k in ("experts", "epochs", "patience", "batch", "lr")]
             grow(base, grow_spec(data, seed, *options), grown)

@@ -48,6 +48,12 @@ def run_spec(data: Path, group: int | None, tasks: list[str], seed: int) -> dict
     return raw
 
 
+def fit_base(data: Path, seed: int, folder: Path) -> Path:
+    """The group-1 MMoE run (income, never married) that growth starts from."""
+    spec = parse_spec(run_spec(data, 1, ["income", "never_married"], seed))
+    return fit(spec, folder / f"base-{seed}", progress=False)
+
+
 def grow_spec(
     data: Path,
     seed: int,
@@ -117,11 +123,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="census-grow-") as temp:
         folder = Path(temp)
         for seed in args.seeds:
-            base = fit(
-                parse_spec(run_spec(data, 1, ["income", "never_married"], seed)),
-                folder / f"base-{seed}",
-                progress=False,
-            )
+            base = fit_base(data, seed, folder)
             grown = folder / f"grown-{seed}"
             spec = grow_spec(
                 data,
