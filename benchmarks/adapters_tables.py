@@ -14,6 +14,11 @@ from merge_tables import SHORT, cell
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
+def header(head: list[str]) -> list[str]:
+    """A markdown table's header row and rule."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+
 def images(results: dict[str, Any]) -> str:
     tasks = results["tasks"]
     head = [
@@ -23,7 +28,7 @@ def images(results: dict[str, Any]) -> str:
         "trained parameters",
         "train s (fastest seed)",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = header(head)
     for label, row in results["summary"].items():
         seconds = row["fastest_train_seconds"]
         cells = [
@@ -49,7 +54,7 @@ def throughput(results: dict[str, Any]) -> str:
         "training speed-up",
         "max abs logit difference",
     ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = header(head)
     for name, record in results["backbones"].items():
         infer, train = record["inference"], record["training"]
         lines.append(
@@ -64,7 +69,7 @@ def throughput(results: dict[str, Any]) -> str:
 
 def census(results: dict[str, Any]) -> str:
     head = ["new task by", "college test AUC", "trained parameters", "train s (fastest seed)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = header(head)
     summary = results["summary"]
     for way, label in (
         ("expand", "grow, expand (8 new experts)"),
