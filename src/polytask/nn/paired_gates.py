@@ -245,7 +245,10 @@ class PairedSoftmaxGates(GateBank):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Gate weights per pair [B, P]: per gate a softmax over its pairs."""
-        blocks = self.group_weights(x)
+        return self.pair_weights(self.group_weights(x))
+
+    def pair_weights(self, blocks: list[torch.Tensor]) -> torch.Tensor:
+        """The groups' weight blocks as one [B, P] in pair order."""
         flat = torch.cat([block.flatten(1) for block in blocks], dim=1)
         return flat.index_select(1, self.pair_place)
 
@@ -292,8 +295,7 @@ class PairedSoftmaxGates(GateBank):
         # the dense [G, B, E] weights are for reports and slimming (eval): not built in training
         report = None
         if not self.training:
-            flat = torch.cat([block.detach().flatten(1) for block in blocks], dim=1)
-            report = self.dense(flat.index_select(1, self.pair_place))
+            report = self.dense(self.pair_weights([block.detach() for block in blocks]))
         return Mixed(out, expert_out, report)
 
     # ------------------------------------------------------------------ the dense layout

@@ -15,10 +15,20 @@ scaler's unscaling would shrink their gradients).
 
 from __future__ import annotations
 
+from polytask.balance import BALANCERS
 from polytask.balance.base import Balancer, GramianWeighting, Need
 from polytask.errors import ConfigError
 
 LOSS_ONLY = frozenset({Need.LOSSES})
+
+
+def _gramian_methods() -> list[str]:
+    return [n for n in BALANCERS.names() if issubclass(BALANCERS.get(n), GramianWeighting)]
+
+
+def _row_sum_methods() -> list[str]:
+    """The non-Gramian methods that run under several processes (see the module docstring)."""
+    return [n for n in BALANCERS.names() if BALANCERS.get(n).sums_over_rows]
 
 
 def check_balancer(balancer: Balancer, world_size: int, precision: str) -> None:
@@ -37,8 +47,8 @@ def check_balancer(balancer: Balancer, world_size: int, precision: str) -> None:
         raise ConfigError(
             f"balance.method: {name} combines the raw per-task gradients of each process's "
             "rows, which several processes do not reproduce; train it in one process, or use "
-            "a loss weighting, gradnorm, graddrop, rep_mtl, or a Gramian method (mgda, upgrad, "
-            "imtl, cagrad, nash_mtl, aligned_mtl, pcgrad, gradvac) with mode: fast"
+            f"a loss weighting, {', '.join(_row_sum_methods())}, or a Gramian method "
+            f"({', '.join(_gramian_methods())}) with mode: fast"
         )
     if world_size > 1 and gramian and balancer.options.mode == "exact":  # type: ignore[attr-defined]
         raise ConfigError(
