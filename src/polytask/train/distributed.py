@@ -24,6 +24,7 @@ the decision with the others.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -194,7 +195,19 @@ def current_world(backend_device: str | None = None) -> World:
             raise PolytaskError(
                 f"could not join the torchrun group as rank {rank} of {size} ({first})"
             ) from None
+        atexit.register(_destroy_group)
     return World(rank=dist.get_rank(), size=dist.get_world_size(), local_rank=local_rank)
+
+
+def _destroy_group() -> None:
+    """Destroy the process group polytask started, once the process is done with it.
+
+    Left to interpreter shutdown, gloo's threads can be torn down while still joinable, and
+    a process that finished its work aborts ("terminate called without an active
+    exception"), failing the whole torchrun job. Not done after each run: a process that
+    trains several runs (a sweep under torchrun) keeps its one group."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world_from_environment() -> tuple[int, int]:
