@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 
 from polytask.config import TaskKind, TaskSpec
 from polytask.errors import ConfigError
-from polytask.tasks import Task, output_columns
+from polytask.tasks import Task, labelled_rows, output_columns, task_losses
 
 NAN = float("nan")
 
@@ -26,6 +26,29 @@ def make_task(kind: str, out_dim: int = 1, **spec) -> Task:
 
 
 # ---------------------------------------------------------------------- losses
+def test_labelled_rows_and_task_presence_follow_the_labels_task_by_task():
+    """One-column labels (tested in one pass) and a multilabel task (labelled where any of
+    its columns is), in any order."""
+    tasks = [
+        Task(TaskSpec(name="a", kind="binary", target="a"), out_dim=1),
+        Task(TaskSpec(name="m", kind="multilabel", targets=["m0", "m1"]), out_dim=2),
+        Task(TaskSpec(name="b", kind="binary", target="b"), out_dim=1),
+        Task(TaskSpec(name="c", kind="binary", target="c"), out_dim=1),
+    ]
+    labels = {
+        "a": torch.tensor([1.0, NAN, 0.0]),
+        "m": torch.tensor([[NAN, NAN], [1.0, NAN], [NAN, 0.0]]),
+        "b": torch.tensor([NAN, NAN, NAN]),
+        "c": torch.tensor([NAN, 1.0, NAN]),
+    }
+    expected = [[True, False, False, False], [False, True, False, True], [True, True, False, False]]
+    assert labelled_rows(labels, tasks).tolist() == expected
+    logits = [torch.zeros(3, task.out_dim) for task in tasks]
+    losses, present = task_losses(logits, labels, tasks)
+    assert present.tolist() == [True, True, False, True]
+    assert losses[2] == 0
+
+
 def test_binary_loss_is_mean_bce_over_labelled_rows():
     task = make_task("binary")
     logits = torch.tensor([[0.3], [-1.2], [2.0], [0.1], [-0.4]])

@@ -24,6 +24,7 @@ from polytask.nn.cnn import CNNEncoder
 from polytask.nn.encoders import NumericEncoder, TabularEncoder
 from polytask.nn.executor import PlanNetwork
 from polytask.nn.heads import ChainHead, TransferHead
+from polytask.nn.row_routing import RowPairs, pair_towers, worth_routing
 from polytask.nn.towers import Towers
 from polytask.plan.schema import Plan
 
@@ -118,7 +119,29 @@ class MultiTaskModel(nn.Module):
         head that mixes tasks after them."""
         return type(self.towers) is Towers and self.heads is None
 
+    @property
+    def row_routable(self) -> bool:
+        """Whether ``forward`` can compute only the (row, task) pairs ``Features.wanted``
+        asks for (:mod:`polytask.nn.row_routing`): the plan's network with one shared encoder,
+        the fused towers and no head that mixes tasks. The result is the dense pass's at the
+        asked pairs (zeros elsewhere), so the training step asks for the labelled pairs
+        whenever what it reads is the losses alone."""
+        return (
+            isinstance(self.arch, PlanNetwork)
+            and self.arch.plan.encoders != "per_task"
+            and type(self.towers) is Towers
+            and self.heads is None
+        )
+
     def forward(self, features: Features) -> ModelOutput:
+        wanted = features.wanted
+        if wanted is not None and self.row_routable and worth_routing(wanted):
+            if wanted.shape != (len(features), len(self.task_names)):
+                raise PolytaskError(
+                    f"features.wanted has shape {tuple(wanted.shape)}; expected "
+                    f"[{len(features)}, {len(self.task_names)}] (rows, tasks)"
+                )
+            return self._forward_pairs(features, RowPairs.of(wanted))
         encoded = self.encode(features)
         arch = self.arch(encoded)
         representation = arch.shared if arch.shared is not None else encoded
@@ -141,6 +164,17 @@ class MultiTaskModel(nn.Module):
             output.logits = list(self.towers(arch.tasks))
             output.task_inputs = arch.tasks if self.separable_towers() else None
         return output
+
+    def _forward_pairs(self, features: Features, pairs: RowPairs) -> ModelOutput:
+        """The asked pairs only: per task, logits at its asked rows and zeros elsewhere."""
+        values, gates, auxiliary = self.arch.forward_pairs(self.encode(features), pairs)
+        assert isinstance(self.towers, Towers)
+        logits = pair_towers(self.towers, values, pairs.tasks)
+        return ModelOutput(
+            logits=pairs.scatter(logits, self.towers.out_dims),
+            auxiliary_loss=auxiliary,
+            gates=gates,
+        )
 
 
 def build_model(

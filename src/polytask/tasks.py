@@ -247,14 +247,21 @@ class Task:
 
 def labelled_rows(labels: dict[str, torch.Tensor], tasks: list[Task]) -> torch.Tensor:
     """[B, T] bool: whether row b has a label of task t (any column, for a multilabel task):
-    the (row, task) pairs a model that routes rows by task needs to compute."""
+    the (row, task) pairs a model that routes rows by task needs to compute. Single-column
+    labels are tested in one pass (with a hundred tasks, a hundred small ones cost more than
+    the model's step)."""
     import torch
 
-    present = []
-    for task in tasks:
-        missing = torch.isnan(labels[task.name])
-        present.append(~missing.all(dim=1) if missing.dim() > 1 else ~missing)
-    return torch.stack(present, dim=1)
+    single = [t for t, task in enumerate(tasks) if labels[task.name].dim() == 1]
+    first = labels[tasks[0].name]
+    present = torch.empty(len(first), len(tasks), dtype=torch.bool, device=first.device)
+    if single:
+        stacked = torch.stack([labels[tasks[t].name] for t in single], dim=1)
+        present[:, single] = ~torch.isnan(stacked)
+    if len(single) < len(tasks):
+        for t in sorted(set(range(len(tasks))) - set(single)):
+            present[:, t] = ~torch.isnan(labels[tasks[t].name]).all(dim=1)
+    return present
 
 
 def task_losses(
@@ -273,6 +280,7 @@ def task_losses(
 
     weights = weights or {}
     losses: list[torch.Tensor | None] = [None] * len(tasks)
+    has_labels: list[torch.Tensor | None] = [None] * len(tasks)
     groups: dict[str, list[int]] = {}
     for index, task in enumerate(tasks):
         if task.batch_key:
@@ -290,13 +298,15 @@ def task_losses(
             ones = torch.ones(values.shape[1], device=values.device)
             row_weights = torch.stack([ones if w is None else w for w in weighted])
         per_entry = _elementwise(key, logits, safe)
-        for i, loss in zip(members, _masked_mean(per_entry, present, row_weights, 1), strict=True):
-            losses[i] = loss
+        means = _masked_mean(per_entry, present, row_weights, 1)
+        for i, loss, found in zip(members, means, present.any(1), strict=True):
+            losses[i], has_labels[i] = loss, found
     for index, task in enumerate(tasks):
         if losses[index] is None:
             losses[index] = task.loss(outputs[index], labels[task.name], weights.get(task.name))
-    present = torch.stack([task.present(labels[task.name]).any() for task in tasks])
-    return torch.stack(cast(list[torch.Tensor], losses)), present
+            has_labels[index] = task.present(labels[task.name]).any()
+    stacked = torch.stack(cast(list[torch.Tensor], losses))
+    return stacked, torch.stack(cast(list[torch.Tensor], has_labels))
 
 
 def _elementwise(key: str, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,8 @@ def evaluate(
 ) -> dict[str, dict[str, float]]:
     """Metrics per task, plus each task's masked loss under the key ``loss``; ``weights``:
     the sample weights of the tasks that have them."""
-    if getattr(model, "routes_rows", False):  # compute only the labelled (row, task) pairs
+    # compute only the labelled (row, task) pairs (the same values where a model can either way)
+    if getattr(model, "routes_rows", False) or getattr(model, "row_routable", False):
         features = features.asking(labelled_rows(labels, tasks))
     logits = predict_logits(model, features, batch_size)
     return evaluate_outputs(logits, labels, tasks, weights)

@@ -33,6 +33,7 @@ from polytask.nn.gates import (
 )
 from polytask.nn.normed import NormedExpertBank
 from polytask.nn.paired_gates import softmax_gates
+from polytask.nn.row_routing import LastLevelRoute, RowPairs
 from polytask.nn.task_bottom import TaskBottomBank
 from polytask.nn.topk import TopKGates
 from polytask.plan.cut import LevelCut
@@ -243,6 +244,13 @@ class PlanNetwork(nn.Module):
         self.common_gate = task_gates[0] if len(set(task_gates)) == 1 else None
         self.in_order = task_gates == list(range(plan.levels[-1].gates.count))
         self.register_buffer("task_index", torch.tensor(task_gates), persistent=False)
+        last = self.level_modules[-1]
+        routable = self.common_gate is None and LastLevelRoute.supports(
+            last.experts, last.gates, last.self_gates is not None
+        )
+        # the last level's index tables for routing by row (a gate every task reads runs
+        # densely: routing would compute it once per asking task instead of once per row)
+        self.last_route = LastLevelRoute(last.gates, task_gates) if routable else None
 
     @property
     def level_modules(self) -> list[LevelModule]:
@@ -277,6 +285,40 @@ class PlanNetwork(nn.Module):
         )
         task_index = None if self.in_order else self.task_index
         return ArchOutput(tasks, common, gates, auxiliary, shared, task_index)
+
+    def forward_pairs(
+        self, x: torch.Tensor, pairs: RowPairs
+    ) -> tuple[torch.Tensor, list[torch.Tensor | None], torch.Tensor | None]:
+        """Each pair's representation, its task's last-level output at its row [P, out];
+        the levels' gate weights (None for a level routed by row) and auxiliary loss.
+
+        The levels below the last run densely; the last one by row where it can
+        (:class:`~polytask.nn.row_routing.LastLevelRoute`), else densely and read per pair."""
+        gates: list[torch.Tensor | None] = []
+        auxiliary: torch.Tensor | None = None
+        levels = self.level_modules
+        for level in levels[:-1]:
+            result = level(x)
+            gates.append(result.weights)
+            if result.auxiliary is not None:
+                auxiliary = result.auxiliary if auxiliary is None else auxiliary + result.auxiliary
+            x = result.out
+        last = levels[-1]
+        route = self.last_route
+        if route is not None and LastLevelRoute.supports(
+            last.experts, last.gates, last.self_gates is not None
+        ):
+            assert isinstance(last.experts, ExpertBank)
+            out = route(last.experts, last.gates, last.expert_reader(x), last.gate_reader(x), pairs)
+            gates.append(None)
+            return out, gates, auxiliary
+        result = last(x)
+        gates.append(result.weights)
+        if result.auxiliary is not None:
+            auxiliary = result.auxiliary if auxiliary is None else auxiliary + result.auxiliary
+        flat = result.out.reshape(-1, result.out.shape[-1])
+        index = self.task_index.index_select(0, pairs.tasks) * pairs.num_rows + pairs.rows
+        return flat.index_select(0, index), gates, auxiliary
 
     def cut(self, cuts: list[LevelCut], plan: Plan) -> PlanNetwork:
         """The network of ``plan`` (this one's plan cut by ``cuts``) with the kept weights."""

@@ -24,6 +24,21 @@ from polytask.train.hooks import StepHooks
 PARAMETER_NEEDS = frozenset({Need.GRAMIAN, Need.SHARED_GRADS})
 
 
+def _skips_unlabelled(
+    model: MultiTaskModel, balancer: Balancer, hooks: StepHooks | None, measuring: bool
+) -> bool:
+    """Whether the step may compute only the labelled (row, task) pairs: the model can
+    (:attr:`MultiTaskModel.row_routable`) and nothing reads more than the losses (gradient
+    balancers and diagnostics differentiate at the dense representation; a continual
+    strategy's penalty may read any task's outputs on any row, as LwF does)."""
+    return (
+        getattr(model, "row_routable", False)
+        and hooks is None
+        and not measuring
+        and balancer.needs <= {Need.LOSSES}
+    )
+
+
 @dataclass
 class StepResult:
     losses: torch.Tensor  # [T], detached
@@ -75,7 +90,8 @@ def train_step(
         if factors is not None:
             static_weights = static_weights * factors.to(static_weights)
 
-    if model.routes_rows:  # each row runs as the tasks it has labels for, not all of them
+    if model.routes_rows or _skips_unlabelled(model, balancer, hooks, measure_gradients):
+        # each row runs as the tasks it has labels for, not all of them
         features = features.asking(labelled_rows(labels, tasks))
 
     def forward() -> ModelOutput:
