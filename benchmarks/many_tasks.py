@@ -48,7 +48,9 @@ ARCHS: dict[str, dict[str, Any]] = {
 ROWS, BATCH, WARMUP = 4096, 512, 2
 
 
-def make_table(tasks: int, seed: int = 0) -> Any:
+def make_table(tasks: int, seed: int = 0, labels_per_row: int | None = None) -> Any:
+    """The synthetic table; ``labels_per_row``: keep that many tasks' labels per row (drawn
+    at random, the rest missing), as in data where each entity is measured on a few tasks."""
     import numpy as np
     import pandas as pd
 
@@ -61,10 +63,16 @@ def make_table(tasks: int, seed: int = 0) -> Any:
     for t in range(tasks):
         direction = shared + 0.5 * rng.normal(size=8)
         frame[f"y{t}"] = (x @ direction + rng.normal(size=ROWS) > 0).astype(float)
+    if labels_per_row is not None and labels_per_row < tasks:
+        keys = rng.random((ROWS, tasks)).argsort(axis=1)[:, :labels_per_row]
+        kept = np.zeros((ROWS, tasks), dtype=bool)
+        np.put_along_axis(kept, keys, True, axis=1)
+        for t in range(tasks):
+            frame.loc[~kept[:, t], f"y{t}"] = np.nan
     return frame
 
 
-def measure(arch: str, tasks: int) -> dict[str, Any]:
+def measure(arch: str, tasks: int, labels_per_row: int | None = None) -> dict[str, Any]:
     """One (arch, T) in this process: parameters and one timed epoch."""
     import torch
 
@@ -77,7 +85,7 @@ def measure(arch: str, tasks: int) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    frame = make_table(tasks)
+    frame = make_table(tasks, labels_per_row=labels_per_row)
     spec = parse_spec(
         {
             "data": {"train": "unused.csv"},
@@ -123,12 +131,20 @@ def measure(arch: str, tasks: int) -> dict[str, Any]:
         step(rows, WARMUP + number)
     seconds = time.perf_counter() - started
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"arch": arch, "tasks": tasks, "epoch_seconds": seconds, "parameters": parameters}
+    return {
+        "arch": arch,
+        "tasks": tasks,
+        "labels_per_row": labels_per_row,
+        "epoch_seconds": seconds,
+        "parameters": parameters,
+    }
 
 
-def run_child(src: Path, arch: str, tasks: int) -> dict[str, Any]:
+def run_child(src: Path, arch: str, tasks: int, labels_per_row: int | None) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, __file__, "--child", arch, str(tasks)]
+    if labels_per_row is not None:
+        command += ["--labels-per-row", str(labels_per_row)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -141,10 +157,16 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", default=list(ARCHS))
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--labels-per-row",
+        type=int,
+        help="keep this many tasks' labels per row, drawn at random (default: every task's)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("ARCH", "T"))
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child[0], int(args.child[1]))))
+        found = measure(args.child[0], int(args.child[1]), args.labels_per_row)
+        print(json.dumps(found))
         return
     sys.path.insert(0, str(Path(__file__).parent))
     from _machine import machine_info
@@ -158,7 +180,7 @@ def main() -> None:
             best: dict[str, dict[str, Any]] = {}
             for _ in range(args.rounds):
                 for version, src in versions.items():
-                    found = run_child(src, arch, tasks)
+                    found = run_child(src, arch, tasks, args.labels_per_row)
                     kept = best.get(version)
                     if kept is None or found["epoch_seconds"] < kept["epoch_seconds"]:
                         best[version] = found
@@ -178,6 +200,7 @@ def main() -> None:
             "machine": machine_info(),
             "rows": ROWS,
             "batch_size": BATCH,
+            "labels_per_row": args.labels_per_row,
             "results": results,
             "epoch_ratio_to_smallest_t": {
                 f"{r['arch']}/{r['version']}/{r['tasks']}": r["ratio"]
