@@ -253,6 +253,8 @@ def labelled_rows(labels: dict[str, torch.Tensor], tasks: list[Task]) -> torch.T
     import torch
 
     single = [t for t, task in enumerate(tasks) if labels[task.name].dim() == 1]
+    if len(single) == len(tasks):
+        return ~torch.isnan(torch.stack([labels[task.name] for task in tasks], dim=1))
     first = labels[tasks[0].name]
     present = torch.empty(len(first), len(tasks), dtype=torch.bool, device=first.device)
     if single:
