@@ -39,7 +39,12 @@ def _write(frame: pd.DataFrame, folder: Path, kind: str) -> Path:
 
 @pytest.mark.parametrize("kind", ["csv", "tsv", "parquet", "parquet_folder"])
 @pytest.mark.parametrize("weighted", [False, True])
-def test_the_streamed_pivot_equals_the_in_memory_one(tmp_path: Path, kind: str, weighted: bool):
+@pytest.mark.parametrize("part_bytes", [long_stream.SPILL_PART_BYTES, 600])
+def test_the_streamed_pivot_equals_the_in_memory_one(
+    tmp_path: Path, monkeypatch, kind: str, weighted: bool, part_bytes: int
+):
+    """Aggregated whole, or (600 bytes a part) spilled to parts split by entity."""
+    monkeypatch.setattr(long_stream, "SPILL_PART_BYTES", part_bytes)
     long, _ = _long_and_wide(seed=3, entities=60)
     if weighted:
         long["w"] = np.random.default_rng(0).uniform(0.5, 2.0, size=len(long))
@@ -67,7 +72,9 @@ def test_large_long_files_stream_and_small_ones_are_read_whole(tmp_path: Path, m
     pd.testing.assert_frame_equal(read_labelled(path, _data(), TARGETS), expected)
 
 
-def test_refusals_name_what_the_in_memory_pivot_names(tmp_path: Path):
+@pytest.mark.parametrize("part_bytes", [long_stream.SPILL_PART_BYTES, 600])
+def test_refusals_name_what_the_in_memory_pivot_names(tmp_path: Path, monkeypatch, part_bytes):
+    monkeypatch.setattr(long_stream, "SPILL_PART_BYTES", part_bytes)
     long, _ = _long_and_wide(seed=2)
 
     def refusal(frame: pd.DataFrame, name: str, targets=TARGETS) -> str:
