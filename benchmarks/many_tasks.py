@@ -132,6 +132,7 @@ def measure(arch: str, tasks: int, labels_per_row: int | None = None) -> dict[st
     seconds = time.perf_counter() - started
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
+        "level_multiply_adds_per_row": level_multiply_adds(model),
         "arch": arch,
         "tasks": tasks,
         "labels_per_row": labels_per_row,
@@ -140,12 +141,29 @@ def measure(arch: str, tasks: int, labels_per_row: int | None = None) -> dict[st
     }
 
 
+def level_multiply_adds(model: Any) -> list[int]:
+    """Per level of the plan, the multiply-adds of a dense pass per row: every expert's
+    layers, every gate's logits over its allowed experts, and its mixture of their outputs.
+    Counted from the layer sizes (why an architecture's epoch must grow with T)."""
+    counts = []
+    for level in model.arch.level_modules:
+        experts = sum(weight.numel() for weight in level.experts.weights)
+        pairs = sum(len(members) for members in level.gates.allowed)
+        width = level.experts.weights[-1].shape[-1]
+        gated = hasattr(level.gates, "weight")  # identity gates compute nothing
+        in_dim = level.experts.weights[0].shape[1]
+        counts.append(experts + (pairs * (in_dim + width) if gated else 0))
+    return counts
+
+
 def run_child(src: Path, arch: str, tasks: int, labels_per_row: int | None) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, __file__, "--child", arch, str(tasks)]
     if labels_per_row is not None:
         command += ["--labels-per-row", str(labels_per_row)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{arch} at T = {tasks} ({src}) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
