@@ -1,10 +1,11 @@
-"""Pivoting a large long-format table: streamed (Arrow's hash aggregation) beside in memory.
+"""Pivoting a large long-format table: streamed (in parts, Arrow's hash aggregation) beside
+in memory.
 
 Why this exists: issue 19 asks that a long table (one row per entity, task and label) be
 pivoted "streaming where the table is large". :func:`polytask.data.long_stream.stream_to_wide`
-reduces the file per entity as it is scanned; :func:`polytask.data.long.to_wide` reads it
-whole into pandas first. Both give the same frame (tests/data/test_long_stream.py); this
-measures what each costs.
+spills the file as it is scanned to parts split by entity and reduces them one by one;
+:func:`polytask.data.long.to_wide` reads it whole into pandas first. Both give the same
+frame (tests/data/test_long_stream.py); this measures what each costs.
 
 Data: synthetic long Parquet tables written in row groups: ``--entities`` entities, each
 with ``--labels`` of ``--tasks`` binary tasks (distinct, drawn at random; one table per

@@ -44,7 +44,7 @@ from polytask.errors import DataError, did_you_mean, shown
 # long files at least this large (bytes on disk) are pivoted by streaming
 STREAM_PIVOT_BYTES = 256 * 2**20
 # a streamed file is aggregated in parts of about this many bytes on disk (split by entity)
-SPILL_PART_BYTES = 128 * 2**20
+SPILL_PART_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
