@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+import torch
 import yaml
 
 from polytask.errors import ConfigError
+from polytask.grow import experience as experience_module
 from polytask.grow.metrics import summarise
 from polytask.grow.stream import stream
 from polytask.inference.predictor import Predictor
+from polytask.train.trainer import Trainer
 from tests.cli_helpers import assert_user_error, invoke
 
 
@@ -75,4 +79,53 @@ def test_unknown_keys_are_named(tables):
     raw = stream_spec(tables)
     raw["experience"] = raw.pop("experiences")
     with pytest.raises(ConfigError, match="experience: unknown key"):
+        stream(raw, "unused")
+
+
+class _RecordingTrainer(Trainer):
+    """The Trainer, recording the state it was handed and the weights it started from."""
+
+    made: ClassVar[list[_RecordingTrainer]] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        model = kwargs["model"]
+        self.start = {k: v.detach().clone() for k, v in model.named_parameters()}
+        self.made.append(self)
+
+
+def test_kept_optimizer_state_carries_adam_steps_to_the_next_experience(
+    tables, tmp_path, monkeypatch
+):
+    """Adam's step count of a kept parameter goes on from the previous experience's; the new
+    task's tower and gate start fresh; the old task's (block 0), which no loss of the new
+    experience reaches, take no step and keep their weights."""
+    _RecordingTrainer.made = []
+    monkeypatch.setattr(experience_module, "Trainer", _RecordingTrainer)
+    raw = stream_spec(tables)
+    raw["optimizer_state"] = "kept"
+    stream(raw, tmp_path / "out")
+    first, second = _RecordingTrainer.made
+    assert first.optimizer_state is None and first.keep_optimizer_state
+    handed = second.optimizer_state
+    assert handed and set(handed) < set(second.start)
+    final = second.final_optimizer_state
+    new = [name for name in final if name not in handed]
+    steps = int(final[new[0]]["step"])  # the new tower's: every step of this experience
+    assert steps > 0 and all(int(final[name]["step"]) == steps for name in new)
+    assert second.model is not None
+    trained = dict(second.model.named_parameters())
+    untouched = [n for n in handed if int(final[n]["step"]) == int(handed[n]["step"])]
+    moved = [n for n in handed if int(final[n]["step"]) == int(handed[n]["step"]) + steps]
+    assert sorted(untouched + moved) == sorted(handed)
+    assert untouched and all(".blocks.0." in n or ".banks.0." in n for n in untouched)
+    assert any(".experts." in n for n in moved)
+    for name in untouched:
+        torch.testing.assert_close(trained[name], second.start[name])
+
+
+def test_optimizer_state_is_validated(tables):
+    raw = stream_spec(tables)
+    raw["optimizer_state"] = "warm"
+    with pytest.raises(ConfigError, match="optimizer_state"):
         stream(raw, "unused")

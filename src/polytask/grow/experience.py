@@ -35,6 +35,7 @@ from polytask.grow.strategies.base import ExperienceContext, Strategy
 from polytask.inference.evaluation import evaluate
 from polytask.model import MultiTaskModel, build_model, encoder_from_spec
 from polytask.train.hooks import HookChain, StepHooks
+from polytask.train.optim import ParameterState
 from polytask.train.prepare import Prepared
 from polytask.train.trainer import Trainer
 
@@ -74,6 +75,8 @@ class Outcome:
     rows: dict[str, Rows]  # the experience's own rows per split, labelling its tasks
     missing_inputs: list[str]
     seconds: float
+    # the optimizer's per-parameter state at the end, by parameter name (when asked to keep it)
+    optimizer_state: ParameterState = field(default_factory=dict)
 
 
 class _Finish(StepHooks):
@@ -86,6 +89,18 @@ class _Finish(StepHooks):
     def finish(self, model, folder: Path) -> None:
         self.strategy.end(model, self.context)
         save_state(folder, self.strategy)
+
+
+class _SkipUntouched(StepHooks):
+    """With a kept optimizer state: a parameter whose gradient is exactly zero this step (the
+    tower of a task the batch has no rows of) gets none, so the optimizer skips it, as
+    PyTorch's optimizers skip a parameter no loss reached; with Adam it would otherwise keep
+    moving on the momentum it brought from the previous experience."""
+
+    def before_update(self, model: torch.nn.Module) -> None:
+        for parameter in model.parameters():
+            if parameter.grad is not None and not bool(parameter.grad.any()):
+                parameter.grad = None
 
 
 def run_output(
@@ -201,11 +216,16 @@ def train_experience(
     *,
     progress: bool = False,
     before_training: Callable[[MultiTaskModel, Prepared], None] | None = None,
+    optimizer_state: ParameterState | None = None,
 ) -> Outcome:
     """Train one experience into the run directory ``out`` (see the module docstring).
 
     ``before_training`` sees the model at its initial weights and the prepared rows (a
-    stream evaluates the new tasks there, for forward transfer)."""
+    stream evaluates the new tasks there, for forward transfer). ``optimizer_state``: the
+    previous experience's optimizer state by the base model's parameter names; given (even
+    empty), the optimizer starts from it for every parameter that holds a base parameter
+    whole, a parameter without gradient in a step takes no step (:class:`_SkipUntouched`),
+    and the outcome keeps the state this experience's optimizer ends with."""
     frames = experience.frames
     if base is None:
         preprocessor = Preprocessor.fit(frames.train, experience.data, experience.tasks)
@@ -269,7 +289,8 @@ def train_experience(
     )
     if before_training is not None:
         before_training(model, prepared)
-    chain = HookChain([h for h in (hooks, _Finish(strategy, context)) if h is not None])
+    skip = _SkipUntouched() if optimizer_state is not None else None
+    chain = HookChain([h for h in (hooks, skip, _Finish(strategy, context)) if h is not None])
     started = time.perf_counter()
     trainer = Trainer(
         spec,
@@ -279,6 +300,8 @@ def train_experience(
         prepared=prepared,
         model=model,
         hooks=chain,
+        optimizer_state=_renamed_state(optimizer_state, found),
+        keep_optimizer_state=optimizer_state is not None,
     )
     run = trainer.fit()
     assert trainer.model is not None
@@ -288,7 +311,24 @@ def train_experience(
     trained = Base(trainer.model, trainer.spec, preprocessor)
     missing = preprocessor.missing_inputs(frames.train)
     seconds = time.perf_counter() - started
-    return Outcome(run, trained, served or trainer.model, context, rows, missing, seconds)
+    return Outcome(
+        run,
+        trained,
+        served or trainer.model,
+        context,
+        rows,
+        missing,
+        seconds,
+        trainer.final_optimizer_state,
+    )
+
+
+def _renamed_state(state: ParameterState | None, found: dict[str, str]) -> ParameterState | None:
+    """``state`` (by the base model's parameter names) under the grown model's names, through
+    the origins ``found``; parameters new with growth are absent (a fresh state)."""
+    if not state:
+        return None
+    return {new: state[old] for new, old in found.items() if old in state}
 
 
 def compact_patterns(model: torch.nn.Module, names: list[str]) -> list[str]:

@@ -81,6 +81,12 @@ class StreamSpec(_Section):
     random_baseline: bool = Field(
         True, description="evaluate a randomly initialised model too (forward transfer)"
     )
+    optimizer_state: Literal["fresh", "kept"] = Field(
+        "fresh",
+        description="fresh: each experience's optimizer starts anew; kept: from the state "
+        "the previous experience's ended with (Adam's moments and step count), for every "
+        "parameter that existed then, as Avalanche's strategies keep it by default",
+    )
 
     def task_names(self) -> list[str]:
         return [task.name for experience in self.experiences for task in experience.tasks]

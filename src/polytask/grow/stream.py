@@ -10,6 +10,12 @@ rows where there are none), giving the accuracy matrix ``R[i][j]``; the new task
 evaluated just before their experience trains, and a randomly initialised model on every
 task, for forward transfer. ``DIR/stream.json`` holds the matrix and the metrics of
 :func:`polytask.grow.metrics.summarise`; ``DIR/stream.png`` the heat map.
+
+Each experience's optimizer starts anew by default (every experience is a run of its own);
+``optimizer_state: kept`` starts it from the state the previous experience's optimizer ended
+with, for the parameters that existed then, as Avalanche's strategies do by default (its
+``reset_optimizer_state`` is False): with Adam, the moments and step count carry over, which
+changes how far the first steps of a new task move the shared weights.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from polytask.grow.strategies import STRATEGIES
 from polytask.inference.predict import predict_logits
 from polytask.model import MultiTaskModel, build_model
 from polytask.tasks import Task
+from polytask.train.optim import ParameterState
 
 RESULT, PLOT, RUNS = "stream.json", "stream.png", "runs"
 
@@ -109,6 +116,8 @@ def _write_results(folder: Path, spec: StreamSpec, result: dict[str, Any]) -> No
 def _run(spec: StreamSpec, strategy, frames, staging: Path, progress: bool) -> dict[str, Any]:
     started = time.perf_counter()
     base: Base | None = None
+    # the optimizer state one experience hands the next (optimizer_state: kept), else None
+    carried: ParameterState | None = {} if spec.optimizer_state == "kept" else None
     seen: list[tuple[Task, Rows]] = []  # every task so far, with its evaluation rows
     experience_of: list[int] = []
     before: list[float | None] = []
@@ -151,12 +160,15 @@ def _run(spec: StreamSpec, strategy, frames, staging: Path, progress: bool) -> d
             index,
             progress=progress,
             before_training=evaluate_new if index > 0 else None,
+            optimizer_state=carried,
         )
         if index == 0:
             before.extend([None] * len(new_names))
         train_seconds += outcome.seconds
         own_rows.append(outcome.rows)
         base = outcome.base
+        if carried is not None:
+            carried = outcome.optimizer_state
         tasks = {task.name: task for task in outcome.context.tasks}
         split, rows = evaluation_rows(outcome.rows)
         evaluated_on.append(split)

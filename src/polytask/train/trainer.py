@@ -47,7 +47,13 @@ from polytask.train.distributed import (
 from polytask.train.estimate import estimate
 from polytask.train.hooks import StepHooks
 from polytask.train.insight import expert_utilisation, plot_utilisation
-from polytask.train.optim import build_optimizer, build_scheduler
+from polytask.train.optim import (
+    ParameterState,
+    build_optimizer,
+    build_scheduler,
+    load_parameter_state,
+    parameter_state,
+)
 from polytask.train.prepare import Prepared, SplitTensors, TrainRows, prepare
 from polytask.train.progress import TrainingDisplay, metrics_table
 from polytask.train.runtime import keep_heap_between_steps
@@ -132,6 +138,8 @@ class Trainer:
         prepared: Prepared | None = None,
         model: MultiTaskModel | None = None,
         hooks: StepHooks | None = None,
+        optimizer_state: ParameterState | None = None,
+        keep_optimizer_state: bool = False,
     ) -> None:
         if resume and (prepared is not None or model is not None or hooks is not None):
             raise PolytaskError("a run trained with prepared data or hooks cannot be resumed")
@@ -146,6 +154,12 @@ class Trainer:
         # weights to start from (e.g. another run's shared part, for transfer): loaded by name
         # into a new run's model before training; ignored on resume (the checkpoint holds all)
         self.initial_weights = initial_weights
+        # an earlier optimizer's per-parameter state by parameter name (a stream whose
+        # experiences keep it): loaded before the first step. With keep_optimizer_state, the
+        # state this run's optimizer ends with is in ``final_optimizer_state`` once fit returns
+        self.optimizer_state = optimizer_state
+        self.keep_optimizer_state = keep_optimizer_state
+        self.final_optimizer_state: ParameterState = {}
         self.partial = rd.partial_path(self.out)
         self.resume = resume
         self.overwrite = overwrite
@@ -279,6 +293,8 @@ class Trainer:
         optimizer = build_optimizer(trainable, self.spec.train)
         if balancer.parameters():  # a method's own learnable parameters (e.g. log-variances)
             optimizer.add_param_group({"params": balancer.parameters(), "weight_decay": 0.0})
+        if self.optimizer_state and not self.resume:
+            load_parameter_state(optimizer, model, self.optimizer_state)
         scheduler = build_scheduler(optimizer, self.spec.train)
         static_weights = torch.tensor(
             [task.spec.weight for task in tasks], device=self.place.device
@@ -343,6 +359,8 @@ class Trainer:
                 for callback in self.callbacks:
                     stop_requested = bool(callback(row)) or stop_requested
             self.model = model
+            if self.keep_optimizer_state:
+                self.final_optimizer_state = parameter_state(optimizer, model)
             if not self.is_main:
                 self.world.barrier()  # return once rank 0 has published the run
                 return self.out

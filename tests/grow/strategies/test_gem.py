@@ -1,13 +1,17 @@
 """GEM's dual QP is solved exactly: the solution satisfies the KKT conditions of
 min_{v >= m} v^T (G G^T + eps I) v / 2 + (G g)^T v, and with m = eps = 0 the projected
-gradient G^T v + g meets every constraint G g~ >= 0."""
+gradient G^T v + g meets every constraint G g~ >= 0; it is the primal QP's solution, and the
+hook leaves a step gradient that conflicts with no memory's."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from polytask.grow.strategies.gem import gem_dual
+from polytask.grow.strategies._gradients import flat_grad, loss_grad
+from polytask.grow.strategies.base import rows_loss
+from polytask.grow.strategies.gem import EpisodicConstraints, GEMOptions, gem_dual
+from tests.grow.conftest import multiclass_task, tiny_model, tiny_rows
 
 
 @pytest.mark.parametrize(("margin", "eps"), [(0.0, 0.0), (0.5, 1e-3), (0.0, 1e-3), (0.2, 0.0)])
@@ -38,3 +42,52 @@ def test_rank_deficient_memories_are_solved_too():
     v = gem_dual(constraints @ constraints.T, constraints @ gradient, 0.0, 0.0)
     projected = constraints.T @ v + gradient
     assert (constraints @ projected >= -1e-8).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_projection_is_the_primal_qp_solution_of_an_independent_solver(seed):
+    """g~ = G^T v + g (margin 0, eps 0) is argmin |g~ - g|^2 / 2 s.t. G g~ >= 0, as scipy's
+    SLSQP finds it on the primal problem directly."""
+    from scipy.optimize import minimize
+
+    generator = torch.Generator().manual_seed(seed)
+    constraints = torch.randn(3, 8, generator=generator, dtype=torch.float64)
+    gradient = -constraints[0] + 0.3 * torch.randn(8, generator=generator, dtype=torch.float64)
+    v = gem_dual(constraints @ constraints.T, constraints @ gradient, 0.0, 0.0)
+    projected = constraints.T @ v + gradient
+    g, matrix = gradient.numpy(), constraints.numpy()
+    primal = minimize(
+        lambda x: 0.5 * ((x - g) ** 2).sum(),
+        g,
+        jac=lambda x: x - g,
+        constraints=[{"type": "ineq", "fun": lambda x: matrix @ x, "jac": lambda x: matrix}],
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 500},
+    )
+    assert primal.success
+    torch.testing.assert_close(projected, torch.from_numpy(primal.x), atol=1e-6, rtol=0)
+
+
+def test_the_step_gradient_after_the_hook_conflicts_with_no_memory():
+    """On a model: after EpisodicConstraints, the gradient written into .grad has a
+    non-negative inner product with every old task's memory gradient (margin 0, eps 0)."""
+    model = tiny_model([3, 3, 3])
+    old = [multiclass_task("t0", 3), multiclass_task("t1", 3)]
+    memories = [
+        (task, tiny_rows(20, {task.name: torch.randint(0, 3, (20,)).float()}, seed=i))
+        for i, task in enumerate(old)
+    ]
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    hook = EpisodicConstraints(memories, GEMOptions(margin=0.0, eps=0.0))
+    new = multiclass_task("t2", 3)
+    for seed in range(10):
+        torch.manual_seed(seed)
+        batch = tiny_rows(16, {"t2": torch.randint(0, 3, (16,)).float()}, seed=100 + seed)
+        model.zero_grad(set_to_none=True)
+        rows_loss(model, batch, [new]).backward()
+        hook.before_update(model)
+        step = flat_grad(parameters)
+        for task, rows in memories:
+            memory = loss_grad(rows_loss(model, rows, [task]), parameters)
+            assert float(memory @ step) >= -1e-5 * float(memory.norm() * step.norm())
+    assert hook.projected > 0  # some steps conflicted and were projected
