@@ -5,7 +5,9 @@ fixed pixel permutations, the first the identity) and Split-Fashion-MNIST (5 tas
 pairs), one head per task, from the idx files in ../shared/datasets. Both libraries train the
 same MLP (van de Ven et al.'s protocol: fully connected ReLU layers of 400 units, here
 two, and one linear output layer per task), with Adam (lr 0.001), batches of 128, the same
-epochs per experience and the same seeds, on the same rows: polytask reads them through its
+epochs per experience and the same seeds, the optimizer's state kept from one experience to
+the next on both sides (Avalanche's default; polytask's ``optimizer_state: kept``), on the
+same rows: polytask reads them through its
 ``digits`` dataset, and this script hands the very same arrays to Avalanche (in its own
 environment, ``make avalanche-venv``) as an .npz. Avalanche runs as a subprocess
 (benchmarks/avalanche_stream.py) and writes JSON back; every polytask run is followed by the
@@ -73,6 +75,11 @@ BENCHMARKS: dict[str, dict[str, Any]] = {
 }
 HIDDEN = [400, 400]
 BATCH, LR = 128, 1e-3
+# Avalanche 0.6 keeps the optimizer's state from one experience to the next (its
+# reset_optimizer_state defaults to False): Adam's moments and step count carry over, and a
+# parameter no loss reaches takes no step. polytask's stream does the same with
+# optimizer_state: kept (its default starts each experience's optimizer anew).
+OPTIMIZER_STATE = "kept"
 # Hyperparameters, the same on both sides where the definitions coincide (docs/benchmarks.md):
 # EWC: polytask's penalty is (lambda / 2) F d^2, Avalanche's lambda F d^2, and both estimate F
 # as the mean squared mini-batch gradient with the training batch size.
@@ -188,6 +195,7 @@ def stream_spec(name: str, strategy: str, seed: int) -> dict[str, Any]:
         "strategy": {"name": REGISTRY_NAME.get(strategy, strategy), "options": options},
         "train": train,
         "random_baseline": True,
+        "optimizer_state": OPTIMIZER_STATE,
     }
 
 
@@ -218,6 +226,7 @@ def run_polytask(name: str, strategy: str, seed: int, folder: Path) -> dict[str,
         "seconds": result["seconds"]["total"],
         "train_seconds": result["seconds"]["train"],
         "parameters": _parameters(folder / f"{name}-{strategy}-{seed}"),
+        "optimizer_state": OPTIMIZER_STATE,
     }
 
 
@@ -360,12 +369,18 @@ def main() -> None:
 
 def merge_runs(report: dict[str, Any], others: list[Path]) -> list[dict[str, Any]]:
     """The report's runs and those of ``others`` (later files win), each invocation's command
-    kept in ``report["commands"]``."""
+    kept in ``report["commands"]``. A run made without Avalanche (no .venv-avalanche) keeps
+    the Avalanche result of the run it replaces, marked as not made back to back with it
+    (``paired`` False: its seconds enter no time ratio)."""
     merged = {_key(run): run for run in report["runs"]}
     commands = report.setdefault("commands", [report["command"]])
     for path in others:
         other = json.loads(path.read_text())
-        merged.update({_key(run): run for run in other["runs"]})
+        for run in other["runs"]:
+            earlier = merged.get(_key(run))
+            if run["avalanche"] is None and earlier is not None and earlier["avalanche"]:
+                run = {**run, "avalanche": earlier["avalanche"], "paired": False}
+            merged[_key(run)] = run
         commands += [c for c in other.get("commands", [other["command"]]) if c not in commands]
     return list(merged.values())
 
@@ -385,7 +400,8 @@ def _show(result: dict[str, Any] | None) -> str:
 def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and std over seeds per benchmark, strategy and library; the time ratio is the
     geometric mean over seeds of polytask's seconds over Avalanche's in the same seed (the
-    two run back to back, so a change in the shared machine's load hits both)."""
+    two run back to back, so a change in the shared machine's load hits both; runs whose
+    Avalanche result was kept from an earlier invocation are left out of it)."""
     out: dict[str, Any] = {}
     keys = sorted({(r["benchmark"], r["strategy"]) for r in runs})
     for bench, strategy in keys:
@@ -402,7 +418,7 @@ def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         pairs = [
             r["polytask"]["seconds"] / r["avalanche"]["seconds"]
             for r in group
-            if r["avalanche"] and "error" not in r["avalanche"]
+            if r["avalanche"] and "error" not in r["avalanche"] and r.get("paired", True)
         ]
         if pairs:  # each polytask run is timed right before its Avalanche run: pair them
             entry["time_ratio"] = float(np.exp(np.mean(np.log(pairs))))
