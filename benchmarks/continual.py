@@ -301,6 +301,7 @@ def main() -> None:
         report = json.loads(args.out.read_text())
         report["runs"] = merge_runs(report, args.merge)
         report["summary"] = summarise_runs(report["runs"])
+        report["protocol"]["optimizer_state"] = optimizer_states(report["runs"])
         report["published"] = PUBLISHED
         args.out.write_text(json.dumps(report, indent=1))
         print(markdown(report))
@@ -357,6 +358,7 @@ def main() -> None:
                         }
                     )
                     report["summary"] = summarise_runs(runs)
+                    report["protocol"]["optimizer_state"] = optimizer_states(runs)
                     args.out.parent.mkdir(parents=True, exist_ok=True)
                     args.out.write_text(json.dumps(report, indent=1))
                     print(
@@ -383,6 +385,16 @@ def merge_runs(report: dict[str, Any], others: list[Path]) -> list[dict[str, Any
             merged[_key(run)] = run
         commands += [c for c in other.get("commands", [other["command"]]) if c not in commands]
     return list(merged.values())
+
+
+def optimizer_states(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """How each side's optimizer state went from one experience to the next, over ``runs``
+    (polytask's runs made before the option existed started each experience anew)."""
+    states = {r["polytask"].get("optimizer_state", "fresh") for r in runs}
+    return {
+        "polytask": sorted(states),
+        "avalanche": "kept (reset_optimizer_state False, Avalanche 0.6's default)",
+    }
 
 
 def _key(run: dict[str, Any]) -> tuple[str, str, int]:
