@@ -6,7 +6,8 @@ pairs), one head per task, from the idx files in ../shared/datasets. Both librar
 same MLP (van de Ven et al.'s protocol: fully connected ReLU layers of 400 units, here
 two, and one linear output layer per task), with Adam (lr 0.001), batches of 128, the same
 epochs per experience and the same seeds, the optimizer's state kept from one experience to
-the next on both sides (Avalanche's default; polytask's ``optimizer_state: kept``), on the
+the next on both sides (Avalanche's default; polytask's ``optimizer_state: kept``; the
+``<strategy>_fresh`` rows run polytask alone with a fresh optimizer per experience), on the
 same rows: polytask reads them through its
 ``digits`` dataset, and this script hands the very same arrays to Avalanche (in its own
 environment, ``make avalanche-venv``) as an .npz. Avalanche runs as a subprocess
@@ -78,8 +79,9 @@ BATCH, LR = 128, 1e-3
 # Avalanche 0.6 keeps the optimizer's state from one experience to the next (its
 # reset_optimizer_state defaults to False): Adam's moments and step count carry over, and a
 # parameter no loss reaches takes no step. polytask's stream does the same with
-# optimizer_state: kept (its default starts each experience's optimizer anew).
-OPTIMIZER_STATE = "kept"
+# optimizer_state: kept, which every row runs but the "<strategy>_fresh" ones: those start
+# each experience's optimizer anew (polytask's default), to show what keeping it changes.
+KEPT, FRESH = "kept", "fresh"
 # Hyperparameters, the same on both sides where the definitions coincide (docs/benchmarks.md):
 # EWC: polytask's penalty is (lambda / 2) F d^2, Avalanche's lambda F d^2, and both estimate F
 # as the mean squared mini-batch gradient with the training batch size.
@@ -114,6 +116,18 @@ STRATEGIES: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {
 }
 # Rows of the table that run a registered strategy under another label (other options)
 REGISTRY_NAME = {"expand_copy": "expand", "replay_rows": "replay"}
+# The strategies whose steps move parameters an earlier experience trained, each again with
+# a fresh optimizer per experience (polytask only)
+for _name in ("naive", "ewc", "si", "lwf", "replay", "agem", "gem", "packnet"):
+    STRATEGIES[f"{_name}_{FRESH}"] = (STRATEGIES[_name][0], None)
+    REGISTRY_NAME[f"{_name}_{FRESH}"] = _name
+
+
+def optimizer_state(strategy: str) -> str:
+    """How the optimizer's state goes from one experience to the next in a row's runs."""
+    return FRESH if strategy.endswith(f"_{FRESH}") else KEPT
+
+
 # Published task-incremental accuracies (%, mean of 20 runs), quoted into the results so that
 # docs/benchmarks.md names them with their source. Their protocol trains far longer than this
 # benchmark (full MNIST, 2000 iterations of 128 per Split-MNIST task), so they bound what the
@@ -195,7 +209,7 @@ def stream_spec(name: str, strategy: str, seed: int) -> dict[str, Any]:
         "strategy": {"name": REGISTRY_NAME.get(strategy, strategy), "options": options},
         "train": train,
         "random_baseline": True,
-        "optimizer_state": OPTIMIZER_STATE,
+        "optimizer_state": optimizer_state(strategy),
     }
 
 
@@ -226,7 +240,7 @@ def run_polytask(name: str, strategy: str, seed: int, folder: Path) -> dict[str,
         "seconds": result["seconds"]["total"],
         "train_seconds": result["seconds"]["train"],
         "parameters": _parameters(folder / f"{name}-{strategy}-{seed}"),
-        "optimizer_state": OPTIMIZER_STATE,
+        "optimizer_state": optimizer_state(strategy),
     }
 
 
