@@ -24,7 +24,13 @@ from polytask.nn.cnn import CNNEncoder
 from polytask.nn.encoders import NumericEncoder, TabularEncoder
 from polytask.nn.executor import PlanNetwork
 from polytask.nn.heads import ChainHead, TransferHead
-from polytask.nn.row_routing import RowPairs, pair_towers, worth_routing
+from polytask.nn.row_routing import (
+    RowPairs,
+    encode_pairs,
+    pair_towers,
+    reads_own_encoder,
+    worth_routing,
+)
 from polytask.nn.towers import Towers
 from polytask.plan.schema import Plan
 
@@ -122,16 +128,15 @@ class MultiTaskModel(nn.Module):
     @property
     def row_routable(self) -> bool:
         """Whether ``forward`` can compute only the (row, task) pairs ``Features.wanted``
-        asks for (:mod:`polytask.nn.row_routing`): the plan's network with one shared encoder,
-        the fused towers and no head that mixes tasks. The result is the dense pass's at the
+        asks for (:mod:`polytask.nn.row_routing`): the plan's network with one shared encoder
+        (or one per task that only its task reads, as in ``single``), the fused towers and no
+        head that mixes tasks. The result is the dense pass's at the
         asked pairs (zeros elsewhere), so the training step asks for the labelled pairs
         whenever what it reads is the losses alone."""
-        return (
-            isinstance(self.arch, PlanNetwork)
-            and self.arch.plan.encoders != "per_task"
-            and type(self.towers) is Towers
-            and self.heads is None
-        )
+        if not (isinstance(self.arch, PlanNetwork) and self.separable_towers()):
+            return False
+        plan = self.arch.plan
+        return plan.encoders != "per_task" or reads_own_encoder(plan)
 
     def forward(self, features: Features) -> ModelOutput:
         wanted = features.wanted
@@ -167,7 +172,11 @@ class MultiTaskModel(nn.Module):
 
     def _forward_pairs(self, features: Features, pairs: RowPairs) -> ModelOutput:
         """The asked pairs only: per task, logits at its asked rows and zeros elsewhere."""
-        values, gates, auxiliary = self.arch.forward_pairs(self.encode(features), pairs)
+        if self.plan.encoders == "per_task":
+            encoded = encode_pairs(self.encoders, features.categorical, features.numeric, pairs)
+        else:
+            encoded = self.encode(features)
+        values, gates, auxiliary = self.arch.forward_pairs(encoded, pairs)
         assert isinstance(self.towers, Towers)
         logits = pair_towers(self.towers, values, pairs.tasks)
         return ModelOutput(

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 
+from polytask.arch import ARCHS
 from polytask.balance import BALANCERS
 from polytask.config import ModelSpec, TrainSpec
 from polytask.features import Features
@@ -14,7 +15,13 @@ from polytask.model import MultiTaskModel, build_model
 from polytask.nn import row_routing
 from polytask.nn.experts import ExpertBank
 from polytask.nn.paired_gates import PairedSoftmaxGates
-from polytask.nn.row_routing import RowPairs, pair_linear, pair_mlp, worth_routing
+from polytask.nn.row_routing import (
+    RowPairs,
+    pair_linear,
+    pair_mlp,
+    reads_own_encoder,
+    worth_routing,
+)
 from polytask.tasks import Task
 from polytask.train.optim import build_optimizer
 from polytask.train.step import train_step
@@ -31,6 +38,7 @@ CASES: list[tuple[str, dict[str, Any], int, bool]] = [
     ("task_moe", {}, 5, False),  # top-k gates: the last level runs densely
     ("home", {}, 4, False),
     ("cross_stitch", {}, 3, False),
+    ("single", {}, 5, True),  # one encoder per task, each run on its task's pairs
 ]
 
 
@@ -165,3 +173,28 @@ def test_a_training_step_on_sparse_labels_routes_and_updates_as_the_dense_step(m
     assert len(routed_calls) == 1  # the dense run did not route, the other did
     for name, value in states[0].items():
         torch.testing.assert_close(states[1][name], value, msg=name)
+
+
+def test_per_task_encoders_run_on_their_pairs_only_where_no_other_task_reads_them():
+    spec = ModelSpec(arch="single", hidden=[6], tower_hidden=[4])
+    plan = ARCHS.get("single").plan(3, spec)
+    assert reads_own_encoder(plan)
+    level = plan.levels[0]
+    crossed = level.model_copy(
+        update={"experts": level.experts.model_copy(update={"reads": [1, 0, 2]})}
+    )
+    assert not reads_own_encoder(plan.model_copy(update={"levels": [crossed]}))
+    assert not reads_own_encoder(plan.model_copy(update={"encoders": "shared"}))
+
+
+def test_single_encodes_only_the_asked_rows(monkeypatch):
+    model = make_model("single", {}, 5).eval()
+    features = make_features(5)
+    seen: list[int] = []
+    for encoder in model.encoders:
+        original = encoder.forward
+        monkeypatch.setattr(
+            encoder, "forward", lambda c, n, f=original: seen.append(len(c)) or f(c, n)
+        )
+    model(features)
+    assert sum(seen) == int(features.wanted.sum())

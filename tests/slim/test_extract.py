@@ -75,12 +75,14 @@ def cut(model: MultiTaskModel, spec: ModelSpec, keep: list[int], threshold: floa
 def assert_same_outputs(
     full: MultiTaskModel, slim_model: MultiTaskModel, keep: list[int], atol: float = 1e-6
 ) -> None:
+    """The same logits to float32 rounding: the cut model sums fewer experts, in another order
+    (hence a relative tolerance of a few ulps besides the absolute one)."""
     rows = make_rows(53, seed=5)
     with torch.inference_mode():
         expected, got = full(rows).logits, slim_model(rows).logits
     assert len(got) == len(keep)
     for index, task in enumerate(keep):
-        torch.testing.assert_close(got[index], expected[task], rtol=0.0, atol=atol)
+        torch.testing.assert_close(got[index], expected[task], rtol=1e-6, atol=atol)
 
 
 GATED = [

@@ -13,7 +13,9 @@ product against weights gathered per pair (:func:`pair_linear`), one operation w
 where the gathered weights would be large it runs expert by expert on the sorted segments
 (:func:`polytask.nn.dispatch.grouped_addmm`) instead. Levels below the last run densely,
 since in those every expert feeds gates that every task reads (PLE's shared gate reads every
-task's experts). The function is the dense model's: tests compare the two, value and gradient.
+task's experts). With one encoder per task (the single-task baseline), encoder t runs on task
+t's pairs only (:func:`encode_pairs`) where nothing else reads it (:func:`reads_own_encoder`).
+The function is the dense model's: tests compare the two, value and gradient.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from polytask.nn.experts import ExpertBank
 from polytask.nn.gates import GateBank, IdentityGates, SoftmaxGates, softmax_last
 from polytask.nn.paired_gates import PairedSoftmaxGates
 from polytask.nn.towers import Towers
+from polytask.plan.schema import Plan
 
 # route by row when the asked pairs are at most this share of rows x tasks; above it the
 # dense pass, whose products are larger but fewer, costs less
@@ -96,6 +99,49 @@ def pair_towers(towers: Towers, x: torch.Tensor, tasks: torch.Tensor) -> torch.T
     if towers.hidden is not None:
         x = pair_mlp(towers.hidden, x, tasks)
     return pair_mlp(towers.output, x, tasks)
+
+
+def reads_own_encoder(plan: Plan) -> bool:
+    """Whether, with one encoder per task, task t's output at a row reads encoder t at that
+    row and nothing else, so that encoder t need run on task t's pairs alone: one level of
+    plain MLP experts (no batch statistics across rows), no self gates, and every expert and
+    gate that task t's gate mixes reading encoder t (the single-task baseline's plan)."""
+    if plan.encoders != "per_task" or len(plan.levels) != 1:
+        return False
+    level = plan.levels[0]
+    experts, gates = level.experts, level.gates
+    if experts.kind != "mlp" or experts.reads is None or level.self_gates is not None:
+        return False
+    if gates.kind != "identity" and gates.reads is None:
+        return False
+    for task, gate in enumerate(plan.task_gates):
+        if gates.kind != "identity" and gates.reads is not None and gates.reads[gate] != task:
+            return False
+        if any(experts.reads[expert] != task for expert in gates.allowed[gate]):
+            return False
+    return True
+
+
+def encode_pairs(
+    encoders: nn.ModuleList,
+    categorical: torch.Tensor,
+    numeric: torch.Tensor,
+    pairs: RowPairs,
+) -> torch.Tensor:
+    """Encoder t on the rows of task t's pairs, as [T, B, D] whose other rows are zeros:
+    what the dense pass's ``stack([encoder(rows) ...])`` holds at the pairs, the rest never
+    read where :func:`reads_own_encoder` holds."""
+    counts = torch.bincount(pairs.tasks, minlength=pairs.num_tasks).tolist()
+    parts = [
+        encoder(categorical.index_select(0, rows), numeric.index_select(0, rows))
+        for encoder, rows, count in zip(encoders, pairs.rows.split(counts), counts, strict=True)
+        if count
+    ]
+    if not parts:  # no pair asked: the encoders' width from no rows
+        parts = [encoders[0](categorical[:0], numeric[:0])]
+    values = torch.cat(parts)
+    full = values.new_zeros(pairs.num_tasks, pairs.num_rows, values.shape[-1])
+    return full.index_put((pairs.tasks, pairs.rows), values)
 
 
 def subset_forward(bank: ExpertBank, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
