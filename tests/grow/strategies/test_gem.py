@@ -8,7 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from polytask.grow.data import concat
 from polytask.grow.strategies._gradients import flat_grad, loss_grad
+from polytask.grow.strategies.agem import AGEMOptions, AveragedProjection
 from polytask.grow.strategies.base import rows_loss
 from polytask.grow.strategies.gem import EpisodicConstraints, GEMOptions, gem_dual
 from tests.grow.conftest import multiclass_task, tiny_model, tiny_rows
@@ -91,3 +93,57 @@ def test_the_step_gradient_after_the_hook_conflicts_with_no_memory():
             memory = loss_grad(rows_loss(model, rows, [task]), parameters)
             assert float(memory @ step) >= -1e-5 * float(memory.norm() * step.norm())
     assert hook.projected > 0  # some steps conflicted and were projected
+
+
+def _hooked_grads(project: str, strategy: str, seed: int) -> tuple[dict, dict]:
+    """The step's own gradients and those after the strategy's hook, by parameter name."""
+    model = tiny_model([3, 3, 3])
+    old = [multiclass_task("t0", 3), multiclass_task("t1", 3)]
+    labels = torch.Generator().manual_seed(seed)
+    memories = [
+        (
+            task,
+            tiny_rows(
+                20, {task.name: torch.randint(0, 3, (20,), generator=labels).float()}, seed=i
+            ),
+        )
+        for i, task in enumerate(old)
+    ]
+    if strategy == "gem":
+        hook: object = EpisodicConstraints(memories, GEMOptions(project=project))
+    else:
+        hook = AveragedProjection(
+            concat([rows for _, rows in memories]),
+            old,
+            AGEMOptions(project=project),
+            torch.Generator().manual_seed(0),
+        )
+    torch.manual_seed(seed)
+    batch = tiny_rows(16, {"t2": torch.randint(0, 3, (16,)).float()}, seed=100 + seed)
+    model.zero_grad(set_to_none=True)
+    rows_loss(model, batch, [multiclass_task("t2", 3)]).backward()
+    own = {n: p.grad.clone() if p.grad is not None else None for n, p in model.named_parameters()}
+    hook.before_update(model)  # type: ignore[attr-defined]
+    after = {n: p.grad for n, p in model.named_parameters()}
+    return own, after
+
+
+@pytest.mark.parametrize("strategy", ["gem", "agem"])
+def test_stepped_projection_is_the_full_one_where_the_step_reached_and_zero_elsewhere(strategy):
+    """project: stepped keeps the full projection's entries where the step's own gradient is
+    non-zero, and leaves the old tasks' tower entries (no gradient of their own) at zero,
+    where the full projection moves them."""
+    for seed in range(40):
+        own, full = _hooked_grads("all", strategy, seed)
+        own_again, kept = _hooked_grads("stepped", strategy, seed)
+        if all(torch.equal(full[n], own[n]) for n in own if own[n] is not None):
+            continue  # the step agreed with the memories: nothing projected
+        for name, grad in own.items():
+            torch.testing.assert_close(own_again[name], grad)
+            reached = grad != 0
+            torch.testing.assert_close(kept[name][reached], full[name][reached], msg=name)
+            assert not kept[name][~reached].any(), name
+        towers = [n for n in own if n.startswith("towers.")]
+        assert any(full[n][own[n] == 0].any() for n in towers)  # the full one moves old towers
+        return
+    pytest.fail("no step conflicted with the memories")

@@ -32,3 +32,11 @@ def write_grad(parameters: list[nn.Parameter], vector: torch.Tensor) -> None:
         size = parameter.numel()
         parameter.grad = vector[start : start + size].view_as(parameter).clone()
         start += size
+
+
+def where_stepped(projected: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:
+    """``projected`` where the step's own ``gradient`` is non-zero, else that gradient (zero):
+    the projection kept to the entries the step's loss reached (Avalanche's A-GEM and GEM
+    write it into the parameters that have a gradient; with polytask's fused towers the old
+    tasks' towers are entries of a tensor the step reaches, so the mask is per entry)."""
+    return torch.where(gradient != 0, projected, gradient)

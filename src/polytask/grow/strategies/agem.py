@@ -10,11 +10,17 @@ projection
 
 which has ``g . g_ref = 0`` and is the closest vector to g that does not increase the
 memories' loss to first order.
+
+``project: stepped`` writes the projection only where the step's own gradient is non-zero
+(the old tasks' towers get none and take no step), as Avalanche's A-GEM and GEM plugins
+write it only into the parameters that have a gradient; the vector written then no longer
+has ``g . g_ref = 0`` exactly. The default, ``all``, is the paper's projection over every
+trained parameter.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -22,7 +28,7 @@ from torch import nn
 
 from polytask.grow.data import Rows
 from polytask.grow.strategies._buffer import MemoryOptions, TaskBuffers
-from polytask.grow.strategies._gradients import flat_grad, loss_grad, write_grad
+from polytask.grow.strategies._gradients import flat_grad, loss_grad, where_stepped, write_grad
 from polytask.grow.strategies.base import (
     STRATEGIES,
     ExperienceContext,
@@ -40,7 +46,18 @@ from polytask.train.hooks import StepHooks
 MEMORY = "memory."
 
 
-class AGEMOptions(MemoryOptions):
+class ProjectionOptions(MemoryOptions):
+    """Options of the strategies that project the step's gradient (A-GEM, GEM)."""
+
+    project: Literal["all", "stepped"] = Field(
+        "all",
+        description="all: the projected gradient over every trained parameter (the papers'); "
+        "stepped: written only where the step's own gradient is non-zero, the rest (old "
+        "tasks' towers) taking no step, as Avalanche's plugins do",
+    )
+
+
+class AGEMOptions(ProjectionOptions):
     sample: int = Field(256, ge=1, description="memory rows per reference gradient")
 
 
@@ -55,9 +72,10 @@ def agem_project(gradient: torch.Tensor, reference: torch.Tensor) -> torch.Tenso
 
 class AveragedProjection(StepHooks):
     def __init__(
-        self, memory: Rows, tasks: list[Task], sample: int, generator: torch.Generator
+        self, memory: Rows, tasks: list[Task], options: AGEMOptions, generator: torch.Generator
     ) -> None:
-        self.memory, self.tasks, self.sample, self.generator = memory, tasks, sample, generator
+        self.memory, self.tasks, self.generator = memory, tasks, generator
+        self.sample, self.project = options.sample, options.project
         self.projected = 0
 
     def before_update(self, model: nn.Module) -> None:
@@ -69,6 +87,8 @@ class AveragedProjection(StepHooks):
         gradient = flat_grad(parameters)
         projected = agem_project(gradient, reference)
         if projected is not gradient:
+            if self.project == "stepped":
+                projected = where_stepped(projected, gradient)
             write_grad(parameters, projected)
             self.projected += 1
 
@@ -101,7 +121,7 @@ class AGEM(Strategy):
         memory = pooled(self.buffers, [task.name for task in old])
         if memory is None:
             return None
-        return AveragedProjection(memory, old, self.options.sample, context.generator)
+        return AveragedProjection(memory, old, self.options, context.generator)
 
     def end(self, model: MultiTaskModel, context: ExperienceContext) -> None:
         self.buffers.offer(context.rows, context.new, context.generator)

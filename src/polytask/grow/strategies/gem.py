@@ -14,6 +14,8 @@ solved, as the authors do, through its dual over K variables:
 ``eps`` keeps the K x K matrix definite). The dual is solved exactly: with ``u = v - margin``
 it is a non-negative least-squares problem in a K x K square root of the matrix
 (Lawson-Hanson, finite), the same solver the Gramian balancing methods use.
+``project: stepped`` writes g~ only where the step's own loss reached, as in
+:mod:`polytask.grow.strategies.agem`.
 """
 
 from __future__ import annotations
@@ -23,9 +25,8 @@ from pydantic import Field
 from torch import nn
 
 from polytask.grow.data import Rows
-from polytask.grow.strategies._buffer import MemoryOptions
-from polytask.grow.strategies._gradients import flat_grad, loss_grad, write_grad
-from polytask.grow.strategies.agem import AGEM
+from polytask.grow.strategies._gradients import flat_grad, loss_grad, where_stepped, write_grad
+from polytask.grow.strategies.agem import AGEM, ProjectionOptions
 from polytask.grow.strategies.base import (
     STRATEGIES,
     ExperienceContext,
@@ -38,7 +39,7 @@ from polytask.train.hooks import StepHooks
 ZERO_EIGENVALUE = 1e-12  # relative: directions of the Gramian no memory gradient spans
 
 
-class GEMOptions(MemoryOptions):
+class GEMOptions(ProjectionOptions):
     margin: float = Field(0.5, ge=0.0, description="the dual's lower bound (memory_strength)")
     eps: float = Field(1e-3, ge=0.0, description="added to the dual's diagonal")
 
@@ -89,7 +90,10 @@ class EpisodicConstraints(StepHooks):
             self.options.margin,
             self.options.eps,
         )
-        write_grad(parameters, (constraints64.T @ v + gradient.double()).to(gradient.dtype))
+        projected = (constraints64.T @ v + gradient.double()).to(gradient.dtype)
+        if self.options.project == "stepped":
+            projected = where_stepped(projected, gradient)
+        write_grad(parameters, projected)
         self.projected += 1
 
 
