@@ -100,14 +100,19 @@ STRATEGIES: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {
     # the same, the joint batch's objective the mean over its rows (weigh: rows), as
     # Avalanche's replay plugin computes it
     "replay_rows": ({"rows_per_task": PER_TASK, "weigh": "rows"}, None),
+    # project: stepped, as Avalanche's plugins write the projected gradient only into the
+    # parameters that have one (old heads never move); the *_all rows project over every
+    # parameter, as the papers define it
     "agem": (
-        {"rows_per_task": PER_TASK, "sample": 256},
+        {"rows_per_task": PER_TASK, "sample": 256, "project": "stepped"},
         {"patterns_per_exp": PER_TASK, "sample_size": 256},
     ),
+    "agem_all": ({"rows_per_task": PER_TASK, "sample": 256, "project": "all"}, None),
     "gem": (
-        {"rows_per_task": PER_TASK, "margin": 0.5},
+        {"rows_per_task": PER_TASK, "margin": 0.5, "project": "stepped"},
         {"patterns_per_exp": PER_TASK, "memory_strength": 0.5},
     ),
+    "gem_all": ({"rows_per_task": PER_TASK, "margin": 0.5, "project": "all"}, None),
     "joint": ({}, {}),
     "expand": ({"experts": 1}, None),
     # the same with each new bottom warm-started from the previous task's (init: copy)
@@ -115,7 +120,12 @@ STRATEGIES: dict[str, tuple[dict[str, Any], dict[str, Any] | None]] = {
     "packnet": ({"prune": 0.5, "retrain_epochs": 1}, None),
 }
 # Rows of the table that run a registered strategy under another label (other options)
-REGISTRY_NAME = {"expand_copy": "expand", "replay_rows": "replay"}
+REGISTRY_NAME = {
+    "expand_copy": "expand",
+    "replay_rows": "replay",
+    "agem_all": "agem",
+    "gem_all": "gem",
+}
 # The strategies whose steps move parameters an earlier experience trained, each again with
 # a fresh optimizer per experience (polytask only)
 for _name in ("naive", "ewc", "si", "lwf", "replay", "agem", "gem", "packnet"):
@@ -228,9 +238,8 @@ def write_arrays(name: str, path: Path) -> None:
 
 
 def run_polytask(name: str, strategy: str, seed: int, folder: Path) -> dict[str, Any]:
-    result = stream(
-        stream_spec(name, strategy, seed), folder / f"{name}-{strategy}-{seed}", overwrite=True
-    )
+    spec = stream_spec(name, strategy, seed)
+    result = stream(spec, folder / f"{name}-{strategy}-{seed}", overwrite=True)
     return {
         "matrix": result["matrix"],
         "average": result["average"],
@@ -241,6 +250,7 @@ def run_polytask(name: str, strategy: str, seed: int, folder: Path) -> dict[str,
         "train_seconds": result["seconds"]["train"],
         "parameters": _parameters(folder / f"{name}-{strategy}-{seed}"),
         "optimizer_state": optimizer_state(strategy),
+        "strategy": spec["strategy"],  # the registered strategy and its options, as run
     }
 
 
