@@ -147,7 +147,12 @@ def binary_tasks(count: int) -> list[Task]:
     ]
 
 
-def test_a_training_step_on_sparse_labels_routes_and_updates_as_the_dense_step(monkeypatch):
+@pytest.mark.parametrize(
+    ("arch", "options"), [("cgc", {"task_experts": 1, "shared_experts": 2}), ("single", {})]
+)
+def test_a_training_step_on_sparse_labels_routes_and_updates_as_the_dense_step(
+    monkeypatch, arch, options
+):
     tasks = 6
     features = make_features(tasks).asking(None)
     generator = torch.Generator().manual_seed(5)
@@ -161,7 +166,7 @@ def test_a_training_step_on_sparse_labels_routes_and_updates_as_the_dense_step(m
     routed_calls = []
     for share in (-1.0, row_routing.ROUTE_SHARE):
         monkeypatch.setattr(row_routing, "ROUTE_SHARE", share)
-        model = make_model("cgc", {"task_experts": 1, "shared_experts": 2}, tasks, [1] * tasks)
+        model = make_model(arch, options, tasks, [1] * tasks)
         original = model._forward_pairs
         monkeypatch.setattr(
             model, "_forward_pairs", lambda f, p, o=original: routed_calls.append(1) or o(f, p)
