@@ -173,6 +173,34 @@ def test_multiclass_metrics_match_sklearn(rng):
     )
 
 
+@pytest.mark.parametrize("classes", [2, 5, 9])
+def test_weighted_macro_f1_matches_sklearn_with_absent_classes(rng, classes):
+    """Weights, classes never labelled, classes never predicted, and classes neither."""
+    y = rng.integers(0, max(classes - 2, 1), size=90).astype(float)
+    p = rng.random((90, classes))
+    p[:, 1] += 0.3 * (classes > 2)  # class 1 predicted often, the last two never labelled
+    w = rng.integers(0, 4, size=90).astype(float)
+    task = make_task("multiclass", out_dim=classes)
+    expected = skm.f1_score(
+        y.astype(int),
+        p.argmax(axis=1),
+        average="macro",
+        labels=list(range(classes)),
+        zero_division=0,
+        sample_weight=w,
+    )
+    assert task.metrics(p, y, w)["macro_f1"] == pytest.approx(expected)
+    assert task.metrics(p, y)["macro_f1"] == pytest.approx(
+        skm.f1_score(
+            y.astype(int),
+            p.argmax(axis=1),
+            average="macro",
+            labels=list(range(classes)),
+            zero_division=0,
+        )
+    )
+
+
 def test_regression_metrics_match_definitions(rng):
     y = _with_missing(rng.normal(50, 10, size=120), rng)
     p = np.nan_to_num(y, nan=0.0) + rng.normal(0, 3, size=120)
