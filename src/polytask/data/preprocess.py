@@ -432,13 +432,14 @@ class Preprocessor:
         numeric = np.zeros((n, 2 * width), dtype=np.float32)
         # columns of a numeric dtype in one block (a table of pixels has hundreds); the
         # others column by column, where a bad cell is reported by row
-        dtypes = frame.dtypes
+        # a plain dict: a Series lookup per column costs more than the block's arithmetic
+        dtypes = dict(zip(frame.columns, frame.dtypes, strict=True))
+        plain = {
+            dtype: ptypes.is_numeric_dtype(dtype) and not ptypes.is_bool_dtype(dtype)
+            for dtype in set(dtypes.values())
+        }
         block = [
-            j
-            for j, column in enumerate(self.numeric)
-            if column in dtypes.index
-            and ptypes.is_numeric_dtype(dtypes[column])
-            and not ptypes.is_bool_dtype(dtypes[column])
+            j for j, column in enumerate(self.numeric) if column in dtypes and plain[dtypes[column]]
         ]
         if block:
             columns = [self.numeric[j] for j in block]

@@ -98,8 +98,13 @@ class _SkipUntouched(StepHooks):
     moving on the momentum it brought from the previous experience."""
 
     def before_update(self, model: torch.nn.Module) -> None:
-        for parameter in model.parameters():
-            if parameter.grad is not None and not bool(parameter.grad.any()):
+        stepped = [p for p in model.parameters() if p.grad is not None]
+        if not stepped:
+            return
+        # one fused norm per parameter and one read back, rather than a sync per parameter
+        norms = torch.stack(torch._foreach_norm([p.grad for p in stepped]))  # type: ignore[misc]
+        for parameter, zero in zip(stepped, (norms == 0).tolist(), strict=True):
+            if zero:
                 parameter.grad = None
 
 
