@@ -10,6 +10,7 @@ trainer the prepared rows, the grown model (at its initial weights) and the stra
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -101,8 +102,10 @@ class _SkipUntouched(StepHooks):
         stepped = [p for p in model.parameters() if p.grad is not None]
         if not stepped:
             return
-        # one fused norm per parameter and one read back, rather than a sync per parameter
-        norms = torch.stack(torch._foreach_norm([p.grad for p in stepped]))  # type: ignore[misc]
+        # one fused largest |entry| per parameter (0 exactly when all are 0) and one read
+        # back, rather than a sync per parameter
+        grads = [p.grad for p in stepped]
+        norms = torch.stack(torch._foreach_norm(grads, math.inf))  # type: ignore[arg-type]
         for parameter, zero in zip(stepped, (norms == 0).tolist(), strict=True):
             if zero:
                 parameter.grad = None
