@@ -29,6 +29,7 @@ from polytask.nn.row_routing import (
     encode_pairs,
     pair_towers,
     reads_own_encoder,
+    spread_pairs,
     worth_routing,
 )
 from polytask.nn.towers import Towers
@@ -172,11 +173,18 @@ class MultiTaskModel(nn.Module):
 
     def _forward_pairs(self, features: Features, pairs: RowPairs) -> ModelOutput:
         """The asked pairs only: per task, logits at its asked rows and zeros elsewhere."""
-        if self.plan.encoders == "per_task":
+        gates: list[torch.Tensor | None]
+        auxiliary: torch.Tensor | None
+        if self.plan.encoders == "per_task":  # each task's encoder on its own pairs
             encoded = encode_pairs(self.encoders, features.categorical, features.numeric, pairs)
+            own = self.arch.forward_own_pairs(encoded, pairs)
+            if own is not None:
+                values, gates, auxiliary = own, [None], None
+            else:
+                spread = spread_pairs(encoded, pairs)
+                values, gates, auxiliary = self.arch.forward_pairs(spread, pairs)
         else:
-            encoded = self.encode(features)
-        values, gates, auxiliary = self.arch.forward_pairs(encoded, pairs)
+            values, gates, auxiliary = self.arch.forward_pairs(self.encode(features), pairs)
         assert isinstance(self.towers, Towers)
         logits = pair_towers(self.towers, values, pairs.tasks)
         return ModelOutput(

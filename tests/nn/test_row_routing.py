@@ -192,14 +192,45 @@ def test_per_task_encoders_run_on_their_pairs_only_where_no_other_task_reads_the
     assert not reads_own_encoder(plan.model_copy(update={"encoders": "shared"}))
 
 
-def test_single_encodes_only_the_asked_rows(monkeypatch):
+@pytest.mark.parametrize("stacked", [True, False])
+def test_single_encodes_only_the_asked_rows_in_either_way(monkeypatch, stacked):
+    """Alike tabular encoders: one gather from their stacked tables; else (here: the stack
+    over the gather limit) each encoder on its task's asked rows. Both give the dense
+    logits at the asked pairs."""
+    if not stacked:
+        monkeypatch.setattr(row_routing, "GATHER_LIMIT", 0)
     model = make_model("single", {}, 5).eval()
     features = make_features(5)
+    dense = model(features.asking(None)).logits
     seen: list[int] = []
     for encoder in model.encoders:
         original = encoder.forward
         monkeypatch.setattr(
             encoder, "forward", lambda c, n, f=original: seen.append(len(c)) or f(c, n)
         )
-    model(features)
-    assert sum(seen) == int(features.wanted.sum())
+    sparse = model(features).logits
+    assert sum(seen) == (0 if stacked else int(features.wanted.sum()))
+    for t in range(5):
+        asked = features.wanted[:, t]
+        torch.testing.assert_close(sparse[t][asked], dense[t][asked])
+
+
+def test_single_without_its_own_pair_route_spreads_the_pairs_and_still_equals_dense(
+    monkeypatch,
+):
+    """Where the level is not one plain bank (a grown one), the pairs' encodings are spread
+    into the [T, B, D] layout of one encoder per task and the level routed as usual."""
+    model = make_model("single", {}, 5).eval()
+    features = make_features(5)
+    dense = model(features.asking(None)).logits
+    monkeypatch.setattr(type(model.arch), "forward_own_pairs", lambda self, v, p: None)
+    spread = []
+    original = row_routing.spread_pairs
+    monkeypatch.setattr(
+        "polytask.model.spread_pairs", lambda v, p: spread.append(1) or original(v, p)
+    )
+    sparse = model(features).logits
+    assert spread
+    for t in range(5):
+        asked = features.wanted[:, t]
+        torch.testing.assert_close(sparse[t][asked], dense[t][asked])

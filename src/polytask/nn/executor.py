@@ -320,6 +320,23 @@ class PlanNetwork(nn.Module):
         index = self.task_index.index_select(0, pairs.tasks) * pairs.num_rows + pairs.rows
         return flat.index_select(0, index), gates, auxiliary
 
+    def forward_own_pairs(self, values: torch.Tensor, pairs: RowPairs) -> torch.Tensor | None:
+        """Each pair's last-level output [P, out] from its own input ``values`` [P, in], for
+        a plan of one level of identity gates whose experts read one encoder per task
+        (:func:`~polytask.nn.row_routing.reads_own_encoder`); None where that level is not a
+        plain expert bank (a grown one), which then needs the [T, B, in] layout."""
+        last = self.level_modules[-1]
+        route = self.last_route
+        if (
+            len(self.level_modules) != 1
+            or route is None
+            or type(last.gates) is not IdentityGates
+            or not LastLevelRoute.supports(last.experts, last.gates, last.self_gates is not None)
+        ):
+            return None
+        assert isinstance(last.experts, ExpertBank)
+        return route.own_inputs(last.experts, values, pairs)
+
     def cut(self, cuts: list[LevelCut], plan: Plan) -> PlanNetwork:
         """The network of ``plan`` (this one's plan cut by ``cuts``) with the kept weights."""
         network = PlanNetwork(plan, self.in_dim)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from polytask.nn.dispatch import grouped_addmm
+from polytask.nn.encoders import TabularEncoder
 from polytask.nn.experts import ExpertBank
 from polytask.nn.gates import GateBank, IdentityGates, SoftmaxGates, softmax_last
 from polytask.nn.paired_gates import PairedSoftmaxGates
@@ -104,22 +105,19 @@ def pair_towers(towers: Towers, x: torch.Tensor, tasks: torch.Tensor) -> torch.T
 def reads_own_encoder(plan: Plan) -> bool:
     """Whether, with one encoder per task, task t's output at a row reads encoder t at that
     row and nothing else, so that encoder t need run on task t's pairs alone: one level of
-    plain MLP experts (no batch statistics across rows), no self gates, and every expert and
-    gate that task t's gate mixes reading encoder t (the single-task baseline's plan)."""
+    plain MLP experts (no batch statistics across rows) under identity gates, no self gates,
+    and the expert task t's gate picks reading encoder t (the single-task baseline's plan)."""
     if plan.encoders != "per_task" or len(plan.levels) != 1:
         return False
     level = plan.levels[0]
     experts, gates = level.experts, level.gates
     if experts.kind != "mlp" or experts.reads is None or level.self_gates is not None:
         return False
-    if gates.kind != "identity" and gates.reads is None:
+    if gates.kind != "identity":
         return False
-    for task, gate in enumerate(plan.task_gates):
-        if gates.kind != "identity" and gates.reads is not None and gates.reads[gate] != task:
-            return False
-        if any(experts.reads[expert] != task for expert in gates.allowed[gate]):
-            return False
-    return True
+    return all(
+        experts.reads[gates.allowed[gate][0]] == task for task, gate in enumerate(plan.task_gates)
+    )
 
 
 def encode_pairs(
@@ -128,9 +126,56 @@ def encode_pairs(
     numeric: torch.Tensor,
     pairs: RowPairs,
 ) -> torch.Tensor:
-    """Encoder t on the rows of task t's pairs, as [T, B, D] whose other rows are zeros:
-    what the dense pass's ``stack([encoder(rows) ...])`` holds at the pairs, the rest never
-    read where :func:`reads_own_encoder` holds."""
+    """[P, D]: each pair's row through its task's encoder (one encoder per task), what the
+    dense pass's ``stack([encoder(rows) ...])`` holds at the pairs."""
+    stacked = _stacked_tabular(encoders, categorical, numeric, pairs)
+    if stacked is not None:
+        return stacked
+    return _encoded_task_by_task(encoders, categorical, numeric, pairs)
+
+
+def spread_pairs(values: torch.Tensor, pairs: RowPairs) -> torch.Tensor:
+    """[P, D] per pair -> [T, B, D], zeros where a row did not ask for the task: the layout of
+    one encoder per task, for a network that cannot take each pair's own input (the zero
+    rows are never read where :func:`reads_own_encoder` holds)."""
+    full = values.new_zeros(pairs.num_tasks, pairs.num_rows, values.shape[-1])
+    return full.index_put((pairs.tasks, pairs.rows), values)
+
+
+def _stacked_tabular(
+    encoders: nn.ModuleList, categorical: torch.Tensor, numeric: torch.Tensor, pairs: RowPairs
+) -> torch.Tensor | None:
+    """[P, D]: each pair's row through its task's :class:`TabularEncoder`, by one gather from
+    the tasks' embedding tables stacked, where the encoders are alike and the stack is small
+    (it is copied every step); None otherwise."""
+    tabular = [e for e in encoders if type(e) is TabularEncoder]
+    if len(tabular) != len(encoders):
+        return None
+    first = tabular[0]
+    alike = all(
+        e.embedding.weight.shape == first.embedding.weight.shape
+        and e.numeric_width == first.numeric_width
+        and torch.equal(e.offsets, first.offsets)
+        for e in tabular
+    )
+    if not alike or first.embedding.weight.numel() * len(tabular) > GATHER_LIMIT:
+        return None
+    parts = []
+    if first.num_categorical:
+        vocabulary, width = first.embedding.weight.shape
+        table = torch.stack([e.embedding.weight for e in tabular]).view(-1, width)
+        codes = categorical.index_select(0, pairs.rows) + first.offsets
+        flat = (codes + pairs.tasks.unsqueeze(1) * vocabulary).flatten()
+        parts.append(table.index_select(0, flat).view(len(pairs.rows), -1))
+    if first.numeric_width:
+        parts.append(numeric.index_select(0, pairs.rows))
+    return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+def _encoded_task_by_task(
+    encoders: nn.ModuleList, categorical: torch.Tensor, numeric: torch.Tensor, pairs: RowPairs
+) -> torch.Tensor:
+    """[P, D]: encoder t on the rows of task t's pairs, one call per task."""
     counts = torch.bincount(pairs.tasks, minlength=pairs.num_tasks).tolist()
     parts = [
         encoder(categorical.index_select(0, rows), numeric.index_select(0, rows))
@@ -139,9 +184,7 @@ def encode_pairs(
     ]
     if not parts:  # no pair asked: the encoders' width from no rows
         parts = [encoders[0](categorical[:0], numeric[:0])]
-    values = torch.cat(parts)
-    full = values.new_zeros(pairs.num_tasks, pairs.num_rows, values.shape[-1])
-    return full.index_put((pairs.tasks, pairs.rows), values)
+    return torch.cat(parts)
 
 
 def subset_forward(bank: ExpertBank, x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
@@ -222,6 +265,14 @@ class LastLevelRoute(nn.Module):
         for name, values in tables.items():
             dtype = torch.bool if name == "valid" else torch.long
             self.register_buffer(name, torch.tensor(values, dtype=dtype), persistent=False)
+
+    def own_inputs(
+        self, experts: ExpertBank, values: torch.Tensor, pairs: RowPairs
+    ) -> torch.Tensor:
+        """Identity gates whose experts read each pair's own input ``values`` [P, in] (one
+        encoder per task): each pair through the expert its task's gate picks, [P, out]."""
+        gate = self.task_gate.index_select(0, pairs.tasks)
+        return pair_mlp(experts, values, self.allowed.index_select(0, gate)[:, 0])
 
     @staticmethod
     def supports(experts: nn.Module, gates: GateBank, has_self_gates: bool) -> bool:
