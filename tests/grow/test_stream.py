@@ -129,3 +129,21 @@ def test_optimizer_state_is_validated(tables):
     raw["optimizer_state"] = "warm"
     with pytest.raises(ConfigError, match="optimizer_state"):
         stream(raw, "unused")
+
+
+def test_only_exactly_zero_gradients_are_dropped_under_a_kept_state():
+    """A parameter whose gradient is all zeros gets none (the optimizer skips it); one with
+    entries so small that their L2 norm underflows to 0 keeps its gradient."""
+    from torch import nn
+
+    from polytask.grow.experience import _SkipUntouched
+
+    model = nn.ModuleDict({"a": nn.Linear(3, 2), "b": nn.Linear(3, 2)})
+    model["a"].weight.grad = torch.zeros(2, 3)
+    model["a"].bias.grad = torch.tensor([1e-30, 0.0])
+    model["b"].weight.grad = torch.ones(2, 3)
+    model["b"].bias.grad = None
+    _SkipUntouched().before_update(model)
+    assert model["a"].weight.grad is None
+    assert model["a"].bias.grad is not None and bool(model["a"].bias.grad.any())
+    assert model["b"].weight.grad is not None and model["b"].bias.grad is None

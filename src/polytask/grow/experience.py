@@ -10,7 +10,6 @@ trainer the prepared rows, the grown model (at its initial weights) and the stra
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -102,12 +101,13 @@ class _SkipUntouched(StepHooks):
         stepped = [p for p in model.parameters() if p.grad is not None]
         if not stepped:
             return
-        # one fused largest |entry| per parameter (0 exactly when all are 0) and one read
-        # back, rather than a sync per parameter
+        # one fused L2 norm per parameter and one read back, rather than a sync per parameter
+        # (the fused max-|entry| is ten times slower on the CPU); a zero norm can also be an
+        # underflow (entries near 1e-30), so those few are checked entry by entry
         grads = [p.grad for p in stepped]
-        norms = torch.stack(torch._foreach_norm(grads, math.inf))  # type: ignore[arg-type]
+        norms = torch.stack(torch._foreach_norm(grads))  # type: ignore[arg-type]
         for parameter, zero in zip(stepped, (norms == 0).tolist(), strict=True):
-            if zero:
+            if zero and parameter.grad is not None and not bool(parameter.grad.any()):
                 parameter.grad = None
 
 
