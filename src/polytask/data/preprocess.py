@@ -64,6 +64,19 @@ def row_label(frame: pd.DataFrame | pd.Series, position: int) -> str:
     return f"row {position + 1}"
 
 
+def plain_numeric(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """Those of ``columns`` that ``frame`` holds with a numeric, non-boolean dtype: read as
+    one block (a table of pixels has hundreds), the others parsed column by column, where a
+    bad cell is reported by row. Through a plain dict of dtypes: a Series lookup per column
+    costs more than the block's arithmetic."""
+    dtypes = dict(zip(frame.columns, frame.dtypes, strict=True))
+    plain = {
+        dtype: ptypes.is_numeric_dtype(dtype) and not ptypes.is_bool_dtype(dtype)
+        for dtype in set(dtypes.values())
+    }
+    return [c for c in columns if c in dtypes and plain[dtypes[c]]]
+
+
 def to_numeric(series: pd.Series, what: str) -> np.ndarray:
     """Parse a column as float (NaN where missing; infinities kept, for
     :func:`standardise` to refuse); name the first row holding something that is not a
@@ -299,7 +312,15 @@ class Preprocessor:
     ) -> dict[str, list[float]]:
         """Per numeric column [mean, std]; one pair for all of them when scaled as a block.
         Every training value is checked against the fitted range."""
-        values = {c: to_numeric(frame[c], f"column '{c}'") for c in numeric}
+        plain = set(plain_numeric(frame, numeric))
+        matrix = frame[[c for c in numeric if c in plain]].to_numpy(
+            dtype=np.float64, na_value=np.nan
+        )
+        columns = iter(matrix.T)
+        values = {
+            c: next(columns) if c in plain else to_numeric(frame[c], f"column '{c}'")
+            for c in numeric
+        }
         scaling = data.scaling
         if scaling == "auto":
             scaling = "block" if image else "standard"
@@ -430,17 +451,9 @@ class Preprocessor:
                 codes[:, j] = positions.astype(np.int64) + 1
         width = len(self.numeric)
         numeric = np.zeros((n, 2 * width), dtype=np.float32)
-        # columns of a numeric dtype in one block (a table of pixels has hundreds); the
-        # others column by column, where a bad cell is reported by row
-        # a plain dict: a Series lookup per column costs more than the block's arithmetic
-        dtypes = dict(zip(frame.columns, frame.dtypes, strict=True))
-        plain = {
-            dtype: ptypes.is_numeric_dtype(dtype) and not ptypes.is_bool_dtype(dtype)
-            for dtype in set(dtypes.values())
-        }
-        block = [
-            j for j, column in enumerate(self.numeric) if column in dtypes and plain[dtypes[column]]
-        ]
+        # columns of a numeric dtype in one block; the others column by column
+        plain = set(plain_numeric(frame, self.numeric))
+        block = [j for j, column in enumerate(self.numeric) if column in plain]
         if block:
             columns = [self.numeric[j] for j in block]
             values = frame[columns].to_numpy(dtype=np.float64, copy=True)
