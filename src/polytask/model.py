@@ -29,7 +29,6 @@ from polytask.nn.row_routing import (
     encode_pairs,
     pair_towers,
     reads_own_encoder,
-    spread_pairs,
     worth_routing,
 )
 from polytask.nn.towers import Towers
@@ -181,8 +180,9 @@ class MultiTaskModel(nn.Module):
             if own is not None:
                 values, gates, auxiliary = own, [None], None
             else:
-                spread = spread_pairs(encoded, pairs)
-                values, gates, auxiliary = self.arch.forward_pairs(spread, pairs)
+                # a grown level reads the [T, B, D] layout of one encoder per task (the rows
+                # left zero are never read where reads_own_encoder holds)
+                values, gates, auxiliary = self.arch.forward_pairs(pairs.spread(encoded), pairs)
         else:
             values, gates, auxiliary = self.arch.forward_pairs(self.encode(features), pairs)
         assert isinstance(self.towers, Towers)

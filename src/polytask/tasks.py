@@ -249,9 +249,9 @@ def labelled_rows(labels: dict[str, torch.Tensor], tasks: list[Task]) -> torch.T
     if single:
         stacked = torch.stack([labels[tasks[t].name] for t in single], dim=1)
         present[:, single] = ~torch.isnan(stacked)
-    if len(single) < len(tasks):
-        for t in sorted(set(range(len(tasks))) - set(single)):
-            present[:, t] = ~torch.isnan(labels[tasks[t].name]).all(dim=1)
+    for t, task in enumerate(tasks):
+        if labels[task.name].dim() > 1:
+            present[:, t] = ~torch.isnan(labels[task.name]).all(dim=1)
     return present
 
 

@@ -225,12 +225,14 @@ def test_single_without_its_own_pair_route_spreads_the_pairs_and_still_equals_de
     dense = model(features.asking(None)).logits
     monkeypatch.setattr(type(model.arch), "forward_own_pairs", lambda self, v, p: None)
     spread = []
-    original = row_routing.spread_pairs
+    original = type(model.arch).forward_pairs
     monkeypatch.setattr(
-        "polytask.model.spread_pairs", lambda v, p: spread.append(1) or original(v, p)
+        type(model.arch),
+        "forward_pairs",
+        lambda self, x, p: spread.append(tuple(x.shape)) or original(self, x, p),
     )
     sparse = model(features).logits
-    assert spread
+    assert spread and spread[0][:2] == (5, len(features))  # [T, B, D]
     for t in range(5):
         asked = features.wanted[:, t]
         torch.testing.assert_close(sparse[t][asked], dense[t][asked])

@@ -81,11 +81,7 @@ class ExpertBank(nn.Module):
 
     def linear(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Layer ``index`` before its activation: [B, in] or [E, B, in] -> [E, B, out]."""
-        weight, bias = self.weights[index], self.biases[index]
-        if x.dim() == 2:
-            out = self._shared_input_layer(x, weight, bias)
-        else:
-            out = torch.baddbmm(bias, x, weight)
+        out = self.layer(x, self.weights[index], self.biases[index])
         adapter = self.layer_adapters.get(index) if self.layer_adapters else None
         return out if adapter is None else adapter(x, out)
 
@@ -94,6 +90,14 @@ class ExpertBank(nn.Module):
         if index < len(self.weights) - 1 or self.activate_last:
             return self.dropout(torch.relu(x))
         return x
+
+    @staticmethod
+    def layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """One layer of the experts ``weight`` [E, in, out], ``bias`` [E, 1, out] holds (all
+        of a bank's, or a chosen few): [B, in] shared or [E, B, in] -> [E, B, out]."""
+        if x.dim() == 2:
+            return ExpertBank._shared_input_layer(x, weight, bias)
+        return torch.baddbmm(bias, x, weight)
 
     @staticmethod
     def _shared_input_layer(

@@ -56,11 +56,16 @@ class RowPairs:
         tasks, rows = wanted.T.nonzero(as_tuple=True)
         return cls(tasks, rows, wanted.shape[0], wanted.shape[1])
 
+    def spread(self, values: torch.Tensor) -> torch.Tensor:
+        """[P, W] per pair -> [T, B, W]: each pair's values at its (task, row), zeros where a
+        row did not ask for the task."""
+        full = values.new_zeros(self.num_tasks, self.num_rows, values.shape[-1])
+        return full.index_put((self.tasks, self.rows), values)
+
     def scatter(self, values: torch.Tensor, widths: Sequence[int]) -> list[torch.Tensor]:
         """Per task [B, widths[t]]: its pairs' rows of ``values`` [P, W], zeros elsewhere
         (rows that did not ask for the task; their labels are missing)."""
-        full = values.new_zeros(self.num_tasks, self.num_rows, values.shape[1])
-        full = full.index_put((self.tasks, self.rows), values)
+        full = self.spread(values)
         widest = values.shape[1]
         return [
             part if width == widest else part[:, :width]
@@ -134,14 +139,6 @@ def encode_pairs(
     return _encoded_task_by_task(encoders, categorical, numeric, pairs)
 
 
-def spread_pairs(values: torch.Tensor, pairs: RowPairs) -> torch.Tensor:
-    """[P, D] per pair -> [T, B, D], zeros where a row did not ask for the task: the layout of
-    one encoder per task, for a network that cannot take each pair's own input (the zero
-    rows are never read where :func:`reads_own_encoder` holds)."""
-    full = values.new_zeros(pairs.num_tasks, pairs.num_rows, values.shape[-1])
-    return full.index_put((pairs.tasks, pairs.rows), values)
-
-
 def _stacked_tabular(
     encoders: nn.ModuleList, categorical: torch.Tensor, numeric: torch.Tensor, pairs: RowPairs
 ) -> torch.Tensor | None:
@@ -195,11 +192,7 @@ def subset_forward(bank: ExpertBank, x: torch.Tensor, experts: torch.Tensor) -> 
         x = x.index_select(0, experts)
     for index, (weight, bias) in enumerate(zip(bank.weights, bank.biases, strict=True)):
         chosen, chosen_bias = weight.index_select(0, experts), bias.index_select(0, experts)
-        if x.dim() == 2:
-            out = ExpertBank._shared_input_layer(x, chosen, chosen_bias)
-        else:
-            out = torch.baddbmm(chosen_bias, x, chosen)
-        x = bank.activate(out, index)
+        x = bank.activate(ExpertBank.layer(x, chosen, chosen_bias), index)
     return x
 
 

@@ -33,7 +33,7 @@ from polytask.grow.strategies.base import (
     old_data_needed,
 )
 from polytask.model import MultiTaskModel
-from polytask.tasks import Task
+from polytask.tasks import Task, labelled_rows
 from polytask.train.hooks import Labels, StepHooks
 
 BUFFER = "buffer."
@@ -69,9 +69,7 @@ class Replayed(StepHooks):
         """With ``weigh: rows``, each task's share of the batch's labelled rows."""
         if not self.by_rows:
             return None
-        counts = torch.stack(
-            [task.present(labels[task.name]).sum().to(torch.float32) for task in tasks]
-        )
+        counts = labelled_rows(labels, tasks).sum(0).to(torch.float32)
         return counts / counts.sum().clamp(min=1.0)
 
     def batch(self, features: Features, labels: Labels) -> tuple[Features, Labels]:
